@@ -1,0 +1,44 @@
+"""Execution module: what minicl knows about this host and its config repo.
+
+    salt-call --local minicl.status           # live commit, last good fetch, last error
+    salt-call --local minicl.validate /path/to/cluster.json
+"""
+
+try:
+    from minicl import config
+
+    HAS_MINICL = True
+except ImportError as exc:  # pragma: no cover
+    HAS_MINICL = False
+    IMPORT_ERROR = str(exc)
+
+__virtualname__ = "minicl"
+
+
+def __virtual__():
+    if not HAS_MINICL:
+        return False, f"the minicl package is not importable: {IMPORT_ERROR}"
+    return __virtualname__
+
+
+def status():
+    """The config repo status from the pillar: commit applied, last good fetch, last error.
+
+    CLI Example: ``salt-call --local minicl.status``
+    """
+    return __pillar__.get("minicl", {}).get("status", {})
+
+
+def validate(path):
+    """Validate a cluster.json file; returns {"valid": bool, "problems": [...]}.
+
+    CLI Example: ``salt-call --local minicl.validate /root/cluster.json``
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            config.load_cluster(f.read(), source=path)
+    except OSError as exc:
+        return {"valid": False, "problems": [f"{path}: cannot read: {exc.strerror}"]}
+    except config.ConfigError as exc:
+        return {"valid": False, "problems": [str(p) for p in exc.problems]}
+    return {"valid": True, "problems": []}

@@ -1,0 +1,84 @@
+"""External pillar: the cluster configuration from the config repo, fail-safe.
+
+Minion (or master) config, as written by ``minicl-bootstrap``::
+
+    ext_pillar:
+      - minicl:
+          repo: ssh://git@git.example.org/srv/git/cluster.git
+          branch: main                          # default main
+          deploy_key: /etc/minicl/deploy.key    # optional
+          known_hosts: /etc/minicl/known_hosts  # optional
+          cache_dir: /var/lib/minicl            # default; live checkout at <cache_dir>/live
+          timeout: 30                           # seconds for the SSH connect
+
+Every compile fetches the branch, validates the new commit and only then makes it live. The
+pillar is always the live (last good) commit::
+
+    minicl:
+      cluster:   the validated cluster.json
+      host:      {name, fqdn, ip, roles} of this minion
+      addresses: {v4: [...], v6: [...]} of every cluster host
+      states:    SLS names of this host's roles (the top file applies them)
+      status:    {ok, commit, commit_time, last_good_fetch, error, bad_commit, ...}
+
+If no good commit was ever fetched, or the minion id is not in ``hosts``, the compile raises:
+Salt then refuses to run states, and the message says what to do.
+"""
+
+import logging
+
+try:
+    import git  # noqa: F401  pylint: disable=unused-import
+
+    from minicl.configrepo import ConfigRepo, NoGoodCommit
+
+    HAS_DEPS = True
+except ImportError as exc:  # pragma: no cover
+    HAS_DEPS = False
+    IMPORT_ERROR = str(exc)
+
+from minicl.config import host_snippet
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "minicl"
+
+
+def __virtual__():
+    if not HAS_DEPS:
+        return False, f"minicl pillar needs GitPython and the minicl package: {IMPORT_ERROR}"
+    return __virtualname__
+
+
+def ext_pillar(minion_id, pillar, repo, branch="main", deploy_key=None, known_hosts=None,
+               cache_dir="/var/lib/minicl", timeout=30):  # pylint: disable=unused-argument
+    config_repo = ConfigRepo(cache_dir, repo, branch=branch, deploy_key=deploy_key,
+                             known_hosts=known_hosts, timeout=timeout)
+    status = config_repo.update()
+    if status.get("error"):
+        log.error("minicl: config repo not updated, serving the last good commit %s: %s",
+                  status.get("commit", "(none)"), status["error"])
+    try:
+        cluster = config_repo.live_cluster()
+    except NoGoodCommit as exc:
+        raise RuntimeError(f"minicl: {exc}") from None
+
+    host = cluster.host_for_minion(minion_id)
+    if host is None:
+        short = minion_id.split(".")[0]
+        raise RuntimeError(
+            f"minicl: this minion ({minion_id}) is not a host in cluster.json at commit "
+            f"{status.get('commit', '?')[:12]}. Add it under \"hosts\" (as \"{short}\" or "
+            f"\"{short}.{cluster.domain}\"), push, then re-run. "
+            f"'minicl-bootstrap --print-snippet' prints the entry, e.g. {host_snippet(short, ['ADDRESS'])}"
+        )
+    status = dict(status, ok=not status.get("error"))
+    return {
+        "minicl": {
+            "cluster": cluster.data,
+            "host": cluster.host_view(host),
+            "addresses": cluster.addresses(),
+            "states": cluster.role_states(host),
+            "status": status,
+        }
+    }

@@ -1,0 +1,212 @@
+"""``minicl-bootstrap``: make this Debian host a masterless minicl minion.
+
+    minicl-bootstrap --repo=ssh://git@git.example.org/srv/git/cluster.git --deploy-key=./deploy.key
+
+Run as root, after installing minicl and Salt into one venv (see README). It
+1. installs the deploy key (and known_hosts, if given) under /etc/minicl,
+2. writes /etc/salt/minion.d/minicl.conf (file_client local, the minicl external pillar,
+   file_roots = minicl's states + the live checkout of the config repo),
+3. fetches the config repo (trusting the repo host's SSH key on first use, printing its
+   fingerprint, unless --known-hosts is given; a changed key is refused afterwards),
+4. runs the first ``salt-call --local state.apply`` with the Salt of this Python environment,
+5. prints this host's entry for "hosts" in cluster.json.
+Running it again is safe: it rewrites the same files and applies again.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+
+import yaml
+
+from minicl import config, netinfo, saltext
+from minicl.configrepo import ConfigRepo, NoGoodCommit, safe_url
+
+ETC_DIR = "/etc/minicl"
+SALT_CONFIG_DIR = "/etc/salt"
+CACHE_DIR = "/var/lib/minicl"
+EXIT_FAILED = 1
+EXIT_NOT_IN_CLUSTER = 3
+
+
+class BootstrapError(Exception):
+    pass
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="minicl-bootstrap",
+        description="Set up this host as a masterless minicl minion and apply its configuration.",
+    )
+    parser.add_argument("--repo", help="config repo URL: ssh://user@host/path, user@host:path or file:///path")
+    parser.add_argument("--deploy-key", help="private SSH key that may read the config repo")
+    parser.add_argument("--branch", default="main", help="branch to follow (default: main)")
+    parser.add_argument("--known-hosts", help="known_hosts file with the repo host's key (default: trust on first use)")
+    parser.add_argument("--id", help="minion id: the host's short name or FQDN (default: the hostname)")
+    parser.add_argument("--no-apply", action="store_true", help="configure and fetch, but do not run state.apply")
+    parser.add_argument("--print-snippet", action="store_true",
+                        help="only print this host's entry for cluster.json and exit")
+    parser.add_argument("--salt-config-dir", default=SALT_CONFIG_DIR, help=argparse.SUPPRESS)
+    parser.add_argument("--etc-dir", default=ETC_DIR, help=argparse.SUPPRESS)
+    parser.add_argument("--cache-dir", default=CACHE_DIR, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if not args.print_snippet and not args.repo:
+        parser.error("--repo is required")
+    return args
+
+
+def snippet_for_this_host(name, roles=("base",)):
+    interfaces = netinfo.global_addresses()
+    ips = netinfo.all_global(interfaces, "ipv4") + netinfo.all_global(interfaces, "ipv6")
+    return config.host_snippet(name, ips or ["ADDRESS"], roles)
+
+
+def install_file(source, target, mode):
+    if os.path.abspath(source) != os.path.abspath(target):
+        tmp = target + ".tmp"
+        shutil.copyfile(source, tmp)
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    os.chmod(target, mode)
+
+
+def pillar_options(args):
+    options = {"repo": args.repo, "branch": args.branch, "cache_dir": args.cache_dir}
+    if args.deploy_key:
+        options["deploy_key"] = os.path.join(args.etc_dir, "deploy.key")
+    if is_ssh_url(args.repo):
+        options["known_hosts"] = os.path.join(args.etc_dir, "known_hosts")
+    return options
+
+
+def minion_config(args, minion_id):
+    return {
+        "id": minion_id,
+        "file_client": "local",
+        "file_roots": {"base": [saltext.states_dir(), os.path.join(args.cache_dir, "live")]},
+        "ext_pillar": [{"minicl": pillar_options(args)}],
+    }
+
+
+def write_minion_config(args, minion_id):
+    conf_dir = os.path.join(args.salt_config_dir, "minion.d")
+    os.makedirs(conf_dir, exist_ok=True)
+    path = os.path.join(conf_dir, "minicl.conf")
+    text = "# Written by minicl-bootstrap; run it again to change this file.\n" + yaml.safe_dump(
+        minion_config(args, minion_id), default_flow_style=False, sort_keys=True
+    )
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+def is_ssh_url(url):
+    return not url.startswith(("file://", "/", "./", "../"))
+
+
+def repo_host_pattern(url):
+    """The known_hosts name of the repo host: host, or [host]:port."""
+    match = re.match(r"^ssh://(?:[^@/]+@)?(\[[^\]]+\]|[^:/]+)(?::(\d+))?/", url)
+    if match:
+        host, port = match.group(1).strip("[]"), match.group(2)
+    else:
+        match = re.match(r"^(?:[^@/]+@)?([^:/]+):", url)
+        if not match:
+            return None
+        host, port = match.group(1), None
+    return f"[{host}]:{port}" if port and port != "22" else host
+
+
+def host_key_fingerprints(known_hosts, url):
+    pattern = repo_host_pattern(url)
+    if not pattern or not os.path.exists(known_hosts):
+        return []
+    out = subprocess.run(["ssh-keygen", "-l", "-F", pattern, "-f", known_hosts],
+                         capture_output=True, text=True, check=False).stdout
+    return [line for line in out.splitlines() if line and not line.startswith("#")]
+
+
+def salt_call():
+    """salt-call of this Python environment (the venv minicl is installed in)."""
+    candidate = os.path.join(os.path.dirname(sys.executable), "salt-call")
+    return candidate if os.path.exists(candidate) else shutil.which("salt-call")
+
+
+def run(args):
+    minion_id = args.id or socket.gethostname()
+    if args.print_snippet:
+        print(snippet_for_this_host(minion_id.split(".")[0]))
+        return 0
+    if os.geteuid() != 0:
+        raise BootstrapError("run minicl-bootstrap as root (it writes /etc/salt and /etc/minicl)")
+
+    os.makedirs(args.etc_dir, mode=0o755, exist_ok=True)
+    if args.deploy_key:
+        if not os.path.isfile(args.deploy_key):
+            raise BootstrapError(f"--deploy-key: {args.deploy_key} is not a file")
+        install_file(args.deploy_key, os.path.join(args.etc_dir, "deploy.key"), 0o600)
+    known_hosts = os.path.join(args.etc_dir, "known_hosts")
+    if args.known_hosts:
+        if not os.path.isfile(args.known_hosts):
+            raise BootstrapError(f"--known-hosts: {args.known_hosts} is not a file")
+        install_file(args.known_hosts, known_hosts, 0o644)
+    conf_path = write_minion_config(args, minion_id)
+    print(f"minicl-bootstrap: wrote {conf_path} (minion id {minion_id})")
+
+    options = pillar_options(args)
+    repo = ConfigRepo(args.cache_dir, args.repo, branch=args.branch,
+                      deploy_key=options.get("deploy_key"), known_hosts=options.get("known_hosts"))
+    print(f"minicl-bootstrap: fetching {safe_url(args.repo)} (branch {args.branch})")
+    trust_on_first_use = is_ssh_url(args.repo) and not args.known_hosts
+    status = repo.update(accept_new_host_key=trust_on_first_use)
+    if is_ssh_url(args.repo):
+        for line in host_key_fingerprints(known_hosts, args.repo):
+            how = "trusted on first use" if trust_on_first_use else "from --known-hosts"
+            print(f"minicl-bootstrap: repo host key ({how}): {line}")
+    if status.get("error"):
+        print(f"minicl-bootstrap: {status['error']}", file=sys.stderr)
+    try:
+        cluster = repo.live_cluster()
+    except NoGoodCommit as exc:
+        raise BootstrapError(str(exc)) from None
+    print(f"minicl-bootstrap: config commit {status['commit'][:12]} ({status.get('commit_subject', '')})")
+
+    host = cluster.host_for_minion(minion_id)
+    if host is None:
+        short = minion_id.split(".")[0]
+        print(f"\nThis host ({minion_id}) is not in cluster.json yet. Add this entry under \"hosts\",")
+        print("commit, push, then run minicl-bootstrap again (or salt-call --local state.apply):\n")
+        print(snippet_for_this_host(short))
+        return EXIT_NOT_IN_CLUSTER
+
+    code = 0
+    if not args.no_apply:
+        print("minicl-bootstrap: salt-call --local state.apply", flush=True)
+        code = subprocess.run([salt_call(), "--local", "state.apply", "--retcode-passthrough"],
+                              check=False).returncode
+        print(f"minicl-bootstrap: state.apply {'succeeded' if code == 0 else f'FAILED (exit {code})'}")
+    print(f"\nThis host's entry under \"hosts\" in cluster.json (as {host} is now):\n")
+    print(snippet_for_this_host(host, cluster.host_roles(host)))
+    return code
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except BootstrapError as exc:
+        print(f"minicl-bootstrap: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:
+        print(f"minicl-bootstrap: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

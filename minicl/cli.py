@@ -1,0 +1,94 @@
+"""The ``minicl`` command.
+
+    minicl validate [PATH]      # PATH defaults to ./cluster.json; exit 0 valid, 1 invalid
+    minicl validate --staged    # the staged cluster.json of the git repo here (pre-commit hook)
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+
+from minicl import config
+
+EXIT_INVALID = 1
+
+
+def repo_files_on_disk(repo_dir):
+    """Paths of role files under ``repo_dir`` as the validator wants them (roles/x/init.sls)."""
+    roles = os.path.join(repo_dir, "roles")
+    if not os.path.isdir(roles):
+        return []
+    return [f"roles/{name}/init.sls" for name in os.listdir(roles)
+            if os.path.isfile(os.path.join(roles, name, "init.sls"))]
+
+
+def validate_path(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        return [f"{path}: cannot read: {exc.strerror}"]
+    except UnicodeDecodeError as exc:
+        return [f"{path}: not UTF-8 text (byte {exc.start})"]
+    source = os.path.basename(path) if os.path.dirname(path) in ("", ".") else path
+    return _problems(text, source, repo_files_on_disk(os.path.dirname(os.path.abspath(path))))
+
+
+def _git(*args, cwd=None):
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, check=False)
+
+
+def validate_staged(repo_dir="."):
+    """Problems of what ``git commit`` is about to record: cluster.json and deploy.key."""
+    listed = _git("ls-files", "--cached", "-z", cwd=repo_dir)
+    if listed.returncode != 0:
+        return [f"{os.path.abspath(repo_dir)}: not a git repository ({listed.stderr.decode().strip()})"]
+    files = [f for f in listed.stdout.decode("utf-8", "replace").split("\0") if f]
+    problems = []
+    if "deploy.key" not in files:
+        problems.append("deploy.key: missing from the commit; the hosts read the repo with it "
+                        "(ssh-keygen -t ed25519 -N '' -f deploy.key; git add deploy.key)")
+    if "cluster.json" not in files:
+        return problems + ["cluster.json: missing from the commit (git add cluster.json)"]
+    staged = _git("show", ":cluster.json", cwd=repo_dir)
+    try:
+        text = staged.stdout.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return problems + [f"cluster.json: not UTF-8 text (byte {exc.start})"]
+    return problems + _problems(text, "cluster.json", files)
+
+
+def _problems(text, source, repo_files):
+    try:
+        config.load_cluster(text, source=source, repo_files=repo_files)
+    except config.ConfigError as exc:
+        return [str(p) for p in exc.problems]
+    return []
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="minicl", description="minicl cluster tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("validate", help="check a cluster.json (exit 0 valid, 1 invalid)")
+    check.add_argument("path", nargs="?", default="cluster.json", help="default: ./cluster.json")
+    check.add_argument("--staged", action="store_true",
+                       help="check the staged cluster.json and deploy.key of the git repo here")
+    check.add_argument("-q", "--quiet", action="store_true", help="print problems only")
+    args = parser.parse_args(argv)
+
+    problems = validate_staged() if args.staged else validate_path(args.path)
+    for problem in problems:
+        print(problem, file=sys.stderr if args.staged else sys.stdout)
+    if problems:
+        if args.staged:
+            print("minicl: commit refused; fix the above (or bypass with git commit --no-verify)",
+                  file=sys.stderr)
+        return EXIT_INVALID
+    if not args.quiet:
+        print(f"{'staged cluster.json' if args.staged else args.path}: valid")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

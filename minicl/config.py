@@ -1,0 +1,558 @@
+"""The cluster.json model: load, validate, derive.
+
+Everything that reads cluster.json goes through here: the external pillar, ``minicl validate``,
+the pre-commit hook and ``minicl-bootstrap``.
+
+    cluster = load_cluster(text, repo_files=files)   # raises ConfigError listing every problem
+    cluster.host_for_minion("alpha.example.org")      # -> "alpha"
+    cluster.addresses()                               # -> {"v4": [...], "v6": [...]}
+"""
+
+import base64
+import binascii
+import ipaddress
+import json
+import re
+import struct
+from functools import lru_cache
+from importlib import resources
+from urllib.parse import urlparse
+
+import jsonschema
+
+SOURCE = "cluster.json"
+MIN_UID = 1000
+NOBODY_UID = 65534
+DEFAULT_SMTP_PORT = 587
+
+# Roles implemented by minicl itself, mapped to the SLS files that implement them. The
+# state tree serves them from minicl's own states/ folder; every other role is the config
+# repo's roles/<name>/init.sls. The monitor role gets its states with the monitoring work.
+MINICL_ROLE_STATES = {
+    "base": ["minicl.base"],
+    "monitor": [],
+}
+
+# Names that exist (or will, once Debian packages are installed) as system users or groups
+# on a Debian host. A cluster user of that name would clash with, or take over, the account.
+SYSTEM_NAMES = frozenset(
+    """
+    root daemon bin sys sync games man lp mail news uucp proxy www-data backup list irc gnats
+    nobody nogroup adm tty disk kmem dialout fax voice cdrom floppy tape sudo audio dip
+    operator src shadow utmp video sasl plugdev staff users input sgx kvm render netdev
+    messagebus sshd postfix postdrop prometheus ntp ntpsec polkitd syslog tss uuidd avahi
+    dnsmasq statd tcpdump lxd docker libvirt libvirt-qemu systemd-journal ssl-cert crontab
+    debian-exim Debian-exim nslcd sddm lightdm colord geoclue pulse rtkit saned usbmux
+    git minicl salt admin wheel
+    """.split()
+)
+SYSTEM_NAME_PREFIXES = ("systemd-", "_")
+
+POSIX_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+ROLE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+EMAIL = re.compile(r"^[^@\s]+@([^@\s]+)$")
+
+_B64 = r"[./0-9A-Za-z]"
+CRYPT_HASHES = {
+    # scheme id: (readable name, pattern of what follows "$id$")
+    "y": ("yescrypt", re.compile(rf"^{_B64}+\${_B64}+\${_B64}{{43}}$")),
+    "gy": ("gost-yescrypt", re.compile(rf"^{_B64}+\${_B64}+\${_B64}{{43}}$")),
+    "7": ("scrypt", re.compile(rf"^{_B64}{{11,}}\${_B64}{{43}}$")),
+    "2b": ("bcrypt", re.compile(rf"^\d\d\${_B64}{{53}}$")),
+    "2a": ("bcrypt", re.compile(rf"^\d\d\${_B64}{{53}}$")),
+    "2y": ("bcrypt", re.compile(rf"^\d\d\${_B64}{{53}}$")),
+    "6": ("sha512crypt", re.compile(rf"^(rounds=\d+\$)?{_B64}{{1,16}}\${_B64}{{86}}$")),
+    "5": ("sha256crypt", re.compile(rf"^(rounds=\d+\$)?{_B64}{{1,16}}\${_B64}{{43}}$")),
+}
+WEAK_CRYPT = {"1": "MD5", "3": "NT hash", "md5": "MD5", "sha1": "SHA-1"}
+LOCK_MARKERS = ("!", "*")
+
+SSH_KEY_TYPES = frozenset(
+    {
+        "ssh-ed25519",
+        "ssh-rsa",
+        "ecdsa-sha2-nistp256",
+        "ecdsa-sha2-nistp384",
+        "ecdsa-sha2-nistp521",
+        "sk-ssh-ed25519@openssh.com",
+        "sk-ecdsa-sha2-nistp256@openssh.com",
+    }
+)
+
+# Values at these paths are secrets: problems about them never quote the value.
+SECRET_PATHS = (re.compile(r"^smtp\.password$"), re.compile(r"^users\.[^.]+\.passwd$"))
+
+
+class Problem:
+    """One thing wrong with cluster.json, at a dotted path (``users.bob.uid``)."""
+
+    def __init__(self, path, message, source=SOURCE):
+        self.path = path
+        self.message = message
+        self.source = source
+
+    def __str__(self):
+        if self.path:
+            return f"{self.source}: {self.path}: {self.message}"
+        return f"{self.source}: {self.message}"
+
+    def __repr__(self):
+        return f"Problem({str(self)!r})"
+
+    def __eq__(self, other):
+        return isinstance(other, Problem) and str(self) == str(other)
+
+    def __hash__(self):
+        return hash(str(self))
+
+
+class ConfigError(Exception):
+    """cluster.json is not usable; ``problems`` lists every reason."""
+
+    def __init__(self, problems):
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+@lru_cache(maxsize=1)
+def schema():
+    return json.loads(resources.files("minicl").joinpath("cluster.schema.json").read_text())
+
+
+@lru_cache(maxsize=1)
+def _validator():
+    cls = jsonschema.validators.validator_for(schema())
+    return cls(schema())
+
+
+def parse_json(text, source=SOURCE):
+    """Parse cluster.json text; syntax errors and duplicate keys become a ConfigError."""
+    duplicates = []
+
+    def no_duplicates(pairs):
+        seen = {}
+        for key, value in pairs:
+            if key in seen:
+                duplicates.append(key)
+            seen[key] = value
+        return seen
+
+    try:
+        data = json.loads(text, object_pairs_hook=no_duplicates)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            [Problem("", f"line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}", source)]
+        ) from None
+    problems = [Problem("", f'key "{key}" appears twice in one object', source) for key in duplicates]
+    if problems:
+        raise ConfigError(problems)
+    return data
+
+
+def load_cluster(text, source=SOURCE, repo_files=None):
+    """Parse and validate cluster.json text and return a Cluster, or raise ConfigError.
+
+    ``repo_files``: the paths in the config repo (``roles/web/init.sls``, ...) when known,
+    so that roles can be checked against it.
+    """
+    data = parse_json(text, source)
+    problems = validate(data, source, repo_files)
+    if problems:
+        raise ConfigError(problems)
+    return Cluster(data)
+
+
+def validate(data, source=SOURCE, repo_files=None):
+    """Every problem of already-parsed cluster.json data, schema first, then semantics."""
+    problems = []
+    for error in _schema_errors(data):
+        found = _schema_problem(error, source)
+        problems += found if isinstance(found, list) else [found]
+    if isinstance(data, dict):
+        problems += _semantic_problems(data, source, repo_files)
+    # One problem per line, stable order, no repeats.
+    return sorted(set(problems), key=lambda p: (p.path, p.message))
+
+
+def _schema_errors(data):
+    return _validator().iter_errors(data)
+
+
+def _dotted(parts):
+    path = ""
+    for part in parts:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _is_secret(path):
+    return any(p.match(path) for p in SECRET_PATHS)
+
+
+_TYPE_NAMES = {
+    "string": "a string",
+    "integer": "an integer",
+    "object": "an object",
+    "array": "a list",
+    "boolean": "true or false",
+    "number": "a number",
+    "null": "null",
+}
+
+
+def _json_type(value):
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return "null"
+
+
+def _schema_problem(error, source):
+    path = _dotted(error.absolute_path)
+    value = error.instance
+    shown = "(value hidden)" if _is_secret(path) else json.dumps(value)
+    kind = error.validator
+    if kind == "additionalProperties":
+        allowed = ", ".join(sorted(error.schema.get("properties", {})))
+        extra = sorted(set(value) - set(error.schema.get("properties", {})))
+        prefix = f"{path}." if path else ""
+        return [Problem(f"{prefix}{key}", f"unknown field (allowed here: {allowed})", source) for key in extra]
+    if kind == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        return Problem(path, f'missing required field "{missing}"', source)
+    if kind == "type":
+        return Problem(
+            path,
+            f"must be {_TYPE_NAMES[error.validator_value]}, not {_TYPE_NAMES[_json_type(value)]}",
+            source,
+        )
+    if kind == "oneOf":
+        if isinstance(value, list) and not value:
+            return Problem(path, "must list at least one entry", source)
+        return Problem(path, f"must be a string or a list of strings, not {shown}", source)
+    if kind == "minLength":
+        return Problem(path, "must not be empty", source)
+    if kind == "minProperties":
+        return Problem(path, "must have at least one entry", source)
+    if kind == "minItems":
+        return Problem(path, "must list at least one entry", source)
+    if kind in ("minimum", "maximum"):
+        return Problem(path, f"{shown} is out of range (1-65535)", source)
+    if kind == "uniqueItems":
+        return Problem(path, "lists an entry more than once", source)
+    message = error.message if not _is_secret(path) else f"is invalid ({kind})"
+    return Problem(path, message, source)
+
+
+def _semantic_problems(data, source, repo_files):
+    problems = []
+
+    def add(path, message):
+        problems.append(Problem(path, message, source))
+
+    domain = data.get("domain")
+    if isinstance(domain, str) and domain and not is_dns_name(domain):
+        add("domain", f"{json.dumps(domain)} is not a valid DNS name (lower-case labels a-z, 0-9, - separated by dots)")
+
+    email = data.get("admin_email")
+    if isinstance(email, str) and email:
+        match = EMAIL.match(email)
+        if not match or not is_dns_name(match.group(1).lower()):
+            add("admin_email", f"{json.dumps(email)} is not an e-mail address (user@domain)")
+
+    ca_url = data.get("ca_url")
+    if isinstance(ca_url, str) and ca_url:
+        parsed = urlparse(ca_url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            add("ca_url", f"{json.dumps(ca_url)} is not an http:// or https:// URL")
+
+    smtp = data.get("smtp")
+    if isinstance(smtp, dict):
+        relay = smtp.get("relay")
+        if isinstance(relay, str) and relay.strip() and not (is_dns_name(relay) or is_ip(relay)):
+            add("smtp.relay", f"{json.dumps(relay)} is not a host name or IP address")
+        elif isinstance(relay, str) and not relay.strip():
+            add("smtp.relay", "must not be empty")
+
+    users = data.get("users")
+    if isinstance(users, dict):
+        problems += _user_problems(users, source)
+
+    hosts = data.get("hosts")
+    if isinstance(hosts, dict):
+        problems += _host_problems(hosts, source, repo_files)
+    return problems
+
+
+def _user_problems(users, source):
+    problems = []
+
+    def add(path, message):
+        problems.append(Problem(path, message, source))
+
+    uids = {}
+    for name, user in users.items():
+        base = f"users.{name}"
+        if not POSIX_NAME.match(name):
+            add(base, f'"{name}" is not a valid user name (lower-case letters, digits, _ and -, starting with a letter or _, at most 32)')
+        elif is_system_name(name):
+            add(base, f'"{name}" is the name of a system account or group (choose another name)')
+        if not isinstance(user, dict):
+            continue
+        uid = user.get("uid")
+        if isinstance(uid, int) and not isinstance(uid, bool):
+            if uid < MIN_UID:
+                add(f"{base}.uid", f"{uid} is in the system range (must be >= {MIN_UID})")
+            elif uid == NOBODY_UID:
+                add(f"{base}.uid", f"{uid} is the uid of nobody (choose another)")
+            elif uid > 2**32 - 2:
+                add(f"{base}.uid", f"{uid} is too large (must be < 4294967295)")
+            if uid in uids:
+                add(f"{base}.uid", f"{uid} is already the uid of user {uids[uid]}")
+            else:
+                uids[uid] = name
+        passwd = user.get("passwd")
+        if isinstance(passwd, str):
+            reason = crypt_hash_problem(passwd)
+            if reason:
+                add(f"{base}.passwd", reason)
+        keys = user.get("ssh_key")
+        if isinstance(keys, str):
+            keys = [keys]
+            paths = [f"{base}.ssh_key"]
+        elif isinstance(keys, list):
+            paths = [f"{base}.ssh_key[{i}]" for i in range(len(keys))]
+        else:
+            keys, paths = [], []
+        seen = set()
+        for path, key in zip(paths, keys):
+            if not isinstance(key, str):
+                continue
+            reason = ssh_key_problem(key)
+            if reason:
+                add(path, reason)
+            elif key.split()[1] in seen:
+                add(path, "repeats a key listed before")
+            else:
+                seen.add(key.split()[1])
+    return problems
+
+
+def _host_problems(hosts, source, repo_files):
+    problems = []
+
+    def add(path, message):
+        problems.append(Problem(path, message, source))
+
+    owners = {}
+    for name, host in hosts.items():
+        base = f"hosts.{name}"
+        if not DNS_LABEL.match(name):
+            add(base, f'"{name}" is not a valid host name (one DNS label: a-z, 0-9 and -, at most 63)')
+        if not isinstance(host, dict):
+            continue
+        ips = host.get("ip")
+        if isinstance(ips, str):
+            pairs = [(f"{base}.ip", ips)]
+        elif isinstance(ips, list):
+            pairs = [(f"{base}.ip[{i}]", ip) for i, ip in enumerate(ips)]
+        else:
+            pairs = []
+        for path, ip in pairs:
+            if not isinstance(ip, str):
+                continue
+            reason = host_ip_problem(ip)
+            if reason:
+                add(path, reason)
+                continue
+            addr = ipaddress.ip_address(ip)
+            if addr in owners and owners[addr] != name:
+                add(path, f"{ip} is already an address of host {owners[addr]}")
+            elif addr in owners:
+                add(path, f"{ip} is listed twice")
+            else:
+                owners[addr] = name
+        roles = host.get("roles")
+        if isinstance(roles, list):
+            if "base" not in roles:
+                add(f"{base}.roles", 'must contain "base" (minicl\'s own role, on every host)')
+            for i, role in enumerate(roles):
+                if not isinstance(role, str):
+                    continue
+                if not ROLE_NAME.match(role):
+                    add(f"{base}.roles[{i}]", f'"{role}" is not a valid role name (a-z, 0-9, _ and -)')
+                elif role not in MINICL_ROLE_STATES and repo_files is not None:
+                    if f"roles/{role}/init.sls" not in repo_files:
+                        add(
+                            f"{base}.roles[{i}]",
+                            f'role "{role}" has no roles/{role}/init.sls in the config repo (add it, or fix the name)',
+                        )
+    return problems
+
+
+def is_dns_name(name):
+    if not isinstance(name, str) or len(name) > 253 or name.endswith("."):
+        return False
+    return all(DNS_LABEL.match(label) for label in name.split("."))
+
+
+def is_ip(text):
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def is_system_name(name):
+    return name in SYSTEM_NAMES or name.startswith(SYSTEM_NAME_PREFIXES)
+
+
+def host_ip_problem(text):
+    """Why ``text`` cannot be a host address, or None."""
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        return f"{json.dumps(text)} is not an IPv4 or IPv6 address"
+    if str(addr) != text and addr.version == 4:
+        return f"{json.dumps(text)} is not in canonical form (write {addr})"
+    for test, what in (
+        (addr.is_unspecified, "the unspecified address"),
+        (addr.is_loopback, "a loopback address"),
+        (addr.is_multicast, "a multicast address"),
+        (addr.is_link_local, "a link-local address"),
+    ):
+        if test:
+            return f"{text} is {what}, not a host address"
+    return None
+
+
+def crypt_hash_problem(text):
+    """Why ``text`` is not a shadow password field minicl accepts, or None. Never quotes it."""
+    if text in LOCK_MARKERS:
+        return None
+    value = text[1:] if text.startswith("!") else text
+    if not value.startswith("$"):
+        return "is not a crypt hash ($y$, $6$, $5$, $2b$, ...) or a lock marker (! or *) (value hidden)"
+    parts = value.split("$", 2)
+    scheme = parts[1]
+    if scheme in WEAK_CRYPT:
+        return f"is a {WEAK_CRYPT[scheme]} crypt hash, which is too weak: use yescrypt ($y$) or sha512crypt ($6$) (value hidden)"
+    if scheme not in CRYPT_HASHES or len(parts) < 3:
+        return f'has unknown crypt scheme "${scheme}$" (use $y$, $6$, $5$, $2b$, ...) (value hidden)'
+    name, pattern = CRYPT_HASHES[scheme]
+    if not pattern.match(parts[2]):
+        return f"is not a well-formed {name} hash (value hidden)"
+    return None
+
+
+def ssh_key_problem(text):
+    """Why ``text`` is not one OpenSSH public key (type, base64 blob, optional comment), or None."""
+    if "PRIVATE KEY" in text:
+        return "is a PRIVATE key: remove it from the repo now and use the .pub file (value hidden)"
+    fields = text.split()
+    if len(fields) < 2:
+        return "is not an OpenSSH public key (expected: TYPE BASE64 [COMMENT])"
+    key_type, blob = fields[0], fields[1]
+    if key_type not in SSH_KEY_TYPES:
+        if key_type == "ssh-dss":
+            return "is a DSA key, which OpenSSH no longer accepts: use ssh-ed25519"
+        return f'has unknown key type "{key_type[:40]}" (expected one of {", ".join(sorted(SSH_KEY_TYPES))})'
+    try:
+        raw = base64.b64decode(blob, validate=True)
+        (length,) = struct.unpack(">I", raw[:4])
+        embedded = raw[4 : 4 + length].decode("ascii")
+    except (binascii.Error, struct.error, UnicodeDecodeError, ValueError):
+        return f"{key_type} key: the key data is not valid base64 of an OpenSSH key"
+    if embedded != key_type:
+        return f'{key_type} key: the key data is of type "{embedded[:40]}"'
+    if len(raw) <= 4 + length + 4:
+        return f"{key_type} key: the key data is truncated"
+    return None
+
+
+def as_list(value):
+    return [value] if isinstance(value, str) else list(value)
+
+
+class Cluster:
+    """A validated cluster.json and what is derived from it."""
+
+    def __init__(self, data):
+        self.data = data
+
+    @property
+    def domain(self):
+        return self.data["domain"]
+
+    @property
+    def hosts(self):
+        return self.data["hosts"]
+
+    @property
+    def users(self):
+        return self.data["users"]
+
+    def fqdn(self, host):
+        return f"{host}.{self.domain}"
+
+    def host_for_minion(self, minion_id):
+        """The short host name a minion id stands for (short name or FQDN), or None."""
+        wanted = minion_id.lower().rstrip(".")
+        suffix = "." + self.domain.lower()
+        if wanted.endswith(suffix):
+            wanted = wanted[: -len(suffix)]
+        return wanted if wanted in self.hosts else None
+
+    def host_ips(self, host):
+        return as_list(self.hosts[host]["ip"])
+
+    def host_roles(self, host):
+        return list(self.hosts[host]["roles"])
+
+    def role_states(self, host):
+        """The SLS names that implement the roles of ``host``, in role order."""
+        states = []
+        for role in self.host_roles(host):
+            states += MINICL_ROLE_STATES.get(role, [f"roles.{role}"])
+        return states
+
+    def user_keys(self, user):
+        return as_list(self.users[user]["ssh_key"])
+
+    def smtp_port(self):
+        return self.data["smtp"].get("port", DEFAULT_SMTP_PORT)
+
+    def addresses(self):
+        """Every address of every host, split by family, sorted."""
+        addrs = {ipaddress.ip_address(ip) for host in self.hosts for ip in self.host_ips(host)}
+        return {
+            "v4": [str(a) for a in sorted(a for a in addrs if a.version == 4)],
+            "v6": [str(a) for a in sorted(a for a in addrs if a.version == 6)],
+        }
+
+    def host_view(self, host):
+        return {
+            "name": host,
+            "fqdn": self.fqdn(host),
+            "ip": self.host_ips(host),
+            "roles": self.host_roles(host),
+        }
+
+
+def host_snippet(name, ips, roles=("base",)):
+    """The JSON text to add under "hosts" in cluster.json for one host."""
+    return json.dumps({name: {"ip": list(ips), "roles": list(roles)}}, indent=2)[2:-2]

@@ -1,0 +1,255 @@
+"""Test hosts: throwaway Debian "machines" made of Linux namespaces, for tests and the demo.
+
+Each host is ``unshare --mount --uts --net --pid --fork`` with an overlayfs root (lower dir
+``/``, upper dir on a tmpfs), chrooted into, with its own /proc, /sys, /tmp and /run and its
+own hostname. Whatever runs inside (useradd, sshd, salt-call, nft, postfix) changes only the
+overlay. Hosts are joined by veth links to a bridge that lives in a network namespace of its
+own, so addresses exist only inside the namespaces created here. Needs root.
+
+    with Lab() as lab:
+        alpha = lab.add_host("alpha", ["198.51.100.11/24", "2001:db8:100::11/64"])
+        alpha.run(["ip", "-br", "addr"])
+        alpha.spawn_daemon(["/usr/sbin/sshd", "-E", "/var/log/sshd.log"])
+
+Teardown kills each host's namespace init (and so everything in its PID namespace) and
+nothing else; the mounts and links go away with the namespaces.
+"""
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# PID 1 of a namespace: reaps orphans (daemons reparent to it) and exits on SIGTERM.
+REAPER = r"""
+import os, signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+sys.stdout.write("ready\n"); sys.stdout.flush(); os.close(1)
+while True:
+    try:
+        pid, _ = os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        pid = 0
+    if pid == 0:
+        time.sleep(0.2)
+"""
+
+# Runs as PID 1 of the new namespaces, before the chroot: builds the host's root.
+HOST_SETUP = r"""
+set -eu
+D=$1; NAME=$2; PY=$3; REAPER=$4; shift 4
+mount -t tmpfs -o mode=0755 minicl-testhost "$D"
+mkdir -p "$D/upper" "$D/work" "$D/root"
+mount -t overlay overlay -o "lowerdir=/,upperdir=$D/upper,workdir=$D/work" "$D/root"
+R=$D/root
+mount -t proc proc "$R/proc"
+mount -t sysfs sysfs "$R/sys"
+mount --rbind /dev "$R/dev"
+mount -t tmpfs -o mode=1777 tmpfs "$R/tmp"
+mount -t tmpfs -o mode=0755 tmpfs "$R/run"
+for dir in "$@"; do
+    mkdir -p "$R$dir"
+    mount --bind "$dir" "$R$dir"
+    mount -o remount,bind,ro "$R$dir"
+done
+hostname "$NAME"
+echo "$NAME" > "$R/etc/hostname"
+printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' > "$R/etc/hosts"
+rm -f "$R/var/lib/man-db/auto-update"
+exec chroot "$R" "$PY" -c "$REAPER"
+"""
+
+
+class CommandFailed(subprocess.CalledProcessError):
+    def __str__(self):
+        return (f"{shlex.join(self.cmd)} exited {self.returncode}\n"
+                f"--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}")
+
+
+def _children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+class _Namespace:
+    """A process started with unshare whose child is PID 1 of the new namespaces."""
+
+    def __init__(self, unshare_args, setup_cmd):
+        self.proc = subprocess.Popen(
+            ["unshare", *unshare_args, "--fork", "--kill-child", *setup_cmd],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        line = self.proc.stdout.readline()
+        if line.strip() != "ready":
+            self.proc.kill()
+            _, err = self.proc.communicate(timeout=10)
+            raise RuntimeError(f"test host did not start: {err.strip() or line}")
+        children = _children(self.proc.pid)
+        if len(children) != 1:
+            self.proc.kill()
+            raise RuntimeError(f"cannot find the namespace init of unshare {self.proc.pid}")
+        self.pid = children[0]  # as seen from outside
+
+    def nsenter(self, *flags):
+        return ["nsenter", "-t", str(self.pid), *flags, "--"]
+
+    def kill(self):
+        for pid in (self.pid, self.proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{self.pid}") and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+class Host:
+    """One test host. ``run`` executes a command inside it, as root, like a login shell would."""
+
+    def __init__(self, lab, name, index, addresses, binds):
+        self.lab = lab
+        self.name = name
+        self.index = index
+        self.addresses = list(addresses)
+        self.dir = os.path.join(lab.dir, name)
+        os.makedirs(self.dir)
+        self.ns = _Namespace(
+            ["--mount", "--uts", "--net", "--pid", "--propagation", "private"],
+            ["sh", "-c", HOST_SETUP, "minicl-testhost", self.dir, name, "/usr/bin/python3", REAPER,
+             *binds],
+        )
+        self.path = os.pathsep.join([os.path.dirname(sys.executable), "/usr/local/sbin",
+                                     "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"])
+
+    @property
+    def pid(self):
+        return self.ns.pid
+
+    @property
+    def ips(self):
+        """The host's addresses without prefix length, IPv4 first."""
+        return [a.split("/")[0] for a in self.addresses]
+
+    @property
+    def ipv4(self):
+        return next(a for a in self.ips if ":" not in a)
+
+    @property
+    def ipv6(self):
+        return next(a for a in self.ips if ":" in a)
+
+    def command(self, cmd):
+        env = ["env", "-i", f"PATH={self.path}", "HOME=/root", "LANG=C.UTF-8", "USER=root",
+               "LOGNAME=root", "SHELL=/bin/sh"]
+        return [*self.ns.nsenter("-m", "-u", "-n", "-p", "-r", "-w"), *env, *cmd]
+
+    def run(self, cmd, check=True, input=None, timeout=300, env=None):
+        """Run ``cmd`` (a list, or a string for sh -c) in the host; returns CompletedProcess."""
+        if isinstance(cmd, str):
+            cmd = ["sh", "-c", cmd]
+        if env:
+            cmd = ["env", *[f"{k}={v}" for k, v in env.items()], *cmd]
+        result = subprocess.run(self.command(cmd), input=input, capture_output=True, text=True,
+                                timeout=timeout, check=False)
+        if check and result.returncode != 0:
+            raise CommandFailed(result.returncode, cmd, result.stdout, result.stderr)
+        return result
+
+    def spawn(self, cmd, **popen_args):
+        """Start a long-running command in the host; the caller owns the Popen."""
+        if isinstance(cmd, str):
+            cmd = ["sh", "-c", cmd]
+        popen_args.setdefault("stdout", subprocess.PIPE)
+        popen_args.setdefault("stderr", subprocess.PIPE)
+        return subprocess.Popen(self.command(cmd), text=True, **popen_args)
+
+    def write(self, path, content, mode=0o644):
+        self.run(["sh", "-c", 'mkdir -p "$(dirname "$1")" && umask 077 && cat > "$1" && chmod "$2" "$1"',
+                  "write", path, oct(mode)[2:]], input=content)
+
+    def read(self, path):
+        return self.run(["cat", path]).stdout
+
+    def exists(self, path):
+        return self.run(["test", "-e", path], check=False).returncode == 0
+
+    def __repr__(self):
+        return f"<test host {self.name} {self.ips}>"
+
+
+class Lab:
+    """A set of test hosts on one LAN (a bridge in a namespace of its own)."""
+
+    def __init__(self, prefix="minicl-lab-"):
+        self.dir = tempfile.mkdtemp(prefix=prefix)
+        os.chmod(self.dir, 0o700)
+        self.hosts = {}
+        self._switch = _Namespace(["--net"], ["/usr/bin/python3", "-c", REAPER])
+        self._in_switch(["ip", "link", "set", "lo", "up"])
+        self._in_switch(["ip", "link", "add", "br0", "type", "bridge"])
+        self._in_switch(["ip", "link", "set", "br0", "up"])
+
+    def _in_switch(self, cmd):
+        subprocess.run([*self._switch.nsenter("-n"), *cmd], check=True, capture_output=True, text=True)
+
+    def binds(self):
+        """Host directories shown read-only inside test hosts: this source tree and its venv."""
+        dirs = [SOURCE_ROOT]
+        if not sys.prefix.startswith(SOURCE_ROOT + os.sep):
+            dirs.append(sys.prefix)
+        return dirs
+
+    def add_host(self, name, addresses):
+        """Start a host with ``addresses`` (CIDR form) on eth0, linked to the lab's bridge."""
+        index = len(self.hosts) + 1
+        host = Host(self, name, index, addresses, self.binds())
+        self.hosts[name] = host
+        try:
+            self._link(host)
+        except Exception:
+            self.remove_host(name)
+            raise
+        return host
+
+    def _link(self, host):
+        port = f"p{host.index}"
+        subprocess.run(["ip", "link", "add", "eth0", "netns", str(host.pid), "type", "veth",
+                        "peer", "name", port, "netns", str(self._switch.pid)],
+                       check=True, capture_output=True, text=True)
+        self._in_switch(["ip", "link", "set", port, "master", "br0", "up"])
+        host.run(["ip", "link", "set", "lo", "up"])
+        host.run(["ip", "link", "set", "eth0", "up"])
+        for address in host.addresses:
+            extra = ["nodad"] if ":" in address else []
+            host.run(["ip", "addr", "add", address, "dev", "eth0", *extra])
+
+    def remove_host(self, name):
+        host = self.hosts.pop(name)
+        host.ns.kill()
+        shutil.rmtree(host.dir, ignore_errors=True)
+
+    def close(self):
+        for name in list(self.hosts):
+            self.remove_host(name)
+        self._switch.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

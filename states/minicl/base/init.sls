@@ -1,0 +1,3 @@
+{#- minicl's base role: on every host. Later parts of minicl add their SLS files here. #}
+include:
+  - minicl.base.applied

@@ -1,0 +1,39 @@
+#!/bin/sh
+# Installs what minicl's demo and tests need on a Debian/Ubuntu machine, as root:
+# Debian packages, then a venv in .venv with Salt, minicl (editable) and the test tools.
+# Safe to run again; quick when everything is there.
+set -eu
+cd "$(dirname "$0")/.."
+
+DEBIAN_PACKAGES="git openssh-server openssh-client iproute2 util-linux python3-venv procps"
+
+missing=""
+for pkg in $DEBIAN_PACKAGES; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+    echo "setup: installing Debian packages:$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # policy-rc.d keeps the packages' services (sshd) from starting on this machine:
+    # minicl's demo and tests run their daemons only inside test hosts.
+    created_policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+        created_policy=1
+    fi
+    apt-get install -y -qq --no-install-recommends $missing
+    if [ -n "$created_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv"
+    /usr/bin/python3 -m venv .venv
+fi
+if ! .venv/bin/python -c "import minicl, salt, saltfactories" 2>/dev/null \
+   || [ setup.cfg -nt .venv/.minicl-installed ]; then
+    echo "setup: installing Salt, minicl and the test tools into .venv"
+    .venv/bin/pip install -q --upgrade pip
+    .venv/bin/pip install -q -e '.[tests]'
+    touch .venv/.minicl-installed
+fi
