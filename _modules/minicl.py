@@ -4,6 +4,8 @@
     salt-call --local minicl.validate /path/to/cluster.json
 """
 
+import json
+
 try:
     from minicl import config
 
@@ -26,7 +28,8 @@ def status():
 
     CLI Example: ``salt-call --local minicl.status``
     """
-    return __pillar__.get("minicl", {}).get("status", {})
+    # Plain data: Salt (3008+) masks pillar containers in output; the status holds no secret.
+    return json.loads(json.dumps(__pillar__.get("minicl", {}).get("status", {})))
 
 
 def validate(path):

@@ -54,12 +54,22 @@ def safe_url(url):
                                       + (f":{parsed.port}" if parsed.port else "")))
 
 
+# git's generic advice after any failed fetch; the ssh or git line before it says what happened.
+_GIT_BOILERPLATE = (
+    "fatal: Could not read from remote repository.",
+    "Please make sure you have the correct access rights",
+    "and the repository exists.",
+)
+
+
 def _git_error_text(exc):
-    """The useful last lines of a failed git command, without the command line itself."""
-    text = (getattr(exc, "stderr", "") or str(exc)).strip()
-    text = text.replace("stderr:", "").strip().strip("'").strip()
+    """The lines of a failed git command's stderr that say why, without git's advice."""
+    text = getattr(exc, "stderr", "") or str(exc)
+    text = text.replace("stderr:", "").strip().strip("'")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return " / ".join(lines[-3:]) or "git failed"
+    useful = [line for line in lines
+              if not line.startswith(_GIT_BOILERPLATE) and not line.startswith("@")]
+    return " / ".join((useful or lines)[-3:]) or "git failed"
 
 
 class ConfigRepo:

@@ -103,18 +103,18 @@ class _Namespace:
         return ["nsenter", "-t", str(self.pid), *flags, "--"]
 
     def kill(self):
-        for pid in (self.pid, self.proc.pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        """Kill the namespace's PID 1 (the kernel then kills the rest); unshare reaps it."""
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            pass
-        deadline = time.monotonic() + 10
-        while os.path.exists(f"/proc/{self.pid}") and time.monotonic() < deadline:
-            time.sleep(0.05)
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            stream.close()
 
 
 class Host:
@@ -253,3 +253,55 @@ class Lab:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class GitServer:
+    """A config repo served over SSH from a test host: user git, bare repo, sshd.
+
+    ``commit`` writes files into a work clone on the same host and pushes them, as an admin
+    would from a workstation.
+    """
+
+    REPO = "/srv/git/cluster.git"
+    WORK = "/root/work"
+
+    def __init__(self, host, deploy_public_key):
+        self.host = host
+        host.run(
+            "set -e; rm -f /etc/ssh/ssh_host_*; ssh-keygen -A -q; mkdir -p /run/sshd;"
+            "useradd -m -s /usr/bin/git-shell git;"
+            "install -d -o git -g git -m 700 /home/git/.ssh;"
+            f"git init -q --bare -b main {self.REPO}; chown -R git:git /srv/git;"
+            "git config --global --add safe.directory '*';"
+            "git config --global user.name 'Test Admin'; git config --global user.email admin@example.org;"
+            f"git clone -q {self.REPO} {self.WORK} 2>/dev/null"
+        )
+        host.write("/home/git/.ssh/authorized_keys", deploy_public_key, 0o600)
+        host.run("chown git:git /home/git/.ssh/authorized_keys")
+        self.start_sshd()
+
+    @property
+    def url(self):
+        return f"ssh://git@{self.host.ipv4}{self.REPO}"
+
+    def host_key_fingerprint(self):
+        return self.host.run(["ssh-keygen", "-lf", "/etc/ssh/ssh_host_ed25519_key.pub"]).stdout.split()[1]
+
+    def start_sshd(self):
+        self.host.run("/usr/sbin/sshd -t && /usr/sbin/sshd -E /var/log/sshd.log")
+
+    def stop_sshd(self):
+        # Only the sshd this test host runs: its PID namespace holds nothing else.
+        self.host.run("kill $(cat /run/sshd.pid) && while [ -e /run/sshd.pid ]; do sleep 0.05; done")
+
+    def commit(self, files, message, branch="main", remove=()):
+        """Write ``files`` ({path: text}) into the work tree, commit and push; returns the sha."""
+        self.host.run(f"cd {self.WORK} && (git checkout -q {branch} 2>/dev/null || git checkout -q -b {branch})")
+        for path, text in files.items():
+            self.host.write(f"{self.WORK}/{path}", text, 0o600)
+        for path in remove:
+            self.host.run(["git", "-C", self.WORK, "rm", "-q", "-r", path])
+        self.host.run(["git", "-C", self.WORK, "add", "-A"])
+        self.host.run(["git", "-C", self.WORK, "commit", "-q", "--allow-empty", "-m", message])
+        self.host.run(["git", "-C", self.WORK, "push", "-q", "origin", branch])
+        return self.host.run(["git", "-C", self.WORK, "rev-parse", "HEAD"]).stdout.strip()

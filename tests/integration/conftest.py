@@ -1,0 +1,71 @@
+"""Fixtures for integration tests: a lab of namespace test hosts and a config repo over SSH."""
+
+import copy
+import json
+import os
+import pathlib
+import subprocess
+
+import pytest
+
+from minicl.testhosts import GitServer, Lab
+
+EXAMPLE = pathlib.Path(__file__).parents[2] / "cluster.json.example"
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "/integration/" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+            if os.geteuid() != 0:
+                item.add_marker(pytest.mark.skip(reason="test hosts need root (Linux namespaces)"))
+
+
+@pytest.fixture(scope="session")
+def deploy_key(tmp_path_factory):
+    """(private key text, public key text) of a fresh ed25519 deploy key."""
+    path = tmp_path_factory.mktemp("deploy") / "deploy.key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "deploy", "-f", str(path)],
+                   check=True)
+    return path.read_text(), path.with_suffix(".key.pub").read_text()
+
+
+def cluster_config(hosts, **overrides):
+    """The example cluster.json with ``hosts`` ({name: {"ip": [...], "roles": [...]}})."""
+    data = json.loads(EXAMPLE.read_text())
+    data["hosts"] = copy.deepcopy(hosts)
+    data.update(overrides)
+    return data
+
+
+def dump(data):
+    return json.dumps(data, indent=2) + "\n"
+
+
+@pytest.fixture(scope="module")
+def lab():
+    with Lab() as lab:
+        yield lab
+
+
+@pytest.fixture(scope="module")
+def git_server(lab, deploy_key):
+    host = lab.add_host("git", ["198.51.100.1/24", "2001:db8:100::1/64"])
+    return GitServer(host, deploy_key[1])
+
+
+def salt_call(host, *args, check=False):
+    """Run salt-call --local in ``host``; returns (returncode, parsed JSON or None, raw result)."""
+    result = host.run(["salt-call", "--local", "--out=json", "--retcode-passthrough", *args],
+                      check=False, timeout=600)
+    try:
+        data = json.loads(result.stdout)
+    except ValueError:
+        data = None
+    if check and result.returncode != 0:
+        raise AssertionError(f"salt-call {args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result.returncode, data, result
+
+
+def changed_states(state_return):
+    return {k: v["changes"] for k, v in state_return["local"].items() if v["changes"]}
