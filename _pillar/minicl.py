@@ -20,12 +20,14 @@ pillar is always the live (last good) commit::
       addresses: {v4: [...], v6: [...]} of every cluster host
       states:    SLS names of this host's roles (the top file applies them)
       status:    {ok, commit, commit_time, last_good_fetch, error, bad_commit, ...}
+      applied_file: where the base role records the commit it converged to
 
 If no good commit was ever fetched, or the minion id is not in ``hosts``, the compile raises:
 Salt then refuses to run states, and the message says what to do.
 """
 
 import logging
+import os
 
 try:
     import git  # noqa: F401  pylint: disable=unused-import
@@ -80,5 +82,6 @@ def ext_pillar(minion_id, pillar, repo, branch="main", deploy_key=None, known_ho
             "addresses": cluster.addresses(),
             "states": cluster.role_states(host),
             "status": status,
+            "applied_file": os.path.join(cache_dir, "applied.json"),
         }
     }

@@ -253,6 +253,13 @@ class ConfigRepo:
                 extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
                 tar.extractall(staging, **extra)
             os.rename(staging, target)
+        if os.path.isdir(self.live_path) and not os.path.islink(self.live_path):
+            # Salt creates missing file_roots folders: before the first good commit, "live"
+            # may be an empty folder. Anything else found there is kept aside, not deleted.
+            try:
+                os.rmdir(self.live_path)
+            except OSError:
+                os.rename(self.live_path, f"{self.live_path}.found-{int(time.time())}")
         new_link = self.live_path + ".new"
         if os.path.lexists(new_link):
             os.unlink(new_link)

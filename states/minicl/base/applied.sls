@@ -3,7 +3,7 @@
 {%- set host = salt['pillar.get']('minicl:host', {}) %}
 minicl-applied-config:
   file.serialize:
-    - name: /var/lib/minicl/applied.json
+    - name: {{ salt['pillar.get']('minicl:applied_file') }}
     - serializer: json
     - mode: '0644'
     - makedirs: True

@@ -1,0 +1,119 @@
+"""minicl's Salt modules loaded by Salt's own loader (pytest-salt-factories), without copying:
+the salt.loader entry point must make them visible. The config repo is a local file:// repo."""
+
+import json
+import pathlib
+import subprocess
+
+import pytest
+from saltfactories.utils.functional import Loaders
+
+from minicl import saltext
+
+EXAMPLE = pathlib.Path(__file__).parents[2] / "cluster.json.example"
+WEB_ROLE = """\
+web-marker:
+  file.managed:
+    - name: {path}
+    - contents: "domain {{{{ pillar['minicl']['cluster']['domain'] }}}}"
+"""
+
+
+def git(repo, *args):
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("functional")
+
+
+@pytest.fixture(scope="module")
+def config_repo(workdir):
+    repo = workdir / "config"
+    (repo / "roles" / "web").mkdir(parents=True)
+    data = json.loads(EXAMPLE.read_text())
+    data["hosts"]["alpha"]["roles"] = ["base", "web"]
+    (repo / "cluster.json").write_text(json.dumps(data))
+    (repo / "roles" / "web" / "init.sls").write_text(WEB_ROLE.format(path=workdir / "web-marker"))
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@example.org", "add", "-A")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-q", "-m", "c")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def minion_opts(salt_factories, workdir, config_repo):
+    cache = workdir / "minicl-cache"
+    factory = salt_factories.salt_minion_daemon(
+        "alpha.example.org",
+        overrides={
+            "file_client": "local",
+            "file_roots": {"base": [saltext.states_dir(), str(cache / "live")]},
+            "ext_pillar": [{"minicl": {"repo": f"file://{config_repo}", "cache_dir": str(cache)}}],
+        },
+    )
+    return factory.config.copy()
+
+
+@pytest.fixture(scope="module")
+def loaders(minion_opts):
+    return Loaders(minion_opts)
+
+
+@pytest.fixture(autouse=True)
+def reset_loaders_state(loaders):
+    try:
+        yield
+    finally:
+        loaders.reset_state()
+
+
+def test_pillar_is_loaded_through_the_entry_point(loaders, config_repo):
+    pillar = loaders.pillar["minicl"]
+    assert pillar["host"]["name"] == "alpha"
+    assert pillar["states"] == ["minicl.base", "roles.web"]
+    assert pillar["status"]["ok"] is True
+    head = subprocess.run(["git", "-C", str(config_repo), "rev-parse", "HEAD"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    assert pillar["status"]["commit"] == head
+
+
+def test_grains(loaders):
+    grains = loaders.grains
+    assert isinstance(grains["minicl_ipv4"], list) and isinstance(grains["minicl_ipv6"], list)
+    assert not any(ip.startswith(("127.", "fe80:")) or ip == "::1"
+                   for ip in grains["minicl_ipv4"] + grains["minicl_ipv6"])
+    assert grains["minicl_shortname"]
+
+
+def test_execution_module_validate(loaders, tmp_path):
+    assert loaders.modules.minicl.validate(str(EXAMPLE)) == {"valid": True, "problems": []}
+    bad = tmp_path / "cluster.json"
+    bad.write_text("{}")
+    result = loaders.modules.minicl.validate(str(bad))
+    assert result["valid"] is False
+    assert f'{bad}: missing required field "domain"' in result["problems"]
+
+
+def test_execution_module_status(loaders):
+    loaders.refresh_pillar()
+    status = loaders.modules.minicl.status()
+    assert status["ok"] is True and len(status["commit"]) == 40
+
+
+def test_highstate_test_mode_then_apply(loaders, workdir):
+    loaders.refresh_pillar()
+    marker = workdir / "web-marker"
+    planned = loaders.modules.state.apply(test=True)
+    assert not planned.failed
+    assert planned["web-marker"].result is None and planned["web-marker"].changes
+    assert not marker.exists()
+
+    applied = loaders.modules.state.apply()
+    assert not applied.failed
+    assert marker.read_text() == "domain example.org\n"
+    assert json.loads((workdir / "minicl-cache" / "applied.json").read_text())["host"] == "alpha"
+    again = loaders.modules.state.apply()
+    assert not again.failed
+    assert all(not result.changes for result in again)

@@ -1,0 +1,208 @@
+"""ConfigRepo against local file:// remotes: fetch, validate, atomic switch, last good, lock."""
+
+import json
+import multiprocessing
+import os
+import pathlib
+import subprocess
+
+import pytest
+
+from minicl.configrepo import KEEP_CHECKOUTS, ConfigRepo, NoGoodCommit, safe_url
+
+EXAMPLE = pathlib.Path(__file__).parents[2] / "cluster.json.example"
+
+
+def git(repo, *args):
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+@pytest.fixture
+def remote(tmp_path):
+    path = tmp_path / "remote"
+    path.mkdir()
+    git(path, "init", "-q", "-b", "main")
+    git(path, "config", "user.name", "t")
+    git(path, "config", "user.email", "t@example.org")
+    return path
+
+
+def commit(remote, files, message="change"):
+    for name, text in files.items():
+        target = remote / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    git(remote, "add", "-A")
+    git(remote, "commit", "-q", "--allow-empty", "-m", message)
+    return git(remote, "rev-parse", "HEAD")
+
+
+def example(**changes):
+    data = json.loads(EXAMPLE.read_text())
+    data.update(changes)
+    return json.dumps(data)
+
+
+@pytest.fixture
+def repo(tmp_path, remote):
+    return ConfigRepo(str(tmp_path / "cache"), f"file://{remote}")
+
+
+def test_good_commit_goes_live(repo, remote):
+    sha = commit(remote, {"cluster.json": example()}, "first")
+    status = repo.update()
+    assert status["commit"] == sha and "error" not in status
+    assert status["commit_subject"] == "first"
+    assert status["last_good_fetch"] == status["checked_at"]
+    assert repo.live_commit() == sha
+    assert os.path.islink(repo.live_path)
+    assert repo.live_cluster().domain == "example.org"
+    assert json.loads(pathlib.Path(repo.status_path).read_text())["commit"] == sha
+
+
+def test_private_files(repo, remote):
+    commit(remote, {"cluster.json": example(), "deploy.key": "secret"})
+    repo.update()
+    assert os.stat(repo.cache_dir).st_mode & 0o077 == 0
+    assert os.stat(repo.status_path).st_mode & 0o077 == 0
+
+
+def test_nothing_fetched_yet_raises_with_advice(repo):
+    with pytest.raises(NoGoodCommit, match="no valid commit of the config repo"):
+        repo.live_cluster()
+
+
+def test_unreachable_remote_keeps_nothing_and_says_why(tmp_path):
+    repo = ConfigRepo(str(tmp_path / "cache"), f"file://{tmp_path}/does-not-exist")
+    status = repo.update()
+    assert "failed" in status["error"] and "does-not-exist" in status["error"]
+    with pytest.raises(NoGoodCommit, match="Last error: fetching"):
+        repo.live_cluster()
+
+
+def test_invalid_commit_keeps_last_good(repo, remote):
+    good = commit(remote, {"cluster.json": example()})
+    repo.update()
+    bad = commit(remote, {"cluster.json": example(admin_email="")}, "bad")
+    status = repo.update()
+    assert repo.live_commit() == good
+    assert status["commit"] == good
+    assert status["bad_commit"] == bad
+    assert f"commit {bad[:12]} is invalid" in status["error"]
+    assert f"cluster.json@{bad[:12]}: admin_email: must not be empty" in status["error"]
+    fixed = commit(remote, {"cluster.json": example(admin_email="x@example.org")}, "fixed")
+    status = repo.update()
+    assert status["commit"] == fixed and "bad_commit" not in status and "error" not in status
+
+
+def test_missing_cluster_json_is_invalid(repo, remote):
+    bad = commit(remote, {"README": "no config here"})
+    status = repo.update()
+    assert status["bad_commit"] == bad
+    assert "cluster.json" in status["error"] and "missing" in status["error"]
+
+
+def test_roles_are_checked_against_the_commit(repo, remote):
+    data = json.loads(example())
+    data["hosts"]["alpha"]["roles"] = ["base", "web"]
+    bad = commit(remote, {"cluster.json": json.dumps(data)})
+    status = repo.update()
+    assert status["bad_commit"] == bad
+    assert 'role "web" has no roles/web/init.sls' in status["error"]
+    good = commit(remote, {"roles/web/init.sls": "{}\n"})
+    assert repo.update()["commit"] == good
+    assert (pathlib.Path(repo.live_path) / "roles/web/init.sls").exists()
+
+
+def test_secrets_never_in_status(repo, remote):
+    data = json.loads(example())
+    data["users"]["bob"]["passwd"] = "plain-text-password"
+    data["smtp"]["password"] = 12345
+    commit(remote, {"cluster.json": json.dumps(data)})
+    status = repo.update()
+    assert "plain-text-password" not in status["error"]
+    assert "12345" not in status["error"]
+    assert "users.bob.passwd" in status["error"] and "smtp.password" in status["error"]
+
+
+def test_old_checkouts_are_pruned(repo, remote):
+    shas = []
+    for n in range(KEEP_CHECKOUTS + 3):
+        shas.append(commit(remote, {"cluster.json": example(admin_email=f"a{n}@example.org")}))
+        repo.update()
+    kept = sorted(os.listdir(repo.checkouts_dir))
+    assert len(kept) == KEEP_CHECKOUTS
+    assert shas[-1] in kept and shas[-2] in kept
+
+
+def test_same_commit_does_not_reexport(repo, remote):
+    commit(remote, {"cluster.json": example()})
+    repo.update()
+    target = os.readlink(repo.live_path)
+    marker = pathlib.Path(repo.cache_dir, target, "marker")
+    marker.write_text("x")
+    repo.update()
+    assert marker.exists()
+
+
+def test_branch_is_followed(tmp_path, remote):
+    commit(remote, {"cluster.json": example()})
+    git(remote, "checkout", "-q", "-b", "staging")
+    sha = commit(remote, {"cluster.json": example(admin_email="staging@example.org")})
+    git(remote, "checkout", "-q", "main")
+    repo = ConfigRepo(str(tmp_path / "cache"), f"file://{remote}", branch="staging")
+    assert repo.update()["commit"] == sha
+
+
+def test_missing_branch_is_an_error(tmp_path, remote):
+    commit(remote, {"cluster.json": example()})
+    repo = ConfigRepo(str(tmp_path / "cache"), f"file://{remote}", branch="nope")
+    assert "failed" in repo.update()["error"]
+
+
+def _update_many(args):
+    cache, url, rounds = args
+    repo = ConfigRepo(cache, url)
+    return [repo.update().get("error") for _ in range(rounds)]
+
+
+def test_concurrent_runs_never_corrupt_the_checkout(tmp_path, remote):
+    for n in range(3):
+        commit(remote, {"cluster.json": example(admin_email=f"a{n}@example.org")})
+    cache = str(tmp_path / "cache")
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        results = pool.map(_update_many, [(cache, f"file://{remote}", 5)] * 4)
+    assert all(error is None for errors in results for error in errors)
+    repo = ConfigRepo(cache, f"file://{remote}")
+    assert repo.live_commit() == git(remote, "rev-parse", "HEAD")
+    assert repo.live_cluster().data["admin_email"] == "a2@example.org"
+    assert not [n for n in os.listdir(repo.checkouts_dir) if n.endswith(".tmp")]
+
+
+def test_lock_wait_times_out_with_a_clear_error(repo, remote):
+    commit(remote, {"cluster.json": example()})
+    with repo.locked():
+        status = repo.update(lock_wait=0.2)
+    assert "another minicl run has held" in status["error"]
+
+
+def test_ssh_command_is_strict_and_uses_only_the_deploy_key(tmp_path):
+    repo = ConfigRepo(str(tmp_path), "ssh://git@h/x", deploy_key="/k", known_hosts="/kh", timeout=7)
+    cmd = repo.ssh_command()
+    assert "StrictHostKeyChecking=yes" in cmd and "BatchMode=yes" in cmd
+    assert "-i /k -o IdentitiesOnly=yes" in cmd and "UserKnownHostsFile=/kh" in cmd
+    assert "ConnectTimeout=7" in cmd
+    assert "StrictHostKeyChecking=accept-new" in repo.ssh_command(accept_new_host_key=True)
+
+
+def test_safe_url_hides_passwords():
+    assert safe_url("https://u:tok@git.example.org/r.git") == "https://u:***@git.example.org/r.git"
+    assert safe_url("ssh://git@h/r") == "ssh://git@h/r"
+
+
+def test_live_folder_created_by_salt_is_replaced(repo, remote):
+    os.makedirs(repo.live_path)  # what Salt does for a missing file_roots entry
+    sha = commit(remote, {"cluster.json": example()})
+    assert repo.update()["commit"] == sha
+    assert os.path.islink(repo.live_path)
