@@ -1,0 +1,12 @@
+"""The README's demo command runs and every check in its report passes."""
+
+import subprocess
+import sys
+
+
+def test_demo_reports_all_checks_passed():
+    result = subprocess.run([sys.executable, "-m", "minicl.demo"], capture_output=True, text=True,
+                            timeout=900, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "demo: all" in result.stdout and "checks passed" in result.stdout
+    assert "FAIL" not in result.stdout

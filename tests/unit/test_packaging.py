@@ -1,0 +1,37 @@
+"""Everything Salt needs is shipped by a regular (non-editable) pip install."""
+
+import configparser
+import glob
+import os
+import pathlib
+
+from minicl import saltext
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def data_files():
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    shipped = set()
+    for target, patterns in cfg["options.data_files"].items():
+        for pattern in patterns.split():
+            for path in glob.glob(str(ROOT / pattern)):
+                shipped.add(os.path.relpath(path, ROOT))
+    return shipped
+
+
+def test_every_loader_module_and_sls_file_is_shipped():
+    wanted = set()
+    for folder in ("_modules", "_states", "_pillar", "_grains", "states"):
+        for path in (ROOT / folder).rglob("*"):
+            if path.suffix in (".py", ".sls"):
+                wanted.add(str(path.relative_to(ROOT)))
+    assert wanted - data_files() == set()
+
+
+def test_entry_point_finds_the_loader_folders():
+    dirs = saltext.loader_dirs()
+    for kind in ("modules", "pillar", "grains"):
+        assert os.path.isfile(os.path.join(dirs[kind][0], "minicl.py"))
+    assert os.path.isfile(os.path.join(saltext.states_dir(), "top.sls"))
