@@ -65,20 +65,8 @@ CRYPT_HASHES = {
     "6": ("sha512crypt", re.compile(rf"^(rounds=\d+\$)?{_B64}{{1,16}}\${_B64}{{86}}$")),
     "5": ("sha256crypt", re.compile(rf"^(rounds=\d+\$)?{_B64}{{1,16}}\${_B64}{{43}}$")),
 }
-WEAK_CRYPT = {"1": "MD5", "3": "NT hash", "md5": "MD5", "sha1": "SHA-1"}
-LOCK_MARKERS = ("!", "*")
+WEAK_CRYPT = {"1": "MD5-crypt", "3": "NT", "md5": "MD5-crypt", "sha1": "SHA1-crypt"}
 
-SSH_KEY_TYPES = frozenset(
-    {
-        "ssh-ed25519",
-        "ssh-rsa",
-        "ecdsa-sha2-nistp256",
-        "ecdsa-sha2-nistp384",
-        "ecdsa-sha2-nistp521",
-        "sk-ssh-ed25519@openssh.com",
-        "sk-ecdsa-sha2-nistp256@openssh.com",
-    }
-)
 
 # Values at these paths are secrets: problems about them never quote the value.
 SECRET_PATHS = (re.compile(r"^smtp\.password$"), re.compile(r"^users\.[^.]+\.passwd$"))
@@ -120,9 +108,17 @@ def schema():
     return json.loads(resources.files("minicl").joinpath("cluster.schema.json").read_text())
 
 
+def _is_strict_integer(_checker, value):
+    # JSON Schema counts 500.0 as an integer; a uid or port written that way is a mistake.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 @lru_cache(maxsize=1)
 def _validator():
-    cls = jsonschema.validators.validator_for(schema())
+    base = jsonschema.validators.validator_for(schema())
+    cls = jsonschema.validators.extend(
+        base, type_checker=base.TYPE_CHECKER.redefine("integer", _is_strict_integer)
+    )
     return cls(schema())
 
 
@@ -144,7 +140,8 @@ def parse_json(text, source=SOURCE):
         raise ConfigError(
             [Problem("", f"line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}", source)]
         ) from None
-    problems = [Problem("", f'key "{key}" appears twice in one object', source) for key in duplicates]
+    problems = [Problem("", f'key "{key}" appears more than once in one object', source)
+                for key in dict.fromkeys(duplicates)]
     if problems:
         raise ConfigError(problems)
     return data
@@ -172,7 +169,12 @@ def validate(data, source=SOURCE, repo_files=None):
     if isinstance(data, dict):
         problems += _semantic_problems(data, source, repo_files)
     # One problem per line, stable order, no repeats.
-    return sorted(set(problems), key=lambda p: (p.path, p.message))
+    return sorted(set(problems), key=lambda p: (_natural(p.path), p.message))
+
+
+def _natural(path):
+    """Sort key that puts ip[2] before ip[10]."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)]
 
 
 def _schema_errors(data):
@@ -269,7 +271,7 @@ def _semantic_problems(data, source, repo_files):
 
     email = data.get("admin_email")
     if isinstance(email, str) and email:
-        match = EMAIL.match(email)
+        match = EMAIL.fullmatch(email)
         if not match or not is_dns_name(match.group(1).lower()):
             add("admin_email", f"{json.dumps(email)} is not an e-mail address (user@domain)")
 
@@ -306,7 +308,7 @@ def _user_problems(users, source):
     uids = {}
     for name, user in users.items():
         base = f"users.{name}"
-        if not POSIX_NAME.match(name):
+        if not POSIX_NAME.fullmatch(name):
             add(base, f'"{name}" is not a valid user name (lower-case letters, digits, _ and -, starting with a letter or _, at most 32)')
         elif is_system_name(name):
             add(base, f'"{name}" is the name of a system account or group (choose another name)')
@@ -360,7 +362,7 @@ def _host_problems(hosts, source, repo_files):
     owners = {}
     for name, host in hosts.items():
         base = f"hosts.{name}"
-        if not DNS_LABEL.match(name):
+        if not DNS_LABEL.fullmatch(name):
             add(base, f'"{name}" is not a valid host name (one DNS label: a-z, 0-9 and -, at most 63)')
         if not isinstance(host, dict):
             continue
@@ -392,7 +394,7 @@ def _host_problems(hosts, source, repo_files):
             for i, role in enumerate(roles):
                 if not isinstance(role, str):
                     continue
-                if not ROLE_NAME.match(role):
+                if not ROLE_NAME.fullmatch(role):
                     add(f"{base}.roles[{i}]", f'"{role}" is not a valid role name (a-z, 0-9, _ and -)')
                 elif role not in MINICL_ROLE_STATES and repo_files is not None:
                     if f"roles/{role}/init.sls" not in repo_files:
@@ -406,7 +408,7 @@ def _host_problems(hosts, source, repo_files):
 def is_dns_name(name):
     if not isinstance(name, str) or len(name) > 253 or name.endswith("."):
         return False
-    return all(DNS_LABEL.match(label) for label in name.split("."))
+    return all(DNS_LABEL.fullmatch(label) for label in name.split("."))
 
 
 def is_ip(text):
@@ -427,8 +429,12 @@ def host_ip_problem(text):
         addr = ipaddress.ip_address(text)
     except ValueError:
         return f"{json.dumps(text)} is not an IPv4 or IPv6 address"
-    if str(addr) != text and addr.version == 4:
-        return f"{json.dumps(text)} is not in canonical form (write {addr})"
+    if addr.version == 6 and addr.scope_id:
+        return f"{json.dumps(text)} has a zone (%{addr.scope_id}), which only means something on one host"
+    if addr.version == 6 and addr.ipv4_mapped:
+        return f"{text} is an IPv4-mapped address: write {addr.ipv4_mapped}"
+    if addr.version == 4 and addr == ipaddress.IPv4Address("255.255.255.255"):
+        return f"{text} is the broadcast address, not a host address"
     for test, what in (
         (addr.is_unspecified, "the unspecified address"),
         (addr.is_loopback, "a loopback address"),
@@ -441,28 +447,64 @@ def host_ip_problem(text):
 
 
 def crypt_hash_problem(text):
-    """Why ``text`` is not a shadow password field minicl accepts, or None. Never quotes it."""
-    if text in LOCK_MARKERS:
+    """Why ``text`` is not a shadow password field minicl accepts, or None. Never quotes it.
+
+    Accepted: a crypt hash, a lock marker (``!``, ``*``, ``!!``, ``!*``), or a locked hash (``!$6$...``).
+    """
+    value = text.lstrip("!")
+    if text and value in ("", "*"):
         return None
-    value = text[1:] if text.startswith("!") else text
     if not value.startswith("$"):
         return "is not a crypt hash ($y$, $6$, $5$, $2b$, ...) or a lock marker (! or *) (value hidden)"
     parts = value.split("$", 2)
     scheme = parts[1]
     if scheme in WEAK_CRYPT:
-        return f"is a {WEAK_CRYPT[scheme]} crypt hash, which is too weak: use yescrypt ($y$) or sha512crypt ($6$) (value hidden)"
-    if scheme not in CRYPT_HASHES or len(parts) < 3:
-        return f'has unknown crypt scheme "${scheme}$" (use $y$, $6$, $5$, $2b$, ...) (value hidden)'
+        return f"is a weak {WEAK_CRYPT[scheme]} hash: use yescrypt ($y$) or sha512crypt ($6$) (value hidden)"
+    if scheme not in CRYPT_HASHES:
+        return f'has unknown crypt scheme "${scheme[:8]}$" (use $y$, $6$, $5$, $2b$, ...) (value hidden)'
     name, pattern = CRYPT_HASHES[scheme]
-    if not pattern.match(parts[2]):
+    if len(parts) < 3 or not pattern.fullmatch(parts[2]):
         return f"is not a well-formed {name} hash (value hidden)"
     return None
+
+
+# Fields of the public key blob after the type name: OpenSSH's wire format (RFC 4253, 5656,
+# 8709 and PROTOCOL.u2f), all length-prefixed strings.
+SSH_KEY_FIELDS = {
+    "ssh-ed25519": 1,
+    "ssh-rsa": 2,
+    "ecdsa-sha2-nistp256": 2,
+    "ecdsa-sha2-nistp384": 2,
+    "ecdsa-sha2-nistp521": 2,
+    "sk-ssh-ed25519@openssh.com": 2,
+    "sk-ecdsa-sha2-nistp256@openssh.com": 3,
+}
+
+
+SSH_KEY_TYPES = frozenset(SSH_KEY_FIELDS)
+
+
+def _wire_strings(raw):
+    """Split an SSH wire-format blob into its length-prefixed strings; ValueError if malformed."""
+    fields, pos = [], 0
+    while pos < len(raw):
+        if pos + 4 > len(raw):
+            raise ValueError("truncated length")
+        (length,) = struct.unpack(">I", raw[pos : pos + 4])
+        pos += 4
+        if pos + length > len(raw):
+            raise ValueError("truncated field")
+        fields.append(raw[pos : pos + length])
+        pos += length
+    return fields
 
 
 def ssh_key_problem(text):
     """Why ``text`` is not one OpenSSH public key (type, base64 blob, optional comment), or None."""
     if "PRIVATE KEY" in text:
         return "is a PRIVATE key: remove it from the repo now and use the .pub file (value hidden)"
+    if "\n" in text or "\r" in text:
+        return "must be one key on one line (use a list for several keys)"
     fields = text.split()
     if len(fields) < 2:
         return "is not an OpenSSH public key (expected: TYPE BASE64 [COMMENT])"
@@ -473,14 +515,21 @@ def ssh_key_problem(text):
         return f'has unknown key type "{key_type[:40]}" (expected one of {", ".join(sorted(SSH_KEY_TYPES))})'
     try:
         raw = base64.b64decode(blob, validate=True)
-        (length,) = struct.unpack(">I", raw[:4])
-        embedded = raw[4 : 4 + length].decode("ascii")
-    except (binascii.Error, struct.error, UnicodeDecodeError, ValueError):
+    except binascii.Error:
+        return f"{key_type} key: the key data is not valid base64 of an OpenSSH key"
+    try:
+        parts = _wire_strings(raw)
+        embedded = parts[0].decode("ascii") if parts else ""
+    except (ValueError, UnicodeDecodeError):
+        if raw[4:4 + len(key_type)] == key_type.encode():
+            return f"{key_type} key: the key data is truncated or damaged"
         return f"{key_type} key: the key data is not valid base64 of an OpenSSH key"
     if embedded != key_type:
         return f'{key_type} key: the key data is of type "{embedded[:40]}"'
-    if len(raw) <= 4 + length + 4:
-        return f"{key_type} key: the key data is truncated"
+    if len(parts) != 1 + SSH_KEY_FIELDS[key_type] or not all(parts[1:]):
+        return f"{key_type} key: the key data is truncated or damaged"
+    if key_type.endswith("ed25519") and len(parts[1]) != 32:
+        return f"{key_type} key: the key data is truncated or damaged"
     return None
 
 
