@@ -111,7 +111,9 @@ def is_ssh_url(url):
 
 
 def repo_host_pattern(url):
-    """The known_hosts name of the repo host: host, or [host]:port."""
+    """The known_hosts name of the repo host: host, or [host]:port; None if not SSH."""
+    if not is_ssh_url(url):
+        return None
     match = re.match(r"^ssh://(?:[^@/]+@)?(\[[^\]]+\]|[^:/]+)(?::(\d+))?/", url)
     if match:
         host, port = match.group(1).strip("[]"), match.group(2)

@@ -240,3 +240,26 @@ def test_no_good_commit_ever_refuses_to_run_states(lab, git_server, deploy_key):
     assert code != 0
     assert "no valid commit of the config repo" in result.stdout + result.stderr
     assert not gamma.exists("/var/lib/minicl/applied.json")
+
+
+def test_bootstrap_with_known_hosts_uses_only_that_key(lab, git_server, deploy_key):
+    delta = lab.add_host("delta", ["198.51.100.14/24"])
+    delta.write("/root/deploy.key", deploy_key[0], 0o600)
+    config = cluster_config({"delta": hosts_entry(["198.51.100.14/24"])})
+    git_server.commit({"cluster.json": dump(config)}, "delta only", branch="delta")
+
+    # A known_hosts with some other key: refused, nothing trusted behind the admin's back.
+    delta.run("ssh-keygen -q -t ed25519 -N '' -f /root/other && "
+              "echo \"198.51.100.1 $(cut -d' ' -f1,2 /root/other.pub)\" > /root/wrong_known_hosts")
+    result = bootstrap(delta, git_server, "--branch=delta", "--known-hosts=/root/wrong_known_hosts")
+    assert result.returncode == 1
+    assert "Host key verification failed" in result.stderr
+    assert "trusted on first use" not in result.stdout
+
+    real_key = git_server.host.read("/etc/ssh/ssh_host_ed25519_key.pub").split()[:2]
+    delta.write("/root/known_hosts", f"198.51.100.1 {' '.join(real_key)}\n")
+    result = bootstrap(delta, git_server, "--branch=delta", "--known-hosts=/root/known_hosts")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (f"repo host key (from --known-hosts): 198.51.100.1 ED25519 {git_server.host_key_fingerprint()}"
+            in result.stdout)
+    assert pillar(delta)["host"]["name"] == "delta"

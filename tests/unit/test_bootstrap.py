@@ -1,0 +1,69 @@
+"""minicl-bootstrap's pure parts: URL handling, the minion config it writes, argument errors."""
+
+import pytest
+import yaml
+
+from minicl import bootstrap, saltext
+
+
+@pytest.mark.parametrize("url, pattern", [
+    ("ssh://git@git.example.org/srv/git/c.git", "git.example.org"),
+    ("ssh://git@git.example.org:22/srv/git/c.git", "git.example.org"),
+    ("ssh://git@git.example.org:2222/srv/git/c.git", "[git.example.org]:2222"),
+    ("ssh://git@[2001:db8::1]:2222/c.git", "[2001:db8::1]:2222"),
+    ("ssh://198.51.100.1/c.git", "198.51.100.1"),
+    ("git@git.example.org:group/cluster.git", "git.example.org"),
+    ("file:///srv/git/c.git", None),
+])
+def test_repo_host_pattern(url, pattern):
+    assert bootstrap.repo_host_pattern(url) == pattern
+
+
+@pytest.mark.parametrize("url, ssh", [
+    ("ssh://git@h/x", True), ("git@h:x", True), ("file:///x", False), ("/srv/x", False),
+])
+def test_is_ssh_url(url, ssh):
+    assert bootstrap.is_ssh_url(url) is ssh
+
+
+def test_minion_config_for_ssh_repo(tmp_path):
+    args = bootstrap.parse_args(["--repo=ssh://git@h/c.git", "--deploy-key=/root/k", "--branch=prod",
+                                 f"--salt-config-dir={tmp_path}"])
+    path = bootstrap.write_minion_config(args, "alpha")
+    conf = yaml.safe_load(open(path, encoding="utf-8"))
+    assert conf["id"] == "alpha"
+    assert conf["file_client"] == "local"
+    assert conf["file_roots"] == {"base": [saltext.states_dir(), "/var/lib/minicl/live"]}
+    assert conf["ext_pillar"] == [{"minicl": {
+        "repo": "ssh://git@h/c.git", "branch": "prod", "cache_dir": "/var/lib/minicl",
+        "deploy_key": "/etc/minicl/deploy.key", "known_hosts": "/etc/minicl/known_hosts"}}]
+
+
+def test_minion_config_for_file_repo_has_no_ssh_options(tmp_path):
+    args = bootstrap.parse_args(["--repo=file:///srv/c.git", f"--salt-config-dir={tmp_path}"])
+    options = bootstrap.minion_config(args, "alpha")["ext_pillar"][0]["minicl"]
+    assert options == {"repo": "file:///srv/c.git", "branch": "main", "cache_dir": "/var/lib/minicl"}
+
+
+def test_repo_is_required(capsys):
+    with pytest.raises(SystemExit) as exc:
+        bootstrap.parse_args([])
+    assert exc.value.code == 2
+    assert "--repo is required" in capsys.readouterr().err
+
+
+def test_missing_deploy_key_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bootstrap.os, "geteuid", lambda: 0)
+    code = bootstrap.main(["--repo=ssh://git@h/c.git", f"--deploy-key={tmp_path}/nope",
+                           f"--etc-dir={tmp_path}/etc", f"--salt-config-dir={tmp_path}/salt",
+                           f"--cache-dir={tmp_path}/cache"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"--deploy-key: {tmp_path}/nope is not a file" in err and "Traceback" not in err
+
+
+def test_print_snippet_needs_no_root(capsys, monkeypatch):
+    monkeypatch.setattr(bootstrap.os, "geteuid", lambda: 1000)
+    assert bootstrap.main(["--print-snippet", "--id=alpha.example.org"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith('  "alpha": {') and '"roles": [\n      "base"\n    ]' in out
