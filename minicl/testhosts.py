@@ -60,7 +60,7 @@ for dir in "$@"; do
 done
 hostname "$NAME"
 echo "$NAME" > "$R/etc/hostname"
-printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' > "$R/etc/hosts"
+printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' "$NAME" > "$R/etc/hosts"
 rm -f "$R/var/lib/man-db/auto-update"
 exec chroot "$R" "$PY" -c "$REAPER"
 """

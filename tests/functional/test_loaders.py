@@ -102,18 +102,23 @@ def test_execution_module_status(loaders):
     assert status["ok"] is True and len(status["commit"]) == 40
 
 
-def test_highstate_test_mode_then_apply(loaders, workdir):
+def test_highstate_in_test_mode_plans_every_role(loaders, workdir):
+    # Only test=True here: the base role manages users and sshd, which this machine must keep.
+    # Real highstates run in test hosts (tests/integration).
+    loaders.refresh_pillar()
+    planned = loaders.modules.state.apply(test=True)
+    assert planned["web-marker"].result is None and planned["web-marker"].changes
+    assert planned["cluster users"].result is not True  # alice and bob would be created
+    assert not (workdir / "web-marker").exists()
+
+
+def test_role_and_applied_record_apply_for_real(loaders, workdir):
     loaders.refresh_pillar()
     marker = workdir / "web-marker"
-    planned = loaders.modules.state.apply(test=True)
-    assert not planned.failed
-    assert planned["web-marker"].result is None and planned["web-marker"].changes
-    assert not marker.exists()
-
-    applied = loaders.modules.state.apply()
+    applied = loaders.modules.state.sls("roles.web,minicl.base.applied")
     assert not applied.failed
     assert marker.read_text() == "domain example.org\n"
     assert json.loads((workdir / "minicl-cache" / "applied.json").read_text())["host"] == "alpha"
-    again = loaders.modules.state.apply()
+    again = loaders.modules.state.sls("roles.web,minicl.base.applied")
     assert not again.failed
     assert all(not result.changes for result in again)

@@ -1,3 +1,4 @@
 {#- minicl's base role: on every host. Later parts of minicl add their SLS files here. #}
 include:
+  - minicl.base.users
   - minicl.base.applied

@@ -1,0 +1,105 @@
+"""sshd hardening: a drop-in that turns off password logins, checked before it is installed.
+
+The drop-in is named 00-minicl.conf so that it comes first: sshd keeps the first value it
+reads for each setting, and Debian's sshd_config includes sshd_config.d/*.conf at its top.
+
+A candidate is checked with ``sshd -t`` and ``sshd -T`` on a temporary copy of the whole
+configuration (the main file with its Include pointing at a copy of sshd_config.d holding the
+candidate), so a file that sshd would reject, or that would not take effect, is never installed.
+"""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+
+SSHD = "/usr/sbin/sshd"
+MAIN_CONFIG = "/etc/ssh/sshd_config"
+DROPIN_DIR = "/etc/ssh/sshd_config.d"
+DROPIN_NAME = "00-minicl.conf"
+PRIVSEP_DIR = "/run/sshd"
+ALIASES = {"without-password": "prohibit-password"}  # sshd -T prints the old name
+HARDENED = {
+    "passwordauthentication": "no",
+    "kbdinteractiveauthentication": "no",
+    "permitrootlogin": "prohibit-password",
+}
+_INCLUDE = re.compile(r"^\s*Include\s+(\S*sshd_config\.d/\*\.conf)\s*$", re.IGNORECASE | re.MULTILINE)
+
+
+def render_dropin(disable_passwords, reason=""):
+    lines = ["# Managed by minicl (base role); changes here are overwritten.\n"]
+    if disable_passwords:
+        lines += ["PasswordAuthentication no\n", "KbdInteractiveAuthentication no\n"]
+    else:
+        lines += [f"# Password login is NOT disabled: {reason}\n"]
+    lines += ["PermitRootLogin prohibit-password\n"]
+    return "".join(lines)
+
+
+def wanted_settings(disable_passwords):
+    if disable_passwords:
+        return dict(HARDENED)
+    return {"permitrootlogin": HARDENED["permitrootlogin"]}
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def check_candidate(text, disable_passwords, main=MAIN_CONFIG, dropin_dir=DROPIN_DIR):
+    """Check ``text`` as the drop-in against a copy of the whole config; raise CheckFailed."""
+    with open(main, encoding="utf-8") as f:
+        main_text = f.read()
+    if not _INCLUDE.search(main_text):
+        raise CheckFailed(f"{main} does not include {dropin_dir}/*.conf, so a drop-in would not take effect")
+    made_privsep_dir = not os.path.isdir(PRIVSEP_DIR)
+    if made_privsep_dir:
+        os.makedirs(PRIVSEP_DIR, mode=0o755)  # sshd -t insists on it; systemd makes it for a running sshd
+    try:
+        settings = _effective_settings(text, main_text, dropin_dir)
+    finally:
+        if made_privsep_dir:
+            os.rmdir(PRIVSEP_DIR)
+    for key, value in wanted_settings(disable_passwords).items():
+        if ALIASES.get(settings.get(key), settings.get(key)) != value:
+            raise CheckFailed(f"sshd would run with {key} {settings.get(key)} (another setting wins over "
+                              f"minicl's {key} {value}; look for it in {main} or {dropin_dir})")
+
+
+def _effective_settings(text, main_text, dropin_dir):
+    with tempfile.TemporaryDirectory(prefix="minicl-sshd-") as tmp:
+        copy = os.path.join(tmp, "sshd_config.d")
+        os.mkdir(copy)
+        if os.path.isdir(dropin_dir):
+            for name in os.listdir(dropin_dir):
+                if name.endswith(".conf") and name != DROPIN_NAME:
+                    shutil.copyfile(os.path.join(dropin_dir, name), os.path.join(copy, name))
+        with open(os.path.join(copy, DROPIN_NAME), "w", encoding="utf-8") as f:
+            f.write(text)
+        test_main = os.path.join(tmp, "sshd_config")
+        with open(test_main, "w", encoding="utf-8") as f:
+            f.write(_INCLUDE.sub(f"Include {copy}/*.conf", main_text))
+        result = subprocess.run([SSHD, "-t", "-f", test_main], capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise CheckFailed(f"sshd -t rejects the configuration: {result.stderr.strip()}")
+        effective = subprocess.run([SSHD, "-T", "-f", test_main], capture_output=True, text=True, check=False)
+    return dict(line.split(" ", 1) for line in effective.stdout.splitlines() if " " in line)
+
+
+def reload_sshd():
+    """Make a running sshd read its configuration; returns what was done."""
+    if os.path.isdir("/run/systemd/system"):
+        result = subprocess.run(["systemctl", "reload-or-restart", "ssh"], capture_output=True, text=True,
+                                check=False)
+        if result.returncode != 0:
+            raise CheckFailed(f"systemctl reload ssh failed: {result.stderr.strip()}")
+        return "sshd reloaded"
+    try:
+        with open("/run/sshd.pid", encoding="ascii") as f:
+            os.kill(int(f.read().strip()), signal.SIGHUP)
+        return "sshd reloaded"
+    except (OSError, ValueError):
+        return "sshd is not running; it reads the new configuration when it starts"
