@@ -25,6 +25,7 @@ from minicl.testhosts import GitServer, Lab
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "cluster.json.example"
 GIT_HOST = ["198.51.100.1/24", "2001:db8:100::1/64"]
+WORKSTATION = ["198.51.100.200/24", "2001:db8:100::200/64"]
 
 
 class Report:
@@ -65,29 +66,51 @@ def salt_json(host, *args):
         return result.returncode, None
 
 
-def make_deploy_key(workdir):
-    path = os.path.join(workdir, "deploy.key")
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "minicl-demo-deploy", "-f", path],
-                   check=True)
+def make_key(workdir, name):
+    """(private, public) text of a fresh ed25519 key."""
+    path = os.path.join(workdir, name)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", path], check=True)
     with open(path, encoding="ascii") as priv, open(path + ".pub", encoding="ascii") as pub:
-        return priv.read(), pub.read()
+        return priv.read(), pub.read().strip()
+
+
+def demo_config(workdir):
+    """cluster.json.example with demo keys and passwords (password: <user>-demo) for its users,
+    so the demo can log in as them. Returns (config text, {user: private key})."""
+    config = json.loads(EXAMPLE.read_text())
+    private = {}
+    for user, spec in config["users"].items():
+        private[user], spec["ssh_key"] = make_key(workdir, f"{user}-demo")
+        spec["passwd"] = subprocess.run(["openssl", "passwd", "-6", f"{user}-demo"], check=True,
+                                        capture_output=True, text=True).stdout.strip()
+    return json.dumps(config, indent=2) + "\n", private
+
+
+def ssh_as(workstation, user, ip, command):
+    return workstation.run(
+        ["ssh", "-i", f"/root/keys/{user}", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+         "-o", "ConnectTimeout=5", f"{user}@{ip}", command], check=False, timeout=60)
 
 
 def run_demo(lab, report, workdir):
     config = json.loads(EXAMPLE.read_text())
-    private_key, public_key = make_deploy_key(workdir)
+    private_key, public_key = make_key(workdir, "deploy.key")
+    config_text, user_keys = demo_config(workdir)
 
     report.step("starting the config repo host 'git' (sshd, git user, bare repo)")
     git = GitServer(lab.add_host("git", GIT_HOST), public_key)
-    first = git.commit({"cluster.json": EXAMPLE.read_text(), "deploy.key": private_key},
-                       "cluster.json.example")
-    report.step(f"pushed cluster.json.example as commit {first[:12]} to {git.url}")
+    first = git.commit({"cluster.json": config_text, "deploy.key": private_key},
+                       "cluster.json.example, with demo keys and passwords")
+    report.step(f"pushed cluster.json.example (users get demo keys) as commit {first[:12]} to {git.url}")
 
     hosts = {}
     for name, entry in config["hosts"].items():
         ips = [entry["ip"]] if isinstance(entry["ip"], str) else entry["ip"]
         report.step(f"starting host {name} {' '.join(ips)} and running minicl-bootstrap")
         host = lab.add_host(name, [cidr(ip) for ip in ips])
+        host.run("rm -f /etc/ssh/ssh_host_*; ssh-keygen -A -q; mkdir -p /run/sshd; "
+                 "/usr/sbin/sshd -E /var/log/sshd.log")
         host.write("/root/deploy.key", private_key, 0o600)
         result = host.run(["minicl-bootstrap", f"--repo={git.url}", "--deploy-key=/root/deploy.key"],
                           check=False, timeout=600)
@@ -108,6 +131,25 @@ def run_demo(lab, report, workdir):
               f"users {sorted(pillar['cluster']['users'])}; applied commit {applied['commit'][:12]}")
         report.check(applied["commit"] == first, f"{name}: converged to commit {first[:12]}")
         report.check(code == 0 and not pending, f"{name}: state.apply test=True plans no change")
+
+    report.step("starting a workstation host with the users' keys; logging in to every host")
+    workstation = lab.add_host("workstation", WORKSTATION)
+    for user, key in user_keys.items():
+        workstation.write(f"/root/keys/{user}", key, 0o600)
+    workstation.write("/root/askpass", "#!/bin/sh\ncat /root/password\n", 0o755)
+    for name, entry in config["hosts"].items():
+        ip = entry["ip"] if isinstance(entry["ip"], str) else entry["ip"][0]
+        for user in user_keys:
+            result = ssh_as(workstation, user, ip, f"echo {user}-demo | sudo -S -k -p '' id -un")
+            report.check(result.returncode == 0 and result.stdout.strip() == "root",
+                         f"{user} logs in to {name} with a key and becomes root with sudo")
+        workstation.write("/root/password", f"{next(iter(user_keys))}-demo\n", 0o600)
+        result = workstation.run(
+            ["setsid", "-w", "ssh", "-o", "PubkeyAuthentication=no", "-o", "StrictHostKeyChecking=no",
+             "-o", "UserKnownHostsFile=/dev/null", "-o", "NumberOfPasswordPrompts=1", "-o", "LogLevel=ERROR",
+             f"{next(iter(user_keys))}@{ip}", "true"], check=False, timeout=60,
+            env={"SSH_ASKPASS": "/root/askpass", "SSH_ASKPASS_REQUIRE": "force"})
+        report.check(result.returncode == 255, f"password login to {name} is refused, even with the right password")
 
     name, host = next(iter(hosts.items()))
     report.step(f"pushing a bad commit (a uid in the system range), then state.apply on {name}")
