@@ -7,7 +7,7 @@
 import json
 
 try:
-    from minicl import config
+    from minicl import cli
 
     HAS_MINICL = True
 except ImportError as exc:  # pragma: no cover
@@ -33,15 +33,10 @@ def status():
 
 
 def validate(path):
-    """Validate a cluster.json file; returns {"valid": bool, "problems": [...]}.
+    """Validate a cluster.json file (roles against the roles/ folder beside it), as
+    ``minicl validate`` does; returns {"valid": bool, "problems": [...]}.
 
     CLI Example: ``salt-call --local minicl.validate /root/cluster.json``
     """
-    try:
-        with open(path, encoding="utf-8") as f:
-            config.load_cluster(f.read(), source=path)
-    except OSError as exc:
-        return {"valid": False, "problems": [f"{path}: cannot read: {exc.strerror}"]}
-    except config.ConfigError as exc:
-        return {"valid": False, "problems": [str(p) for p in exc.problems]}
-    return {"valid": True, "problems": []}
+    problems = cli.validate_path(path)
+    return {"valid": not problems, "problems": problems}

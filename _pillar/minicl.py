@@ -11,15 +11,16 @@ Minion (or master) config, as written by ``minicl-bootstrap``::
           cache_dir: /var/lib/minicl            # default; live checkout at <cache_dir>/live
           timeout: 30                           # seconds for the SSH connect
 
-Every compile fetches the branch, validates the new commit and only then makes it live. The
-pillar is always the live (last good) commit::
+Every compile fetches the branch, validates the new commit and only then makes it live (never
+while another run is in progress: this process keeps a shared lock until it exits, so the SLS
+files it renders come from the same commit). The pillar is always the live (last good) commit::
 
     minicl:
       cluster:   the validated cluster.json
       host:      {name, fqdn, ip, roles} of this minion
       addresses: {v4: [...], v6: [...]} of every cluster host
       states:    SLS names of this host's roles (the top file applies them)
-      status:    {ok, commit, commit_time, last_good_fetch, error, bad_commit, ...}
+      status:    {ok, commit, commit_time, last_good_fetch, error, bad_commit, pending_commit, ...}
       applied_file: where the base role records the commit it converged to
 
 If no good commit was ever fetched, or the minion id is not in ``hosts``, the compile raises:
@@ -30,16 +31,13 @@ import logging
 import os
 
 try:
-    import git  # noqa: F401  pylint: disable=unused-import
-
+    from minicl.config import host_snippet
     from minicl.configrepo import ConfigRepo, NoGoodCommit
 
     HAS_DEPS = True
 except ImportError as exc:  # pragma: no cover
     HAS_DEPS = False
     IMPORT_ERROR = str(exc)
-
-from minicl.config import host_snippet
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +72,8 @@ def ext_pillar(minion_id, pillar, repo, branch="main", deploy_key=None, known_ho
             f"\"{short}.{cluster.domain}\"), push, then re-run. "
             f"'minicl-bootstrap --print-snippet' prints the entry, e.g. {host_snippet(short, ['ADDRESS'])}"
         )
-    status = dict(status, ok=not status.get("error"))
+    # The commit actually read; a pending commit goes live when no other run is in progress.
+    status = dict(status, commit=cluster.commit, ok=not status.get("error"))
     return {
         "minicl": {
             "cluster": cluster.data,

@@ -29,7 +29,7 @@ HOME_BASE = "/home"
 REGISTRY_PATH = "/var/lib/minicl/users.json"
 KEYS_HEADER = "# Managed by minicl from cluster.json; keys added here are removed on the next run.\n"
 REMOVED_KEYS = "# Managed by minicl: this user was removed from cluster.json.\n"
-LOCK_MARKERS = ("!", "*")
+MAX_KEYS_FILE = 1 << 20  # larger is not minicl's: rewrite it rather than read it
 
 
 @dataclass
@@ -187,6 +187,8 @@ def plan_present(name, spec, snapshot, registry, admin_group=ADMIN_GROUP):
         if not snapshot.is_admin(name, admin_group):
             plan.commands.append((["gpasswd", "-a", name, admin_group], None))
             plan.changes["admin"] = f"added to {admin_group}"
+    if plan.record and account is not None and registry.owns(name):
+        plan.changes["registry"] = f"minicl's account now has uid {uid}"
     wanted = keys_file_text(keys)
     if account is None or read_keys_file(snapshot.root, plan.home, account) != wanted:
         plan.keys_text = wanted
@@ -233,18 +235,19 @@ def read_keys_file(root, home, account):
     """The authorized_keys text if it is a regular file with the right owner and mode, else None."""
     path = _keys_path(root, home)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        # O_NONBLOCK: a FIFO planted by the user must not hang a root run.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
-    with os.fdopen(fd, encoding="utf-8", errors="replace") as f:
+    with os.fdopen(fd, "rb") as f:
         info = os.fstat(f.fileno())
         if (not stat.S_ISREG(info.st_mode) or info.st_uid != account.uid
-                or stat.S_IMODE(info.st_mode) != 0o600):
+                or stat.S_IMODE(info.st_mode) != 0o600 or info.st_size > MAX_KEYS_FILE):
             return None
         ssh_dir = os.lstat(os.path.dirname(path))
         if ssh_dir.st_uid != account.uid or stat.S_IMODE(ssh_dir.st_mode) != 0o700:
             return None
-        return f.read()
+        return f.read(MAX_KEYS_FILE).decode("utf-8", errors="replace")
 
 
 def write_keys_file(home, uid, gid, text):

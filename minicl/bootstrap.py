@@ -66,10 +66,12 @@ def snippet_for_this_host(name, roles=("base",)):
 
 
 def install_file(source, target, mode):
+    """Copy ``source`` to ``target`` with ``mode`` from the first byte (it may be a private key)."""
     if os.path.abspath(source) != os.path.abspath(target):
-        tmp = target + ".tmp"
-        shutil.copyfile(source, tmp)
-        os.chmod(tmp, mode)
+        tmp = f"{target}.tmp-{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
+            shutil.copyfileobj(src, dst)
         os.replace(tmp, target)
     os.chmod(target, mode)
 
@@ -137,7 +139,11 @@ def host_key_fingerprints(known_hosts, url):
 def salt_call():
     """salt-call of this Python environment (the venv minicl is installed in)."""
     candidate = os.path.join(os.path.dirname(sys.executable), "salt-call")
-    return candidate if os.path.exists(candidate) else shutil.which("salt-call")
+    found = candidate if os.path.exists(candidate) else shutil.which("salt-call")
+    if not found:
+        raise BootstrapError(f"salt-call is not installed next to {sys.executable}: install Salt into "
+                             "the same venv as minicl (see the README)")
+    return found
 
 
 def run(args):
@@ -177,7 +183,7 @@ def run(args):
         cluster = repo.live_cluster()
     except NoGoodCommit as exc:
         raise BootstrapError(str(exc)) from None
-    print(f"minicl-bootstrap: config commit {status['commit'][:12]} ({status.get('commit_subject', '')})")
+    print(f"minicl-bootstrap: config commit {cluster.commit[:12]} ({status.get('commit_subject', '')})")
 
     host = cluster.host_for_minion(minion_id)
     if host is None:
@@ -187,6 +193,7 @@ def run(args):
         print(snippet_for_this_host(short))
         return EXIT_NOT_IN_CLUSTER
 
+    repo.release_run_lock()  # the salt-call below is the run now
     code = 0
     if not args.no_apply:
         print("minicl-bootstrap: salt-call --local state.apply", flush=True)

@@ -140,6 +140,10 @@ def parse_json(text, source=SOURCE):
         raise ConfigError(
             [Problem("", f"line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}", source)]
         ) from None
+    except ValueError as exc:  # e.g. an integer with thousands of digits
+        raise ConfigError([Problem("", f"invalid JSON: {exc}", source)]) from None
+    except RecursionError:
+        raise ConfigError([Problem("", "invalid JSON: nested too deeply", source)]) from None
     problems = [Problem("", f'key "{key}" appears more than once in one object', source)
                 for key in dict.fromkeys(duplicates)]
     if problems:
@@ -181,13 +185,25 @@ def _schema_errors(data):
     return _validator().iter_errors(data)
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _quote(text):
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _key(name):
+    """A mapping key as it appears in a problem's path: quoted unless plain (one line, no dots)."""
+    return name if _PLAIN_KEY.fullmatch(name) else _quote(name)
+
+
 def _dotted(parts):
     path = ""
     for part in parts:
         if isinstance(part, int):
             path += f"[{part}]"
         else:
-            path += f".{part}" if path else str(part)
+            path += f".{_key(part)}" if path else _key(part)
     return path
 
 
@@ -231,7 +247,8 @@ def _schema_problem(error, source):
         allowed = ", ".join(sorted(error.schema.get("properties", {})))
         extra = sorted(set(value) - set(error.schema.get("properties", {})))
         prefix = f"{path}." if path else ""
-        return [Problem(f"{prefix}{key}", f"unknown field (allowed here: {allowed})", source) for key in extra]
+        return [Problem(f"{prefix}{_key(key)}", f"unknown field (allowed here: {allowed})", source)
+                for key in extra]
     if kind == "required":
         missing = error.message.split("'")[1] if "'" in error.message else error.message
         return Problem(path, f'missing required field "{missing}"', source)
@@ -252,7 +269,8 @@ def _schema_problem(error, source):
     if kind == "minItems":
         return Problem(path, "must list at least one entry", source)
     if kind in ("minimum", "maximum"):
-        return Problem(path, f"{shown} is out of range (1-65535)", source)
+        low, high = error.schema.get("minimum"), error.schema.get("maximum")
+        return Problem(path, f"{shown} is out of range ({low}-{high})", source)
     if kind == "uniqueItems":
         return Problem(path, "lists an entry more than once", source)
     message = error.message if not _is_secret(path) else f"is invalid ({kind})"
@@ -307,11 +325,11 @@ def _user_problems(users, source):
 
     uids = {}
     for name, user in users.items():
-        base = f"users.{name}"
+        base = f"users.{_key(name)}"
         if not POSIX_NAME.fullmatch(name):
-            add(base, f'"{name}" is not a valid user name (lower-case letters, digits, _ and -, starting with a letter or _, at most 32)')
+            add(base, f'{_quote(name)} is not a valid user name (lower-case letters, digits, _ and -, starting with a letter or _, at most 32)')
         elif is_system_name(name):
-            add(base, f'"{name}" is the name of a system account or group (choose another name)')
+            add(base, f'{_quote(name)} is the name of a system account or group (choose another name)')
         if not isinstance(user, dict):
             continue
         uid = user.get("uid")
@@ -361,9 +379,9 @@ def _host_problems(hosts, source, repo_files):
 
     owners = {}
     for name, host in hosts.items():
-        base = f"hosts.{name}"
+        base = f"hosts.{_key(name)}"
         if not DNS_LABEL.fullmatch(name):
-            add(base, f'"{name}" is not a valid host name (one DNS label: a-z, 0-9 and -, at most 63)')
+            add(base, f'{_quote(name)} is not a valid host name (one DNS label: a-z, 0-9 and -, at most 63)')
         if not isinstance(host, dict):
             continue
         ips = host.get("ip")
@@ -395,7 +413,7 @@ def _host_problems(hosts, source, repo_files):
                 if not isinstance(role, str):
                     continue
                 if not ROLE_NAME.fullmatch(role):
-                    add(f"{base}.roles[{i}]", f'"{role}" is not a valid role name (a-z, 0-9, _ and -)')
+                    add(f"{base}.roles[{i}]", f'{_quote(role)} is not a valid role name (a-z, 0-9, _ and -)')
                 elif role not in MINICL_ROLE_STATES and repo_files is not None:
                     if f"roles/{role}/init.sls" not in repo_files:
                         add(
@@ -461,7 +479,7 @@ def crypt_hash_problem(text):
     if scheme in WEAK_CRYPT:
         return f"is a weak {WEAK_CRYPT[scheme]} hash: use yescrypt ($y$) or sha512crypt ($6$) (value hidden)"
     if scheme not in CRYPT_HASHES:
-        return f'has unknown crypt scheme "${scheme[:8]}$" (use $y$, $6$, $5$, $2b$, ...) (value hidden)'
+        return "has an unknown crypt scheme (use $y$, $6$, $5$, $2b$, ...) (value hidden)"
     name, pattern = CRYPT_HASHES[scheme]
     if len(parts) < 3 or not pattern.fullmatch(parts[2]):
         return f"is not a well-formed {name} hash (value hidden)"

@@ -1,15 +1,19 @@
 """The local copy of the config repo: fetch, validate, switch the live checkout atomically.
 
-Layout under ``cache_dir`` (default /var/lib/minicl)::
+Layout under ``cache_dir`` (default /var/lib/minicl, always mode 0700)::
 
-    mirror.git/          bare repo, fetched incrementally from the remote
-    checkouts/<sha>/     exported trees of good commits (the newest few are kept)
-    live -> checkouts/<sha>   symlink the pillar and the state tree read; replaced with rename(2)
+    mirror.git/          bare repo, fetched incrementally (objects fsck-checked) from the remote
+    checkouts/<sha>/     exact trees of good commits, written from git's objects (newest few kept)
+    live -> checkouts/<sha>   what the pillar and the state tree read; replaced with rename(2)
     status.json          last good commit, last good fetch, last error and bad commit
-    lock                 flock(2) held by whoever updates
+    lock                 flock(2): one update at a time
+    runs.lock            flock(2): shared by every run from its pillar compile until it exits
 
-A commit goes live only if its cluster.json validates. When the remote is unreachable or
-the new commit is invalid, the live checkout stays as it is and ``status.json`` says why.
+A commit goes live only if its cluster.json validates. When the remote is unreachable, the
+new commit is invalid, or anything else goes wrong, the live checkout stays as it is and
+``status.json`` says why. ``live`` only moves while no other run holds ``runs.lock``, so a
+run's pillar and the SLS files it renders come from the same commit; a valid commit that
+arrives during another run is recorded as pending and goes live on the next run.
 
     repo = ConfigRepo("/var/lib/minicl", url, branch="main", deploy_key="/etc/minicl/deploy.key")
     status = repo.update()          # never raises for remote or content problems
@@ -17,12 +21,12 @@ the new commit is invalid, the live checkout stays as it is and ``status.json`` 
 """
 
 import fcntl
-import io
 import json
+import logging
 import os
 import shlex
 import shutil
-import tarfile
+import stat
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -32,13 +36,22 @@ import git
 
 from minicl.config import ConfigError, Problem, load_cluster
 
+log = logging.getLogger(__name__)
+
 KEEP_CHECKOUTS = 3
 DEFAULT_TIMEOUT = 30
 LOCK_WAIT = 600
 
+# cache_dir -> fd holding runs.lock shared, for the life of this process (one salt-call run).
+_RUN_LOCKS = {}
+
 
 class NoGoodCommit(Exception):
     """No commit of the config repo has ever passed validation on this host."""
+
+
+class UnsafeTree(Exception):
+    """The commit's tree holds something that must not be written out (path or link escape)."""
 
 
 def _now():
@@ -50,8 +63,8 @@ def safe_url(url):
     parsed = urlsplit(url)
     if parsed.password is None:
         return url
-    return urlunsplit(parsed._replace(netloc=f"{parsed.username}:***@{parsed.hostname}"
-                                      + (f":{parsed.port}" if parsed.port else "")))
+    netloc = f"{parsed.username}:***@{parsed.hostname}" + (f":{parsed.port}" if parsed.port else "")
+    return urlunsplit(parsed._replace(netloc=netloc))
 
 
 # git's generic advice after any failed fetch; the ssh or git line before it says what happened.
@@ -73,15 +86,8 @@ def _git_error_text(exc):
 
 
 class ConfigRepo:
-    def __init__(
-        self,
-        cache_dir,
-        url,
-        branch="main",
-        deploy_key=None,
-        known_hosts=None,
-        timeout=DEFAULT_TIMEOUT,
-    ):
+    def __init__(self, cache_dir, url, branch="main", deploy_key=None, known_hosts=None,
+                 timeout=DEFAULT_TIMEOUT):
         self.cache_dir = cache_dir
         self.url = url
         self.branch = branch
@@ -93,6 +99,7 @@ class ConfigRepo:
         self.live_path = os.path.join(cache_dir, "live")
         self.status_path = os.path.join(cache_dir, "status.json")
         self.lock_path = os.path.join(cache_dir, "lock")
+        self.runs_lock_path = os.path.join(cache_dir, "runs.lock")
 
     # -- reading -----------------------------------------------------------------------
 
@@ -111,30 +118,36 @@ class ConfigRepo:
             return {}
 
     def live_cluster(self):
-        """The Cluster of the live checkout; raises NoGoodCommit when there is none."""
+        """The Cluster of the live checkout (``.commit`` says which); NoGoodCommit if none."""
         commit = self.live_commit()
         if commit is None:
             raise NoGoodCommit(self._no_good_commit_message())
-        # Only validated commits are ever made live, so this parse cannot fail on content.
-        with open(os.path.join(self.live_path, "cluster.json"), encoding="utf-8") as f:
-            return load_cluster(f.read(), source=f"cluster.json@{commit[:12]}")
+        # Read through the resolved sha, not "live": a switch in between cannot mix commits.
+        with open(os.path.join(self.checkouts_dir, commit, "cluster.json"), encoding="utf-8") as f:
+            cluster = load_cluster(f.read(), source=f"cluster.json@{commit[:12]}")
+        cluster.commit = commit
+        return cluster
 
     def _no_good_commit_message(self):
         error = self.status().get("error")
         why = f" Last error: {error}" if error else ""
         return (
-            f"no valid commit of the config repo {safe_url(self.url)} (branch {self.branch}) has been fetched "
-            f"into {self.cache_dir} yet, so there is no configuration to apply.{why} "
+            f"no valid commit of the config repo {safe_url(self.url)} (branch {self.branch}) has been "
+            f"fetched into {self.cache_dir} yet, so there is no configuration to apply.{why} "
             "Fix the repo or the access to it (deploy key, known_hosts), then run "
             "'salt-call --local state.apply' again."
         )
 
-    # -- updating ----------------------------------------------------------------------
+    # -- locks -------------------------------------------------------------------------
+
+    def _prepare_cache_dir(self):
+        os.makedirs(self.cache_dir, mode=0o700, exist_ok=True)
+        os.chmod(self.cache_dir, 0o700)  # holds the deploy key and password hashes
 
     @contextmanager
     def locked(self, wait=LOCK_WAIT):
-        """Hold the update lock; waits up to ``wait`` seconds for another run to finish."""
-        os.makedirs(self.cache_dir, mode=0o700, exist_ok=True)
+        """Hold the update lock; waits up to ``wait`` seconds for another update to finish."""
+        self._prepare_cache_dir()
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             deadline = time.monotonic() + wait
@@ -152,6 +165,36 @@ class ConfigRepo:
         finally:
             os.close(fd)
 
+    def hold_run_lock(self):
+        """Join the runs in progress (shared runs.lock) until this process exits."""
+        if self.cache_dir in _RUN_LOCKS:
+            return
+        self._prepare_cache_dir()
+        fd = os.open(self.runs_lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while someone is switching live
+        _RUN_LOCKS[self.cache_dir] = fd
+
+    def release_run_lock(self):
+        """Leave the runs in progress (before starting a separate salt-call, say)."""
+        fd = _RUN_LOCKS.pop(self.cache_dir, None)
+        if fd is not None:
+            os.close(fd)
+
+    def _only_run(self):
+        """True (holding runs.lock exclusively) if no other process is in a run."""
+        fd = _RUN_LOCKS[self.cache_dir]
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # a failed conversion drops the lock: take it back
+            return False
+
+    def _back_to_shared(self):
+        fcntl.flock(_RUN_LOCKS[self.cache_dir], fcntl.LOCK_SH)
+
+    # -- updating ----------------------------------------------------------------------
+
     def ssh_command(self, accept_new_host_key=False):
         """The GIT_SSH_COMMAND for fetching: deploy key only, strict host key checking."""
         cmd = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.timeout}"]
@@ -165,19 +208,27 @@ class ConfigRepo:
     def update(self, accept_new_host_key=False, lock_wait=LOCK_WAIT):
         """Fetch, validate and (if valid) switch the live checkout. Returns the new status.
 
-        Problems with the remote or the new commit are recorded in the status, not raised.
+        Nothing about the remote, the commit or this host's disk is raised: it is recorded in
+        the status, and the live checkout stays the last good one.
         """
-        try:
-            with self.locked(lock_wait):
-                return self._update_locked(accept_new_host_key)
-        except TimeoutError as exc:
-            status = self.status()
-            status["error"] = str(exc)
-            return status
-
-    def _update_locked(self, accept_new_host_key):
         status = self.status()
-        status.pop("error", None)
+        try:
+            self.hold_run_lock()
+            with self.locked(lock_wait):
+                status = self.status()
+                return self._update_locked(status, accept_new_host_key)
+        except Exception as exc:  # the last good commit must keep running, whatever broke
+            log.debug("minicl config repo update failed", exc_info=True)
+            status["error"] = f"updating the config repo failed: {type(exc).__name__}: {exc}"
+            status["checked_at"] = _now()
+            try:
+                return self._save(status)
+            except OSError:
+                return status
+
+    def _update_locked(self, status, accept_new_host_key):
+        for key in ("error", "pending_commit"):
+            status.pop(key, None)
         status["checked_at"] = _now()
         try:
             fetched = self._fetch(accept_new_host_key)
@@ -191,19 +242,26 @@ class ConfigRepo:
         commit = self._mirror().commit(fetched)
         try:
             self._validate_commit(commit)
-        except ConfigError as exc:
+            target = self._export(commit)
+        except (ConfigError, UnsafeTree) as exc:
             status["error"] = f"commit {fetched[:12]} is invalid and was not applied:\n{exc}"
             status["bad_commit"] = fetched
             return self._save(status)
-        self._switch_live(commit)
         status.pop("bad_commit", None)
+        status["last_good_fetch"] = status["checked_at"]
+        if self.live_commit() is not None and not self._only_run():
+            status["pending_commit"] = fetched
+            return self._save(status)
+        try:
+            self._switch_live(target)
+        finally:
+            self._back_to_shared()
         status.update(
             commit=fetched,
             commit_time=datetime.fromtimestamp(commit.committed_date, timezone.utc).strftime(
                 "%Y-%m-%dT%H:%M:%SZ"
             ),
             commit_subject=commit.summary,
-            last_good_fetch=status["checked_at"],
         )
         return self._save(status)
 
@@ -212,6 +270,8 @@ class ConfigRepo:
             repo = git.Repo(self.mirror_dir)
         else:
             repo = git.Repo.init(self.mirror_dir, bare=True, mkdir=True)
+            with repo.config_writer() as cfg:
+                cfg.set_value("fetch", "fsckObjects", "true")
         if "origin" in [r.name for r in repo.remotes]:
             if repo.remotes.origin.url != self.url:
                 repo.remotes.origin.set_url(self.url)
@@ -237,22 +297,24 @@ class ConfigRepo:
         text = (commit.tree / "cluster.json").data_stream.read().decode("utf-8", errors="replace")
         return load_cluster(text, source=source, repo_files=files)
 
-    def _switch_live(self, commit):
+    def _export(self, commit):
+        """Write the commit's tree to checkouts/<sha> (once) and return that path."""
         os.makedirs(self.checkouts_dir, mode=0o700, exist_ok=True)
         target = os.path.join(self.checkouts_dir, commit.hexsha)
         if not os.path.isdir(target):
             staging = target + ".tmp"
             shutil.rmtree(staging, ignore_errors=True)
-            os.makedirs(staging, mode=0o700)
-            archive = io.BytesIO()
-            commit.repo.archive(archive, treeish=commit.hexsha, format="tar")
-            archive.seek(0)
-            with tarfile.open(fileobj=archive) as tar:
-                # git archive writes no absolute or ".." paths; the filter is extra care
-                # where this Python has it.
-                extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-                tar.extractall(staging, **extra)
+            os.mkdir(staging, 0o700)
+            try:
+                export_tree(commit.tree, staging)
+            except UnsafeTree:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
             os.rename(staging, target)
+        os.utime(target)  # newest first when pruning, even for a commit that comes back
+        return target
+
+    def _switch_live(self, target):
         if os.path.isdir(self.live_path) and not os.path.islink(self.live_path):
             # Salt creates missing file_roots folders: before the first good commit, "live"
             # may be an empty folder. Anything else found there is kept aside, not deleted.
@@ -265,17 +327,13 @@ class ConfigRepo:
             os.unlink(new_link)
         os.symlink(os.path.relpath(target, self.cache_dir), new_link)
         os.replace(new_link, self.live_path)
-        self._prune_checkouts(keep=commit.hexsha)
+        self._prune_checkouts(keep=os.path.basename(target))
 
     def _prune_checkouts(self, keep):
-        entries = [
-            os.path.join(self.checkouts_dir, name)
-            for name in os.listdir(self.checkouts_dir)
-            if name != keep
-        ]
+        entries = [os.path.join(self.checkouts_dir, name) for name in os.listdir(self.checkouts_dir)
+                   if name != keep]
         entries.sort(key=os.path.getmtime, reverse=True)
-        # Older checkouts stay a while: a run that read the previous commit may still be using it.
-        for path in entries[KEEP_CHECKOUTS - 1 :]:
+        for path in entries[KEEP_CHECKOUTS - 1:]:
             shutil.rmtree(path, ignore_errors=True)
 
     def _save(self, status):
@@ -284,3 +342,31 @@ class ConfigRepo:
             json.dump(status, f, indent=2, sort_keys=True)
         os.replace(tmp, self.status_path)
         return status
+
+
+def export_tree(tree, root):
+    """Write a git tree's files under ``root`` exactly as committed (no filters, no attributes).
+
+    Raises UnsafeTree for a path that is not a plain relative path or a symlink that points
+    outside the tree; submodules are left out.
+    """
+    for item in tree.traverse():
+        parts = item.path.split("/")
+        if any(part in ("", ".", "..", ".git") for part in parts):
+            raise UnsafeTree(f"{item.path!r}: not a plain path inside the repo")
+        path = os.path.join(root, *parts)
+        if item.type == "tree":
+            os.mkdir(path, 0o755)
+        elif item.type != "blob":
+            continue  # a submodule: minicl does not fetch those
+        elif stat.S_ISLNK(item.mode):
+            link = item.data_stream.read().decode("utf-8", errors="replace")
+            resolved = os.path.normpath(os.path.join(os.path.dirname(item.path), link))
+            if os.path.isabs(link) or resolved == ".." or resolved.startswith("../"):
+                raise UnsafeTree(f"{item.path}: symlink to {link!r} points outside the repo")
+            os.symlink(link, path)
+        else:
+            mode = 0o755 if item.mode & 0o111 else 0o644
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+            with os.fdopen(fd, "wb") as f:
+                item.stream_data(f)

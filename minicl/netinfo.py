@@ -6,6 +6,9 @@ import socket
 from pyroute2 import IPRoute
 
 RT_SCOPE_UNIVERSE = 0
+# Interfaces of container runtimes and VMs: their addresses are not the host's own.
+VIRTUAL_PREFIXES = ("docker", "br-", "veth", "virbr", "vnet", "cni", "flannel", "cali", "lxcbr", "lxdbr",
+                    "podman", "kube", "tap")
 
 
 def global_addresses():
@@ -16,11 +19,13 @@ def global_addresses():
         for msg in ipr.get_addr():
             if msg["scope"] != RT_SCOPE_UNIVERSE:
                 continue
-            addr = ipaddress.ip_address(msg.get_attr("IFA_ADDRESS"))
-            if addr.is_loopback or addr.is_link_local:
+            # IFA_LOCAL is this end of a point-to-point link; IFA_ADDRESS would be the peer.
+            addr = ipaddress.ip_address(msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS"))
+            name = names.get(msg["index"], str(msg["index"]))
+            if addr.is_loopback or addr.is_link_local or name.startswith(VIRTUAL_PREFIXES):
                 continue
             family = "ipv4" if addr.version == 4 else "ipv6"
-            entry = interfaces.setdefault(names.get(msg["index"], str(msg["index"])), {"ipv4": [], "ipv6": []})
+            entry = interfaces.setdefault(name, {"ipv4": [], "ipv6": []})
             entry[family].append(str(addr))
     for entry in interfaces.values():
         for family in entry:

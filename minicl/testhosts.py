@@ -49,8 +49,24 @@ mkdir -p "$D/upper" "$D/work" "$D/root"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$D/upper,workdir=$D/work" "$D/root"
 R=$D/root
 mount -t proc proc "$R/proc"
-mount -t sysfs sysfs "$R/sys"
-mount --rbind /dev "$R/dev"
+# Kernel-wide knobs stay out of reach; the host's own network namespace settings do not.
+mount --bind "$R/proc/sys" "$R/proc/sys"
+mount -o remount,bind,ro "$R/proc/sys"
+mount --bind "$R/proc/sys/net" "$R/proc/sys/net"
+mount -o remount,bind,rw "$R/proc/sys/net"
+mount -t sysfs -o ro sysfs "$R/sys"
+# A private /dev with only the harmless devices, not the machine's disks.
+mount -t tmpfs -o mode=0755,nosuid minicl-dev "$R/dev"
+for dev in null zero full random urandom tty; do
+    touch "$R/dev/$dev"
+    mount --bind "/dev/$dev" "$R/dev/$dev"
+done
+mkdir -p "$R/dev/pts" "$R/dev/shm"
+mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts "$R/dev/pts"
+ln -s pts/ptmx "$R/dev/ptmx"
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/dev/shm"
+ln -s /proc/self/fd "$R/dev/fd"
+ln -s /proc/self/fd/0 "$R/dev/stdin"; ln -s /proc/self/fd/1 "$R/dev/stdout"; ln -s /proc/self/fd/2 "$R/dev/stderr"
 mount -t tmpfs -o mode=1777 tmpfs "$R/tmp"
 mount -t tmpfs -o mode=0755 tmpfs "$R/run"
 for dir in "$@"; do

@@ -17,13 +17,16 @@ if [ -n "$missing" ]; then
     apt-get update -qq
     # policy-rc.d keeps the packages' services (sshd) from starting on this machine:
     # minicl's demo and tests run their daemons only inside test hosts.
-    created_policy=""
     if [ ! -e /usr/sbin/policy-rc.d ]; then
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+        trap 'exit 1' INT TERM
         printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-        created_policy=1
     fi
     apt-get install -y -qq --no-install-recommends $missing
-    if [ -n "$created_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
+    # The tests and the demo need sshd's binary, not a service on this machine.
+    case " $missing " in *" openssh-server "*)
+        if [ -d /run/systemd/system ]; then systemctl disable --quiet ssh.service ssh.socket 2>/dev/null || true; fi
+    esac
 fi
 
 if [ ! -x .venv/bin/python ]; then

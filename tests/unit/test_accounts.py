@@ -476,9 +476,6 @@ def test_drift_authorized_keys(system, registry_path, keys, breakage):
     assert_no_secrets(plan, keys)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: read_keys_file() opens ~/.ssh/authorized_keys with a blocking "
-                   "O_RDONLY open before checking the file type; a FIFO planted there by the user makes the "
-                   "planner (and so the whole Salt run as root) hang until someone writes to the FIFO")
 def test_fifo_authorized_keys_does_not_hang_the_planner(system, registry_path, keys):
     users, owned = converged(system, keys)
     path = system.home("alice") / ".ssh" / "authorized_keys"
@@ -894,10 +891,6 @@ def test_state_test_mode_reports_changes_and_conflicts(system, tmp_path, keys, f
     assert H1 not in str(ret) and keys["blob1"] not in str(ret) and keys["blob2"] not in str(ret)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (_states/minicl_users.py): the state only applies plans with "
-                   "non-empty changes, so a plan whose only work is plan.record (registry uid updated after the "
-                   "account was renumbered by hand, as the conflict message suggests) is dropped: the registry "
-                   "keeps the old uid and removing the user later yields a conflict instead of a lockout")
 def test_state_records_registry_uid_after_manual_migration(system, tmp_path, keys, fake_state_env):
     # cluster.json moved alice from 1001 to 1002 and the admin migrated the account by hand (usermod -u).
     users, _ = converged(system, keys, uid=1002)
@@ -905,7 +898,8 @@ def test_state_records_registry_uid_after_manual_migration(system, tmp_path, key
     Registry(str(registry_file)).record("alice", 1001)
     fake_state_env.use_snapshot()
     plans = plan_all(users, system.snapshot(), Registry.load(str(registry_file)))
-    assert len(plans) == 1 and plans[0].record and plans[0].changes == {}  # accounts.py plans the record
+    assert len(plans) == 1 and plans[0].record
+    assert plans[0].changes == {"registry": "minicl's account now has uid 1002"}
     state = _load_state(opts_test=False)
     ret = state.managed("cluster users", users=users, registry=str(registry_file))
     assert ret["result"] is True

@@ -362,10 +362,23 @@ def test_valid_user_name(example_data, problems, name):
     assert problems(example_data) == []
 
 
+def key_in_path(name):
+    """Names that are not plain (a-z, 0-9, _, -) are quoted in a problem's path."""
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else f'"{name}"'
+
+
+def test_names_with_newlines_stay_on_one_line(example_data, problems):
+    example_data["users"] = renamed(example_data["users"], "bob", "bob\nroot")
+    example_data["hosts"]["al\npha"] = example_data["hosts"].pop("alpha")
+    found = problems(example_data)
+    assert len(found) == 2 and all("\n" not in p for p in found)
+    assert 'cluster.json: users."bob\\nroot": "bob\\nroot" is not a valid user name' in found[1]
+
+
 @pytest.mark.parametrize("name", ["Bob", "bOb", "1bob", "9", "-bob", "a" * 33, "bob smith", "bob.smith", "bob@x", "", "böb"])
 def test_invalid_user_name(example_data, problems, name):
     example_data["users"] = renamed(example_data["users"], "bob", name)
-    assert problems(example_data) == [f'cluster.json: users.{name}: "{name}" {USER_NAME_RULE}']
+    assert problems(example_data) == [f'cluster.json: users.{key_in_path(name)}: "{name}" {USER_NAME_RULE}']
 
 
 @pytest.mark.parametrize("name", ["root", "daemon", "sudo", "nobody", "www-data", "sshd", "admin", "systemd-x", "systemd-network", "_apt", "_x"])
@@ -429,9 +442,9 @@ def test_passwd_made_by_openssl_is_accepted(example_data, problems, scheme):
         ("$sha1$40000$abcdefgh$Qx4VQ6mC8a8QuQJX3hZ6r0ZqQq1x",
          "is a weak SHA1-crypt hash: use yescrypt ($y$) or sha512crypt ($6$) (value hidden)"),
         ("$9$abcdefgh$notarealschemevalue",
-         'has unknown crypt scheme "$9$" (use $y$, $6$, $5$, $2b$, ...) (value hidden)'),
+         'has an unknown crypt scheme (use $y$, $6$, $5$, $2b$, ...) (value hidden)'),
         ("$argon2id$v=19$m=65536$secretvalue",
-         'has unknown crypt scheme "$argon2id$" (use $y$, $6$, $5$, $2b$, ...) (value hidden)'),
+         'has an unknown crypt scheme (use $y$, $6$, $5$, $2b$, ...) (value hidden)'),
         ("$6$abcdefgh$tooShortHashValue", "is not a well-formed sha512crypt hash (value hidden)"),
         (SHA512[:-1], "is not a well-formed sha512crypt hash (value hidden)"),
         (SHA512 + "x", "is not a well-formed sha512crypt hash (value hidden)"),
@@ -680,7 +693,7 @@ def test_valid_host_name(example_data, problems, name):
 @pytest.mark.parametrize("name", ["Alpha", "ALPHA", "web_1", "a" * 64, "-web", "web-", "web.example.org", "web 1", ""])
 def test_invalid_host_name(example_data, problems, name):
     example_data["hosts"] = renamed(example_data["hosts"], "alpha", name)
-    assert problems(example_data) == [f'cluster.json: hosts.{name}: "{name}" {HOST_NAME_RULE}']
+    assert problems(example_data) == [f'cluster.json: hosts.{key_in_path(name)}: "{name}" {HOST_NAME_RULE}']
 
 
 # --- domain -------------------------------------------------------------------------------

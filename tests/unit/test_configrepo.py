@@ -206,3 +206,92 @@ def test_live_folder_created_by_salt_is_replaced(repo, remote):
     sha = commit(remote, {"cluster.json": example()})
     assert repo.update()["commit"] == sha
     assert os.path.islink(repo.live_path)
+
+
+def _hold_runs_lock_in_other_process(path, ready, release):
+    import fcntl as _fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    _fcntl.flock(fd, _fcntl.LOCK_SH)
+    ready.set()
+    release.wait(30)
+
+
+def test_live_does_not_move_under_another_run(repo, remote):
+    first = commit(remote, {"cluster.json": example()})
+    repo.update()
+    ctx = multiprocessing.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+    other = ctx.Process(target=_hold_runs_lock_in_other_process, args=(repo.runs_lock_path, ready, release))
+    other.start()
+    try:
+        assert ready.wait(10)
+        second = commit(remote, {"cluster.json": example(admin_email="new@example.org")})
+        status = repo.update()
+        assert repo.live_commit() == first and status["commit"] == first
+        assert status["pending_commit"] == second and "error" not in status
+    finally:
+        release.set()
+        other.join(10)
+    status = repo.update()
+    assert repo.live_commit() == second and status["commit"] == second and "pending_commit" not in status
+
+
+def test_tree_is_exported_exactly(repo, remote):
+    commit(remote, {"cluster.json": example(), "roles/web/init.sls": "x: {}\n",
+                    ".gitattributes": "roles/** export-ignore\n*.sls text eol=crlf\n",
+                    "roles/web/run.sh": "#!/bin/sh\n"})
+    (remote / "roles/web/run.sh").chmod(0o755)
+    os.symlink("init.sls", remote / "roles/web/alias.sls")
+    sha = commit(remote, {})
+    repo.update()
+    live = pathlib.Path(repo.checkouts_dir, sha)
+    assert (live / "roles/web/init.sls").read_bytes() == b"x: {}\n"  # no export-ignore, no eol filter
+    assert os.access(live / "roles/web/run.sh", os.X_OK)
+    assert os.readlink(live / "roles/web/alias.sls") == "init.sls"
+
+
+@pytest.mark.parametrize("link", ["/etc/shadow", "../../outside", "../.."])
+def test_symlink_out_of_the_tree_makes_the_commit_invalid(repo, remote, link):
+    good = commit(remote, {"cluster.json": example()})
+    repo.update()
+    (remote / "roles").mkdir()
+    os.symlink(link, remote / "roles/evil")
+    bad = commit(remote, {})
+    status = repo.update()
+    assert status["bad_commit"] == bad and repo.live_commit() == good
+    assert "points outside the repo" in status["error"]
+    assert not [n for n in os.listdir(repo.checkouts_dir) if n.endswith(".tmp")]
+
+
+def test_unexpected_failure_keeps_the_last_good_commit(repo, remote):
+    good = commit(remote, {"cluster.json": example()})
+    repo.update()
+    commit(remote, {"cluster.json": example(admin_email="new@example.org")})
+    os.rename(repo.checkouts_dir, repo.checkouts_dir + ".moved")
+    pathlib.Path(repo.checkouts_dir).write_text("in the way")  # the export cannot make its folder
+    status = repo.update()
+    assert status["error"].startswith("updating the config repo failed: FileExistsError")
+    assert repo.live_commit() == good and status["commit"] == good
+
+
+def test_cache_dir_is_made_private_even_if_it_existed(tmp_path, remote):
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o755)
+    commit(remote, {"cluster.json": example()})
+    ConfigRepo(str(cache), f"file://{remote}").update()
+    assert cache.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_reverted_commit_is_not_pruned_first(repo, remote):
+    a = commit(remote, {"cluster.json": example(admin_email="a@example.org")})
+    repo.update()
+    for n in range(KEEP_CHECKOUTS):
+        commit(remote, {"cluster.json": example(admin_email=f"x{n}@example.org")})
+        repo.update()
+    git(remote, "reset", "-q", "--hard", a)  # force-push back to a: its checkout was pruned
+    repo.update()
+    assert repo.live_commit() == a
+    b = commit(remote, {"cluster.json": example(admin_email="b@example.org")})
+    repo.update()
+    assert a in os.listdir(repo.checkouts_dir) and repo.live_commit() == b
