@@ -16,7 +16,7 @@ import difflib
 import os
 
 try:
-    from minicl import accounts, sshd
+    from minicl import accounts, config, sshd
 
     HAS_MINICL = True
 except ImportError as exc:  # pragma: no cover
@@ -42,7 +42,8 @@ def hardened(name, users=None, admin_group=None):
     admins = accounts.usable_admins(users, {plan.name: plan for plan in plans})
     reason = ("no cluster user could log in with a key and use sudo (each is missing a key, has a "
               "locked password, or is in conflict with a local account); fix cluster.json first")
-    text = sshd.render_dropin(bool(admins), reason)
+    port = config.Cluster(__pillar__["minicl"]["cluster"]).firewall_option("ssh_port")
+    text = sshd.render_dropin(bool(admins), reason, port)
     ret = {"name": name, "result": True, "changes": {}, "comment": ""}
     guard = "" if admins else f"Refusing to disable password login: {reason}. "
 

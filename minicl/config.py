@@ -52,6 +52,9 @@ POSIX_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 ROLE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 EMAIL = re.compile(r"^[^@\s]+@([^@\s]+)$")
+PORT_SPEC = re.compile(r"(\d{1,5})(?:-(\d{1,5}))?/(tcp|udp)")
+DEFAULT_SSH_PORT = 22
+DEFAULT_CONFIRM_SECONDS = 30
 
 _B64 = r"[./0-9A-Za-z]"
 CRYPT_HASHES = {
@@ -314,7 +317,43 @@ def _semantic_problems(data, source, repo_files):
     hosts = data.get("hosts")
     if isinstance(hosts, dict):
         problems += _host_problems(hosts, source, repo_files)
+
+    roles = data.get("roles")
+    if isinstance(roles, dict):
+        for role, settings in roles.items():
+            if not ROLE_NAME.fullmatch(role):
+                add(f"roles.{_key(role)}", f"{_quote(role)} is not a valid role name (a-z, 0-9, _ and -)")
+            if isinstance(settings, dict):
+                problems += _port_problems(settings.get("public_ports"), f"roles.{_key(role)}.public_ports", source)
     return problems
+
+
+def _port_problems(ports, path, source):
+    problems = []
+    for i, spec in enumerate(ports if isinstance(ports, list) else []):
+        if isinstance(spec, str) and port_spec_problem(spec):
+            problems.append(Problem(f"{path}[{i}]", port_spec_problem(spec), source))
+    return problems
+
+
+def port_spec_problem(spec):
+    """Why ``spec`` is not PORT/PROTO or LOW-HIGH/PROTO, or None."""
+    match = PORT_SPEC.fullmatch(spec)
+    if not match:
+        return f'{_quote(spec)} is not a port like "443/tcp", "51820/udp" or "60000-61000/udp"'
+    low = int(match.group(1))
+    high = int(match.group(2) or low)
+    if not 1 <= low <= 65535 or not 1 <= high <= 65535:
+        return f"{_quote(spec)}: ports are 1-65535"
+    if high < low:
+        return f"{_quote(spec)}: the range is backwards"
+    return None
+
+
+def parse_port_spec(spec):
+    """("tcp"|"udp", low, high) of a valid port spec."""
+    match = PORT_SPEC.fullmatch(spec)
+    return match.group(3), int(match.group(1)), int(match.group(2) or match.group(1))
 
 
 def _user_problems(users, source):
@@ -405,6 +444,10 @@ def _host_problems(hosts, source, repo_files):
                 add(path, f"{ip} is listed twice")
             else:
                 owners[addr] = name
+        problems += _port_problems(host.get("public_ports"), f"{base}.public_ports", source)
+        for i, cidr in enumerate(host.get("trusted_sources") or []):
+            if isinstance(cidr, str) and trusted_source_problem(cidr):
+                add(f"{base}.trusted_sources[{i}]", trusted_source_problem(cidr))
         roles = host.get("roles")
         if isinstance(roles, list):
             if "base" not in roles:
@@ -461,6 +504,19 @@ def host_ip_problem(text):
     ):
         if test:
             return f"{text} is {what}, not a host address"
+    return None
+
+
+def trusted_source_problem(text):
+    """Why ``text`` is not a network to trust (CIDR), or None."""
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return f"{_quote(text)} is not an IPv4 or IPv6 network (CIDR, e.g. 203.0.113.0/24)"
+    if str(net) != text and str(net.network_address) != text:
+        return f"{_quote(text)} has host bits set (write {net})"
+    if net.prefixlen == 0:
+        return f"{_quote(text)} is the whole Internet: use public_ports for services open to everyone"
     return None
 
 
@@ -602,6 +658,20 @@ class Cluster:
 
     def smtp_port(self):
         return self.data["smtp"].get("port", DEFAULT_SMTP_PORT)
+
+    def firewall_option(self, key):
+        defaults = {"ssh_port": DEFAULT_SSH_PORT, "confirm_seconds": DEFAULT_CONFIRM_SECONDS}
+        return self.data.get("firewall", {}).get(key, defaults[key])
+
+    def public_ports(self, host):
+        """Port specs open to the world on ``host``: its own plus those of its roles."""
+        specs = list(self.hosts[host].get("public_ports", []))
+        for role in self.host_roles(host):
+            specs += self.data.get("roles", {}).get(role, {}).get("public_ports", [])
+        return specs
+
+    def trusted_sources(self, host):
+        return list(self.hosts[host].get("trusted_sources", []))
 
     def addresses(self):
         """Every address of every host, split by family, sorted."""

@@ -86,6 +86,25 @@ def demo_config(workdir):
     return json.dumps(config, indent=2) + "\n", private
 
 
+LISTEN_PORTS = (9100, 80, 443)
+LISTENER = f"""
+import socket, threading
+def serve(port):
+    s = socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True)
+    while True:
+        s.accept()[0].close()
+for port in {LISTEN_PORTS!r}:
+    threading.Thread(target=serve, args=(port,), daemon=True).start()
+threading.Event().wait()
+"""
+
+
+def can_connect(client, ip, port):
+    code = (f"import socket\ntry:\n socket.create_connection(({ip!r}, {port}), timeout=1.5).close()\n"
+            "except OSError:\n raise SystemExit(1)")
+    return client.run(["python3", "-c", code], check=False).returncode == 0
+
+
 def ssh_as(workstation, user, ip, command):
     return workstation.run(
         ["ssh", "-i", f"/root/keys/{user}", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
@@ -109,8 +128,7 @@ def run_demo(lab, report, workdir):
         ips = [entry["ip"]] if isinstance(entry["ip"], str) else entry["ip"]
         report.step(f"starting host {name} {' '.join(ips)} and running minicl-bootstrap")
         host = lab.add_host(name, [cidr(ip) for ip in ips])
-        host.run("rm -f /etc/ssh/ssh_host_*; ssh-keygen -A -q; mkdir -p /run/sshd; "
-                 "/usr/sbin/sshd -E /var/log/sshd.log")
+        host.start_sshd()
         host.write("/root/deploy.key", private_key, 0o600)
         result = host.run(["minicl-bootstrap", f"--repo={git.url}", "--deploy-key=/root/deploy.key"],
                           check=False, timeout=600)
@@ -150,6 +168,22 @@ def run_demo(lab, report, workdir):
              f"{next(iter(user_keys))}@{ip}", "true"], check=False, timeout=60,
             env={"SSH_ASKPASS": "/root/askpass", "SSH_ASKPASS_REQUIRE": "force"})
         report.check(result.returncode == 255, f"password login to {name} is refused, even with the right password")
+
+    report.step("firewall: a cluster-only port (9100) and the public ports, from a peer and from the "
+                "workstation (not in cluster.json)")
+    for name, host in hosts.items():
+        host.spawn(["python3", "-c", LISTENER])
+    time.sleep(0.5)
+    names = list(hosts)
+    for name, entry in config["hosts"].items():
+        ip = entry["ip"] if isinstance(entry["ip"], str) else entry["ip"][0]
+        peer = hosts[names[(names.index(name) + 1) % len(names)]]
+        report.check(can_connect(peer, ip, 9100), f"{peer.name} (cluster) reaches {name}:9100")
+        report.check(not can_connect(workstation, ip, 9100), f"the workstation is refused on {name}:9100")
+        for spec in entry.get("public_ports", []):
+            port = int(spec.split("/")[0].split("-")[0])
+            if spec.endswith("/tcp") and port in LISTEN_PORTS:
+                report.check(can_connect(workstation, ip, port), f"the workstation reaches {name}:{port} (public)")
 
     name, host = next(iter(hosts.items()))
     report.step(f"pushing a bad commit (a uid in the system range), then state.apply on {name}")

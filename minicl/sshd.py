@@ -29,8 +29,10 @@ HARDENED = {
 _INCLUDE = re.compile(r"^\s*Include\s+(\S*sshd_config\.d/\*\.conf)\s*$", re.IGNORECASE | re.MULTILINE)
 
 
-def render_dropin(disable_passwords, reason=""):
+def render_dropin(disable_passwords, reason="", port=22):
     lines = ["# Managed by minicl (base role); changes here are overwritten.\n"]
+    if port != 22:
+        lines += [f"Port {port}\n"]  # the firewall opens this port (cluster.json firewall.ssh_port)
     if disable_passwords:
         lines += ["PasswordAuthentication no\n", "KbdInteractiveAuthentication no\n"]
     else:

@@ -200,6 +200,16 @@ class Host:
     def read(self, path):
         return self.run(["cat", path]).stdout
 
+    def start_sshd(self):
+        """Start sshd as on a real host: own host keys, /run/sshd, log in /var/log/sshd.log."""
+        if not self.exists("/etc/ssh/.minicl-testhost-keys"):
+            self.run("rm -f /etc/ssh/ssh_host_*; ssh-keygen -A -q; touch /etc/ssh/.minicl-testhost-keys")
+        self.run("mkdir -p /run/sshd && /usr/sbin/sshd -t && /usr/sbin/sshd -E /var/log/sshd.log")
+
+    def stop_sshd(self):
+        # Only the sshd this test host runs: its PID namespace holds nothing else.
+        self.run("kill $(cat /run/sshd.pid) && while [ -e /run/sshd.pid ]; do sleep 0.05; done")
+
     def exists(self, path):
         return self.run(["test", "-e", path], check=False).returncode == 0
 
@@ -284,8 +294,7 @@ class GitServer:
     def __init__(self, host, deploy_public_key):
         self.host = host
         host.run(
-            "set -e; rm -f /etc/ssh/ssh_host_*; ssh-keygen -A -q; mkdir -p /run/sshd;"
-            "useradd -m -s /usr/bin/git-shell git;"
+            "set -e; useradd -m -s /usr/bin/git-shell git;"
             "install -d -o git -g git -m 700 /home/git/.ssh;"
             f"git init -q --bare -b main {self.REPO}; chown -R git:git /srv/git;"
             "git config --global --add safe.directory '*';"
@@ -304,11 +313,10 @@ class GitServer:
         return self.host.run(["ssh-keygen", "-lf", "/etc/ssh/ssh_host_ed25519_key.pub"]).stdout.split()[1]
 
     def start_sshd(self):
-        self.host.run("/usr/sbin/sshd -t && /usr/sbin/sshd -E /var/log/sshd.log")
+        self.host.start_sshd()
 
     def stop_sshd(self):
-        # Only the sshd this test host runs: its PID namespace holds nothing else.
-        self.host.run("kill $(cat /run/sshd.pid) && while [ -e /run/sshd.pid ]; do sleep 0.05; done")
+        self.host.stop_sshd()
 
     def commit(self, files, message, branch="main", remove=()):
         """Write ``files`` ({path: text}) into the work tree, commit and push; returns the sha."""

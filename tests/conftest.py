@@ -1,12 +1,15 @@
-"""Tripwire: no test may change the users, groups, sshd config or minicl state of this machine."""
+"""Tripwire: no test may change the users, groups, sshd config, firewall or minicl state of
+this machine."""
 
 import hashlib
 import os
+import shutil
+import subprocess
 
 import pytest
 
 WATCHED = ["/etc/passwd", "/etc/group", "/etc/shadow", "/etc/ssh/sshd_config.d", "/var/lib/minicl",
-           "/etc/salt/minion.d", "/etc/minicl", "/run/sshd", "/home"]
+           "/etc/salt/minion.d", "/etc/minicl", "/run/sshd", "/home", "/etc/nftables.conf", "/etc/nftables.d"]
 
 
 def _fingerprint():
@@ -23,6 +26,9 @@ def _fingerprint():
         elif os.path.exists(path):
             with open(path, "rb") as f:
                 found[path] = hashlib.sha256(f.read()).hexdigest()
+    if shutil.which("nft") and os.geteuid() == 0:
+        found["nft list ruleset"] = subprocess.run(["nft", "list", "ruleset"], capture_output=True,
+                                                   text=True, check=False).stdout
     return found
 
 

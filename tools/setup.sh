@@ -5,7 +5,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES="git openssh-server openssh-client iproute2 util-linux python3-venv procps sudo passwd"
+DEBIAN_PACKAGES="git openssh-server openssh-client iproute2 util-linux python3-venv procps sudo passwd nftables"
 
 missing=""
 for pkg in $DEBIAN_PACKAGES; do

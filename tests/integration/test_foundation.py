@@ -26,14 +26,20 @@ def hosts_entry(addresses, roles=("base",)):
     return {"ip": [a.split("/")[0] for a in addresses], "roles": list(roles)}
 
 
+def cluster_host(lab, name, addresses):
+    host = lab.add_host(name, addresses)
+    host.start_sshd()  # as on any real host; peers confirm firewall changes through it
+    return host
+
+
 @pytest.fixture(scope="module")
 def alpha(lab):
-    return lab.add_host("alpha", ALPHA)
+    return cluster_host(lab, "alpha", ALPHA)
 
 
 @pytest.fixture(scope="module")
 def beta(lab):
-    return lab.add_host("beta", BETA)
+    return cluster_host(lab, "beta", BETA)
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +233,7 @@ def test_host_not_in_cluster_gets_snippet_then_joins(beta, git_server, deploy_ke
 
 
 def test_no_good_commit_ever_refuses_to_run_states(lab, git_server, deploy_key):
-    gamma = lab.add_host("gamma", GAMMA)
+    gamma = cluster_host(lab, "gamma", GAMMA)
     broken = cluster_config({"gamma": hosts_entry(GAMMA)}, admin_email="")
     git_server.commit({"cluster.json": dump(broken)}, "broken from the start", branch="broken")
     gamma.write("/root/deploy.key", deploy_key[0], 0o600)
@@ -243,7 +249,7 @@ def test_no_good_commit_ever_refuses_to_run_states(lab, git_server, deploy_key):
 
 
 def test_bootstrap_with_known_hosts_uses_only_that_key(lab, git_server, deploy_key):
-    delta = lab.add_host("delta", ["198.51.100.14/24"])
+    delta = cluster_host(lab, "delta", ["198.51.100.14/24"])
     delta.write("/root/deploy.key", deploy_key[0], 0o600)
     config = cluster_config({"delta": hosts_entry(["198.51.100.14/24"])})
     git_server.commit({"cluster.json": dump(config)}, "delta only", branch="delta")

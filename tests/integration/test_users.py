@@ -71,7 +71,7 @@ def alpha(lab, git_server, deploy_key, keys, hashes):
     # A local account that minicl did not create, with the name of a cluster user.
     host.run("useradd -m -u 4000 -s /bin/sh carol")
     # sshd runs with Debian's defaults (password login on) before minicl touches it.
-    host.run("rm -f /etc/ssh/ssh_host_*; ssh-keygen -A -q; mkdir -p /run/sshd; /usr/sbin/sshd -E /var/log/sshd.log")
+    host.start_sshd()
     git_server.commit({"cluster.json": config_with(keys, hashes), "deploy.key": deploy_key[0]}, "users")
     host.write("/root/deploy.key", deploy_key[0], 0o600)
     result = host.run(["minicl-bootstrap", f"--repo={git_server.url}", "--deploy-key=/root/deploy.key"],

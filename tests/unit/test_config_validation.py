@@ -23,7 +23,7 @@ MD5 = "$1$abcdefgh$IQtUouv7y7Q9dRWkQEPCc."
 ED25519_ALICE = "AAAAC3NzaC1lZDI1NTE5AAAAIDXiN8smzPToGFR7LTsRBOsGaNV+5wJWTUJ76mG/LuzV"
 ED25519_BOB = "AAAAC3NzaC1lZDI1NTE5AAAAIDN2KgJLrXZ347sa3bJGeAeCVfjIn1/S8QcLKX5RrGbP"
 
-TOP_FIELDS = "admin_email, ca_url, domain, hosts, smtp, users"
+TOP_FIELDS = "admin_email, ca_url, domain, firewall, hosts, roles, smtp, users"
 KEY_TYPES = (
     "ecdsa-sha2-nistp256, ecdsa-sha2-nistp384, ecdsa-sha2-nistp521, "
     "sk-ecdsa-sha2-nistp256@openssh.com, sk-ssh-ed25519@openssh.com, ssh-ed25519, ssh-rsa"
@@ -55,7 +55,7 @@ def test_example_is_valid(example_data, problems):
         ((), "extra", f"cluster.json: extra: unknown field (allowed here: {TOP_FIELDS})"),
         (("smtp",), "tls", "cluster.json: smtp.tls: unknown field (allowed here: password, port, relay, username)"),
         (("users", "bob"), "shell", "cluster.json: users.bob.shell: unknown field (allowed here: passwd, ssh_key, uid)"),
-        (("hosts", "alpha"), "os", "cluster.json: hosts.alpha.os: unknown field (allowed here: ip, roles)"),
+        (("hosts", "alpha"), "os", "cluster.json: hosts.alpha.os: unknown field (allowed here: ip, public_ports, roles, trusted_sources)"),
     ],
 )
 def test_unknown_field_is_reported(example_data, problems, where, field, expected):
@@ -86,8 +86,9 @@ def test_misspelled_password_field_does_not_show_its_value(example_data, problem
 
 
 def test_every_allowed_field_is_accepted(example_data, problems):
-    # The example uses every field the schema knows, including the optional ca_url and smtp.port.
-    assert set(example_data) == set(TOP_FIELDS.split(", "))
+    # The example uses every field the schema knows, including the optional ca_url and smtp.port,
+    # except "roles" (settings of a role need that role's folder in a config repo).
+    assert set(example_data) == set(TOP_FIELDS.split(", ")) - {"roles"}
     assert set(example_data["smtp"]) == {"relay", "port", "username", "password"}
     assert problems(example_data) == []
 
@@ -1029,3 +1030,68 @@ def test_ed25519_key_with_its_end_cut_off_is_rejected(example_data, problems):
     example_data["users"]["bob"]["ssh_key"] = "ssh-ed25519 " + base64.b64encode(blob[:-3]).decode()
     assert problems(example_data) == [
         "cluster.json: users.bob.ssh_key: ssh-ed25519 key: the key data is truncated or damaged"]
+
+
+# -- firewall: public ports, trusted sources, options ----------------------------------------
+
+
+@pytest.mark.parametrize("ports", [["80/tcp"], ["443/tcp", "51820/udp", "60000-61000/udp"], []])
+def test_public_ports_accepted(example_data, problems, ports):
+    example_data["hosts"]["alpha"]["public_ports"] = ports
+    example_data["roles"] = {"web": {"public_ports": ports}}
+    assert problems(example_data) == []
+
+
+@pytest.mark.parametrize("port, message", [
+    ("80", '"80" is not a port like "443/tcp", "51820/udp" or "60000-61000/udp"'),
+    ("80/icmp", '"80/icmp" is not a port like "443/tcp", "51820/udp" or "60000-61000/udp"'),
+    ("0/tcp", '"0/tcp": ports are 1-65535'),
+    ("70000/udp", '"70000/udp": ports are 1-65535'),
+    ("90-80/tcp", '"90-80/tcp": the range is backwards'),
+])
+def test_public_ports_rejected(example_data, problems, port, message):
+    example_data["hosts"]["alpha"]["public_ports"] = [port]
+    example_data["roles"] = {"web": {"public_ports": [port]}}
+    assert problems(example_data) == [f"cluster.json: hosts.alpha.public_ports[0]: {message}",
+                                      f"cluster.json: roles.web.public_ports[0]: {message}"]
+
+
+def test_public_ports_must_be_unique(example_data, problems):
+    example_data["hosts"]["alpha"]["public_ports"] = ["80/tcp", "80/tcp"]
+    assert problems(example_data) == ["cluster.json: hosts.alpha.public_ports: lists an entry more than once"]
+
+
+@pytest.mark.parametrize("cidr", ["203.0.113.0/24", "2001:db8:ffff::/48", "198.51.100.7", "198.51.100.7/32"])
+def test_trusted_sources_accepted(example_data, problems, cidr):
+    example_data["hosts"]["alpha"]["trusted_sources"] = [cidr]
+    assert problems(example_data) == []
+
+
+@pytest.mark.parametrize("cidr, message", [
+    ("203.0.113.5/24", '"203.0.113.5/24" has host bits set (write 203.0.113.0/24)'),
+    ("0.0.0.0/0", '"0.0.0.0/0" is the whole Internet: use public_ports for services open to everyone'),
+    ("::/0", '"::/0" is the whole Internet: use public_ports for services open to everyone'),
+    ("office", '"office" is not an IPv4 or IPv6 network (CIDR, e.g. 203.0.113.0/24)'),
+])
+def test_trusted_sources_rejected(example_data, problems, cidr, message):
+    example_data["hosts"]["alpha"]["trusted_sources"] = [cidr]
+    assert problems(example_data) == [f"cluster.json: hosts.alpha.trusted_sources[0]: {message}"]
+
+
+def test_firewall_options(example_data, problems):
+    example_data["firewall"] = {"ssh_port": 2222, "confirm_seconds": 0}
+    assert problems(example_data) == []
+    example_data["firewall"] = {"ssh_port": 0, "confirm_seconds": 3601, "open": True}
+    assert problems(example_data) == [
+        "cluster.json: firewall.confirm_seconds: 3601 is out of range (0-3600)",
+        "cluster.json: firewall.open: unknown field (allowed here: confirm_seconds, ssh_port)",
+        "cluster.json: firewall.ssh_port: 0 is out of range (1-65535)",
+    ]
+
+
+def test_roles_settings(example_data, problems):
+    example_data["roles"] = {"Web": {"public_ports": ["80/tcp"]}, "db": {"ports": []}}
+    assert problems(example_data) == [
+        'cluster.json: roles.Web: "Web" is not a valid role name (a-z, 0-9, _ and -)',
+        "cluster.json: roles.db.ports: unknown field (allowed here: public_ports)",
+    ]

@@ -1,4 +1,5 @@
 {#- minicl's base role: on every host. Later parts of minicl add their SLS files here. #}
 include:
   - minicl.base.users
+  - minicl.base.firewall
   - minicl.base.applied

@@ -1,0 +1,242 @@
+"""The IP-ACL firewall: one nftables table, ``inet minicl``, computed from cluster.json.
+
+Every cluster host trusts every other one (and the host's extra trusted sources); the rest of
+the world reaches only SSH and the host's public ports. minicl never touches other tables.
+
+    spec = host_spec(cluster, "alpha", local_rules="")
+    text = render_ruleset(spec)          # pure; golden-tested
+    replace_table(text)                  # nft -c, then one atomic nft -f
+
+The number of rules is constant: addresses and ports live in named interval sets.
+"""
+
+import ipaddress
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from minicl.config import parse_port_spec
+
+NFT = "/usr/sbin/nft"
+TABLE = "minicl"
+PERSIST_PATH = "/etc/nftables.d/minicl.nft"
+NFTABLES_CONF = "/etc/nftables.conf"
+LOCAL_RULES_PATH = "/etc/minicl/firewall.local.nft"
+BACKUP_PATH = "/var/lib/minicl/firewall.previous.nft"
+
+ICMPV6_NEEDED = ("destination-unreachable", "packet-too-big", "time-exceeded", "parameter-problem",
+                 "nd-router-solicit", "nd-router-advert", "nd-neighbor-solicit", "nd-neighbor-advert",
+                 "mld-listener-query", "mld-listener-report", "mld2-listener-report")
+ICMP_NEEDED = ("destination-unreachable", "time-exceeded", "parameter-problem")
+
+
+class FirewallError(Exception):
+    pass
+
+
+@dataclass
+class Spec:
+    """What the table of one host must express."""
+
+    trusted_v4: list = field(default_factory=list)  # collapsed networks, as strings
+    trusted_v6: list = field(default_factory=list)
+    public_tcp: list = field(default_factory=list)  # "80" or "8000-8100"
+    public_udp: list = field(default_factory=list)
+    ssh_port: int = 22
+    local_rules: str = ""
+
+
+def _collapse_networks(texts):
+    nets = [ipaddress.ip_network(t, strict=False) for t in texts]
+    return [n.with_prefixlen if n.num_addresses > 1 else str(n.network_address)
+            for n in ipaddress.collapse_addresses(nets)]
+
+
+def _collapse_ports(ranges):
+    merged = []
+    for low, high in sorted(ranges):
+        if merged and low <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], high)
+        else:
+            merged.append([low, high])
+    return [str(low) if low == high else f"{low}-{high}" for low, high in merged]
+
+
+def host_spec(cluster, host, local_rules=""):
+    """The firewall Spec of ``host`` from a validated Cluster."""
+    addresses = [ip for name in cluster.hosts for ip in cluster.host_ips(name)]
+    trusted = addresses + cluster.trusted_sources(host)
+    v4 = [t for t in trusted if ipaddress.ip_network(t, strict=False).version == 4]
+    v6 = [t for t in trusted if ipaddress.ip_network(t, strict=False).version == 6]
+    ports = {"tcp": [], "udp": []}
+    for spec in cluster.public_ports(host):
+        proto, low, high = parse_port_spec(spec)
+        ports[proto].append((low, high))
+    return Spec(_collapse_networks(v4), _collapse_networks(v6), _collapse_ports(ports["tcp"]),
+                _collapse_ports(ports["udp"]), cluster.firewall_option("ssh_port"), local_rules)
+
+
+def _set(name, kind, elements):
+    body = f"\t\ttype {kind}\n\t\tflags interval\n"
+    if elements:
+        body += f"\t\telements = {{ {', '.join(elements)} }}\n"
+    return f"\tset {name} {{\n{body}\t}}\n"
+
+
+def render_ruleset(spec):
+    """The nft script that replaces table inet minicl (and nothing else) in one transaction."""
+    local = ""
+    if spec.local_rules.strip():
+        lines = "".join(f"\t\t{line}\n" for line in spec.local_rules.strip().splitlines())
+        local = f"\t\t# from {LOCAL_RULES_PATH}\n{lines}"
+    return (
+        "# Managed by minicl from cluster.json; changes here are overwritten.\n"
+        f"table inet {TABLE} {{}}\n"
+        f"delete table inet {TABLE}\n"
+        f"table inet {TABLE} {{\n"
+        + _set("trusted_v4", "ipv4_addr", spec.trusted_v4)
+        + _set("trusted_v6", "ipv6_addr", spec.trusted_v6)
+        + _set("public_tcp", "inet_service", spec.public_tcp)
+        + _set("public_udp", "inet_service", spec.public_udp)
+        + "\tchain input {\n"
+        "\t\ttype filter hook input priority filter; policy drop;\n"
+        '\t\tiif "lo" accept\n'
+        "\t\tct state established,related accept\n"
+        "\t\tct state invalid drop\n"
+        f"\t\ticmpv6 type {{ {', '.join(ICMPV6_NEEDED)} }} accept\n"
+        "\t\ticmpv6 type echo-request limit rate 20/second accept\n"
+        f"\t\ticmp type {{ {', '.join(ICMP_NEEDED)} }} accept\n"
+        "\t\ticmp type echo-request limit rate 20/second accept\n"
+        f"\t\ttcp dport {spec.ssh_port} accept comment \"ssh, always\"\n"
+        "\t\tip saddr @trusted_v4 accept\n"
+        "\t\tip6 saddr @trusted_v6 accept\n"
+        "\t\ttcp dport @public_tcp accept\n"
+        "\t\tudp dport @public_udp accept\n"
+        + local
+        + '\t\tlimit rate 10/minute burst 20 packets log prefix "minicl drop: " level info\n'
+        "\t}\n"
+        "}\n"
+    )
+
+
+def _run(argv, stdin=None):
+    return subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
+
+
+def _nft_error(result):
+    return (result.stderr or result.stdout).strip()
+
+
+def _normalise(json_text):
+    """The table's objects without handles and nft's metainfo: what makes two tables equal."""
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k != "handle"}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    return [strip(item) for item in json.loads(json_text)["nftables"] if "metainfo" not in item]
+
+
+def _with_script(text, func):
+    with tempfile.NamedTemporaryFile("w", prefix="minicl-fw-", suffix=".nft", delete=False) as f:
+        f.write(text)
+    try:
+        return func(f.name)
+    finally:
+        os.unlink(f.name)
+
+
+def canonical(text):
+    """(normalised JSON, nft's own listing) of ``text``, loaded in a throwaway network namespace."""
+    def load(path):
+        script = f'{NFT} -f "$1" && {NFT} -j list table inet {TABLE} && {NFT} list table inet {TABLE}'
+        result = _run(["unshare", "--net", "sh", "-c", script, "sh", path])
+        if result.returncode != 0:
+            raise FirewallError(f"nft rejects the ruleset: {_nft_error(result)}")
+        json_line, listing = result.stdout.split("\n", 1)
+        return _normalise(json_line), listing
+
+    return _with_script(text, load)
+
+
+def live():
+    """(normalised JSON, listing) of the live table inet minicl, or (None, "") if there is none."""
+    result = _run([NFT, "-j", "list", "table", "inet", TABLE])
+    if result.returncode != 0:
+        return None, ""
+    return _normalise(result.stdout), _run([NFT, "list", "table", "inet", TABLE]).stdout
+
+
+def replace_table(text):
+    """Check, then apply in one transaction; on failure the previous ruleset stays in force."""
+    def apply(path):
+        check = _run([NFT, "-c", "-f", path])
+        if check.returncode != 0:
+            raise FirewallError(f"nft -c rejects the ruleset, nothing changed: {_nft_error(check)}")
+        result = _run([NFT, "-f", path])
+        if result.returncode != 0:
+            raise FirewallError(f"nft -f failed, the previous ruleset stays: {_nft_error(result)}")
+
+    _with_script(text, apply)
+
+
+def restore_script(previous_listing):
+    """The nft script that brings back ``previous_listing`` (or removes the table if empty)."""
+    if previous_listing.strip():
+        return f"table inet {TABLE} {{}}\ndelete table inet {TABLE}\n{previous_listing}"
+    return f"table inet {TABLE} {{}}\ndelete table inet {TABLE}\n"
+
+
+def reach_a_peer(peers, port, seconds):
+    """True once a TCP connection to some peer's ``port`` succeeds within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        for peer in peers:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                with socket.create_connection((peer, port), timeout=min(2.0, left)):
+                    return True
+            except OSError:
+                continue
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+
+
+def peers_of(cluster, host):
+    """One address per other cluster host (IPv4 first): whom to reach to confirm a ruleset."""
+    peers = []
+    for name in sorted(cluster.hosts):
+        if name != host:
+            ips = sorted(cluster.host_ips(name), key=lambda ip: ipaddress.ip_address(ip).version)
+            peers.append(ips[0])
+    return peers
+
+
+def start_deadman(backup_path, seconds):
+    """A detached watchdog that restores ``backup_path`` after ``seconds`` unless confirmed.
+
+    Confirm by killing it (``proc.kill()``): that also covers this process dying mid-way.
+    """
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "minicl.deadman", backup_path, str(seconds)],
+                            start_new_session=True, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def write_file(path, text, mode=0o644):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.minicl-tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -1,0 +1,21 @@
+{#- The IP-ACL firewall (table inet minicl), kept across reboots by Debian's nftables service. #}
+minicl-nftables:
+  pkg.installed:
+    - name: nftables
+
+minicl-firewall:
+  minicl_firewall.applied:
+    - name: inet minicl
+    - require:
+      - pkg: minicl-nftables
+
+minicl-firewall-at-boot:
+  file.append:
+    - name: /etc/nftables.conf
+    - text: include "/etc/nftables.d/minicl.nft"
+    - require:
+      - minicl_firewall: minicl-firewall
+{%- if grains.get('init') == 'systemd' %}
+  service.enabled:
+    - name: nftables
+{%- endif %}

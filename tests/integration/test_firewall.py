@@ -1,0 +1,219 @@
+"""The IP-ACL firewall with real packets between test hosts: cluster peers reach any port, an
+outsider only SSH and public ports; other tools' tables survive; a broken ruleset or a lost
+peer never leaves a host with rules it cannot confirm; the ruleset survives a "reboot"."""
+
+import json
+
+import pytest
+
+from .conftest import changed_states, cluster_config, dump, salt_call
+
+HOSTS = {
+    "alpha": ["198.51.100.51/24", "2001:db8:100::51/64"],
+    "beta": ["198.51.100.52/24", "2001:db8:100::52/64"],
+    "gamma": ["198.51.100.53/24", "2001:db8:100::53/64"],
+}
+OUTSIDER = ["198.51.100.99/24", "2001:db8:100::99/64"]
+LISTEN = """
+import socket, threading
+def serve(port):
+    s = socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True)
+    while True:
+        c, _ = s.accept(); c.close()
+for p in (9100, 8080, 8443):
+    threading.Thread(target=serve, args=(p,), daemon=True).start()
+threading.Event().wait()
+"""
+FIREWALL = "minicl_firewall_|-minicl-firewall_|-inet minicl_|-applied"
+
+
+def config(hosts=("alpha", "beta", "gamma"), **extra):
+    entries = {}
+    for name in hosts:
+        entries[name] = {"ip": [a.split("/")[0] for a in HOSTS[name]],
+                         "roles": ["base", "web"] if name == "beta" else ["base"]}
+    entries["alpha"]["public_ports"] = ["8080/tcp"]
+    if "gamma" in entries:
+        entries["gamma"]["trusted_sources"] = ["203.0.113.0/24"]
+    data = cluster_config(entries, roles={"web": {"public_ports": ["8443/tcp"]}},
+                          firewall={"confirm_seconds": 5})
+    data.update(extra)
+    return dump(data)
+
+
+def can_connect(client, ip, port):
+    code = (f"import socket\ntry:\n socket.create_connection(({ip!r}, {port}), timeout=1.5).close()\n"
+            "except OSError:\n raise SystemExit(1)")
+    return client.run(["python3", "-c", code], check=False).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def cluster(lab, git_server, deploy_key):
+    git_server.commit({"cluster.json": config(), "deploy.key": deploy_key[0], "roles/web/init.sls": "{}\n"},
+                      "three hosts")
+    hosts = {}
+    for name, addresses in HOSTS.items():
+        host = lab.add_host(name, addresses)
+        host.start_sshd()
+        host.spawn(["python3", "-c", LISTEN])
+        host.write("/root/deploy.key", deploy_key[0], 0o600)
+        hosts[name] = host
+    for name, host in hosts.items():
+        result = host.run(["minicl-bootstrap", f"--repo={git_server.url}", "--deploy-key=/root/deploy.key"],
+                          check=False, timeout=600)
+        assert result.returncode == 0, result.stdout + result.stderr
+    hosts["gamma"].run("ip addr add 203.0.113.53/24 dev eth0")
+    return hosts
+
+
+@pytest.fixture(scope="module")
+def outsider(lab):
+    host = lab.add_host("outsider", OUTSIDER)
+    return host
+
+
+@pytest.fixture(scope="module")
+def office(lab):
+    return lab.add_host("office", ["203.0.113.7/24"])
+
+
+@pytest.mark.parametrize("family", [0, 1], ids=["ipv4", "ipv6"])
+def test_peer_reaches_any_port_outsider_does_not(cluster, outsider, family):
+    alpha_ip = cluster["alpha"].ips[family]
+    assert can_connect(cluster["beta"], alpha_ip, 9100)
+    assert can_connect(cluster["gamma"], alpha_ip, 9100)
+    assert not can_connect(outsider, alpha_ip, 9100)
+
+
+@pytest.mark.parametrize("family", [0, 1], ids=["ipv4", "ipv6"])
+def test_outsider_reaches_ssh_and_public_ports_only(cluster, outsider, family):
+    alpha, beta = cluster["alpha"].ips[family], cluster["beta"].ips[family]
+    assert can_connect(outsider, alpha, 22)
+    assert can_connect(outsider, alpha, 8080)       # alpha's own public port
+    assert not can_connect(outsider, alpha, 8443)   # the web role's port: alpha is not web
+    assert can_connect(outsider, beta, 8443)        # beta is
+    assert not can_connect(outsider, beta, 8080)
+
+
+def test_extra_trusted_source(cluster, office, outsider):
+    assert can_connect(office, "203.0.113.53", 9100)     # gamma trusts 203.0.113.0/24
+    assert not can_connect(outsider, cluster["gamma"].ipv4, 9100)
+
+
+def test_the_rule_count_does_not_depend_on_the_cluster(cluster):
+    listing = cluster["alpha"].run("nft list chain inet minicl input").stdout
+    assert "198.51.100.52" not in listing  # addresses are in sets, not rules
+    sets = cluster["alpha"].run("nft list set inet minicl trusted_v4").stdout
+    assert "elements = { 198.51.100.51, 198.51.100.52/31 }" in sets  # collapsed into networks
+
+
+def test_second_run_changes_nothing(cluster):
+    for host in cluster.values():
+        code, data, result = salt_call(host, "state.apply")
+        assert code == 0, result.stdout
+        assert changed_states(data) == {}
+
+
+def test_persisted_for_boot_and_restored_after_a_reboot(cluster):
+    alpha = cluster["alpha"]
+    assert 'include "/etc/nftables.d/minicl.nft"' in alpha.read("/etc/nftables.conf")
+    before = alpha.run("nft list table inet minicl").stdout
+    alpha.run("nft flush ruleset")  # as after a reboot, before nftables.service runs
+    alpha.run("nft -f /etc/nftables.conf")  # what nftables.service does at boot
+    assert alpha.run("nft list table inet minicl").stdout == before
+
+
+def test_other_tools_tables_survive(cluster, git_server):
+    alpha = cluster["alpha"]
+    alpha.run("nft add table ip othertool && nft add chain ip othertool prerouting "
+              "'{ type nat hook prerouting priority dstnat; }' && nft add rule ip othertool prerouting tcp dport 1 counter")
+    theirs = alpha.run("nft list table ip othertool").stdout
+    git_server.commit({"cluster.json": config(firewall={"confirm_seconds": 5, "ssh_port": 22})}, "touch")
+    alpha.run("nft add element inet minicl public_tcp '{ 9999 }'")  # drift: minicl must repair it
+    code, data, result = salt_call(alpha, "state.apply")
+    assert code == 0, result.stdout
+    assert "+\t\telements = { 8080 }" in changed_states(data)[FIREWALL]["diff"]
+    assert alpha.run("nft list table ip othertool").stdout == theirs
+
+
+def test_test_mode_shows_the_diff_without_applying(cluster, git_server):
+    alpha = cluster["alpha"]
+    git_server.commit({"cluster.json": config().replace('"8080/tcp"', '"8080/tcp", "9000-9010/tcp"')},
+                      "more ports")
+    code, data, _ = salt_call(alpha, "state.apply", "test=True")
+    state = data["local"][FIREWALL]
+    assert state["result"] is None
+    assert "+\t\telements = { 8080, 9000-9010 }" in state["changes"]["diff"]
+    assert "9000-9010" not in alpha.run("nft list set inet minicl public_tcp").stdout
+    salt_call(alpha, "state.apply")
+    assert "9000-9010" in alpha.run("nft list set inet minicl public_tcp").stdout
+
+
+def test_broken_input_leaves_the_old_rules(cluster):
+    alpha = cluster["alpha"]
+    before = alpha.run("nft list ruleset").stdout
+    alpha.write("/etc/minicl/firewall.local.nft", "this is not nftables\n")
+    try:
+        code, data, _ = salt_call(alpha, "state.apply")
+        state = data["local"][FIREWALL]
+        assert state["result"] is False
+        assert "nft rejects the ruleset" in state["comment"]
+        assert alpha.run("nft list ruleset").stdout == before
+    finally:
+        alpha.run("rm /etc/minicl/firewall.local.nft")
+
+
+def test_local_rules_are_included(cluster, outsider):
+    alpha = cluster["alpha"]
+    alpha.write("/etc/minicl/firewall.local.nft", "ip saddr 198.51.100.99 tcp dport 9100 accept\n")
+    try:
+        salt_call(alpha, "state.apply")
+        assert can_connect(outsider, alpha.ipv4, 9100)
+    finally:
+        alpha.run("rm /etc/minicl/firewall.local.nft")
+        salt_call(alpha, "state.apply")
+    assert not can_connect(outsider, alpha.ipv4, 9100)
+
+
+def test_removed_host_loses_access(cluster, git_server):
+    alpha, beta = cluster["alpha"], cluster["beta"]
+    assert can_connect(beta, alpha.ipv4, 9100)
+    git_server.commit({"cluster.json": config(hosts=("alpha", "gamma"))}, "beta leaves")
+    code, data, result = salt_call(alpha, "state.apply")
+    assert code == 0, result.stdout
+    assert not can_connect(beta, alpha.ipv4, 9100)
+    assert not can_connect(beta, alpha.ipv6, 9100)
+    assert can_connect(beta, alpha.ipv4, 22)  # like anyone
+    assert can_connect(cluster["gamma"], alpha.ipv4, 9100)
+
+
+def test_deadman_restores_when_no_peer_answers(cluster, git_server):
+    alpha = cluster["alpha"]
+    before = alpha.run("nft list table inet minicl").stdout
+    for name in ("beta", "gamma"):
+        cluster[name].stop_sshd()
+    try:
+        git_server.commit({"cluster.json": config(hosts=("alpha", "gamma")).replace('"8080/tcp"', '"8081/tcp"')},
+                          "a change nobody can confirm")
+        code, data, _ = salt_call(alpha, "state.apply")
+        state = data["local"][FIREWALL]
+        assert state["result"] is False
+        assert "no peer (198.51.100.53) answered on port 22 within 5 s" in state["comment"]
+        assert "the previous ruleset is restored" in state["comment"]
+        assert alpha.run("nft list table inet minicl").stdout == before
+    finally:
+        for name in ("beta", "gamma"):
+            cluster[name].start_sshd()
+    code, data, _ = salt_call(alpha, "state.apply")
+    assert data["local"][FIREWALL]["result"] is True
+    assert "8081" in alpha.run("nft list set inet minicl public_tcp").stdout
+
+
+def test_deadman_process_restores_by_itself(cluster):
+    """If the run dies after applying, the detached watchdog brings the old rules back."""
+    alpha = cluster["alpha"]
+    before = alpha.run("nft list table inet minicl").stdout
+    alpha.write("/root/restore.nft", "table inet minicl {}\ndelete table inet minicl\n" + before)
+    alpha.run("nft add element inet minicl public_tcp '{ 7777 }'")
+    alpha.run(["python3", "-m", "minicl.deadman", "/root/restore.nft", "1"], env={"PYTHONPATH": "/work/main"})
+    assert alpha.run("nft list table inet minicl").stdout == before
