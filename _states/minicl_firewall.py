@@ -45,6 +45,12 @@ def _read(path):
 
 def applied(name, confirm_seconds=None):
     ret = {"name": name, "result": True, "changes": {}, "comment": ""}
+    if os.path.exists(firewall.BREAK_GLASS_PATH):
+        # Loud on purpose: a host without its firewall must show up as failing.
+        ret["result"] = False
+        ret["comment"] = (f"{firewall.BREAK_GLASS_PATH} exists (break-glass): table inet minicl is left as it "
+                          "is; remove the file to let minicl manage the firewall again")
+        return ret
     cluster = config.Cluster(__pillar__["minicl"]["cluster"])
     host = __pillar__["minicl"]["host"]["name"]
     spec = firewall.host_spec(cluster, host, _read(firewall.LOCAL_RULES_PATH))

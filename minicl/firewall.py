@@ -27,6 +27,7 @@ PERSIST_PATH = "/etc/nftables.d/minicl.nft"
 NFTABLES_CONF = "/etc/nftables.conf"
 LOCAL_RULES_PATH = "/etc/minicl/firewall.local.nft"
 BACKUP_PATH = "/var/lib/minicl/firewall.previous.nft"
+BREAK_GLASS_PATH = "/etc/minicl/firewall.off"  # present: minicl leaves the firewall alone
 
 ICMPV6_NEEDED = ("destination-unreachable", "packet-too-big", "time-exceeded", "parameter-problem",
                  "nd-router-solicit", "nd-router-advert", "nd-neighbor-solicit", "nd-neighbor-advert",

@@ -217,3 +217,19 @@ def test_deadman_process_restores_by_itself(cluster):
     alpha.run("nft add element inet minicl public_tcp '{ 7777 }'")
     alpha.run(["python3", "-m", "minicl.deadman", "/root/restore.nft", "1"], env={"PYTHONPATH": "/work/main"})
     assert alpha.run("nft list table inet minicl").stdout == before
+
+
+def test_break_glass(cluster, outsider):
+    alpha = cluster["alpha"]
+    alpha.run("nft delete table inet minicl && touch /etc/minicl/firewall.off")  # at the console
+    try:
+        assert can_connect(outsider, alpha.ipv4, 9100)  # everything open
+        code, data, _ = salt_call(alpha, "state.apply")
+        state = data["local"][FIREWALL]
+        assert state["result"] is False and "break-glass" in state["comment"]
+        assert alpha.run("nft list table inet minicl", check=False).returncode != 0
+    finally:
+        alpha.run("rm /etc/minicl/firewall.off")
+    code, data, _ = salt_call(alpha, "state.apply")
+    assert data["local"][FIREWALL]["result"] is True
+    assert not can_connect(outsider, alpha.ipv4, 9100)
