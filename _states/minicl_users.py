@@ -35,9 +35,13 @@ def managed(name, users=None, admin_group=None, registry=None):
     if users is None:
         users = __pillar__["minicl"]["cluster"]["users"]
     admin_group = admin_group or accounts.ADMIN_GROUP
-    registry = accounts.Registry.load(registry or accounts.REGISTRY_PATH)
-    plans = accounts.plan_all(users, accounts.Snapshot.read(), registry, admin_group)
     ret = {"name": name, "result": True, "changes": {}, "comment": ""}
+    try:
+        registry = accounts.Registry.load(registry or accounts.REGISTRY_PATH)
+        plans = accounts.plan_all(users, accounts.Snapshot.read(), registry, admin_group)
+    except (accounts.AccountsError, OSError) as exc:
+        ret["result"], ret["comment"] = False, f"no account changed: {exc}"
+        return ret
     failed = {plan.name: plan.conflict for plan in plans if plan.conflict}
     todo = [plan for plan in plans if not plan.conflict and plan.changes]
 

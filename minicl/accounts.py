@@ -18,6 +18,7 @@ import base64
 import hashlib
 import json
 import os
+import secrets
 import stat
 import subprocess
 from dataclasses import dataclass, field
@@ -56,8 +57,11 @@ class Snapshot:
             with open(os.path.join(root, path), encoding="utf-8", errors="replace") as f:
                 return [line.rstrip("\n").split(":") for line in f if line.strip() and not line.startswith("#")]
 
-        accounts = {r[0]: Account(r[0], int(r[2]), int(r[3]), r[5], r[6]) for r in rows("etc/passwd") if len(r) >= 7}
-        groups = {r[0]: (int(r[2]), [m for m in r[3].split(",") if m]) for r in rows("etc/group") if len(r) >= 4}
+        # Lines without numeric ids (NIS "+" entries and the like) are not local accounts.
+        accounts = {r[0]: Account(r[0], int(r[2]), int(r[3]), r[5], r[6]) for r in rows("etc/passwd")
+                    if len(r) >= 7 and r[2].isdigit() and r[3].isdigit()}
+        groups = {r[0]: (int(r[2]), [m for m in r[3].split(",") if m]) for r in rows("etc/group")
+                  if len(r) >= 4 and r[2].isdigit()}
         shadow = {r[0]: (r[1], r[7]) for r in rows("etc/shadow") if len(r) >= 8}
         return cls(accounts, groups, shadow, root)
 
@@ -71,6 +75,10 @@ class Snapshot:
         return name in self.groups.get(admin_group, (None, []))[1]
 
 
+class AccountsError(Exception):
+    """The account data minicl relies on cannot be read."""
+
+
 class Registry:
     """The accounts minicl created: {name: {"uid": N}}. Only these are ever changed."""
 
@@ -82,9 +90,15 @@ class Registry:
     def load(cls, path=REGISTRY_PATH):
         try:
             with open(path, encoding="utf-8") as f:
-                return cls(path, json.load(f).get("users", {}))
+                data = json.load(f)
         except FileNotFoundError:
             return cls(path)
+        except ValueError as exc:
+            raise AccountsError(f"{path} is damaged ({exc}); minicl will not touch any account until it is "
+                                "fixed: it lists the accounts minicl created, as {\"users\": {name: {\"uid\": N}}}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("users", {}), dict):
+            raise AccountsError(f"{path} is not a minicl user registry")
+        return cls(path, data.get("users", {}))
 
     def owns(self, name):
         return name in self.users
@@ -150,6 +164,15 @@ def _conflict(name, uid, snapshot, registry):
     gid_owner = snapshot.group_by_gid(uid)
     if gid_owner and gid_owner != name:
         return f"gid {uid} belongs to the group {gid_owner}: choose another uid, or move that group"
+    if account is None:
+        home = os.path.join(snapshot.root, HOME_BASE.lstrip("/"), name)
+        try:
+            owner = os.lstat(home).st_uid
+        except FileNotFoundError:
+            owner = uid
+        if owner != uid:
+            return (f"{HOME_BASE}/{name} exists and belongs to uid {owner}: minicl will not give someone "
+                    "else's files to this user; move it away first")
     return None
 
 
@@ -264,7 +287,7 @@ def write_keys_file(home, uid, gid, text):
     try:
         os.fchown(ssh_fd, uid, gid)
         os.fchmod(ssh_fd, 0o700)
-        tmp = f".authorized_keys.minicl-{os.getpid()}"
+        tmp = f".authorized_keys.minicl-{secrets.token_hex(8)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=ssh_fd)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -292,12 +315,16 @@ def apply_plan(plan, registry, run=subprocess.run):
         write_keys_file(plan.home, plan.uid, plan.gid, plan.keys_text)
 
 
-def usable_admins(users, plans_by_name):
-    """Cluster users who, once converged, can log in with a key and use sudo with a password."""
+def usable_admins(users, plans_by_name, converged=False):
+    """Cluster users who can log in with a key and use sudo with a password.
+
+    ``plans_by_name``: plans from plan_all. With ``converged``, a user whose account still has
+    anything to do (its changes failed) does not count: only what is really on the host does.
+    """
     admins = []
     for name, spec in sorted(users.items()):
         plan = plans_by_name.get(name)
-        if plan is not None and plan.conflict:
+        if plan is not None and (plan.conflict or (converged and plan.changes)):
             continue
         keys = [spec["ssh_key"]] if isinstance(spec["ssh_key"], str) else spec["ssh_key"]
         if keys and spec["passwd"].lstrip("!") not in ("", "*") and not spec["passwd"].startswith("!"):

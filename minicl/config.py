@@ -513,10 +513,15 @@ def trusted_source_problem(text):
         net = ipaddress.ip_network(text, strict=False)
     except ValueError:
         return f"{_quote(text)} is not an IPv4 or IPv6 network (CIDR, e.g. 203.0.113.0/24)"
-    if str(net) != text and str(net.network_address) != text:
+    if net.version == 6 and net.network_address.ipv4_mapped:
+        return f"{_quote(text)} is IPv4-mapped and matches nothing: write the IPv4 network"
+    if ipaddress.ip_interface(text).ip != net.network_address:
         return f"{_quote(text)} has host bits set (write {net})"
     if net.prefixlen == 0:
         return f"{_quote(text)} is the whole Internet: use public_ports for services open to everyone"
+    if net.prefixlen < (8 if net.version == 4 else 16):
+        return (f"{_quote(text)} is a large part of the Internet (shorter than /{8 if net.version == 4 else 16}): "
+                "use public_ports for services open to everyone")
     return None
 
 

@@ -20,13 +20,15 @@ import time
 from dataclasses import dataclass, field
 
 from minicl.config import parse_port_spec
+from minicl.files import write_file
 
 NFT = "/usr/sbin/nft"
 TABLE = "minicl"
 PERSIST_PATH = "/etc/nftables.d/minicl.nft"
 NFTABLES_CONF = "/etc/nftables.conf"
 LOCAL_RULES_PATH = "/etc/minicl/firewall.local.nft"
-BACKUP_PATH = "/var/lib/minicl/firewall.previous.nft"
+STATE_DIR = "/var/lib/minicl"
+DEADMAN_PIDFILE = "/run/minicl-firewall-deadman.pid"
 BREAK_GLASS_PATH = "/etc/minicl/firewall.off"  # present: minicl leaves the firewall alone
 
 ICMPV6_NEEDED = ("destination-unreachable", "packet-too-big", "time-exceeded", "parameter-problem",
@@ -47,7 +49,7 @@ class Spec:
     trusted_v6: list = field(default_factory=list)
     public_tcp: list = field(default_factory=list)  # "80" or "8000-8100"
     public_udp: list = field(default_factory=list)
-    ssh_port: int = 22
+    ssh_ports: list = field(default_factory=lambda: [22])  # cluster.json's, plus where sshd listens now
     local_rules: str = ""
 
 
@@ -67,8 +69,12 @@ def _collapse_ports(ranges):
     return [str(low) if low == high else f"{low}-{high}" for low, high in merged]
 
 
-def host_spec(cluster, host, local_rules=""):
-    """The firewall Spec of ``host`` from a validated Cluster."""
+def host_spec(cluster, host, local_rules="", listening_ssh_ports=()):
+    """The firewall Spec of ``host`` from a validated Cluster.
+
+    ``listening_ssh_ports``: where sshd listens right now. They stay open too, so that moving
+    sshd to firewall.ssh_port never closes the port it still listens on.
+    """
     addresses = [ip for name in cluster.hosts for ip in cluster.host_ips(name)]
     trusted = addresses + cluster.trusted_sources(host)
     v4 = [t for t in trusted if ipaddress.ip_network(t, strict=False).version == 4]
@@ -77,8 +83,9 @@ def host_spec(cluster, host, local_rules=""):
     for spec in cluster.public_ports(host):
         proto, low, high = parse_port_spec(spec)
         ports[proto].append((low, high))
+    ssh_ports = sorted({cluster.firewall_option("ssh_port"), *listening_ssh_ports})
     return Spec(_collapse_networks(v4), _collapse_networks(v6), _collapse_ports(ports["tcp"]),
-                _collapse_ports(ports["udp"]), cluster.firewall_option("ssh_port"), local_rules)
+                _collapse_ports(ports["udp"]), ssh_ports, local_rules)
 
 
 def _set(name, kind, elements):
@@ -112,7 +119,8 @@ def render_ruleset(spec):
         "\t\ticmpv6 type echo-request limit rate 20/second accept\n"
         f"\t\ticmp type {{ {', '.join(ICMP_NEEDED)} }} accept\n"
         "\t\ticmp type echo-request limit rate 20/second accept\n"
-        f"\t\ttcp dport {spec.ssh_port} accept comment \"ssh, always\"\n"
+        "\t\tip6 saddr fe80::/10 udp dport 546 accept comment \"DHCPv6 replies\"\n"
+        f"\t\ttcp dport {_elements(spec.ssh_ports)} accept comment \"ssh, always\"\n"
         "\t\tip saddr @trusted_v4 accept\n"
         "\t\tip6 saddr @trusted_v6 accept\n"
         "\t\ttcp dport @public_tcp accept\n"
@@ -122,6 +130,20 @@ def render_ruleset(spec):
         "\t}\n"
         "}\n"
     )
+
+
+def _elements(ports):
+    return str(ports[0]) if len(ports) == 1 else "{ " + ", ".join(map(str, ports)) + " }"
+
+
+def local_rules_problem(text):
+    """Why ``text`` cannot go into the input chain, or None. Local rules must stay inside it."""
+    if text.count("{") != text.count("}"):
+        return "its braces { } do not balance"
+    for word in ("table", "chain", "include", "flush", "delete", "policy"):
+        if any(word in line.split() for line in text.splitlines() if not line.strip().startswith("#")):
+            return f'"{word}" is not allowed: only rules for the input chain belong there'
+    return None
 
 
 def _run(argv, stdin=None):
@@ -136,7 +158,8 @@ def _normalise(json_text):
     """The table's objects without handles and nft's metainfo: what makes two tables equal."""
     def strip(value):
         if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if k != "handle"}
+            # Handles and the running values of counters and quotas are not part of the rules.
+            return {k: strip(v) for k, v in value.items() if k not in ("handle", "packets", "bytes", "used")}
         if isinstance(value, list):
             return [strip(v) for v in value]
         return value
@@ -174,17 +197,36 @@ def live():
     return _normalise(result.stdout), _run([NFT, "list", "table", "inet", TABLE]).stdout
 
 
+def check_script(text):
+    """nft -c on this host; raises FirewallError with nft's message."""
+    def check(path):
+        result = _run([NFT, "-c", "-f", path])
+        if result.returncode != 0:
+            raise FirewallError(f"nft -c rejects the ruleset, nothing changed: {_nft_error(result)}")
+
+    _with_script(text, check)
+
+
 def replace_table(text):
     """Check, then apply in one transaction; on failure the previous ruleset stays in force."""
+    check_script(text)
+
     def apply(path):
-        check = _run([NFT, "-c", "-f", path])
-        if check.returncode != 0:
-            raise FirewallError(f"nft -c rejects the ruleset, nothing changed: {_nft_error(check)}")
         result = _run([NFT, "-f", path])
         if result.returncode != 0:
             raise FirewallError(f"nft -f failed, the previous ruleset stays: {_nft_error(result)}")
 
     _with_script(text, apply)
+
+
+def ssh_ports_open(listing):
+    """The ports the live table's "ssh, always" rule opens, from ``nft list table`` output."""
+    for line in listing.splitlines():
+        if 'comment "ssh, always"' in line and "dport" in line:
+            spec = line.split("dport", 1)[1].split("accept", 1)[0]
+            return {int(p) for p in spec.replace("{", " ").replace("}", " ").replace(",", " ").split()
+                    if p.isdigit()}
+    return set()
 
 
 def restore_script(previous_listing):
@@ -194,19 +236,24 @@ def restore_script(previous_listing):
     return f"table inet {TABLE} {{}}\ndelete table inet {TABLE}\n"
 
 
-def reach_a_peer(peers, port, seconds):
-    """True once a TCP connection to some peer's ``port`` succeeds within ``seconds``."""
+def reach_a_peer(peers, ports, seconds):
+    """True once a TCP connection to some peer on one of ``ports`` succeeds within ``seconds``.
+
+    ``ports``: the SSH ports of this ruleset; during a move of firewall.ssh_port peers may still
+    listen on the old one.
+    """
     deadline = time.monotonic() + seconds
     while True:
         for peer in peers:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            try:
-                with socket.create_connection((peer, port), timeout=min(2.0, left)):
-                    return True
-            except OSError:
-                continue
+            for port in ports:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                try:
+                    with socket.create_connection((peer, port), timeout=min(2.0, left)):
+                        return True
+                except OSError:
+                    continue
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.2)
@@ -226,18 +273,33 @@ def start_deadman(backup_path, seconds):
     """A detached watchdog that restores ``backup_path`` after ``seconds`` unless confirmed.
 
     Confirm by killing it (``proc.kill()``): that also covers this process dying mid-way.
+    Its pid is in DEADMAN_PIDFILE, so that a later run can stop a stray one first.
     """
     import sys
 
-    return subprocess.Popen([sys.executable, "-m", "minicl.deadman", backup_path, str(seconds)],
+    proc = subprocess.Popen([sys.executable, "-m", "minicl.deadman", backup_path, str(seconds)],
                             start_new_session=True, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    write_file(DEADMAN_PIDFILE, f"{proc.pid}\n")
+    return proc
 
 
-def write_file(path, text, mode=0o644):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.minicl-tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+def stop_stray_deadman():
+    """Stop a watchdog left by a run that died; True if there was one."""
+    import signal
+
+    try:
+        with open(DEADMAN_PIDFILE, encoding="ascii") as f:
+            pid = int(f.read().strip())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"minicl.deadman" not in f.read():
+                return False
+        os.kill(pid, signal.SIGKILL)
+        return True
+    except (OSError, ValueError):
+        return False
+    finally:
+        try:
+            os.unlink(DEADMAN_PIDFILE)
+        except OSError:
+            pass

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from contextlib import contextmanager
 
 SSHD = "/usr/sbin/sshd"
 MAIN_CONFIG = "/etc/ssh/sshd_config"
@@ -51,27 +52,65 @@ class CheckFailed(Exception):
     pass
 
 
-def check_candidate(text, disable_passwords, main=MAIN_CONFIG, dropin_dir=DROPIN_DIR):
+@contextmanager
+def _privsep_dir():
+    """sshd -t/-T insist on /run/sshd; systemd makes it for a running sshd. Leave no trace."""
+    made = not os.path.isdir(PRIVSEP_DIR)
+    if made:
+        os.makedirs(PRIVSEP_DIR, mode=0o755)
+    try:
+        yield
+    finally:
+        if made:
+            os.rmdir(PRIVSEP_DIR)
+
+
+def _settings(test_main):
+    """{keyword: [values]} of ``sshd -T -f test_main``; raises CheckFailed if sshd -t rejects it."""
+    with _privsep_dir():
+        result = subprocess.run([SSHD, "-t", "-f", test_main], capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise CheckFailed(f"sshd -t rejects the configuration: {result.stderr.strip()}")
+        effective = subprocess.run([SSHD, "-T", "-f", test_main], capture_output=True, text=True, check=False)
+    settings = {}
+    for line in effective.stdout.splitlines():
+        if " " in line:
+            key, value = line.split(" ", 1)
+            settings.setdefault(key, []).append(ALIASES.get(value, value))
+    return settings
+
+
+def live_settings(main=MAIN_CONFIG):
+    """What the installed configuration makes sshd do ({keyword: [values]})."""
+    return _settings(main)
+
+
+def listening_ports(main=MAIN_CONFIG):
+    """The ports sshd listens on with the installed configuration; [] if it cannot be read."""
+    try:
+        return sorted(int(p) for p in live_settings(main).get("port", []))
+    except (CheckFailed, OSError):
+        return []
+
+
+def differences(settings, disable_passwords, port):
+    """What in ``settings`` is not as minicl wants it: ["passwordauthentication yes", ...]."""
+    wanted = dict(wanted_settings(disable_passwords))
+    found = []
+    for key, value in wanted.items():
+        if settings.get(key, [None])[0] != value:
+            found.append(f"{key} {settings.get(key, ['(unset)'])[0]} (minicl wants {value})")
+    if settings.get("port") and settings["port"] != [str(port)]:
+        found.append(f"port {' '.join(settings['port'])} (minicl wants {port})")
+    return found
+
+
+def check_candidate(text, disable_passwords, port=22, main=MAIN_CONFIG, dropin_dir=DROPIN_DIR):
     """Check ``text`` as the drop-in against a copy of the whole config; raise CheckFailed."""
     with open(main, encoding="utf-8") as f:
         main_text = f.read()
     if not _INCLUDE.search(main_text):
         raise CheckFailed(f"{main} does not include {dropin_dir}/*.conf, so a drop-in would not take effect")
-    made_privsep_dir = not os.path.isdir(PRIVSEP_DIR)
-    if made_privsep_dir:
-        os.makedirs(PRIVSEP_DIR, mode=0o755)  # sshd -t insists on it; systemd makes it for a running sshd
-    try:
-        settings = _effective_settings(text, main_text, dropin_dir)
-    finally:
-        if made_privsep_dir:
-            os.rmdir(PRIVSEP_DIR)
-    for key, value in wanted_settings(disable_passwords).items():
-        if ALIASES.get(settings.get(key), settings.get(key)) != value:
-            raise CheckFailed(f"sshd would run with {key} {settings.get(key)} (another setting wins over "
-                              f"minicl's {key} {value}; look for it in {main} or {dropin_dir})")
-
-
-def _effective_settings(text, main_text, dropin_dir):
     with tempfile.TemporaryDirectory(prefix="minicl-sshd-") as tmp:
         copy = os.path.join(tmp, "sshd_config.d")
         os.mkdir(copy)
@@ -84,11 +123,11 @@ def _effective_settings(text, main_text, dropin_dir):
         test_main = os.path.join(tmp, "sshd_config")
         with open(test_main, "w", encoding="utf-8") as f:
             f.write(_INCLUDE.sub(f"Include {copy}/*.conf", main_text))
-        result = subprocess.run([SSHD, "-t", "-f", test_main], capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise CheckFailed(f"sshd -t rejects the configuration: {result.stderr.strip()}")
-        effective = subprocess.run([SSHD, "-T", "-f", test_main], capture_output=True, text=True, check=False)
-    return dict(line.split(" ", 1) for line in effective.stdout.splitlines() if " " in line)
+        settings = _settings(test_main)
+    wrong = differences(settings, disable_passwords, port)
+    if wrong:
+        raise CheckFailed(f"sshd would run with {'; '.join(wrong)}: another setting wins over minicl's; "
+                          f"look for it in {main} or {dropin_dir}")
 
 
 def reload_sshd():

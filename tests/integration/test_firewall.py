@@ -100,7 +100,7 @@ def test_extra_trusted_source(cluster, office, outsider):
     assert not can_connect(outsider, cluster["gamma"].ipv4, 9100)
 
 
-def test_the_rule_count_does_not_depend_on_the_cluster(cluster):
+def test_addresses_live_in_sets_not_rules(cluster):
     listing = cluster["alpha"].run("nft list chain inet minicl input").stdout
     assert "198.51.100.52" not in listing  # addresses are in sets, not rules
     sets = cluster["alpha"].run("nft list set inet minicl trusted_v4").stdout
@@ -228,8 +228,83 @@ def test_break_glass(cluster, outsider):
         state = data["local"][FIREWALL]
         assert state["result"] is False and "break-glass" in state["comment"]
         assert alpha.run("nft list table inet minicl", check=False).returncode != 0
+        alpha.run("nft flush ruleset && nft -f /etc/nftables.conf")  # a reboot keeps it open
+        assert alpha.run("nft list table inet minicl", check=False).returncode != 0
     finally:
         alpha.run("rm /etc/minicl/firewall.off")
     code, data, _ = salt_call(alpha, "state.apply")
     assert data["local"][FIREWALL]["result"] is True
     assert not can_connect(outsider, alpha.ipv4, 9100)
+
+
+def test_a_failing_apply_on_the_host_leaves_the_old_rules(cluster, git_server):
+    """nft accepts the ruleset in the throwaway namespace, but nft -f fails on the host itself."""
+    alpha = cluster["alpha"]
+    before = alpha.run("nft list ruleset").stdout
+    hostns = alpha.run("readlink /proc/self/ns/net").stdout.strip()
+    alpha.write("/root/nft-wrapper", f"""#!/bin/sh
+if [ "$(readlink /proc/self/ns/net)" = "{hostns}" ] && [ "$1" = "-f" ]; then
+    echo "Error: injected failure on the host" >&2; exit 1
+fi
+exec /root/nft.real "$@"
+""", 0o755)
+    alpha.run("cp /usr/sbin/nft /root/nft.real && mount --bind /root/nft-wrapper /usr/sbin/nft")
+    try:
+        git_server.commit({"cluster.json": config(hosts=("alpha", "gamma")).replace('"8080/tcp"', '"8090/tcp"')},
+                          "a change the host cannot apply")
+        code, data, _ = salt_call(alpha, "state.apply")
+        state = data["local"][FIREWALL]
+        assert state["result"] is False
+        assert "nft -f failed, the previous ruleset stays: Error: injected failure on the host" in state["comment"]
+    finally:
+        alpha.run("umount /usr/sbin/nft")
+    assert alpha.run("nft list ruleset").stdout == before
+    assert "8090" not in alpha.read("/etc/nftables.d/minicl.nft")
+
+
+def test_watchdog_restores_when_the_run_dies(cluster, git_server):
+    alpha = cluster["alpha"]
+    before = alpha.run("nft list table inet minicl").stdout
+    cluster["gamma"].stop_sshd()  # nobody can confirm: the run waits in its confirmation window
+    try:
+        git_server.commit({"cluster.json": config(hosts=("alpha", "gamma")).replace('"8080/tcp"', '"8091/tcp"')},
+                          "a change whose run gets killed")
+        run = alpha.spawn(["salt-call", "--local", "state.apply"])
+        # Wait until the new ruleset is live, then kill the run as a crash or Ctrl-C would.
+        alpha.run("for i in $(seq 100); do nft list set inet minicl public_tcp | grep -q 8091 && exit 0; "
+                  "sleep 0.1; done; exit 1", timeout=60)
+        alpha.run("pkill -KILL -f 'salt-cal[l] --local state.apply'")  # [l]: not this shell itself
+        run.wait(30)
+        assert "8091" in alpha.run("nft list set inet minicl public_tcp").stdout
+        # confirm_seconds (5) + 10 s of grace: the detached watchdog puts the old ruleset back.
+        alpha.run("for i in $(seq 250); do nft list set inet minicl public_tcp | grep -q 8091 || exit 0; "
+                  "sleep 0.1; done; exit 1", timeout=60)
+        assert alpha.run("nft list table inet minicl").stdout == before
+    finally:
+        cluster["gamma"].start_sshd()
+
+
+def test_moving_ssh_to_another_port_never_closes_the_one_in_use(cluster, git_server, outsider):
+    alpha = cluster["alpha"]
+    git_server.commit({"cluster.json": config(hosts=("alpha", "gamma"), firewall={"ssh_port": 2222,
+                                                                                    "confirm_seconds": 5})},
+                      "ssh moves to 2222")
+    code, data, result = salt_call(alpha, "state.apply")
+    assert code == 0, result.stdout
+    # First run: the firewall opens 2222 next to 22 (sshd still listens there), then sshd moves.
+    assert firewall_ssh_ports(alpha) == {22, 2222}
+    assert can_connect(outsider, alpha.ipv4, 2222)
+    code, data, result = salt_call(alpha, "state.apply")
+    assert code == 0, result.stdout
+    assert firewall_ssh_ports(alpha) == {2222}  # second run: 22 is closed, nobody listens there
+    assert can_connect(outsider, alpha.ipv4, 2222) and not can_connect(outsider, alpha.ipv4, 22)
+    git_server.commit({"cluster.json": config(hosts=("alpha", "gamma"))}, "ssh back on 22")
+    salt_call(alpha, "state.apply")
+    salt_call(alpha, "state.apply")
+    assert firewall_ssh_ports(alpha) == {22} and can_connect(outsider, alpha.ipv4, 22)
+
+
+def firewall_ssh_ports(host):
+    from minicl.firewall import ssh_ports_open
+
+    return ssh_ports_open(host.run("nft list table inet minicl").stdout)

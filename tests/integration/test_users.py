@@ -14,6 +14,8 @@ from .conftest import changed_states, cluster_config, dump, salt_call
 
 ALPHA = ["198.51.100.31/24", "2001:db8:100::31/64"]
 PASSWORDS = {"alice": "alice-correct-horse", "bob": "bob-battery-staple", "carol": "carol-pw"}
+CAROL_STATE = ("getent passwd carol; getent shadow carol; id carol; cat /home/carol/.ssh/authorized_keys; "
+               "stat -c '%U %a' /home/carol /home/carol/.ssh")
 KEY_OWNERS = {"alice-laptop": "alice", "alice-desktop": "alice", "bob": "bob", "carol": "carol",
               "stranger": None}
 
@@ -69,7 +71,9 @@ def workstation(lab, keys):
 def alpha(lab, git_server, deploy_key, keys, hashes):
     host = lab.add_host("alpha", ALPHA)
     # A local account that minicl did not create, with the name of a cluster user.
-    host.run("useradd -m -u 4000 -s /bin/sh carol")
+    host.run("useradd -m -u 4000 -s /bin/sh carol && echo 'carol:local-pw' | chpasswd && "
+             "mkdir -m 700 /home/carol/.ssh && echo 'ssh-ed25519 AAAA local' > /home/carol/.ssh/authorized_keys")
+    host.carol_before = host.run(CAROL_STATE).stdout
     # sshd runs with Debian's defaults (password login on) before minicl touches it.
     host.start_sshd()
     git_server.commit({"cluster.json": config_with(keys, hashes), "deploy.key": deploy_key[0]}, "users")
@@ -107,7 +111,7 @@ def test_bootstrap_reports_the_clash_and_converges_the_others(alpha, keys, hashe
     out = alpha.bootstrap_output
     assert "carol: a local account carol (uid 4000) exists that minicl did not create" in out
     assert_no_secrets(out, keys, hashes)
-    assert alpha.run("getent passwd carol").stdout.strip() == "carol:x:4000:4000::/home/carol:/bin/sh"
+    assert alpha.run(CAROL_STATE).stdout == alpha.carol_before  # account, password, groups, keys
     assert alpha.run("getent passwd alice").stdout.strip() == "alice:x:3001:3001::/home/alice:/bin/bash"
     assert alpha.run("id -nG alice").stdout.split() == ["alice", "sudo"]
     assert alpha.run("getent shadow alice").stdout.split(":")[1] == hashes["alice"]
@@ -149,7 +153,7 @@ def test_sudo_asks_for_the_users_password(alpha, workstation):
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.strip() == "root"
     wrong = ssh(workstation, "alice", "alice-laptop", "echo wrong-password | sudo -S -k -p '' true")
-    assert wrong.returncode != 0
+    assert wrong.returncode == 1 and "incorrect password attempt" in wrong.stderr
 
 
 def test_second_run_changes_nothing_and_shows_no_secret(alpha, keys, hashes):

@@ -904,3 +904,12 @@ def test_state_records_registry_uid_after_manual_migration(system, tmp_path, key
     ret = state.managed("cluster users", users=users, registry=str(registry_file))
     assert ret["result"] is True
     assert Registry.load(str(registry_file)).users == {"alice": {"uid": 1002}}
+
+
+def test_usable_admins_after_the_run_counts_only_what_converged(keys):
+    from minicl.accounts import Plan, usable_admins
+
+    users = {"alice": spec(1001, keys["k1"]), "bob": spec(1002, keys["k2"])}
+    failed = {"alice": Plan("alice", True, 1001, changes={"account": "created"})}  # useradd failed
+    assert usable_admins(users, failed) == ["alice", "bob"]            # test=True: the plan counts
+    assert usable_admins(users, failed, converged=True) == ["bob"]     # after the run: only bob is real

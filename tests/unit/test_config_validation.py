@@ -1095,3 +1095,13 @@ def test_roles_settings(example_data, problems):
         'cluster.json: roles.Web: "Web" is not a valid role name (a-z, 0-9, _ and -)',
         "cluster.json: roles.db.ports: unknown field (allowed here: public_ports)",
     ]
+
+
+@pytest.mark.parametrize("cidr, message", [
+    ("0.0.0.0/1", '"0.0.0.0/1" is a large part of the Internet (shorter than /8): use public_ports for services open to everyone'),
+    ("2000::/3", '"2000::/3" is a large part of the Internet (shorter than /16): use public_ports for services open to everyone'),
+    ("::ffff:203.0.113.0/120", '"::ffff:203.0.113.0/120" is IPv4-mapped and matches nothing: write the IPv4 network'),
+])
+def test_trusted_sources_too_broad_or_mapped(example_data, problems, cidr, message):
+    example_data["hosts"]["alpha"]["trusted_sources"] = [cidr]
+    assert problems(example_data) == [f"cluster.json: hosts.alpha.trusted_sources[0]: {message}"]

@@ -50,7 +50,32 @@ def test_spec_collapses_networks_and_ports():
     assert spec.trusted_v6 == ["2001:db8:100::11", "2001:db8:100::12", "2001:db8:100::20", "2001:db8:ffff::/48"]
     assert spec.public_tcp == ["80", "443", "8000-8100", "8443"]
     assert spec.public_udp == ["51820"]
-    assert spec.ssh_port == 2222
+    assert spec.ssh_ports == [2222]
+
+
+def test_the_port_sshd_still_listens_on_stays_open():
+    spec = firewall.host_spec(alpha_cluster(), "alpha", listening_ssh_ports=[22])
+    assert spec.ssh_ports == [22, 2222]
+    assert 'tcp dport { 22, 2222 } accept comment "ssh, always"' in firewall.render_ruleset(spec)
+    assert firewall.ssh_ports_open(firewall.render_ruleset(spec)) == {22, 2222}
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("tcp dport 9100 accept\n", None),
+    ("tcp dport { 80, 443 } accept\n", None),
+    ("}\nchain evil { type filter hook input priority -1; policy drop; }\n{", '"chain" is not allowed'),
+    ("accept }\n", "its braces { } do not balance"),
+    ("flush ruleset\n", '"flush" is not allowed'),
+])
+def test_local_rules_stay_in_the_input_chain(text, problem):
+    found = firewall.local_rules_problem(text)
+    assert (found is None) if problem is None else (problem in found)
+
+
+def test_counters_do_not_make_a_difference():
+    a = '{"nftables": [{"rule": {"expr": [{"counter": {"packets": 0, "bytes": 0}}], "handle": 1}}]}'
+    b = '{"nftables": [{"rule": {"expr": [{"counter": {"packets": 9, "bytes": 999}}], "handle": 7}}]}'
+    assert firewall._normalise(a) == firewall._normalise(b)
 
 
 def test_adjacent_ports_merge():
@@ -88,6 +113,7 @@ def test_ssh_is_always_open_before_anything_can_drop(port):
                                                       "drop\n"))
     rules = _rules(text)
     ssh = rules.index(f'tcp dport {port} accept comment "ssh, always"')
+    assert firewall.local_rules_problem("drop\n") is None
     assert all("drop" not in rule for rule in rules[:ssh] if "invalid" not in rule)
 
 

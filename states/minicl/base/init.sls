@@ -2,4 +2,5 @@
 include:
   - minicl.base.users
   - minicl.base.firewall
+  - minicl.base.sshd
   - minicl.base.applied

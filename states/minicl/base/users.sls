@@ -1,4 +1,4 @@
-{#- Cluster users on every host, and sshd without password logins. #}
+{#- Cluster users on every host: accounts, passwords, sudo, exactly the listed SSH keys. #}
 minicl-admin-packages:
   pkg.installed:
     - pkgs:
@@ -8,11 +8,5 @@ minicl-admin-packages:
 minicl-users:
   minicl_users.managed:
     - name: cluster users
-    - require:
-      - pkg: minicl-admin-packages
-
-minicl-sshd:
-  minicl_sshd.hardened:
-    - name: /etc/ssh/sshd_config.d/00-minicl.conf
     - require:
       - pkg: minicl-admin-packages
