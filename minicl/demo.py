@@ -20,11 +20,14 @@ import sys
 import tempfile
 import time
 
+from minicl import fakerelay
 from minicl.testhosts import GitServer, Lab
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "cluster.json.example"
 GIT_HOST = ["198.51.100.1/24", "2001:db8:100::1/64"]
+RELAY_HOST = ["198.51.100.25/24"]
+RELAY_NAME = "relay.example.org"
 WORKSTATION = ["198.51.100.200/24", "2001:db8:100::200/64"]
 
 
@@ -76,8 +79,11 @@ def make_key(workdir, name):
 
 def demo_config(workdir):
     """cluster.json.example with demo keys and passwords (password: <user>-demo) for its users,
-    so the demo can log in as them. Returns (config text, {user: private key})."""
+    so the demo can log in as them, and smtp.relay and ca_url pointing at the demo's fake relay.
+    Returns (config text, {user: private key})."""
     config = json.loads(EXAMPLE.read_text())
+    config["smtp"]["relay"] = RELAY_NAME
+    config["ca_url"] = f"http://{RELAY_NAME}/ca.crt"
     private = {}
     for user, spec in config["users"].items():
         private[user], spec["ssh_key"] = make_key(workdir, f"{user}-demo")
@@ -123,12 +129,18 @@ def run_demo(lab, report, workdir):
                        "cluster.json.example, with demo keys and passwords")
     report.step(f"pushed cluster.json.example (users get demo keys) as commit {first[:12]} to {git.url}")
 
+    smtp = config["smtp"]
+    report.step(f"starting the fake relay {RELAY_NAME} (STARTTLS and AUTH required; its CA served as ca_url)")
+    relay = lab.add_host("relay", RELAY_HOST)
+    fakerelay.start_in(relay, fakerelay.make_test_ca(workdir, RELAY_NAME), smtp["username"], smtp["password"])
+
     hosts = {}
     for name, entry in config["hosts"].items():
         ips = [entry["ip"]] if isinstance(entry["ip"], str) else entry["ip"]
         report.step(f"starting host {name} {' '.join(ips)} and running minicl-bootstrap")
         host = lab.add_host(name, [cidr(ip) for ip in ips])
         host.start_sshd()
+        host.run(f"echo '{RELAY_HOST[0].split('/')[0]} {RELAY_NAME}' >> /etc/hosts")  # the relay's DNS name
         host.write("/root/deploy.key", private_key, 0o600)
         result = host.run(["minicl-bootstrap", f"--repo={git.url}", "--deploy-key=/root/deploy.key"],
                           check=False, timeout=600)
@@ -185,9 +197,24 @@ def run_demo(lab, report, workdir):
             if spec.endswith("/tcp") and port in LISTEN_PORTS:
                 report.check(can_connect(workstation, ip, port), f"the workstation reaches {name}:{port} (public)")
 
+    report.step(f"root mail from every host: echo ... | mail -s ... root, then look at the relay")
+    for name, host in hosts.items():
+        host.run(f"echo 'root mail from {name}' | mail -s 'demo: root mail from {name}' root")
+    deadline = time.monotonic() + 30
+    while len(fakerelay.received(relay)) < len(hosts) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    got = {m["data"].split("demo: root mail from ")[1].split()[0]: m for m in fakerelay.received(relay)
+           if "demo: root mail from " in m["data"]}
+    for name in hosts:
+        message = got.get(name)
+        report.check(bool(message) and message["rcpt_tos"] == [config["admin_email"]] and message["tls"]
+                     and message["login"] == smtp["username"],
+                     f"{name}: root's mail reached the relay for {config['admin_email']}, over TLS, "
+                     f"after AUTH as {smtp['username']}")
+
     name, host = next(iter(hosts.items()))
     report.step(f"pushing a bad commit (a uid in the system range), then state.apply on {name}")
-    bad_config = json.loads(EXAMPLE.read_text())
+    bad_config = json.loads(config_text)
     first_user = next(iter(bad_config["users"]))
     bad_config["users"][first_user]["uid"] = 500
     bad = git.commit({"cluster.json": json.dumps(bad_config, indent=2)}, "a mistake")
@@ -198,7 +225,7 @@ def run_demo(lab, report, workdir):
                  f"{name}: kept serving the last good commit {first[:12]}, reported bad commit {bad[:12]}")
 
     report.step("pushing the fix")
-    fixed = git.commit({"cluster.json": EXAMPLE.read_text()}, "fix the uid")
+    fixed = git.commit({"cluster.json": config_text}, "fix the uid")
     code, _ = salt_json(host, "state.apply")
     _, pillar = salt_json(host, "pillar.get", "minicl:status", "unmask=True")
     report.check(code == 0 and pillar.get("commit") == fixed and pillar.get("ok"),

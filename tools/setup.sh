@@ -5,7 +5,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES="git openssh-server openssh-client iproute2 util-linux python3-venv procps sudo passwd nftables"
+DEBIAN_PACKAGES="git openssh-server openssh-client iproute2 util-linux python3-venv procps sudo passwd nftables postfix bsd-mailx ca-certificates openssl"
 
 missing=""
 for pkg in $DEBIAN_PACKAGES; do
@@ -15,6 +15,8 @@ if [ -n "$missing" ]; then
     echo "setup: installing Debian packages:$missing"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
+    # Postfix without any mail routing on this machine: test hosts configure their own.
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
     # policy-rc.d keeps the packages' services (sshd) from starting on this machine:
     # minicl's demo and tests run their daemons only inside test hosts.
     if [ ! -e /usr/sbin/policy-rc.d ]; then
@@ -23,10 +25,11 @@ if [ -n "$missing" ]; then
         printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
     fi
     apt-get install -y -qq --no-install-recommends $missing
-    # The tests and the demo need sshd's binary, not a service on this machine.
-    case " $missing " in *" openssh-server "*)
-        if [ -d /run/systemd/system ]; then systemctl disable --quiet ssh.service ssh.socket 2>/dev/null || true; fi
-    esac
+    # The tests and the demo need the programs, not services on this machine.
+    if [ -d /run/systemd/system ]; then
+        case " $missing " in *" openssh-server "*) systemctl disable --quiet ssh.service ssh.socket 2>/dev/null || true; esac
+        case " $missing " in *" postfix "*) systemctl disable --quiet postfix.service 2>/dev/null || true; esac
+    fi
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -3,4 +3,5 @@ include:
   - minicl.base.users
   - minicl.base.firewall
   - minicl.base.sshd
+  - minicl.base.mail
   - minicl.base.applied

@@ -1,0 +1,106 @@
+"""Root mail: Postfix as a null client that sends everything through the cluster's relay.
+
+Pure renderers (main.cf, the SASL password map, /etc/aliases) plus small helpers the execution
+module uses (queue, test message). The SLS files install what these render with Salt's own
+``file.managed`` (``show_changes: False`` where a secret is inside).
+"""
+
+import json
+import subprocess
+import time
+
+SASL_PASSWD = "/etc/postfix/sasl_passwd"
+CA_CERT = "/usr/local/share/ca-certificates/minicl-cluster-ca.crt"
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+IMPLICIT_TLS_PORT = 465
+
+
+def nexthop(cluster):
+    """The relayhost value: ``[relay]:port`` (brackets: no MX lookup)."""
+    return f"[{cluster.data['smtp']['relay']}]:{cluster.smtp_port()}"
+
+
+def render_main_cf(cluster, host):
+    fqdn = cluster.fqdn(host)
+    implicit_tls = cluster.smtp_port() == IMPLICIT_TLS_PORT
+    lines = [
+        "# Managed by minicl from cluster.json; changes here are overwritten.",
+        "# A null client: all mail leaves through the cluster's authenticated relay.",
+        "compatibility_level = 3.6",
+        f"myhostname = {fqdn}",
+        "myorigin = /etc/mailname",
+        "mydestination = $myhostname, localhost.$mydomain, localhost",
+        "inet_interfaces = loopback-only",
+        "inet_protocols = all",
+        "mynetworks = 127.0.0.0/8 [::1]/128",
+        "alias_maps = hash:/etc/aliases",
+        "alias_database = hash:/etc/aliases",
+        f"relayhost = {nexthop(cluster)}",
+        "smtp_sasl_auth_enable = yes",
+        f"smtp_sasl_password_maps = hash:{SASL_PASSWD}",
+        "smtp_sasl_security_options = noanonymous",
+        "smtp_sasl_tls_security_options = noanonymous",
+        # "secure": TLS required, certificate verified against the system CAs, name checked.
+        "smtp_tls_security_level = secure",
+        f"smtp_tls_CAfile = {CA_BUNDLE}",
+        "smtp_tls_loglevel = 1",
+        f"smtp_tls_wrappermode = {'yes' if implicit_tls else 'no'}",
+        # The relayhost is bracketed (no MX lookup): resolve it like the rest of the system does,
+        # /etc/hosts then DNS (with "dns" first, a temporary DNS failure would not fall through).
+        "smtp_host_lookup = native",
+        "maillog_file = /var/log/postfix.log",
+        "biff = no",
+        "append_dot_mydomain = no",
+        "readme_directory = no",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_sasl_passwd(cluster):
+    smtp = cluster.data["smtp"]
+    return f"{nexthop(cluster)} {smtp['username']}:{smtp['password']}\n"
+
+
+def render_aliases(cluster, system_accounts):
+    """/etc/aliases: root to admin_email, every system account to root."""
+    lines = ["# Managed by minicl from cluster.json; changes here are overwritten.",
+             f"root: {cluster.data['admin_email']}"]
+    lines += [f"{name}: root" for name in sorted(system_accounts) if name != "root"]
+    return "\n".join(lines) + "\n"
+
+
+def system_accounts(passwd_path="/etc/passwd"):
+    """Names of the local system accounts (uid < 1000, and nobody)."""
+    names = []
+    with open(passwd_path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            fields = line.split(":")
+            if len(fields) >= 3 and fields[2].isdigit() and (int(fields[2]) < 1000 or int(fields[2]) == 65534):
+                names.append(fields[0])
+    return names
+
+
+def queue():
+    """{"size": N, "oldest_age_seconds": S or None, "messages": [...]} from ``postqueue -j``."""
+    result = subprocess.run(["postqueue", "-j"], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"postqueue -j failed: {result.stderr.strip()}")
+    messages = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    now = time.time()
+    ages = [now - m["arrival_time"] for m in messages]
+    return {
+        "size": len(messages),
+        "oldest_age_seconds": int(max(ages)) if ages else None,
+        "messages": [{"queue_id": m["queue_id"], "queue_name": m["queue_name"], "sender": m["sender"],
+                      "recipients": [r["address"] for r in m["recipients"]],
+                      "reason": "; ".join(r.get("delay_reason", "") for r in m["recipients"]).strip("; ")}
+                     for m in messages],
+    }
+
+
+def send_test_message(to, subject, body):
+    message = f"To: {to}\nSubject: {subject}\n\n{body}\n"
+    result = subprocess.run(["/usr/sbin/sendmail", "-oi", "-t"], input=message, capture_output=True,
+                            text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"sendmail failed: {result.stderr.strip()}")

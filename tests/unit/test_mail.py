@@ -1,0 +1,65 @@
+"""Postfix configuration rendered from cluster.json: a null client through the relay."""
+
+import copy
+import json
+import pathlib
+
+from minicl import config, mail
+
+EXAMPLE = json.loads((pathlib.Path(__file__).resolve().parents[2] / "cluster.json.example").read_text())
+
+
+def cluster(**smtp):
+    data = copy.deepcopy(EXAMPLE)
+    data["smtp"].update(smtp)
+    return config.Cluster(data)
+
+
+def settings(text):
+    return dict(line.split(" = ", 1) for line in text.splitlines() if " = " in line and not line.startswith("#"))
+
+
+def test_main_cf_is_a_verified_tls_null_client():
+    cf = settings(mail.render_main_cf(cluster(), "alpha"))
+    assert cf["myhostname"] == "alpha.example.org"
+    assert cf["myorigin"] == "/etc/mailname"
+    assert cf["inet_interfaces"] == "loopback-only"
+    assert cf["relayhost"] == "[mail.example.org]:587"
+    assert cf["smtp_sasl_auth_enable"] == "yes"
+    assert cf["smtp_sasl_password_maps"] == "hash:/etc/postfix/sasl_passwd"
+    assert cf["smtp_tls_security_level"] == "secure"
+    assert cf["smtp_tls_CAfile"] == "/etc/ssl/certs/ca-certificates.crt"
+    assert cf["smtp_tls_wrappermode"] == "no"
+    assert "change-me-smtp-password" not in mail.render_main_cf(cluster(), "alpha")
+
+
+def test_port_465_means_implicit_tls():
+    cf = settings(mail.render_main_cf(cluster(port=465), "beta"))
+    assert cf["relayhost"] == "[mail.example.org]:465" and cf["smtp_tls_wrappermode"] == "yes"
+
+
+def test_default_port_is_587():
+    data = copy.deepcopy(EXAMPLE)
+    del data["smtp"]["port"]
+    assert mail.nexthop(config.Cluster(data)) == "[mail.example.org]:587"
+
+
+def test_sasl_passwd_key_matches_relayhost_exactly():
+    line = mail.render_sasl_passwd(cluster(relay="relay.example.org", port=2525))
+    assert line == "[relay.example.org]:2525 cluster@example.org:change-me-smtp-password\n"
+    assert line.split()[0] == settings(mail.render_main_cf(cluster(relay="relay.example.org", port=2525),
+                                                         "alpha"))["relayhost"]
+
+
+def test_aliases_send_root_to_admin_and_system_accounts_to_root():
+    text = mail.render_aliases(cluster(), ["root", "daemon", "www-data", "nobody"])
+    lines = [line for line in text.splitlines() if not line.startswith("#")]
+    assert lines == ["root: admins@example.org", "daemon: root", "nobody: root", "www-data: root"]
+
+
+def test_system_accounts(tmp_path):
+    passwd = tmp_path / "passwd"
+    passwd.write_text("root:x:0:0::/root:/bin/bash\ndaemon:x:1:1::/:/usr/sbin/nologin\n"
+                      "alice:x:2001:2001::/home/alice:/bin/bash\nnobody:x:65534:65534::/:/usr/sbin/nologin\n"
+                      "+nis::::::\n")
+    assert mail.system_accounts(str(passwd)) == ["root", "daemon", "nobody"]
