@@ -1,6 +1,6 @@
 """Execution module: root mail through the cluster's relay.
 
-    salt-call --local minicl_mail.test            # send a test message to admin_email, show the queue
+    salt-call --local minicl_mail.test            # send a test message to admin_email, follow it
     salt-call --local minicl_mail.queue           # queue size, age of the oldest message, reasons
     salt-call --local minicl_mail.main_cf         # the main.cf minicl writes (no secret in it)
 """
@@ -51,20 +51,28 @@ def queue():
     return mail.queue()
 
 
-def test(to=None, wait=10):
-    """Send a test message (to admin_email unless ``to``), wait up to ``wait`` s for it to leave,
-    and report what happened. CLI Example: ``salt-call --local minicl_mail.test``
+def test(to=None, wait=20):
+    """Send a test message (to admin_email unless ``to``), follow it in Postfix's log for up to
+    ``wait`` seconds, and say what happened to it. CLI Example: ``salt-call --local minicl_mail.test``
+
+    ``delivered_to_relay`` is True only when the relay accepted this very message.
     """
     import time
 
     cluster, host = _cluster()
     to = to or cluster.data["admin_email"]
-    subject = f"minicl test message from {cluster.fqdn(host)} at {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"
-    mail.send_test_message(to, subject, "If you read this, mail from this host reaches you.")
+    fqdn = cluster.fqdn(host)
+    subject = f"minicl test message from {fqdn} at {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"
+    message_id = mail.send_test_message(to, subject, "If you read this, mail from this host reaches you.", fqdn)
     deadline = time.monotonic() + float(wait)
-    while True:
-        current = mail.queue()
-        if current["size"] == 0 or time.monotonic() >= deadline:
-            break
+    status, detail = None, ""
+    while status in (None,) and time.monotonic() < deadline:
         time.sleep(0.5)
-    return {"sent_to": to, "subject": subject, "delivered_to_relay": current["size"] == 0, "queue": current}
+        try:
+            with open(mail.LOG_FILE, encoding="utf-8", errors="replace") as f:
+                status, detail = mail.delivery_status(message_id, f.readlines()[-2000:])
+        except FileNotFoundError:
+            pass
+    return {"sent_to": to, "subject": subject, "message_id": message_id,
+            "status": status or "still queued", "detail": detail,
+            "delivered_to_relay": status == "sent", "queue": mail.queue()}

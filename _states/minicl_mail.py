@@ -1,4 +1,4 @@
-"""State: the relay credentials file for Postfix, never shown.
+"""States for root mail: the relay credentials (never shown) and /etc/aliases.
 
 .. code-block:: yaml
 
@@ -11,6 +11,7 @@ table with postmap only when it changed. Neither the password nor a diff ever ap
 state's output; the credentials are read from the pillar here, so they are not in the SLS data.
 """
 
+import difflib
 import os
 import subprocess
 
@@ -32,11 +33,41 @@ def __virtual__():
     return __virtualname__
 
 
-def _mode(path):
+def aliases(name="/etc/aliases"):
+    """/etc/aliases from cluster.json and this host's system accounts, read when the state runs
+    (after packages have added theirs), and ``newaliases`` whenever the map is older than it."""
+    ret = {"name": name, "result": True, "changes": {}, "comment": ""}
+    cluster = config.Cluster(__pillar__["minicl"]["cluster"])
+    wanted = mail.render_aliases(cluster, mail.system_accounts())
+    current = read_file(name)
+    db = name + ".db"
+    stale = not os.path.exists(db) or (os.path.exists(name) and os.path.getmtime(db) < os.path.getmtime(name))
+    if current == wanted and not stale:
+        ret["comment"] = f"{name} is up to date"
+        return ret
+    changes = {}
+    if current != wanted:
+        changes["diff"] = "".join(difflib.unified_diff(current.splitlines(True), wanted.splitlines(True), name, name))
+    changes["newaliases"] = f"{db} rebuilt"
+    if __opts__["test"]:
+        ret["result"], ret["changes"], ret["comment"] = None, changes, f"{name} would be updated"
+        return ret
+    if current != wanted:
+        write_file(name, wanted, 0o644)
+    result = subprocess.run(["newaliases"], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        ret["result"], ret["comment"] = False, f"newaliases failed: {result.stderr.strip()}"
+        return ret
+    ret["changes"], ret["comment"] = changes, f"{name} updated"
+    return ret
+
+
+def _owner_mode(path):
     try:
-        return os.stat(path).st_mode & 0o777
+        info = os.stat(path)
     except FileNotFoundError:
         return None
+    return info.st_uid, info.st_mode & 0o777
 
 
 def sasl_passwd(name):
@@ -47,9 +78,9 @@ def sasl_passwd(name):
     changes = {}
     if read_file(name) != wanted:
         changes["credentials"] = f"for {mail.nexthop(cluster)} (content hidden)"
-    if _mode(name) not in (None, 0o600) or _mode(db) not in (None, 0o600):
-        changes["mode"] = "0600"
-    if not os.path.exists(db) or (os.path.exists(name) and os.path.getmtime(db) < os.path.getmtime(name)):
+    if any(_owner_mode(path) not in (None, (0, 0o600)) for path in (name, db)):
+        changes["mode"] = "0600, owner root"
+    if "credentials" in changes or not os.path.exists(db) or os.path.getmtime(db) < os.path.getmtime(name):
         changes["lookup table"] = f"{db} rebuilt with postmap"
     if not changes:
         ret["comment"] = f"{name} is up to date"
@@ -60,22 +91,23 @@ def sasl_passwd(name):
         ret["comment"] = f"{name} would be updated"
         return ret
 
+    result = None
     old_umask = os.umask(0o077)
     try:
         if "credentials" in changes:
             write_file(name, wanted, 0o600)
-        result = subprocess.run(["postmap", f"hash:{name}"], capture_output=True, text=True, check=False)
+        if "lookup table" in changes:
+            result = subprocess.run(["postmap", f"hash:{name}"], capture_output=True, text=True, check=False)
     finally:
         os.umask(old_umask)
     for path in (name, db):
         if os.path.exists(path):
             os.chown(path, 0, 0)
             os.chmod(path, 0o600)
-    if result.returncode != 0:
+    if result is not None and result.returncode != 0:
         ret["result"] = False
         ret["comment"] = f"postmap {name} failed: {result.stderr.strip()}"
         return ret
-    changes["lookup table"] = f"{db} rebuilt with postmap"
     ret["changes"] = changes
     ret["comment"] = f"{name} updated"
     return ret

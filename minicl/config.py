@@ -305,10 +305,19 @@ def _semantic_problems(data, source, repo_files):
     smtp = data.get("smtp")
     if isinstance(smtp, dict):
         relay = smtp.get("relay")
-        if isinstance(relay, str) and relay.strip() and not (is_dns_name(relay) or is_ip(relay)):
-            add("smtp.relay", f"{json.dumps(relay)} is not a host name or IP address")
+        if isinstance(relay, str) and relay.strip() and is_ip(relay):
+            add("smtp.relay", f"{json.dumps(relay)} is an address: give the relay's host name, the name on its "
+                              "TLS certificate (Postfix checks the certificate against it)")
+        elif isinstance(relay, str) and relay.strip() and not is_dns_name(relay):
+            add("smtp.relay", f"{json.dumps(relay)} is not a host name")
         elif isinstance(relay, str) and not relay.strip():
             add("smtp.relay", "must not be empty")
+        username, password = smtp.get("username"), smtp.get("password")
+        if isinstance(username, str) and username and (":" in username or username != "".join(username.split())):
+            add("smtp.username", f"{json.dumps(username)} must not contain spaces, line breaks or \":\"")
+        if isinstance(password, str) and password and (password != password.strip() or "\n" in password
+                                                        or "\r" in password):
+            add("smtp.password", "must not begin or end with spaces or contain line breaks (value hidden)")
 
     users = data.get("users")
     if isinstance(users, dict):

@@ -6,6 +6,7 @@ module uses (queue, test message). The SLS files install what these render with 
 """
 
 import json
+import secrets
 import subprocess
 import time
 
@@ -64,8 +65,9 @@ def render_sasl_passwd(cluster):
 def render_aliases(cluster, system_accounts):
     """/etc/aliases: root to admin_email, every system account to root."""
     lines = ["# Managed by minicl from cluster.json; changes here are overwritten.",
-             f"root: {cluster.data['admin_email']}"]
-    lines += [f"{name}: root" for name in sorted(system_accounts) if name != "root"]
+             f"root: {cluster.data['admin_email']}",
+             "postmaster: root"]
+    lines += [f"{name}: root" for name in sorted(system_accounts) if name not in ("root", "postmaster")]
     return "\n".join(lines) + "\n"
 
 
@@ -98,9 +100,30 @@ def queue():
     }
 
 
-def send_test_message(to, subject, body):
-    message = f"To: {to}\nSubject: {subject}\n\n{body}\n"
+LOG_FILE = "/var/log/postfix.log"
+
+
+def send_test_message(to, subject, body, fqdn):
+    """Hand a message to Postfix; returns its Message-ID (to follow it in the log)."""
+    message_id = f"<minicl-test-{secrets.token_hex(8)}@{fqdn}>"
+    message = f"To: {to}\nSubject: {subject}\nMessage-ID: {message_id}\n\n{body}\n"
     result = subprocess.run(["/usr/sbin/sendmail", "-oi", "-t"], input=message, capture_output=True,
                             text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"sendmail failed: {result.stderr.strip()}")
+    return message_id
+
+
+def delivery_status(message_id, log_lines):
+    """(status, detail) of the message with ``message_id`` from Postfix log lines, or (None, "").
+
+    status is Postfix's: sent, deferred, bounced, expired.
+    """
+    queue_id = None
+    for line in log_lines:
+        if queue_id is None and f"message-id={message_id}" in line:
+            queue_id = line.split(": message-id=")[0].rsplit(" ", 1)[-1]
+        elif queue_id and f" {queue_id}: to=<" in line and " status=" in line:
+            status, _, detail = line.split(" status=", 1)[1].partition(" ")
+            return status, detail.strip().strip("()")
+    return None, ""

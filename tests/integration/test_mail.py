@@ -23,11 +23,10 @@ def relay(lab, tmp_path_factory):
     return host
 
 
-def mail_config(password=PASSWORD):
+def mail_config(password=PASSWORD, relay="relay.example.org"):
     ips = [a.split("/")[0] for a in ALPHA]
     return dump(cluster_config({"alpha": {"ip": ips, "roles": ["base"]}},
-                               smtp={"relay": "relay.example.org", "port": 587, "username": USER,
-                                     "password": password},
+                               smtp={"relay": relay, "port": 587, "username": USER, "password": password},
                                ca_url="http://relay.example.org/ca.crt"))
 
 
@@ -35,7 +34,8 @@ def mail_config(password=PASSWORD):
 def alpha(lab, relay, git_server, deploy_key):
     host = lab.add_host("alpha", ALPHA)
     host.start_sshd()
-    host.run("echo '198.51.100.80 relay.example.org' >> /etc/hosts")  # the relay's DNS name
+    host.run("echo '198.51.100.80 relay.example.org' >> /etc/hosts")  # the relays' DNS names
+    host.run("echo '198.51.100.79 untrusted.example.org' >> /etc/hosts")
     git_server.commit({"cluster.json": mail_config(), "deploy.key": deploy_key[0]}, "mail")
     host.write("/root/deploy.key", deploy_key[0], 0o600)
     result = host.run(["minicl-bootstrap", f"--repo={git_server.url}", "--deploy-key=/root/deploy.key"],
@@ -130,6 +130,7 @@ def test_mail_test_function_and_queue(alpha, relay):
     assert code == 0, result.stdout
     report = data["local"]
     assert report["sent_to"] == "admins@example.org" and report["delivered_to_relay"] is True
+    assert report["status"] == "sent" and "queued by the fake relay" in report["detail"]
     assert report["queue"]["size"] == 0
     assert "minicl test message from alpha.example.org" in received(relay, 4)[3]["data"]
 
@@ -166,3 +167,27 @@ def test_ca_download_failure_fails_clearly_and_keeps_the_previous_ca(alpha, git_
     git_server.commit({"cluster.json": mail_config()}, "ca_url fixed")
     code, data, result = salt_call(alpha, "state.apply")
     assert code == 0, result.stdout
+
+
+def test_a_relay_with_an_untrusted_certificate_gets_nothing(lab, alpha, git_server, tmp_path_factory):
+    impostor = lab.add_host("impostor", ["198.51.100.79/24"])
+    # Its own CA, which no cluster host trusts; right user and password, right name.
+    fakerelay.start_in(impostor, fakerelay.make_test_ca(tmp_path_factory.mktemp("impostor"),
+                                                        "untrusted.example.org"), USER, PASSWORD)
+    git_server.commit({"cluster.json": mail_config(relay="untrusted.example.org")}, "another relay")
+    code, _, result = salt_call(alpha, "state.apply")
+    assert code == 0, result.stdout
+    alpha.run("echo 'must not leave' | mail -s 'to the impostor' root")
+    deadline = time.monotonic() + 30
+    waiting = []
+    while time.monotonic() < deadline:
+        waiting = queue(alpha)
+        if waiting and any(r.get("delay_reason") for r in waiting[0]["recipients"]):
+            break
+        time.sleep(0.5)
+    assert len(waiting) == 1
+    assert "Server certificate not verified" in waiting[0]["recipients"][0]["delay_reason"]
+    assert fakerelay.received(impostor) == []
+    alpha.run("postsuper -d ALL")
+    git_server.commit({"cluster.json": mail_config()}, "back to the real relay")
+    assert salt_call(alpha, "state.apply")[0] == 0

@@ -54,7 +54,8 @@ def test_sasl_passwd_key_matches_relayhost_exactly():
 def test_aliases_send_root_to_admin_and_system_accounts_to_root():
     text = mail.render_aliases(cluster(), ["root", "daemon", "www-data", "nobody"])
     lines = [line for line in text.splitlines() if not line.startswith("#")]
-    assert lines == ["root: admins@example.org", "daemon: root", "nobody: root", "www-data: root"]
+    assert lines == ["root: admins@example.org", "postmaster: root", "daemon: root", "nobody: root",
+                     "www-data: root"]
 
 
 def test_system_accounts(tmp_path):
@@ -63,3 +64,20 @@ def test_system_accounts(tmp_path):
                       "alice:x:2001:2001::/home/alice:/bin/bash\nnobody:x:65534:65534::/:/usr/sbin/nologin\n"
                       "+nis::::::\n")
     assert mail.system_accounts(str(passwd)) == ["root", "daemon", "nobody"]
+
+
+LOG = """\
+Nov 22 06:18:49 alpha postfix/pickup[1456]: 99FD915B: uid=0 from=<root>
+Nov 22 06:18:49 alpha postfix/cleanup[1472]: 99FD915B: message-id=<minicl-test-ab@alpha.example.org>
+Nov 22 06:18:49 alpha postfix/qmgr[1457]: 99FD915B: from=<root@alpha.example.org>, size=417, nrcpt=1 (queue active)
+Nov 22 06:18:49 alpha postfix/cleanup[1472]: 11111111: message-id=<other@alpha.example.org>
+Nov 22 06:18:49 alpha postfix/smtp[1475]: 11111111: to=<x@example.org>, relay=none, status=deferred (connect refused)
+Nov 22 06:18:50 alpha postfix/smtp[1475]: 99FD915B: to=<admins@example.org>, relay=relay.example.org[198.51.100.80]:587, delay=0.06, dsn=2.0.0, status=sent (250 OK queued by the fake relay)
+"""
+
+
+def test_delivery_status_follows_one_message():
+    lines = LOG.splitlines()
+    assert mail.delivery_status("<minicl-test-ab@alpha.example.org>", lines) == ("sent", "250 OK queued by the fake relay")
+    assert mail.delivery_status("<other@alpha.example.org>", lines) == ("deferred", "connect refused")
+    assert mail.delivery_status("<unknown@x>", lines) == (None, "")

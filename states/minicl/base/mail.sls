@@ -1,11 +1,23 @@
 {#- Root mail: Postfix as a null client through the cluster's authenticated relay. #}
 {%- set ca_url = salt['pillar.get']('minicl:cluster:ca_url') %}
+{%- set ca_file = '/usr/local/share/ca-certificates/minicl-cluster-ca.crt' %}
+{#- On systemd, postfix.service is a oneshot wrapper that stays "active" when the master dies. #}
+{%- set postfix_service = 'postfix@-' if grains.get('init') == 'systemd' else 'postfix' %}
+
+minicl-postfix-preseed:
+  cmd.run:
+    - name: echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    - unless: dpkg-query -W -f='${Status}' postfix 2>/dev/null | grep -q 'ok installed'
+
 minicl-mail-packages:
   pkg.installed:
     - pkgs:
       - postfix
+      - libsasl2-modules
       - bsd-mailx
       - ca-certificates
+    - require:
+      - cmd: minicl-postfix-preseed
 
 minicl-mailname:
   file.managed:
@@ -28,49 +40,76 @@ minicl-relay-credentials:
       - pkg: minicl-mail-packages
 
 minicl-aliases:
-  file.managed:
+  minicl_mail.aliases:
     - name: /etc/aliases
-    - contents: {{ salt['minicl_mail.aliases']() | json }}
-  cmd.run:
-    - name: newaliases
-    - onchanges:
-      - file: minicl-aliases
     - require:
       - pkg: minicl-mail-packages
+
+minicl-postfix-log-rotation:
+  file.managed:
+    - name: /etc/logrotate.d/minicl-postfix
+    - contents: |
+        # Managed by minicl: Postfix writes /var/log/postfix.log itself (maillog_file).
+        /var/log/postfix.log {
+            weekly
+            rotate 8
+            compress
+            delaycompress
+            missingok
+            notifempty
+            postrotate
+                postfix logrotate >/dev/null 2>&1 || true
+            endscript
+        }
 
 {%- if ca_url %}
 minicl-cluster-ca:
   file.managed:
-    - name: /usr/local/share/ca-certificates/minicl-cluster-ca.crt
+    - name: {{ ca_file }}
     - source: {{ ca_url | json }}
     - skip_verify: True
     - mode: '0644'
     - check_cmd: openssl x509 -noout -in
+    - require:
+      - pkg: minicl-mail-packages
+{%- else %}
+minicl-cluster-ca:
+  file.absent:
+    - name: {{ ca_file }}
+{%- endif %}
+
+minicl-trust-cluster-ca:
   cmd.run:
-    - name: update-ca-certificates
+    - name: update-ca-certificates --fresh
+{%- if ca_url %}
+    # Until the system bundle really trusts it (also after a run that died half-way).
+    - unless: openssl verify -CAfile /etc/ssl/certs/ca-certificates.crt {{ ca_file }}
+    - require:
+      - file: minicl-cluster-ca
+{%- else %}
     - onchanges:
       - file: minicl-cluster-ca
 {%- endif %}
 
+minicl-postfix-at-boot:
+  service.enabled:
+    - name: postfix
+    - require:
+      - pkg: minicl-mail-packages
+
 minicl-postfix:
   service.running:
-    - name: postfix
-    - enable: True
+    - name: {{ postfix_service }}
     - watch:
       - file: minicl-postfix-main-cf
       - file: minicl-mailname
       - minicl_mail: minicl-relay-credentials
-{%- if ca_url %}
-      - cmd: minicl-cluster-ca
-{%- endif %}
 
 minicl-flush-mail-queue:
   cmd.run:
     - name: postqueue -f
     - onchanges:
       - minicl_mail: minicl-relay-credentials
-{%- if ca_url %}
-      - cmd: minicl-cluster-ca
-{%- endif %}
+      - cmd: minicl-trust-cluster-ca
     - require:
       - service: minicl-postfix
