@@ -5,7 +5,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES="git openssh-server openssh-client iproute2 util-linux python3-venv procps sudo passwd nftables postfix libsasl2-modules bsd-mailx ca-certificates openssl"
+DEBIAN_PACKAGES="gcc python3-dev git openssh-server openssh-client iproute2 util-linux python3-venv procps sudo passwd nftables postfix libsasl2-modules bsd-mailx ca-certificates openssl"
 
 missing=""
 for pkg in $DEBIAN_PACKAGES; do

@@ -60,6 +60,18 @@ def received(relay, count, timeout=30):
     raise AssertionError(f"the relay got fewer than {count} messages in {timeout} s\n{logs}")
 
 
+def deferred(host, timeout=30):
+    """The queue once its first message has a delay reason (Postfix tried and gave up for now)."""
+    deadline = time.monotonic() + timeout
+    waiting = []
+    while time.monotonic() < deadline:
+        waiting = queue(host)
+        if waiting and any(r.get("delay_reason") for r in waiting[0]["recipients"]):
+            break
+        time.sleep(0.5)
+    return waiting
+
+
 def queue(host):
     lines = host.run("postqueue -j").stdout.splitlines()
     return [json.loads(line) for line in lines if line.strip()]
@@ -107,12 +119,7 @@ def test_wrong_password_keeps_mail_queued_until_fixed(alpha, relay, git_server):
     assert creds["credentials"] == "for [relay.example.org]:587 (content hidden)"
 
     alpha.run("echo 'while the password is wrong' | mail -s 'queued' root")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        waiting = queue(alpha)
-        if waiting and any(r.get("delay_reason") for r in waiting[0]["recipients"]):
-            break
-        time.sleep(0.5)
+    waiting = deferred(alpha)
     assert len(waiting) == 1
     assert "authentication failed" in waiting[0]["recipients"][0]["delay_reason"].lower()
     assert relay.run("ls /srv/relay | grep -c json").stdout.strip() == "2"  # nothing got through
@@ -178,16 +185,29 @@ def test_a_relay_with_an_untrusted_certificate_gets_nothing(lab, alpha, git_serv
     code, _, result = salt_call(alpha, "state.apply")
     assert code == 0, result.stdout
     alpha.run("echo 'must not leave' | mail -s 'to the impostor' root")
-    deadline = time.monotonic() + 30
-    waiting = []
-    while time.monotonic() < deadline:
-        waiting = queue(alpha)
-        if waiting and any(r.get("delay_reason") for r in waiting[0]["recipients"]):
-            break
-        time.sleep(0.5)
+    waiting = deferred(alpha)
     assert len(waiting) == 1
     assert "Server certificate not verified" in waiting[0]["recipients"][0]["delay_reason"]
     assert fakerelay.received(impostor) == []
     alpha.run("postsuper -d ALL")
     git_server.commit({"cluster.json": mail_config()}, "back to the real relay")
     assert salt_call(alpha, "state.apply")[0] == 0
+
+
+def test_checks_report_and_fail_when_postfix_is_down(alpha):
+    result = alpha.run(["salt-call", "--local", "--out=json", "--retcode-passthrough", "minicl_checks.run"],
+                       check=False)
+    report = json.loads(result.stdout)["local"]
+    assert result.returncode == 0, report
+    assert report["ssh"] == "OK answers on port 22" and report["postfix"] == "OK running"
+    assert report["mail queue"].startswith("OK 0 message(s)")
+    assert report["load"].startswith("OK ") and report["memory"].startswith("OK ")
+    alpha.run("postfix stop")
+    try:
+        result = alpha.run(["salt-call", "--local", "--out=json", "--retcode-passthrough", "minicl_checks.run"],
+                           check=False)
+        report = json.loads(result.stdout)["local"]
+        assert result.returncode == 1
+        assert report["postfix"].startswith("FAIL not running")
+    finally:
+        alpha.run("postfix start")

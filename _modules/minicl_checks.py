@@ -1,0 +1,36 @@
+"""Execution module: minicl's host checks, each OK or FAIL with a reason.
+
+    salt-call --local minicl_checks.run --retcode-passthrough   # exit 1 when a check fails
+
+Checks: disk and inode use per real filesystem, load against the CPU count, available memory,
+mail queue size and age, failed systemd units and clock sync (where systemd runs), sshd and
+Postfix up.
+"""
+
+try:
+    from minicl import checks, config
+
+    HAS_MINICL = True
+except ImportError as exc:  # pragma: no cover
+    HAS_MINICL = False
+    IMPORT_ERROR = str(exc)
+
+__virtualname__ = "minicl_checks"
+
+
+def __virtual__():
+    if not HAS_MINICL:
+        return False, f"the minicl package is not importable: {IMPORT_ERROR}"
+    return __virtualname__
+
+
+def run():
+    """Run every check; returns {check: "OK reason" | "FAIL reason"} and sets a non-zero retcode
+    when one fails. CLI Example: ``salt-call --local minicl_checks.run --retcode-passthrough``
+    """
+    cluster = __pillar__.get("minicl", {}).get("cluster")
+    ssh_port = config.Cluster(cluster).firewall_option("ssh_port") if cluster else 22
+    found = checks.run_all(ssh_port)
+    if any(not check.ok for check in found):
+        __context__["retcode"] = 1
+    return {check.name: f"{'OK' if check.ok else 'FAIL'} {check.reason}" for check in found}
