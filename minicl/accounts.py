@@ -23,6 +23,8 @@ import stat
 import subprocess
 from dataclasses import dataclass, field
 
+from minicl.files import write_file
+
 ADMIN_GROUP = "sudo"
 LOGIN_SHELL = "/bin/bash"
 NOLOGIN_SHELL = "/usr/sbin/nologin"
@@ -108,10 +110,7 @@ class Registry:
             return
         self.users[name] = {"uid": uid}
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
-        tmp = self.path + ".tmp"
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as f:
-            json.dump({"users": self.users}, f, indent=2, sort_keys=True)
-        os.replace(tmp, self.path)
+        write_file(self.path, json.dumps({"users": self.users}, indent=2, sort_keys=True), 0o600)
 
 
 def key_fingerprint(key):

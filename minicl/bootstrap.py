@@ -25,6 +25,7 @@ import yaml
 
 from minicl import config, netinfo, saltext
 from minicl.configrepo import ConfigRepo, NoGoodCommit, safe_url
+from minicl.files import write_file
 
 ETC_DIR = "/etc/minicl"
 SALT_CONFIG_DIR = "/etc/salt"
@@ -101,10 +102,7 @@ def write_minion_config(args, minion_id):
     text = "# Written by minicl-bootstrap; run it again to change this file.\n" + yaml.safe_dump(
         minion_config(args, minion_id), default_flow_style=False, sort_keys=True
     )
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_file(path, text)
     return path
 
 

@@ -35,6 +35,7 @@ from urllib.parse import urlsplit, urlunsplit
 import git
 
 from minicl.config import ConfigError, Problem, load_cluster
+from minicl.files import write_file
 
 log = logging.getLogger(__name__)
 
@@ -337,10 +338,7 @@ class ConfigRepo:
             shutil.rmtree(path, ignore_errors=True)
 
     def _save(self, status):
-        tmp = self.status_path + ".tmp"
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as f:
-            json.dump(status, f, indent=2, sort_keys=True)
-        os.replace(tmp, self.status_path)
+        write_file(self.status_path, json.dumps(status, indent=2, sort_keys=True), 0o600)
         return status
 
 

@@ -93,22 +93,6 @@ def demo_config(workdir):
 
 
 LISTEN_PORTS = (9100, 80, 443)
-LISTENER = f"""
-import socket, threading
-def serve(port):
-    s = socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True)
-    while True:
-        s.accept()[0].close()
-for port in {LISTEN_PORTS!r}:
-    threading.Thread(target=serve, args=(port,), daemon=True).start()
-threading.Event().wait()
-"""
-
-
-def can_connect(client, ip, port):
-    code = (f"import socket\ntry:\n socket.create_connection(({ip!r}, {port}), timeout=1.5).close()\n"
-            "except OSError:\n raise SystemExit(1)")
-    return client.run(["python3", "-c", code], check=False).returncode == 0
 
 
 def ssh_as(workstation, user, ip, command):
@@ -183,21 +167,20 @@ def run_demo(lab, report, workdir):
 
     report.step("firewall: a cluster-only port (9100) and the public ports, from a peer and from the "
                 "workstation (not in cluster.json)")
-    for name, host in hosts.items():
-        host.spawn(["python3", "-c", LISTENER])
-    time.sleep(0.5)
+    for host in hosts.values():
+        host.listen(LISTEN_PORTS)
     names = list(hosts)
     for name, entry in config["hosts"].items():
         ip = entry["ip"] if isinstance(entry["ip"], str) else entry["ip"][0]
         peer = hosts[names[(names.index(name) + 1) % len(names)]]
-        report.check(can_connect(peer, ip, 9100), f"{peer.name} (cluster) reaches {name}:9100")
-        report.check(not can_connect(workstation, ip, 9100), f"the workstation is refused on {name}:9100")
+        report.check(peer.can_connect(ip, 9100), f"{peer.name} (cluster) reaches {name}:9100")
+        report.check(not workstation.can_connect(ip, 9100), f"the workstation is refused on {name}:9100")
         for spec in entry.get("public_ports", []):
             port = int(spec.split("/")[0].split("-")[0])
             if spec.endswith("/tcp") and port in LISTEN_PORTS:
-                report.check(can_connect(workstation, ip, port), f"the workstation reaches {name}:{port} (public)")
+                report.check(workstation.can_connect(ip, port), f"the workstation reaches {name}:{port} (public)")
 
-    report.step(f"root mail from every host: echo ... | mail -s ... root, then look at the relay")
+    report.step("root mail from every host: echo ... | mail -s ... root, then look at the relay")
     for name, host in hosts.items():
         host.run(f"echo 'root mail from {name}' | mail -s 'demo: root mail from {name}' root")
     deadline = time.monotonic() + 30

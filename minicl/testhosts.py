@@ -22,7 +22,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 
 SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -200,6 +199,28 @@ class Host:
     def read(self, path):
         return self.run(["cat", path]).stdout
 
+    def listen(self, ports):
+        """Accept (and close) TCP connections on ``ports``, IPv4 and IPv6, until the host ends."""
+        code = ("import socket, threading\n"
+                "def serve(port):\n"
+                "    s = socket.create_server(('::', port), family=socket.AF_INET6, dualstack_ipv6=True)\n"
+                "    while True:\n"
+                "        s.accept()[0].close()\n"
+                f"for port in {tuple(ports)!r}:\n"
+                "    threading.Thread(target=serve, args=(port,), daemon=True).start()\n"
+                "print('ready', flush=True)\n"
+                "threading.Event().wait()\n")
+        proc = self.spawn(["python3", "-c", code])
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"listener on {self.name} did not start: {proc.stderr.read()}")
+        return proc
+
+    def can_connect(self, ip, port, timeout=1.5):
+        """True if a TCP connection from this host to ``ip``:``port`` succeeds."""
+        code = (f"import socket\ntry:\n socket.create_connection(({ip!r}, {port}), timeout={timeout}).close()\n"
+                "except OSError:\n raise SystemExit(1)")
+        return self.run(["python3", "-c", code], check=False).returncode == 0
+
     def start_sshd(self):
         """Start sshd as on a real host: own host keys, /run/sshd, log in /var/log/sshd.log."""
         if not self.exists("/etc/ssh/.minicl-testhost-keys"):
@@ -311,6 +332,28 @@ class GitServer:
 
     def host_key_fingerprint(self):
         return self.host.run(["ssh-keygen", "-lf", "/etc/ssh/ssh_host_ed25519_key.pub"]).stdout.split()[1]
+
+    def listen(self, ports):
+        """Accept (and close) TCP connections on ``ports``, IPv4 and IPv6, until the host ends."""
+        code = ("import socket, threading\n"
+                "def serve(port):\n"
+                "    s = socket.create_server(('::', port), family=socket.AF_INET6, dualstack_ipv6=True)\n"
+                "    while True:\n"
+                "        s.accept()[0].close()\n"
+                f"for port in {tuple(ports)!r}:\n"
+                "    threading.Thread(target=serve, args=(port,), daemon=True).start()\n"
+                "print('ready', flush=True)\n"
+                "threading.Event().wait()\n")
+        proc = self.spawn(["python3", "-c", code])
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"listener on {self.name} did not start: {proc.stderr.read()}")
+        return proc
+
+    def can_connect(self, ip, port, timeout=1.5):
+        """True if a TCP connection from this host to ``ip``:``port`` succeeds."""
+        code = (f"import socket\ntry:\n socket.create_connection(({ip!r}, {port}), timeout={timeout}).close()\n"
+                "except OSError:\n raise SystemExit(1)")
+        return self.run(["python3", "-c", code], check=False).returncode == 0
 
     def start_sshd(self):
         self.host.start_sshd()

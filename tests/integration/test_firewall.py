@@ -2,8 +2,6 @@
 outsider only SSH and public ports; other tools' tables survive; a broken ruleset or a lost
 peer never leaves a host with rules it cannot confirm; the ruleset survives a "reboot"."""
 
-import json
-
 import pytest
 
 from .conftest import changed_states, cluster_config, dump, salt_call
@@ -14,16 +12,6 @@ HOSTS = {
     "gamma": ["198.51.100.53/24", "2001:db8:100::53/64"],
 }
 OUTSIDER = ["198.51.100.99/24", "2001:db8:100::99/64"]
-LISTEN = """
-import socket, threading
-def serve(port):
-    s = socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True)
-    while True:
-        c, _ = s.accept(); c.close()
-for p in (9100, 8080, 8443):
-    threading.Thread(target=serve, args=(p,), daemon=True).start()
-threading.Event().wait()
-"""
 FIREWALL = "minicl_firewall_|-minicl-firewall_|-inet minicl_|-applied"
 
 
@@ -41,12 +29,6 @@ def config(hosts=("alpha", "beta", "gamma"), **extra):
     return dump(data)
 
 
-def can_connect(client, ip, port):
-    code = (f"import socket\ntry:\n socket.create_connection(({ip!r}, {port}), timeout=1.5).close()\n"
-            "except OSError:\n raise SystemExit(1)")
-    return client.run(["python3", "-c", code], check=False).returncode == 0
-
-
 @pytest.fixture(scope="module")
 def cluster(lab, git_server, deploy_key):
     git_server.commit({"cluster.json": config(), "deploy.key": deploy_key[0], "roles/web/init.sls": "{}\n"},
@@ -55,10 +37,10 @@ def cluster(lab, git_server, deploy_key):
     for name, addresses in HOSTS.items():
         host = lab.add_host(name, addresses)
         host.start_sshd()
-        host.spawn(["python3", "-c", LISTEN])
+        host.listen((9100, 8080, 8443))
         host.write("/root/deploy.key", deploy_key[0], 0o600)
         hosts[name] = host
-    for name, host in hosts.items():
+    for host in hosts.values():
         result = host.run(["minicl-bootstrap", f"--repo={git_server.url}", "--deploy-key=/root/deploy.key"],
                           check=False, timeout=600)
         assert result.returncode == 0, result.stdout + result.stderr
@@ -80,24 +62,24 @@ def office(lab):
 @pytest.mark.parametrize("family", [0, 1], ids=["ipv4", "ipv6"])
 def test_peer_reaches_any_port_outsider_does_not(cluster, outsider, family):
     alpha_ip = cluster["alpha"].ips[family]
-    assert can_connect(cluster["beta"], alpha_ip, 9100)
-    assert can_connect(cluster["gamma"], alpha_ip, 9100)
-    assert not can_connect(outsider, alpha_ip, 9100)
+    assert cluster["beta"].can_connect(alpha_ip, 9100)
+    assert cluster["gamma"].can_connect(alpha_ip, 9100)
+    assert not outsider.can_connect(alpha_ip, 9100)
 
 
 @pytest.mark.parametrize("family", [0, 1], ids=["ipv4", "ipv6"])
 def test_outsider_reaches_ssh_and_public_ports_only(cluster, outsider, family):
     alpha, beta = cluster["alpha"].ips[family], cluster["beta"].ips[family]
-    assert can_connect(outsider, alpha, 22)
-    assert can_connect(outsider, alpha, 8080)       # alpha's own public port
-    assert not can_connect(outsider, alpha, 8443)   # the web role's port: alpha is not web
-    assert can_connect(outsider, beta, 8443)        # beta is
-    assert not can_connect(outsider, beta, 8080)
+    assert outsider.can_connect(alpha, 22)
+    assert outsider.can_connect(alpha, 8080)       # alpha's own public port
+    assert not outsider.can_connect(alpha, 8443)   # the web role's port: alpha is not web
+    assert outsider.can_connect(beta, 8443)        # beta is
+    assert not outsider.can_connect(beta, 8080)
 
 
 def test_extra_trusted_source(cluster, office, outsider):
-    assert can_connect(office, "203.0.113.53", 9100)     # gamma trusts 203.0.113.0/24
-    assert not can_connect(outsider, cluster["gamma"].ipv4, 9100)
+    assert office.can_connect("203.0.113.53", 9100)     # gamma trusts 203.0.113.0/24
+    assert not outsider.can_connect(cluster["gamma"].ipv4, 9100)
 
 
 def test_addresses_live_in_sets_not_rules(cluster):
@@ -168,23 +150,23 @@ def test_local_rules_are_included(cluster, outsider):
     alpha.write("/etc/minicl/firewall.local.nft", "ip saddr 198.51.100.99 tcp dport 9100 accept\n")
     try:
         salt_call(alpha, "state.apply")
-        assert can_connect(outsider, alpha.ipv4, 9100)
+        assert outsider.can_connect(alpha.ipv4, 9100)
     finally:
         alpha.run("rm /etc/minicl/firewall.local.nft")
         salt_call(alpha, "state.apply")
-    assert not can_connect(outsider, alpha.ipv4, 9100)
+    assert not outsider.can_connect(alpha.ipv4, 9100)
 
 
 def test_removed_host_loses_access(cluster, git_server):
     alpha, beta = cluster["alpha"], cluster["beta"]
-    assert can_connect(beta, alpha.ipv4, 9100)
+    assert beta.can_connect(alpha.ipv4, 9100)
     git_server.commit({"cluster.json": config(hosts=("alpha", "gamma"))}, "beta leaves")
     code, data, result = salt_call(alpha, "state.apply")
     assert code == 0, result.stdout
-    assert not can_connect(beta, alpha.ipv4, 9100)
-    assert not can_connect(beta, alpha.ipv6, 9100)
-    assert can_connect(beta, alpha.ipv4, 22)  # like anyone
-    assert can_connect(cluster["gamma"], alpha.ipv4, 9100)
+    assert not beta.can_connect(alpha.ipv4, 9100)
+    assert not beta.can_connect(alpha.ipv6, 9100)
+    assert beta.can_connect(alpha.ipv4, 22)  # like anyone
+    assert cluster["gamma"].can_connect(alpha.ipv4, 9100)
 
 
 def test_deadman_restores_when_no_peer_answers(cluster, git_server):
@@ -223,7 +205,7 @@ def test_break_glass(cluster, outsider):
     alpha = cluster["alpha"]
     alpha.run("nft delete table inet minicl && touch /etc/minicl/firewall.off")  # at the console
     try:
-        assert can_connect(outsider, alpha.ipv4, 9100)  # everything open
+        assert outsider.can_connect(alpha.ipv4, 9100)  # everything open
         code, data, _ = salt_call(alpha, "state.apply")
         state = data["local"][FIREWALL]
         assert state["result"] is False and "break-glass" in state["comment"]
@@ -234,7 +216,7 @@ def test_break_glass(cluster, outsider):
         alpha.run("rm /etc/minicl/firewall.off")
     code, data, _ = salt_call(alpha, "state.apply")
     assert data["local"][FIREWALL]["result"] is True
-    assert not can_connect(outsider, alpha.ipv4, 9100)
+    assert not outsider.can_connect(alpha.ipv4, 9100)
 
 
 def test_a_failing_apply_on_the_host_leaves_the_old_rules(cluster, git_server):
@@ -293,15 +275,15 @@ def test_moving_ssh_to_another_port_never_closes_the_one_in_use(cluster, git_ser
     assert code == 0, result.stdout
     # First run: the firewall opens 2222 next to 22 (sshd still listens there), then sshd moves.
     assert firewall_ssh_ports(alpha) == {22, 2222}
-    assert can_connect(outsider, alpha.ipv4, 2222)
+    assert outsider.can_connect(alpha.ipv4, 2222)
     code, data, result = salt_call(alpha, "state.apply")
     assert code == 0, result.stdout
     assert firewall_ssh_ports(alpha) == {2222}  # second run: 22 is closed, nobody listens there
-    assert can_connect(outsider, alpha.ipv4, 2222) and not can_connect(outsider, alpha.ipv4, 22)
+    assert outsider.can_connect(alpha.ipv4, 2222) and not outsider.can_connect(alpha.ipv4, 22)
     git_server.commit({"cluster.json": config(hosts=("alpha", "gamma"))}, "ssh back on 22")
     salt_call(alpha, "state.apply")
     salt_call(alpha, "state.apply")
-    assert firewall_ssh_ports(alpha) == {22} and can_connect(outsider, alpha.ipv4, 22)
+    assert firewall_ssh_ports(alpha) == {22} and outsider.can_connect(alpha.ipv4, 22)
 
 
 def firewall_ssh_ports(host):

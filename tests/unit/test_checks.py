@@ -1,6 +1,5 @@
 """Host checks with injected inputs: each fails when it should, with a reason."""
 
-import os
 from types import SimpleNamespace
 
 import pytest

@@ -14,7 +14,7 @@ def data_files():
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")
     shipped = set()
-    for target, patterns in cfg["options.data_files"].items():
+    for patterns in cfg["options.data_files"].values():
         for pattern in patterns.split():
             for path in glob.glob(str(ROOT / pattern)):
                 shipped.add(os.path.relpath(path, ROOT))
