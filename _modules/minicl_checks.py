@@ -4,11 +4,11 @@
 
 Checks: disk and inode use per real filesystem, load against the CPU count, available memory,
 mail queue size and age, failed systemd units and clock sync (where systemd runs), sshd and
-Postfix up.
+Postfix up. Every run also updates the checks' metrics for the monitor (minicl.metrics).
 """
 
 try:
-    from minicl import checks, config
+    from minicl import checks, config, metrics
 
     HAS_MINICL = True
 except ImportError as exc:  # pragma: no cover
@@ -31,6 +31,7 @@ def run():
     cluster = __pillar__.get("minicl", {}).get("cluster")
     ssh_port = config.Cluster(cluster).firewall_option("ssh_port") if cluster else 22
     found = checks.run_all(ssh_port)
+    metrics.write_checks(found, __opts__.get("minicl_textfile_dir", metrics.TEXTFILE_DIR))
     if any(not check.ok for check in found):
         __context__["retcode"] = 1
     return {check.name: f"{'OK' if check.ok else 'FAIL'} {check.reason}" for check in found}

@@ -92,6 +92,8 @@ def minion_config(args, minion_id):
         "file_client": "local",
         "file_roots": {"base": [saltext.states_dir(), os.path.join(args.cache_dir, "live")]},
         "ext_pillar": [{"minicl": pillar_options(args)}],
+        # After every job, minicl's returner records highstate results for the monitor.
+        "return": "minicl",
     }
 
 

@@ -27,10 +27,10 @@ DEFAULT_SMTP_PORT = 587
 
 # Roles implemented by minicl itself, mapped to the SLS files that implement them. The
 # state tree serves them from minicl's own states/ folder; every other role is the config
-# repo's roles/<name>/init.sls. The monitor role gets its states with the monitoring work.
+# repo's roles/<name>/init.sls.
 MINICL_ROLE_STATES = {
     "base": ["minicl.base"],
-    "monitor": [],
+    "monitor": ["minicl.monitor"],
 }
 
 # Names that exist (or will, once Debian packages are installed) as system users or groups
@@ -55,6 +55,8 @@ EMAIL = re.compile(r"^[^@\s]+@([^@\s]+)$")
 PORT_SPEC = re.compile(r"(\d{1,5})(?:-(\d{1,5}))?/(tcp|udp)")
 DEFAULT_SSH_PORT = 22
 DEFAULT_CONFIRM_SECONDS = 30
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAX_SCRAPE_INTERVAL = 300
 
 _B64 = r"[./0-9A-Za-z]"
 CRYPT_HASHES = {
@@ -276,6 +278,8 @@ def _schema_problem(error, source):
         return Problem(path, f"{shown} is out of range ({low}-{high})", source)
     if kind == "uniqueItems":
         return Problem(path, "lists an entry more than once", source)
+    if kind == "pattern" and error.schema.get("title") == "duration":
+        return Problem(path, f"{shown} is not a duration ({error.schema['description'].rstrip('.')})", source)
     message = error.message if not _is_secret(path) else f"is invalid ({kind})"
     return Problem(path, message, source)
 
@@ -319,6 +323,8 @@ def _semantic_problems(data, source, repo_files):
                                                         or "\r" in password):
             add("smtp.password", "must not begin or end with spaces or contain line breaks (value hidden)")
 
+    problems += _timing_problems(data, source)
+
     users = data.get("users")
     if isinstance(users, dict):
         problems += _user_problems(users, source)
@@ -334,6 +340,42 @@ def _semantic_problems(data, source, repo_files):
                 add(f"roles.{_key(role)}", f"{_quote(role)} is not a valid role name (a-z, 0-9, _ and -)")
             if isinstance(settings, dict):
                 problems += _port_problems(settings.get("public_ports"), f"roles.{_key(role)}.public_ports", source)
+    return problems
+
+
+def schema_default(section, key):
+    return schema()["properties"][section]["properties"][key]["default"]
+
+
+def duration_seconds(text):
+    """Seconds in a schema-checked duration such as "30s" or "15m"."""
+    return int(text[:-1]) * DURATION_UNITS[text[-1]]
+
+
+def _timing_problems(data, source):
+    """Durations that are each well-formed but do not make sense together."""
+    problems = []
+
+    pattern = schema()["$defs"]["duration"]["pattern"]
+
+    def seconds(section, key):
+        given = data.get(section) if isinstance(data.get(section), dict) else {}
+        value = given.get(key, schema_default(section, key))
+        return duration_seconds(value) if isinstance(value, str) and re.search(pattern, value) else None
+
+    interval, splay = seconds("schedule", "interval"), seconds("schedule", "splay")
+    if interval is not None and interval < 30:
+        problems.append(Problem("schedule.interval", "must be at least 30s (a run takes a while)", source))
+    if interval is not None and splay is not None and splay >= interval:
+        problems.append(Problem("schedule.splay", f"must be shorter than schedule.interval "
+                                f"({splay} s is not less than {interval} s)", source))
+    scrape = seconds("monitoring", "scrape_interval")
+    if scrape is not None and scrape > MAX_SCRAPE_INTERVAL:
+        problems.append(Problem("monitoring.scrape_interval", f"must be at most {MAX_SCRAPE_INTERVAL // 60}m "
+                                "(Prometheus treats older samples as gone)", source))
+    retention = seconds("monitoring", "retention")
+    if retention is not None and retention < 3600:
+        problems.append(Problem("monitoring.retention", "must be at least 1h", source))
     return problems
 
 
@@ -676,6 +718,16 @@ class Cluster:
     def firewall_option(self, key):
         defaults = {"ssh_port": DEFAULT_SSH_PORT, "confirm_seconds": DEFAULT_CONFIRM_SECONDS}
         return self.data.get("firewall", {}).get(key, defaults[key])
+
+    def seconds(self, section, key):
+        """A schedule or monitoring duration in seconds, default applied."""
+        return duration_seconds(self.duration(section, key))
+
+    def duration(self, section, key):
+        return self.data.get(section, {}).get(key, schema_default(section, key))
+
+    def monitor_hosts(self):
+        return [host for host in self.hosts if "monitor" in self.host_roles(host)]
 
     def public_ports(self, host):
         """Port specs open to the world on ``host``: its own plus those of its roles."""

@@ -92,7 +92,7 @@ def demo_config(workdir):
     return json.dumps(config, indent=2) + "\n", private
 
 
-LISTEN_PORTS = (9100, 80, 443)
+LISTEN_PORTS = (80, 443)  # stand-ins for web servers; 9100 is the real node exporter
 
 
 def ssh_as(workstation, user, ip, command):
@@ -145,6 +145,8 @@ def run_demo(lab, report, workdir):
               f"users {sorted(pillar['cluster']['users'])}; applied commit {applied['commit'][:12]}")
         report.check(applied["commit"] == first, f"{name}: converged to commit {first[:12]}")
         report.check(code == 0 and not pending, f"{name}: state.apply test=True plans no change")
+        for key in pending:
+            print(f"             would change: {key}: {planned[key].get('comment')}")
 
     report.step("starting a workstation host with the users' keys; logging in to every host")
     workstation = lab.add_host("workstation", WORKSTATION)
@@ -165,7 +167,7 @@ def run_demo(lab, report, workdir):
             env={"SSH_ASKPASS": "/root/askpass", "SSH_ASKPASS_REQUIRE": "force"})
         report.check(result.returncode == 255, f"password login to {name} is refused, even with the right password")
 
-    report.step("firewall: a cluster-only port (9100) and the public ports, from a peer and from the "
+    report.step("firewall: the node exporter (9100, cluster only) and the public ports, from a peer and from the "
                 "workstation (not in cluster.json)")
     for host in hosts.values():
         host.listen(LISTEN_PORTS)
@@ -194,6 +196,22 @@ def run_demo(lab, report, workdir):
                      and message["login"] == smtp["username"],
                      f"{name}: root's mail reached the relay for {config['admin_email']}, over TLS, "
                      f"after AUTH as {smtp['username']}")
+
+    monitors = [name for name, entry in config["hosts"].items() if "monitor" in entry["roles"]]
+    for monitor_name in monitors:
+        report.step(f"monitoring: {monitor_name}'s Prometheus scrapes every node exporter "
+                    "(up, and the config commit each host applied)")
+        scraped = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            scraped = {labels["instance"]: labels["commit"]
+                       for labels, _ in hosts[monitor_name].prometheus_query("minicl_config_commit_info")}
+            if len(scraped) == len(hosts):
+                break
+            time.sleep(1)
+        for name in hosts:
+            report.check(scraped.get(name) == first, f"{monitor_name} scrapes {name}: commit "
+                         f"{(scraped.get(name) or 'nothing')[:12]}")
 
     name, host = next(iter(hosts.items()))
     report.step(f"pushing a bad commit (a uid in the system range), then state.apply on {name}")

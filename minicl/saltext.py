@@ -9,7 +9,8 @@ import sys
 import sysconfig
 
 SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LOADER_FOLDERS = {"modules": "_modules", "states": "_states", "pillar": "_pillar", "grains": "_grains"}
+LOADER_FOLDERS = {"modules": "_modules", "states": "_states", "pillar": "_pillar", "grains": "_grains",
+                  "returners": "_returners"}
 
 
 def _share_roots():

@@ -15,6 +15,7 @@ Teardown kills each host's namespace init (and so everything in its PID namespac
 nothing else; the mounts and links go away with the namespaces.
 """
 
+import json
 import os
 import shlex
 import shutil
@@ -77,6 +78,12 @@ hostname "$NAME"
 echo "$NAME" > "$R/etc/hostname"
 printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' "$NAME" > "$R/etc/hosts"
 rm -f "$R/var/lib/man-db/auto-update"
+# A test host runs like a sysvinit Debian in runlevel 2: its services are /etc/init.d scripts.
+# With systemctl present but no systemd running, Salt's service states would go "offline" and
+# do nothing; runlevel is systemctl's alias on this machine.
+rm -f "$R/usr/bin/systemctl" "$R/usr/sbin/runlevel"
+printf '#!/bin/sh\necho N 2\n' > "$R/usr/sbin/runlevel"
+chmod 755 "$R/usr/sbin/runlevel"
 exec chroot "$R" "$PY" -c "$REAPER"
 """
 
@@ -220,6 +227,14 @@ class Host:
         code = (f"import socket\ntry:\n socket.create_connection(({ip!r}, {port}), timeout={timeout}).close()\n"
                 "except OSError:\n raise SystemExit(1)")
         return self.run(["python3", "-c", code], check=False).returncode == 0
+
+    def prometheus_query(self, expr, port=9090):
+        """The result vector of a PromQL query to the Prometheus on this host: [(labels, value)]."""
+        code = ("import json, sys, urllib.parse, urllib.request\n"
+                f"url = 'http://127.0.0.1:{port}/api/v1/query?query=' + urllib.parse.quote(sys.argv[1])\n"
+                "print(urllib.request.urlopen(url, timeout=10).read().decode())")
+        data = json.loads(self.run(["python3", "-c", code, expr]).stdout)
+        return [(item["metric"], float(item["value"][1])) for item in data["data"]["result"]]
 
     def start_sshd(self):
         """Start sshd as on a real host: own host keys, /run/sshd, log in /var/log/sshd.log."""

@@ -9,7 +9,9 @@ import subprocess
 import pytest
 
 WATCHED = ["/etc/passwd", "/etc/group", "/etc/shadow", "/etc/ssh/sshd_config.d", "/var/lib/minicl",
-           "/etc/salt/minion.d", "/etc/minicl", "/run/sshd", "/home", "/etc/nftables.conf", "/etc/nftables.d"]
+           "/etc/salt/minion.d", "/etc/minicl", "/run/sshd", "/home", "/etc/nftables.conf", "/etc/nftables.d",
+           "/etc/prometheus", "/etc/default/prometheus", "/etc/default/prometheus-alertmanager",
+           "/var/lib/prometheus/node-exporter", "/etc/postfix/main.cf"]
 
 
 def _fingerprint():

@@ -2,10 +2,12 @@
 the salt.loader entry point must make them visible. The config repo is a local file:// repo."""
 
 import json
+import os
 import pathlib
 import subprocess
 
 import pytest
+import salt.loader
 from saltfactories.utils.functional import Loaders
 
 from minicl import saltext
@@ -122,3 +124,22 @@ def test_role_and_applied_record_apply_for_real(loaders, workdir):
     again = loaders.modules.state.sls("roles.web,minicl.base.applied")
     assert not again.failed
     assert all(not result.changes for result in again)
+
+
+def test_returner_records_highstates_for_the_monitor(loaders, workdir, tmp_path):
+    loaders.refresh_pillar()
+    # The checks' metrics go to tmp_path as well, never to this machine's exporter directory.
+    opts = dict(loaders.opts, minicl_textfile_dir=str(tmp_path), pillar=loaders.pillar)
+    returners = salt.loader.returners(opts, salt.loader.minion_mods(opts))
+    record = returners["minicl.returner"]
+    record({"fun": "state.apply", "fun_args": ["test=True"], "return": {}})
+    record({"fun": "grains.items", "fun_args": [], "return": {}})
+    assert os.listdir(tmp_path) == []
+    record({"fun": "state.apply", "fun_args": [], "return": {
+        "file_|-a_|-a_|-managed": {"result": True, "changes": {"diff": "new"}},
+        "file_|-b_|-b_|-managed": {"result": False, "changes": {}}}})
+    run = (tmp_path / "minicl_run.prom").read_text()
+    status = json.loads((workdir / "minicl-cache" / "status.json").read_text())
+    assert f'minicl_config_commit_info{{commit="{status["commit"]}"}} 1.0' in run
+    assert "minicl_run_success 0.0" in run and 'minicl_run_states{result="changed"} 1.0' in run
+    assert 'minicl_check_ok{check="ssh"}' in (tmp_path / "minicl_checks.prom").read_text()

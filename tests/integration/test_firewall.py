@@ -37,7 +37,7 @@ def cluster(lab, git_server, deploy_key):
     for name, addresses in HOSTS.items():
         host = lab.add_host(name, addresses)
         host.start_sshd()
-        host.listen((9100, 8080, 8443))
+        host.listen((9200, 8080, 8443))
         host.write("/root/deploy.key", deploy_key[0], 0o600)
         hosts[name] = host
     for host in hosts.values():
@@ -62,9 +62,9 @@ def office(lab):
 @pytest.mark.parametrize("family", [0, 1], ids=["ipv4", "ipv6"])
 def test_peer_reaches_any_port_outsider_does_not(cluster, outsider, family):
     alpha_ip = cluster["alpha"].ips[family]
-    assert cluster["beta"].can_connect(alpha_ip, 9100)
-    assert cluster["gamma"].can_connect(alpha_ip, 9100)
-    assert not outsider.can_connect(alpha_ip, 9100)
+    assert cluster["beta"].can_connect(alpha_ip, 9200)
+    assert cluster["gamma"].can_connect(alpha_ip, 9200)
+    assert not outsider.can_connect(alpha_ip, 9200)
 
 
 @pytest.mark.parametrize("family", [0, 1], ids=["ipv4", "ipv6"])
@@ -78,8 +78,8 @@ def test_outsider_reaches_ssh_and_public_ports_only(cluster, outsider, family):
 
 
 def test_extra_trusted_source(cluster, office, outsider):
-    assert office.can_connect("203.0.113.53", 9100)     # gamma trusts 203.0.113.0/24
-    assert not outsider.can_connect(cluster["gamma"].ipv4, 9100)
+    assert office.can_connect("203.0.113.53", 9200)     # gamma trusts 203.0.113.0/24
+    assert not outsider.can_connect(cluster["gamma"].ipv4, 9200)
 
 
 def test_addresses_live_in_sets_not_rules(cluster):
@@ -147,26 +147,26 @@ def test_broken_input_leaves_the_old_rules(cluster):
 
 def test_local_rules_are_included(cluster, outsider):
     alpha = cluster["alpha"]
-    alpha.write("/etc/minicl/firewall.local.nft", "ip saddr 198.51.100.99 tcp dport 9100 accept\n")
+    alpha.write("/etc/minicl/firewall.local.nft", "ip saddr 198.51.100.99 tcp dport 9200 accept\n")
     try:
         salt_call(alpha, "state.apply")
-        assert outsider.can_connect(alpha.ipv4, 9100)
+        assert outsider.can_connect(alpha.ipv4, 9200)
     finally:
         alpha.run("rm /etc/minicl/firewall.local.nft")
         salt_call(alpha, "state.apply")
-    assert not outsider.can_connect(alpha.ipv4, 9100)
+    assert not outsider.can_connect(alpha.ipv4, 9200)
 
 
 def test_removed_host_loses_access(cluster, git_server):
     alpha, beta = cluster["alpha"], cluster["beta"]
-    assert beta.can_connect(alpha.ipv4, 9100)
+    assert beta.can_connect(alpha.ipv4, 9200)
     git_server.commit({"cluster.json": config(hosts=("alpha", "gamma"))}, "beta leaves")
     code, data, result = salt_call(alpha, "state.apply")
     assert code == 0, result.stdout
-    assert not beta.can_connect(alpha.ipv4, 9100)
-    assert not beta.can_connect(alpha.ipv6, 9100)
+    assert not beta.can_connect(alpha.ipv4, 9200)
+    assert not beta.can_connect(alpha.ipv6, 9200)
     assert beta.can_connect(alpha.ipv4, 22)  # like anyone
-    assert cluster["gamma"].can_connect(alpha.ipv4, 9100)
+    assert cluster["gamma"].can_connect(alpha.ipv4, 9200)
 
 
 def test_deadman_restores_when_no_peer_answers(cluster, git_server):
@@ -205,7 +205,7 @@ def test_break_glass(cluster, outsider):
     alpha = cluster["alpha"]
     alpha.run("nft delete table inet minicl && touch /etc/minicl/firewall.off")  # at the console
     try:
-        assert outsider.can_connect(alpha.ipv4, 9100)  # everything open
+        assert outsider.can_connect(alpha.ipv4, 9200)  # everything open
         code, data, _ = salt_call(alpha, "state.apply")
         state = data["local"][FIREWALL]
         assert state["result"] is False and "break-glass" in state["comment"]
@@ -216,7 +216,7 @@ def test_break_glass(cluster, outsider):
         alpha.run("rm /etc/minicl/firewall.off")
     code, data, _ = salt_call(alpha, "state.apply")
     assert data["local"][FIREWALL]["result"] is True
-    assert not outsider.can_connect(alpha.ipv4, 9100)
+    assert not outsider.can_connect(alpha.ipv4, 9200)
 
 
 def test_a_failing_apply_on_the_host_leaves_the_old_rules(cluster, git_server):

@@ -124,8 +124,7 @@ def test_host_roles_is_a_copy(cluster):
 
 def test_role_states_of_minicl_roles(cluster):
     assert cluster.role_states("alpha") == ["minicl.base"]
-    # monitor is minicl's own role; it brings no extra SLS (yet).
-    assert cluster.role_states("watch") == ["minicl.base"]
+    assert cluster.role_states("watch") == ["minicl.base", "minicl.monitor"]
 
 
 def test_role_states_of_repo_roles_in_role_order(example_data):
@@ -133,7 +132,7 @@ def test_role_states_of_repo_roles_in_role_order(example_data):
     cluster = config.load_cluster(
         json.dumps(example_data), repo_files=["roles/web/init.sls", "roles/db-primary/init.sls"]
     )
-    assert cluster.role_states("alpha") == ["roles.web", "minicl.base", "roles.db-primary"]
+    assert cluster.role_states("alpha") == ["roles.web", "minicl.base", "minicl.monitor", "roles.db-primary"]
 
 
 def test_user_keys_string_and_list(cluster, example_data):

@@ -23,7 +23,7 @@ MD5 = "$1$abcdefgh$IQtUouv7y7Q9dRWkQEPCc."
 ED25519_ALICE = "AAAAC3NzaC1lZDI1NTE5AAAAIDXiN8smzPToGFR7LTsRBOsGaNV+5wJWTUJ76mG/LuzV"
 ED25519_BOB = "AAAAC3NzaC1lZDI1NTE5AAAAIDN2KgJLrXZ347sa3bJGeAeCVfjIn1/S8QcLKX5RrGbP"
 
-TOP_FIELDS = "admin_email, ca_url, domain, firewall, hosts, roles, smtp, users"
+TOP_FIELDS = "admin_email, ca_url, domain, firewall, hosts, monitoring, roles, schedule, smtp, users"
 KEY_TYPES = (
     "ecdsa-sha2-nistp256, ecdsa-sha2-nistp384, ecdsa-sha2-nistp521, "
     "sk-ecdsa-sha2-nistp256@openssh.com, sk-ssh-ed25519@openssh.com, ssh-ed25519, ssh-rsa"
@@ -1109,6 +1109,39 @@ def test_firewall_options(example_data, problems):
         "cluster.json: firewall.open: unknown field (allowed here: confirm_seconds, ssh_port)",
         "cluster.json: firewall.ssh_port: 0 is out of range (1-65535)",
     ]
+
+
+def test_schedule_and_monitoring_options(example_data, problems):
+    example_data["schedule"] = {"interval": "1h", "splay": "5m"}
+    example_data["monitoring"] = {"scrape_interval": "15s", "retention": "2w"}
+    assert problems(example_data) == []
+    cluster = config.Cluster(example_data)
+    assert (cluster.seconds("schedule", "interval"), cluster.seconds("monitoring", "scrape_interval")) == (3600, 15)
+    del example_data["schedule"], example_data["monitoring"]
+    cluster = config.Cluster(example_data)
+    assert (cluster.duration("schedule", "interval"), cluster.duration("schedule", "splay"),
+            cluster.duration("monitoring", "scrape_interval"), cluster.duration("monitoring", "retention")) == \
+        ("15m", "2m", "30s", "30d")
+
+
+@pytest.mark.parametrize("section, value, expected", [
+    ("schedule", {"interval": "15 min"}, 'schedule.interval: "15 min" is not a duration (a whole number and a unit: '
+                                         's, m, h, d or w ("30s", "15m", "30d"))'),
+    ("schedule", {"interval": "0m"}, 'schedule.interval: "0m" is not a duration'),
+    ("schedule", {"interval": 900}, "schedule.interval: must be a string, not an integer"),
+    ("schedule", {"interval": "20s", "splay": "5s"}, "schedule.interval: must be at least 30s (a run takes a while)"),
+    ("schedule", {"interval": "10m", "splay": "10m"},
+     "schedule.splay: must be shorter than schedule.interval (600 s is not less than 600 s)"),
+    ("schedule", {"splay": "1h"}, "schedule.splay: must be shorter than schedule.interval (3600 s is not less than 900 s)"),
+    ("monitoring", {"scrape_interval": "10m"},
+     "monitoring.scrape_interval: must be at most 5m (Prometheus treats older samples as gone)"),
+    ("monitoring", {"retention": "30m"}, "monitoring.retention: must be at least 1h"),
+    ("monitoring", {"alert_to": "x"}, "monitoring.alert_to: unknown field (allowed here: retention, scrape_interval)"),
+])
+def test_schedule_and_monitoring_rejected(example_data, problems, section, value, expected):
+    example_data[section] = value
+    found = problems(example_data)
+    assert len(found) == 1 and found[0].startswith(f"cluster.json: {expected}"), found
 
 
 def test_roles_settings(example_data, problems):

@@ -23,7 +23,7 @@ def data_files():
 
 def test_every_loader_module_and_sls_file_is_shipped():
     wanted = set()
-    for folder in ("_modules", "_states", "_pillar", "_grains", "states"):
+    for folder in ("_modules", "_states", "_pillar", "_grains", "_returners", "states"):
         for path in (ROOT / folder).rglob("*"):
             if path.suffix in (".py", ".sls"):
                 wanted.add(str(path.relative_to(ROOT)))
@@ -32,6 +32,6 @@ def test_every_loader_module_and_sls_file_is_shipped():
 
 def test_entry_point_finds_the_loader_folders():
     dirs = saltext.loader_dirs()
-    for kind in ("modules", "pillar", "grains"):
+    for kind in ("modules", "pillar", "grains", "returners"):
         assert os.path.isfile(os.path.join(dirs[kind][0], "minicl.py"))
     assert os.path.isfile(os.path.join(saltext.states_dir(), "top.sls"))

@@ -4,4 +4,5 @@ include:
   - minicl.base.firewall
   - minicl.base.sshd
   - minicl.base.mail
+  - minicl.base.monitoring
   - minicl.base.applied

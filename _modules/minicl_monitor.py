@@ -1,0 +1,68 @@
+"""Execution module: the monitor role's configuration files, computed from cluster.json.
+
+    salt-call --local minicl_monitor.prometheus_config   # /etc/prometheus/prometheus.yml
+    salt-call --local minicl_monitor.rules               # the alert rules
+    salt-call --local minicl_monitor.node_targets        # every host the monitor scrapes
+
+The monitor role's SLS writes each of these with ``file.managed`` (checked by promtool/amtool).
+"""
+
+try:
+    from minicl import config, monitor
+
+    HAS_MINICL = True
+except ImportError as exc:  # pragma: no cover
+    HAS_MINICL = False
+    IMPORT_ERROR = str(exc)
+
+__virtualname__ = "minicl_monitor"
+
+
+def __virtual__():
+    if not HAS_MINICL:
+        return False, f"the minicl package is not importable: {IMPORT_ERROR}"
+    return __virtualname__
+
+
+def _cluster():
+    return config.Cluster(__pillar__["minicl"]["cluster"]), __pillar__["minicl"]["host"]["name"]
+
+
+def prometheus_config():
+    """prometheus.yml for this monitor host."""
+    cluster, host = _cluster()
+    return monitor.render_prometheus(cluster, host)
+
+
+def rules():
+    """minicl's alert rules, with the timing of cluster.json."""
+    cluster, _ = _cluster()
+    return monitor.render_rules(cluster)
+
+
+def node_targets():
+    """The node exporters of every host (file_sd JSON)."""
+    cluster, _ = _cluster()
+    return monitor.render_node_targets(cluster)
+
+
+def monitor_targets():
+    """The Prometheus servers of every monitor host (file_sd JSON): monitors watch each other."""
+    cluster, _ = _cluster()
+    return monitor.render_monitor_targets(cluster)
+
+
+def prometheus_defaults():
+    """/etc/default/prometheus: the retention from cluster.json."""
+    cluster, _ = _cluster()
+    return monitor.render_prometheus_defaults(cluster)
+
+
+def alertmanager_config():
+    """alertmanager.yml: every alert to admin_email through this host's Postfix."""
+    cluster, host = _cluster()
+    return monitor.render_alertmanager(cluster, host)
+
+
+def alertmanager_defaults():
+    return monitor.render_alertmanager_defaults()

@@ -1,0 +1,61 @@
+"""Returner: after every highstate, tells the monitor how it went (node_exporter textfile).
+
+``minicl-bootstrap`` sets ``return: minicl`` in the minion config, so every ``salt-call`` and
+scheduled job passes its result here. ``minicl_textfile_dir`` in the minion config overrides
+the exporter's textfile directory (Debian's /var/lib/prometheus/node-exporter). Only real highstates are recorded (``state.apply`` or
+``state.highstate`` without an SLS and without ``test=True``); then the host checks run too.
+See minicl.metrics for the metrics.
+"""
+
+import json
+import logging
+import os
+
+try:
+    from minicl import metrics
+
+    HAS_MINICL = True
+except ImportError as exc:  # pragma: no cover
+    HAS_MINICL = False
+    IMPORT_ERROR = str(exc)
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "minicl"
+
+
+def __virtual__():
+    if not HAS_MINICL:
+        return False, f"the minicl package (with prometheus_client) is not importable: {IMPORT_ERROR}"
+    return __virtualname__
+
+
+def _read_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _config_status():
+    """The config repo's status record: this host's own (masterless), else the pillar's copy."""
+    for entry in __opts__.get("ext_pillar") or []:
+        if isinstance(entry, dict) and "minicl" in entry:
+            cache_dir = (entry["minicl"] or {}).get("cache_dir", "/var/lib/minicl")
+            return _read_json(os.path.join(cache_dir, "status.json"))
+    return (__pillar__.get("minicl") or {}).get("status") or {}
+
+
+def returner(ret):
+    if not metrics.is_highstate(ret.get("fun"), ret.get("fun_args")):
+        return
+    try:
+        applied_file = (__pillar__.get("minicl") or {}).get("applied_file")
+        applied = _read_json(applied_file) if applied_file else {}
+        metrics.write_run(metrics.run_summary(ret.get("return")), _config_status(), applied.get("commit"),
+                          directory=__opts__.get("minicl_textfile_dir", metrics.TEXTFILE_DIR))
+        __salt__["minicl_checks.run"]()
+    except Exception:  # pylint: disable=broad-except
+        # A returner must not turn a finished run into a crash; the stale-run alert catches this.
+        log.exception("minicl: recording the run for the monitor failed")

@@ -1,0 +1,135 @@
+"""What each host tells the monitor, through node_exporter's textfile collector.
+
+``minicl_run.prom``, after every highstate (the minicl returner)::
+
+    minicl_run_last_timestamp_seconds 1.79e+09       when the last highstate ended
+    minicl_run_success 1                             0: a state failed or nothing could render
+    minicl_run_states{result="failed"} 0             also succeeded, changed
+    minicl_config_commit_info{commit="3f1c..."} 1    the config commit that run applied
+    minicl_config_commit_timestamp_seconds 1.79e+09
+    minicl_config_fetch_ok 0                         0: the last fetch or validation failed ...
+    minicl_config_error_info{error="commit ..."} 1   ... and why (the host keeps the last good commit)
+
+``minicl_checks.prom``, whenever the checks run::
+
+    minicl_check_ok{check="disk /"} 1                one per check of minicl.checks
+    minicl_check_value{check="disk /"} 0.41          its measured figure, where it has one
+    minicl_checks_last_timestamp_seconds 1.79e+09
+
+Files are written atomically (a temporary file, renamed), readable by the exporter's user, so
+the exporter never serves half a file.
+"""
+
+import os
+import time
+from datetime import datetime
+
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+from minicl.files import write_file
+
+TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
+RUN_FILE = "minicl_run.prom"
+CHECKS_FILE = "minicl_checks.prom"
+HIGHSTATE_FUNCTIONS = ("state.apply", "state.highstate")
+ERROR_LABEL_MAX = 200
+
+
+def is_highstate(fun, fun_args):
+    """Whether a job was a real highstate: no SLS named, not a dry run."""
+    if fun not in HIGHSTATE_FUNCTIONS:
+        return False
+    for arg in fun_args or []:
+        if isinstance(arg, dict):
+            kwargs = arg
+        elif isinstance(arg, str) and "=" in arg:
+            key, _, value = arg.partition("=")
+            kwargs = {key: value}
+        else:
+            return False  # state.apply <sls>: part of the host only
+        if str(kwargs.get("test", "false")).lower() in ("true", "1", "yes"):
+            return False
+    return True
+
+
+def run_summary(state_return):
+    """{succeeded, failed, changed} of a highstate's return. A list instead of a dict of
+    state results means nothing ran (render or pillar errors): counted as one failure."""
+    if not isinstance(state_return, dict):
+        return {"succeeded": 0, "failed": 1, "changed": 0}
+    results = [r for r in state_return.values() if isinstance(r, dict) and "result" in r]
+    return {
+        "succeeded": sum(1 for r in results if r["result"] is True),
+        "failed": sum(1 for r in results if r["result"] is False),
+        "changed": sum(1 for r in results if r.get("changes")),
+    }
+
+
+def timestamp(iso_utc):
+    """Seconds since the epoch of minicl's "2026-11-22T05:00:00Z" timestamps (None stays None)."""
+    if not iso_utc:
+        return None
+    return datetime.strptime(iso_utc.replace("Z", "+0000"), "%Y-%m-%dT%H:%M:%S%z").timestamp()
+
+
+def write_run(summary, status, applied_commit=None, directory=TEXTFILE_DIR, now=None):
+    """Writes minicl_run.prom. ``status`` is the config repo's status record; ``applied_commit``
+    the commit the run applied, when known (else the live one from ``status``)."""
+    registry = CollectorRegistry()
+
+    def gauge(name, doc, labels=()):
+        return Gauge(name, doc, labels, registry=registry)
+
+    gauge("minicl_run_last_timestamp_seconds", "When minicl's last highstate on this host ended.") \
+        .set(now if now is not None else time.time())
+    gauge("minicl_run_success", "1 if every state of the last highstate succeeded.") \
+        .set(1 if summary["failed"] == 0 else 0)
+    states = gauge("minicl_run_states", "States of the last highstate, by result.", ["result"])
+    for result in ("succeeded", "failed", "changed"):
+        states.labels(result).set(summary[result])
+
+    commit = applied_commit or status.get("commit")
+    if commit:
+        gauge("minicl_config_commit_info", "The config commit the last highstate applied.", ["commit"]) \
+            .labels(commit).set(1)
+    if commit and commit == status.get("commit") and status.get("commit_time"):
+        gauge("minicl_config_commit_timestamp_seconds", "Commit time of the applied config commit.") \
+            .set(timestamp(status["commit_time"]))
+    gauge("minicl_config_fetch_ok", "0 if the last fetch or validation of the config repo failed.") \
+        .set(0 if status.get("error") else 1)
+    if status.get("error"):
+        gauge("minicl_config_error_info", "Why the config repo was not updated (the host keeps the "
+              "last good commit).", ["error"]).labels(_one_line(status["error"])).set(1)
+    if status.get("last_good_fetch"):
+        gauge("minicl_config_last_good_fetch_timestamp_seconds", "When the config repo was last fetched "
+              "and validated.").set(timestamp(status["last_good_fetch"]))
+    return _write(registry, directory, RUN_FILE)
+
+
+def write_checks(checks, directory=TEXTFILE_DIR, now=None):
+    """Writes minicl_checks.prom from minicl.checks results."""
+    registry = CollectorRegistry()
+    ok = Gauge("minicl_check_ok", "1 if the minicl check passes.", ["check"], registry=registry)
+    value = Gauge("minicl_check_value", "The figure a minicl check measured (ratio, count or seconds).",
+                  ["check"], registry=registry)
+    for check in checks:
+        ok.labels(check.name).set(1 if check.ok else 0)
+        if check.value is not None:
+            value.labels(check.name).set(check.value)
+    Gauge("minicl_checks_last_timestamp_seconds", "When the minicl checks last ran.", registry=registry) \
+        .set(now if now is not None else time.time())
+    return _write(registry, directory, CHECKS_FILE)
+
+
+def _one_line(text):
+    line = " ".join(str(text).split())
+    return line if len(line) <= ERROR_LABEL_MAX else line[: ERROR_LABEL_MAX - 3] + "..."
+
+
+def _write(registry, directory, name):
+    """Writes the file when node_exporter's textfile directory exists; returns its path or None."""
+    if not os.path.isdir(directory):
+        return None
+    path = os.path.join(directory, name)
+    write_file(path, generate_latest(registry).decode("utf-8"), 0o644)
+    return path

@@ -1,0 +1,57 @@
+{#- The monitor role: Prometheus scrapes every host of cluster.json and alerts through a local
+    Alertmanager, which mails admin_email through this host's Postfix. Every file is checked
+    with promtool/amtool before it replaces the running one. #}
+include:
+  - minicl.base
+
+minicl-monitor-packages:
+  pkg.installed:
+    - pkgs:
+      - prometheus
+      - prometheus-alertmanager
+    - install_recommends: False
+
+{%- for name, function, check in [
+      ('/etc/prometheus/minicl-nodes.json', 'node_targets', None),
+      ('/etc/prometheus/minicl-monitors.json', 'monitor_targets', None),
+      ('/etc/prometheus/minicl.rules.yml', 'rules', 'promtool check rules'),
+      ('/etc/prometheus/prometheus.yml', 'prometheus_config', 'promtool check config --syntax-only'),
+      ('/etc/default/prometheus', 'prometheus_defaults', None),
+      ('/etc/prometheus/alertmanager.yml', 'alertmanager_config', 'amtool check-config'),
+      ('/etc/default/prometheus-alertmanager', 'alertmanager_defaults', None),
+    ] %}
+
+minicl-monitor-{{ function }}:
+  file.managed:
+    - name: {{ name }}
+    - contents: {{ salt['minicl_monitor.' ~ function]() | json }}
+    - mode: '0644'
+{%- if check %}
+    - check_cmd: {{ check }}
+{%- endif %}
+    - require:
+      - pkg: minicl-monitor-packages
+{%- endfor %}
+
+{#- Alertmanager first: Prometheus sends to it from its first evaluation on. #}
+minicl-alertmanager:
+  service.running:
+    - name: prometheus-alertmanager
+    - enable: True
+    - watch:
+      - file: minicl-monitor-alertmanager_config
+      - file: minicl-monitor-alertmanager_defaults
+
+{#- The target files need no restart: Prometheus watches them (file_sd). #}
+minicl-prometheus:
+  service.running:
+    - name: prometheus
+    - enable: True
+    - require:
+      - service: minicl-alertmanager
+      - file: minicl-monitor-node_targets
+      - file: minicl-monitor-monitor_targets
+    - watch:
+      - file: minicl-monitor-rules
+      - file: minicl-monitor-prometheus_config
+      - file: minicl-monitor-prometheus_defaults
