@@ -2,12 +2,14 @@
 
     salt-call --local minicl.status           # live commit, last good fetch, last error
     salt-call --local minicl.validate /path/to/cluster.json
+    salt-call --local minicl.schedule_config  # the minion's scheduled jobs, from cluster.json
 """
 
 import json
+import os
 
 try:
-    from minicl import cli
+    from minicl import cli, config, schedule
 
     HAS_MINICL = True
 except ImportError as exc:  # pragma: no cover
@@ -40,3 +42,13 @@ def validate(path):
     """
     problems = cli.validate_path(path)
     return {"valid": not problems, "problems": problems}
+
+
+def schedule_file():
+    """Where the base role writes the minion's schedule: minion.d beside the minion config."""
+    return os.path.join(os.path.dirname(__opts__["conf_file"]), "minion.d", "minicl-schedule.conf")
+
+
+def schedule_config():
+    """The minion config file with the scheduled jobs (highstate, checks) of cluster.json."""
+    return schedule.render(config.Cluster(__pillar__["minicl"]["cluster"]))

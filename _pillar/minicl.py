@@ -28,6 +28,7 @@ Salt then refuses to run states, and the message says what to do.
 """
 
 import logging
+import multiprocessing
 import os
 
 try:
@@ -50,10 +51,26 @@ def __virtual__():
     return __virtualname__
 
 
+def _in_a_run():
+    """Whether this process is one run: salt-call, or a job process of a salt-minion daemon.
+    The daemon's main process (and a master's workers) compile pillars for a long time: they
+    must not keep the config repo's run lock, or ``live`` would never move again."""
+    name = multiprocessing.current_process().name
+    return name == "MainProcess" or name.startswith(("Schedule(", "ProcessPayload("))
+
+
 def ext_pillar(minion_id, pillar, repo, branch="main", deploy_key=None, known_hosts=None,
                cache_dir="/var/lib/minicl", timeout=30):  # pylint: disable=unused-argument
     config_repo = ConfigRepo(cache_dir, repo, branch=branch, deploy_key=deploy_key,
                              known_hosts=known_hosts, timeout=timeout)
+    try:
+        return _compile(config_repo, minion_id, cache_dir)
+    finally:
+        if not _in_a_run():
+            config_repo.release_run_lock()
+
+
+def _compile(config_repo, minion_id, cache_dir):
     status = config_repo.update()
     if status.get("error"):
         log.error("minicl: config repo not updated, serving the last good commit %s: %s",

@@ -50,6 +50,8 @@ def _config_status():
 def returner(ret):
     if not metrics.is_highstate(ret.get("fun"), ret.get("fun_args")):
         return
+    if metrics.refused_as_concurrent(ret.get("return")):
+        return
     try:
         applied_file = (__pillar__.get("minicl") or {}).get("applied_file")
         applied = _read_json(applied_file) if applied_file else {}

@@ -9,7 +9,9 @@ Run as root, after installing minicl and Salt into one venv (see README). It
 3. fetches the config repo (trusting the repo host's SSH key on first use, printing its
    fingerprint, unless --known-hosts is given; a changed key is refused afterwards),
 4. runs the first ``salt-call --local state.apply`` with the Salt of this Python environment,
-5. prints this host's entry for "hosts" in cluster.json.
+5. on systemd, installs and (re)starts minicl-minion.service: salt-minion, masterless, running
+   the scheduled highstate (jobs from the pillar, timing from cluster.json's "schedule"),
+6. prints this host's entry for "hosts" in cluster.json.
 Running it again is safe: it rewrites the same files and applies again.
 """
 
@@ -29,6 +31,24 @@ from minicl.files import write_file
 
 ETC_DIR = "/etc/minicl"
 SALT_CONFIG_DIR = "/etc/salt"
+SYSTEMD_UNIT = "/etc/systemd/system/minicl-minion.service"
+UNIT_TEXT = """\
+# Written by minicl-bootstrap.
+[Unit]
+Description=minicl: masterless Salt minion applying the cluster config on schedule
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+ExecStart={salt_minion} -c {salt_config_dir}
+# A highstate in progress finishes even when the minion restarts (as Salt's own unit does).
+KillMode=process
+Restart=always
+RestartSec=10
+
+[Install]
+WantedBy=multi-user.target
+"""
 CACHE_DIR = "/var/lib/minicl"
 EXIT_FAILED = 1
 EXIT_NOT_IN_CLUSTER = 3
@@ -49,6 +69,8 @@ def parse_args(argv):
     parser.add_argument("--known-hosts", help="known_hosts file with the repo host's key (default: trust on first use)")
     parser.add_argument("--id", help="minion id: the host's short name or FQDN (default: the hostname)")
     parser.add_argument("--no-apply", action="store_true", help="configure and fetch, but do not run state.apply")
+    parser.add_argument("--no-schedule", action="store_true",
+                        help="do not install or start minicl-minion.service (runs only by hand)")
     parser.add_argument("--print-snippet", action="store_true",
                         help="only print this host's entry for cluster.json and exit")
     parser.add_argument("--salt-config-dir", default=SALT_CONFIG_DIR, help=argparse.SUPPRESS)
@@ -90,6 +112,7 @@ def minion_config(args, minion_id):
     return {
         "id": minion_id,
         "file_client": "local",
+        "master_type": "disable",  # salt-minion runs the schedule without a master
         "file_roots": {"base": [saltext.states_dir(), os.path.join(args.cache_dir, "live")]},
         "ext_pillar": [{"minicl": pillar_options(args)}],
         # After every job, minicl's returner records highstate results for the monitor.
@@ -136,14 +159,29 @@ def host_key_fingerprints(known_hosts, url):
     return [line for line in out.splitlines() if line and not line.startswith("#")]
 
 
-def salt_call():
-    """salt-call of this Python environment (the venv minicl is installed in)."""
-    candidate = os.path.join(os.path.dirname(sys.executable), "salt-call")
-    found = candidate if os.path.exists(candidate) else shutil.which("salt-call")
+def salt_program(name="salt-call"):
+    """A Salt program of this Python environment (the venv minicl is installed in)."""
+    candidate = os.path.join(os.path.dirname(sys.executable), name)
+    found = candidate if os.path.exists(candidate) else shutil.which(name)
     if not found:
-        raise BootstrapError(f"salt-call is not installed next to {sys.executable}: install Salt into "
+        raise BootstrapError(f"{name} is not installed next to {sys.executable}: install Salt into "
                              "the same venv as minicl (see the README)")
     return found
+
+
+def start_schedule(args):
+    """Install and (re)start minicl-minion.service; returns what to tell the admin."""
+    salt_minion = salt_program("salt-minion")
+    if not os.path.isdir("/run/systemd/system"):
+        return (f"no systemd here: start the scheduled runs with '{salt_minion} -c {args.salt_config_dir} -d' "
+                "(and from this host's init system at boot)")
+    write_file(SYSTEMD_UNIT, UNIT_TEXT.format(salt_minion=salt_minion, salt_config_dir=args.salt_config_dir))
+    for command in (["systemctl", "daemon-reload"], ["systemctl", "enable", "--quiet", "minicl-minion.service"],
+                    ["systemctl", "restart", "minicl-minion.service"]):
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise BootstrapError(f"{' '.join(command)} failed: {result.stderr.strip()}")
+    return "minicl-minion.service enabled and started: highstate on the schedule of cluster.json"
 
 
 def run(args):
@@ -197,9 +235,11 @@ def run(args):
     code = 0
     if not args.no_apply:
         print("minicl-bootstrap: salt-call --local state.apply", flush=True)
-        code = subprocess.run([salt_call(), "--local", "state.apply", "--retcode-passthrough"],
+        code = subprocess.run([salt_program(), "--local", "state.apply", "--retcode-passthrough"],
                               check=False).returncode
         print(f"minicl-bootstrap: state.apply {'succeeded' if code == 0 else f'FAILED (exit {code})'}")
+    if not args.no_schedule:
+        print(f"minicl-bootstrap: {start_schedule(args)}")
     print(f"\nThis host's entry under \"hosts\" in cluster.json (as {host} is now):\n")
     print(snippet_for_this_host(host, cluster.host_roles(host)))
     return code

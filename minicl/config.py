@@ -56,7 +56,7 @@ PORT_SPEC = re.compile(r"(\d{1,5})(?:-(\d{1,5}))?/(tcp|udp)")
 DEFAULT_SSH_PORT = 22
 DEFAULT_CONFIRM_SECONDS = 30
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-MAX_SCRAPE_INTERVAL = 300
+MAX_SCRAPE_INTERVAL = 120  # well inside Prometheus' 5-minute staleness window
 
 _B64 = r"[./0-9A-Za-z]"
 CRYPT_HASHES = {
@@ -372,7 +372,7 @@ def _timing_problems(data, source):
     scrape = seconds("monitoring", "scrape_interval")
     if scrape is not None and scrape > MAX_SCRAPE_INTERVAL:
         problems.append(Problem("monitoring.scrape_interval", f"must be at most {MAX_SCRAPE_INTERVAL // 60}m "
-                                "(Prometheus treats older samples as gone)", source))
+                                "(Prometheus treats samples older than 5m as gone)", source))
     retention = seconds("monitoring", "retention")
     if retention is not None and retention < 3600:
         problems.append(Problem("monitoring.retention", "must be at least 1h", source))

@@ -43,7 +43,8 @@ KEEP_CHECKOUTS = 3
 DEFAULT_TIMEOUT = 30
 LOCK_WAIT = 600
 
-# cache_dir -> fd holding runs.lock shared, for the life of this process (one salt-call run).
+# cache_dir -> (pid, fd) holding runs.lock shared, for the life of this process (one run). A
+# forked child (a salt-minion job) takes its own: a lock is shared by every copy of its fd.
 _RUN_LOCKS = {}
 
 
@@ -168,22 +169,23 @@ class ConfigRepo:
 
     def hold_run_lock(self):
         """Join the runs in progress (shared runs.lock) until this process exits."""
-        if self.cache_dir in _RUN_LOCKS:
+        held = _RUN_LOCKS.get(self.cache_dir)
+        if held and held[0] == os.getpid():
             return
         self._prepare_cache_dir()
-        fd = os.open(self.runs_lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self.runs_lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while someone is switching live
-        _RUN_LOCKS[self.cache_dir] = fd
+        _RUN_LOCKS[self.cache_dir] = (os.getpid(), fd)
 
     def release_run_lock(self):
         """Leave the runs in progress (before starting a separate salt-call, say)."""
-        fd = _RUN_LOCKS.pop(self.cache_dir, None)
-        if fd is not None:
-            os.close(fd)
+        held = _RUN_LOCKS.pop(self.cache_dir, None)
+        if held and held[0] == os.getpid():
+            os.close(held[1])
 
     def _only_run(self):
         """True (holding runs.lock exclusively) if no other process is in a run."""
-        fd = _RUN_LOCKS[self.cache_dir]
+        fd = _RUN_LOCKS[self.cache_dir][1]
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return True
@@ -192,7 +194,7 @@ class ConfigRepo:
             return False
 
     def _back_to_shared(self):
-        fcntl.flock(_RUN_LOCKS[self.cache_dir], fcntl.LOCK_SH)
+        fcntl.flock(_RUN_LOCKS[self.cache_dir][1], fcntl.LOCK_SH)
 
     # -- updating ----------------------------------------------------------------------
 

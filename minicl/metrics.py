@@ -49,7 +49,16 @@ def is_highstate(fun, fun_args):
             return False  # state.apply <sls>: part of the host only
         if str(kwargs.get("test", "false")).lower() in ("true", "1", "yes"):
             return False
+        if kwargs.get("mods") or kwargs.get("sls"):
+            return False
     return True
+
+
+def refused_as_concurrent(state_return):
+    """Salt refused the run because another state run is in progress: not a run at all."""
+    return isinstance(state_return, list) and any(
+        isinstance(line, str) and 'The function "state.' in line and "is running as PID" in line
+        for line in state_return)
 
 
 def run_summary(state_return):

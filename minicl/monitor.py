@@ -132,6 +132,11 @@ def alert_rules(cluster):
         rule("CheckFailing", f'minicl_check_ok{{check!~"{OWN_ALERT_CHECKS}"}} == 0',
              "{{ $labels.instance }}: check {{ $labels.check }} fails",
              "'salt-call --local minicl_checks.run' on {{ $labels.instance }} gives the reason.", for_=None),
+        rule("MetricsFileBroken", "node_textfile_scrape_error == 1",
+             "{{ $labels.instance }}: the node exporter cannot read a textfile metrics file",
+             "A file in /var/lib/prometheus/node-exporter on {{ $labels.instance }} does not parse, so minicl's run "
+             "and check metrics from it are missing; 'curl -s localhost:9100/metrics | grep textfile' there shows "
+             "which.", severity="warning"),
         rule("Watchdog", "vector(1)",
              "minicl monitor heartbeat",
              "This alert always fires, so that the monitor mails once a day: if the daily heartbeat stops "

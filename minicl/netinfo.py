@@ -2,6 +2,7 @@
 
 import ipaddress
 import socket
+from concurrent.futures import ThreadPoolExecutor
 
 from pyroute2 import IPRoute
 
@@ -13,6 +14,13 @@ VIRTUAL_PREFIXES = ("docker", "br-", "veth", "virbr", "vnet", "cni", "flannel", 
 
 def global_addresses():
     """{interface: {"ipv4": [...], "ipv6": [...]}} for global-scope addresses only."""
+    # pyroute2's synchronous IPRoute runs its own asyncio loop, which fails inside a running
+    # loop (salt-minion loads grains from one): a thread of its own has none.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(_read_addresses).result()
+
+
+def _read_addresses():
     interfaces = {}
     with IPRoute() as ipr:
         names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}

@@ -32,7 +32,8 @@ def test_minion_config_for_ssh_repo(tmp_path):
     path = bootstrap.write_minion_config(args, "alpha")
     conf = yaml.safe_load(open(path, encoding="utf-8"))
     assert conf["id"] == "alpha"
-    assert conf["file_client"] == "local"
+    assert conf["file_client"] == "local" and conf["master_type"] == "disable"  # salt-minion runs masterless
+    assert conf["return"] == "minicl"
     assert conf["file_roots"] == {"base": [saltext.states_dir(), "/var/lib/minicl/live"]}
     assert conf["ext_pillar"] == [{"minicl": {
         "repo": "ssh://git@h/c.git", "branch": "prod", "cache_dir": "/var/lib/minicl",
@@ -67,3 +68,9 @@ def test_print_snippet_needs_no_root(capsys, monkeypatch):
     assert bootstrap.main(["--print-snippet", "--id=alpha.example.org"]) == 0
     out = capsys.readouterr().out
     assert out.startswith('  "alpha": {') and '"roles": [\n      "base"\n    ]' in out
+
+
+def test_systemd_unit_runs_this_venvs_salt_minion():
+    unit = bootstrap.UNIT_TEXT.format(salt_minion="/opt/minicl/bin/salt-minion", salt_config_dir="/etc/salt")
+    assert "ExecStart=/opt/minicl/bin/salt-minion -c /etc/salt\n" in unit
+    assert "KillMode=process" in unit and "Restart=always" in unit and "WantedBy=multi-user.target" in unit

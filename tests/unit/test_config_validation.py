@@ -1134,7 +1134,7 @@ def test_schedule_and_monitoring_options(example_data, problems):
      "schedule.splay: must be shorter than schedule.interval (600 s is not less than 600 s)"),
     ("schedule", {"splay": "1h"}, "schedule.splay: must be shorter than schedule.interval (3600 s is not less than 900 s)"),
     ("monitoring", {"scrape_interval": "10m"},
-     "monitoring.scrape_interval: must be at most 5m (Prometheus treats older samples as gone)"),
+     "monitoring.scrape_interval: must be at most 2m (Prometheus treats samples older than 5m as gone)"),
     ("monitoring", {"retention": "30m"}, "monitoring.retention: must be at least 1h"),
     ("monitoring", {"alert_to": "x"}, "monitoring.alert_to: unknown field (allowed here: retention, scrape_interval)"),
 ])

@@ -28,6 +28,8 @@ def samples(path):
     ("state.apply", [{"test": True}], False),
     ("state.highstate", ["test=true"], False),
     ("state.apply", ["minicl.base.users"], False),
+    ("state.apply", ["mods=minicl.base.users"], False),
+    ("state.apply", [{"mods": "minicl.base"}], False),
     ("state.sls", ["minicl.base"], False),
     ("test.ping", [], False),
     ("minicl_checks.run", [], False),
@@ -44,6 +46,14 @@ def test_run_summary_counts_results_and_changes():
         "d": {"result": None, "changes": {}},
     }
     assert metrics.run_summary(ret) == {"succeeded": 2, "failed": 1, "changed": 1}
+
+
+def test_a_run_refused_for_another_in_progress_is_no_run():
+    refused = ['The function "state.apply" is running as PID 4242 and was started at 2026, Nov 22 08:00:00.000000 '
+               'with jid 20261122080000000000']
+    assert metrics.refused_as_concurrent(refused)
+    assert not metrics.refused_as_concurrent(["Pillar failed to render with the following messages:"])
+    assert not metrics.refused_as_concurrent({"a": {"result": True}})
 
 
 def test_nothing_rendered_counts_as_a_failure():

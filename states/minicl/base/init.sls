@@ -5,4 +5,5 @@ include:
   - minicl.base.sshd
   - minicl.base.mail
   - minicl.base.monitoring
+  - minicl.base.schedule
   - minicl.base.applied

@@ -33,7 +33,8 @@ minicl-monitor-{{ function }}:
       - pkg: minicl-monitor-packages
 {%- endfor %}
 
-{#- Alertmanager first: Prometheus sends to it from its first evaluation on. #}
+{#- Alertmanager first (states run in file order): Prometheus sends to it from its first
+    evaluation on. No hard requisite: a broken Alertmanager must not keep Prometheus down. #}
 minicl-alertmanager:
   service.running:
     - name: prometheus-alertmanager
@@ -48,7 +49,6 @@ minicl-prometheus:
     - name: prometheus
     - enable: True
     - require:
-      - service: minicl-alertmanager
       - file: minicl-monitor-node_targets
       - file: minicl-monitor-monitor_targets
     - watch:
