@@ -1,9 +1,11 @@
 """``minicl-bootstrap``: make this Debian host a masterless minicl minion.
 
     minicl-bootstrap --repo=ssh://git@git.example.org/srv/git/cluster.git --deploy-key=./deploy.key
+    minicl-bootstrap --repo=ssh://git@git.example.org/srv/git/cluster.git   # logged in with ssh -A
 
 Run as root, after installing minicl and Salt into one venv (see README). It
-1. installs the deploy key (and known_hosts, if given) under /etc/minicl,
+1. installs the deploy key (and known_hosts, if given) under /etc/minicl; without --deploy-key
+   the first fetch uses your SSH agent (ssh -A), and later runs the repo's own deploy.key,
 2. writes /etc/salt/minion.d/minicl.conf (file_client local, the minicl external pillar,
    file_roots = minicl's states + the live checkout of the config repo),
 3. fetches the config repo (trusting the repo host's SSH key on first use, printing its
@@ -11,11 +13,12 @@ Run as root, after installing minicl and Salt into one venv (see README). It
 4. runs the first ``salt-call --local state.apply`` with the Salt of this Python environment,
 5. on systemd, installs and (re)starts minicl-minion.service: salt-minion, masterless, running
    the scheduled highstate (jobs from the pillar, timing from cluster.json's "schedule"),
-6. prints this host's entry for "hosts" in cluster.json.
+6. prints this host's entry for "hosts" in cluster.json and its SSH host key fingerprints.
 Running it again is safe: it rewrites the same files and applies again.
 """
 
 import argparse
+import glob
 import os
 import re
 import shutil
@@ -64,7 +67,8 @@ def parse_args(argv):
         description="Set up this host as a masterless minicl minion and apply its configuration.",
     )
     parser.add_argument("--repo", help="config repo URL: ssh://user@host/path, user@host:path or file:///path")
-    parser.add_argument("--deploy-key", help="private SSH key that may read the config repo")
+    parser.add_argument("--deploy-key", help="private SSH key that may read the config repo (default: fetch "
+                                             "once with your SSH agent, then use the repo's deploy.key)")
     parser.add_argument("--branch", default="main", help="branch to follow (default: main)")
     parser.add_argument("--known-hosts", help="known_hosts file with the repo host's key (default: trust on first use)")
     parser.add_argument("--id", help="minion id: the host's short name or FQDN (default: the hostname)")
@@ -83,9 +87,27 @@ def parse_args(argv):
 
 
 def snippet_for_this_host(name, roles=("base",)):
+    """The host's entry for cluster.json, then its SSH host key fingerprints to check at the
+    first login."""
     interfaces = netinfo.global_addresses()
     ips = netinfo.all_global(interfaces, "ipv4") + netinfo.all_global(interfaces, "ipv6")
-    return config.host_snippet(name, ips or ["ADDRESS"], roles)
+    text = config.host_snippet(name, ips or ["ADDRESS"], roles)
+    fingerprints = own_host_key_fingerprints()
+    if fingerprints:
+        text += f"\n\nSSH host keys of {name} (compare them when you first log in):\n"
+        text += "\n".join(f"  {line}" for line in fingerprints)
+    return text
+
+
+def own_host_key_fingerprints(pattern="/etc/ssh/ssh_host_*_key.pub"):
+    """["ED25519 SHA256:...", ...] of this host's sshd keys."""
+    found = []
+    for path in sorted(glob.glob(pattern)):
+        out = subprocess.run(["ssh-keygen", "-l", "-f", path], capture_output=True, text=True,
+                             check=False).stdout.split()
+        if len(out) >= 2:
+            found.append(f"{out[-1].strip('()')} {out[1]}")
+    return found
 
 
 def install_file(source, target, mode):
@@ -118,6 +140,22 @@ def minion_config(args, minion_id):
         # After every job, minicl's returner records highstate results for the monitor.
         "return": "minicl",
     }
+
+
+def adopt_repo_deploy_key(args, repo, minion_id):
+    """After a first fetch with the admin's SSH agent: later (scheduled) runs have no agent, so
+    they use the deploy key the config repo carries."""
+    repo_key = os.path.join(repo.live_path, "deploy.key")
+    if not os.path.isfile(repo_key):
+        print("minicl-bootstrap: WARNING: no --deploy-key and no deploy.key in the config repo: later runs "
+              "fetch with root's own SSH keys", file=sys.stderr)
+        return
+    install_file(repo_key, os.path.join(args.etc_dir, "deploy.key"), 0o600)
+    args.deploy_key = os.path.join(args.etc_dir, "deploy.key")
+    write_minion_config(args, minion_id)
+    repo.deploy_key = args.deploy_key
+    print(f"minicl-bootstrap: fetched with your SSH agent; later runs use the repo's deploy.key "
+          f"(installed as {args.deploy_key})")
 
 
 def write_minion_config(args, minion_id):
@@ -222,6 +260,8 @@ def run(args):
     except NoGoodCommit as exc:
         raise BootstrapError(str(exc)) from None
     print(f"minicl-bootstrap: config commit {cluster.commit[:12]} ({status.get('commit_subject', '')})")
+    if is_ssh_url(args.repo) and not args.deploy_key:
+        adopt_repo_deploy_key(args, repo, minion_id)
 
     host = cluster.host_for_minion(minion_id)
     if host is None:

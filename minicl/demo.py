@@ -79,9 +79,10 @@ def make_key(workdir, name):
 
 def demo_config(workdir):
     """cluster.json.example with demo keys and passwords (password: <user>-demo) for its users,
-    so the demo can log in as them, and smtp.relay and ca_url pointing at the demo's fake relay.
-    Returns (config text, {user: private key})."""
+    so the demo can log in as them, smtp.relay and ca_url pointing at the demo's fake relay, and
+    a short schedule. Returns (config text, {user: private key})."""
     config = json.loads(EXAMPLE.read_text())
+    config["schedule"] = DEMO_SCHEDULE
     config["smtp"]["relay"] = RELAY_NAME
     config["ca_url"] = f"http://{RELAY_NAME}/ca.crt"
     private = {}
@@ -92,6 +93,7 @@ def demo_config(workdir):
     return json.dumps(config, indent=2) + "\n", private
 
 
+DEMO_SCHEDULE = {"interval": "30s", "splay": "5s"}
 LISTEN_PORTS = (80, 443)  # stand-ins for web servers; 9100 is the real node exporter
 
 
@@ -231,7 +233,51 @@ def run_demo(lab, report, workdir):
     _, pillar = salt_json(host, "pillar.get", "minicl:status", "unmask=True")
     report.check(code == 0 and pillar.get("commit") == fixed and pillar.get("ok"),
                  f"{name}: picked up the fixed commit {fixed[:12]}")
+
+    show_schedule(report, git, hosts, workstation, workdir, json.loads(config_text))
     return hosts
+
+
+def last_run(host):
+    text = host.read("/var/lib/prometheus/node-exporter/minicl_run.prom") \
+        if host.exists("/var/lib/prometheus/node-exporter/minicl_run.prom") else ""
+    return float(text.split("\nminicl_run_last_timestamp_seconds ")[1].split()[0]) if text else 0.0
+
+
+def busy(host):
+    return bool(host.run("ls /var/cache/salt/minion/proc", check=False).stdout.strip())
+
+
+def show_schedule(report, git, hosts, workstation, workdir, config):
+    report.step(f"scheduled runs: salt-minion in every host (no systemd in test hosts, so started by hand), "
+                f"schedule {DEMO_SCHEDULE['interval']} ± {DEMO_SCHEDULE['splay']}; waiting for their start-up runs")
+    started = time.time()
+    for host in hosts.values():
+        host.run(["salt-minion", "-c", "/etc/salt", "-d"])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not all(last_run(h) > started and not busy(h) for h in hosts.values()):
+        time.sleep(1)
+
+    private, public = make_key(workdir, "carol-demo")
+    config["users"]["carol"] = {"uid": 2003, "passwd": "!", "ssh_key": public}
+    pushed = git.commit({"cluster.json": json.dumps(config, indent=2) + "\n"}, "add carol")
+    report.step(f"pushed a new user, carol, as commit {pushed[:12]}; no manual run from here on")
+    workstation.write("/root/keys/carol", private, 0o600)
+    pushed_at = time.monotonic()
+    pending = dict(hosts)
+    limit = 2 * (30 + 5) + 30
+    while pending and time.monotonic() < pushed_at + limit:
+        for name, host in list(pending.items()):
+            if host.run(["getent", "passwd", "carol"], check=False).returncode == 0:
+                ip = config["hosts"][name]["ip"][0]
+                login = ssh_as(workstation, "carol", ip, "id -un")
+                report.check(login.returncode == 0 and login.stdout.strip() == "carol",
+                             f"{name}: carol logs in with her key, {time.monotonic() - pushed_at:.0f} s after "
+                             "the push, by the schedule alone")
+                del pending[name]
+        time.sleep(1)
+    for name in pending:
+        report.check(False, f"{name}: carol did not arrive within {limit} s of the push")
 
 
 def main(argv=None):

@@ -62,6 +62,16 @@ def bootstrap(host, git_server, *extra):
                      *extra], check=False, timeout=600)
 
 
+def snippet_after(out, marker):
+    """The cluster.json entry bootstrap printed after ``marker`` (host key fingerprints follow)."""
+    return json.loads("{" + out.split(marker)[1].split("\nSSH host keys of")[0] + "}")
+
+
+def own_fingerprints(host):
+    lines = host.run("for f in /etc/ssh/ssh_host_*_key.pub; do ssh-keygen -l -f $f; done").stdout.splitlines()
+    return [f"{line.split()[-1].strip('()')} {line.split()[1]}" for line in lines]
+
+
 def pillar(host):
     code, data, result = salt_call(host, "pillar.get", "minicl", "unmask=True")
     assert code == 0, result.stdout + result.stderr
@@ -76,8 +86,12 @@ def test_bootstrap_over_ssh_trusts_repo_key_and_applies(alpha, git_server, deplo
     assert "trusted on first use" in out
     assert git_server.host_key_fingerprint() in out
     assert f"config commit {first_commit[:12]}" in out
-    snippet = json.loads("{" + out.split('in cluster.json (as alpha is now):')[1] + "}")
+    snippet = snippet_after(out, 'in cluster.json (as alpha is now):')
     assert snippet == {"alpha": {"ip": ["198.51.100.11", "2001:db8:100::11"], "roles": ["base"]}}
+    keys = out.split("SSH host keys of alpha (compare them when you first log in):\n")[1].splitlines()
+    fingerprints = own_fingerprints(alpha)
+    assert fingerprints and [line.strip() for line in keys[:len(fingerprints)]] == fingerprints
+    assert any(line.startswith("ED25519 SHA256:") for line in fingerprints)
     assert_no_secrets(out, result.stderr)
 
     assert alpha.run("stat -c %a /etc/minicl/deploy.key").stdout.strip() == "600"
@@ -207,7 +221,9 @@ def test_host_not_in_cluster_gets_snippet_then_joins(beta, git_server, deploy_ke
     result = bootstrap(beta, git_server)
     assert result.returncode == 3, result.stdout + result.stderr
     assert "This host (beta) is not in cluster.json yet" in result.stdout
-    snippet = json.loads("{" + result.stdout.split("(or salt-call --local state.apply):")[1] + "}")
+    snippet = snippet_after(result.stdout, "(or salt-call --local state.apply):")
+    assert f"SSH host keys of beta (compare them when you first log in):\n  {own_fingerprints(beta)[0]}" \
+        in result.stdout
     assert snippet == {"beta": {"ip": ["198.51.100.12", "2001:db8:100::12"], "roles": ["base"]}}
     assert "Traceback" not in result.stdout + result.stderr
 
@@ -269,3 +285,33 @@ def test_bootstrap_with_known_hosts_uses_only_that_key(lab, git_server, deploy_k
     assert (f"repo host key (from --known-hosts): 198.51.100.1 ED25519 {git_server.host_key_fingerprint()}"
             in result.stdout)
     assert pillar(delta)["host"]["name"] == "delta"
+
+
+def test_bootstrap_with_ssh_agent_forwarding_instead_of_a_deploy_key(lab, git_server, deploy_key):
+    """The admin logs in with ssh -A: the first fetch uses the agent; later runs, without any
+    agent, use the deploy.key the config repo carries."""
+    epsilon = cluster_host(lab, "epsilon", ["198.51.100.15/24"])
+    config = cluster_config({"epsilon": hosts_entry(["198.51.100.15/24"])})
+    git_server.commit({"cluster.json": dump(config), "deploy.key": deploy_key[0]}, "epsilon", branch="agent")
+    epsilon.write("/root/agent-only.key", deploy_key[0], 0o600)
+    agent = epsilon.spawn(["ssh-agent", "-D", "-a", "/root/agent.sock"])
+    try:
+        epsilon.run("for i in $(seq 50); do [ -S /root/agent.sock ] && break; sleep 0.1; done; "
+                    "SSH_AUTH_SOCK=/root/agent.sock ssh-add -q /root/agent-only.key && rm /root/agent-only.key")
+        result = epsilon.run(["minicl-bootstrap", f"--repo={git_server.url}", "--branch=agent"], check=False,
+                             timeout=600, env={"SSH_AUTH_SOCK": "/root/agent.sock"})
+    finally:
+        agent.terminate()
+        agent.wait(timeout=10)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "fetched with your SSH agent; later runs use the repo's deploy.key" in result.stdout
+    assert epsilon.read("/etc/minicl/deploy.key") == deploy_key[0]
+    assert epsilon.run("stat -c %a /etc/minicl/deploy.key").stdout.strip() == "600"
+    assert "deploy_key: /etc/minicl/deploy.key" in epsilon.read("/etc/salt/minion.d/minicl.conf")
+
+    config["users"]["carol"] = dict(config["users"]["bob"], uid=2003)
+    pushed = git_server.commit({"cluster.json": dump(config)}, "carol", branch="agent")
+    code, _, result = salt_call(epsilon, "state.apply")  # no agent now
+    assert code == 0, result.stdout
+    assert pillar(epsilon)["status"]["commit"] == pushed
+    assert epsilon.run("getent passwd carol", check=False).returncode == 0

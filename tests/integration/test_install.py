@@ -1,7 +1,9 @@
-"""minicl installed as the README says (pip install into a venv, not editable) works on a host:
-its Salt finds the pillar, grains, modules and states through the entry point and share/minicl."""
+"""minicl installed as the README says (install.sh: pip install into a venv, not editable) works
+on a host: its Salt finds the pillar, grains, modules and states through the entry point and
+share/minicl."""
 
 import json
+import os
 import pathlib
 import subprocess
 
@@ -16,13 +18,12 @@ HOST = ["198.51.100.41/24"]
 
 @pytest.fixture(scope="module")
 def release_venv():
-    """A regular install of this tree in .venv-release (dependencies fetched once, then reused)."""
-    pip = [str(RELEASE / "bin" / "pip"), "install", "-q", "--disable-pip-version-check"]
-    if not (RELEASE / "bin" / "salt-call").exists():
-        subprocess.run(["/usr/bin/python3", "-m", "venv", str(RELEASE)], check=True)
-        subprocess.run([*pip, str(ROOT)], check=True)
-    else:
-        subprocess.run([*pip, "--no-deps", "--force-reinstall", str(ROOT)], check=True)
+    """A regular install of this tree in .venv-release by install.sh (the venv is reused: a second
+    run upgrades it, as on a real host)."""
+    result = subprocess.run(["sh", str(ROOT / "install.sh"), str(ROOT)], env={**os.environ, "MINICL_PREFIX": str(RELEASE)},
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"Next: {RELEASE}/bin/minicl-bootstrap" in result.stdout
     installed = subprocess.run([str(RELEASE / "bin" / "python"), "-c",
                                 "import minicl, os; print(os.path.dirname(minicl.__file__))"],
                                check=True, capture_output=True, text=True, cwd="/").stdout.strip()
