@@ -9,7 +9,8 @@
 # Then: /opt/minicl/bin/minicl-bootstrap --repo=... (see the README).
 set -eu
 
-SOURCE=${1:-$(cd "$(dirname "$0")" && pwd)}
+SOURCE=${1:-$(dirname "$0")}
+[ -d "$SOURCE" ] && SOURCE=$(cd "$SOURCE" && pwd)  # a folder, not a name pip looks up
 PREFIX=${MINICL_PREFIX:-/opt/minicl}
 PACKAGES="python3-venv python3-dev gcc git openssh-client"
 

@@ -8,7 +8,7 @@ Postfix up. Every run also updates the checks' metrics for the monitor (minicl.m
 """
 
 try:
-    from minicl import checks, config, metrics
+    from minicl import checks, config, metrics, sshd
 
     HAS_MINICL = True
 except ImportError as exc:  # pragma: no cover
@@ -28,8 +28,10 @@ def run():
     """Run every check; returns {check: "OK reason" | "FAIL reason"} and sets a non-zero retcode
     when one fails. CLI Example: ``salt-call --local minicl_checks.run --retcode-passthrough``
     """
-    cluster = __pillar__.get("minicl", {}).get("cluster")
-    ssh_port = config.Cluster(cluster).firewall_option("ssh_port") if cluster else 22
+    cluster = (__pillar__.get("minicl") or {}).get("cluster")
+    # A job of a masterless salt-minion has no pillar: ask sshd itself.
+    ssh_port = config.Cluster(cluster).firewall_option("ssh_port") if cluster else \
+        (sshd.listening_ports() or [22])[0]
     found = checks.run_all(ssh_port)
     metrics.write_checks(found, __opts__.get("minicl_textfile_dir", metrics.TEXTFILE_DIR))
     if any(not check.ok for check in found):

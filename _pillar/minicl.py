@@ -53,10 +53,11 @@ def __virtual__():
 
 def _in_a_run():
     """Whether this process is one run: salt-call, or a job process of a salt-minion daemon.
-    The daemon's main process (and a master's workers) compile pillars for a long time: they
+    The daemon's own processes (and a master's workers) compile pillars for a long time: they
     must not keep the config repo's run lock, or ``live`` would never move again."""
-    name = multiprocessing.current_process().name
-    return name == "MainProcess" or name.startswith(("Schedule(", "ProcessPayload("))
+    if __opts__.get("__cli") == "salt-call":
+        return True
+    return multiprocessing.current_process().name.startswith(("Schedule(", "ProcessPayload("))
 
 
 def ext_pillar(minion_id, pillar, repo, branch="main", deploy_key=None, known_hosts=None,

@@ -1,10 +1,11 @@
 """Returner: after every highstate, tells the monitor how it went (node_exporter textfile).
 
-``minicl-bootstrap`` sets ``return: minicl`` in the minion config, so every ``salt-call`` and
-scheduled job passes its result here. ``minicl_textfile_dir`` in the minion config overrides
-the exporter's textfile directory (Debian's /var/lib/prometheus/node-exporter). Only real highstates are recorded (``state.apply`` or
-``state.highstate`` without an SLS and without ``test=True``); then the host checks run too.
-See minicl.metrics for the metrics.
+``minicl-bootstrap`` sets ``return: minicl`` in the minion config, so every ``salt-call`` passes
+its result here; the scheduled highstate job names this returner itself (minicl.schedule).
+Only real highstates are recorded (``state.apply`` or ``state.highstate`` without an SLS and
+without ``test=True``; not one Salt refused because another run was in progress); then the
+host checks run too. See minicl.metrics for the metrics. ``minicl_textfile_dir`` in the minion
+config overrides the exporter's textfile directory (Debian's /var/lib/prometheus/node-exporter).
 """
 
 import json

@@ -12,7 +12,7 @@ Run as root, after installing minicl and Salt into one venv (see README). It
    fingerprint, unless --known-hosts is given; a changed key is refused afterwards),
 4. runs the first ``salt-call --local state.apply`` with the Salt of this Python environment,
 5. on systemd, installs and (re)starts minicl-minion.service: salt-minion, masterless, running
-   the scheduled highstate (jobs from the pillar, timing from cluster.json's "schedule"),
+   the scheduled highstate (jobs that the base role writes from cluster.json's "schedule"),
 6. prints this host's entry for "hosts" in cluster.json and its SSH host key fingerprints.
 Running it again is safe: it rewrites the same files and applies again.
 """
@@ -28,7 +28,7 @@ import sys
 
 import yaml
 
-from minicl import config, netinfo, saltext
+from minicl import config, netinfo, saltext, schedule
 from minicl.configrepo import ConfigRepo, NoGoodCommit, safe_url
 from minicl.files import write_file
 
@@ -46,6 +46,7 @@ After=network-online.target
 ExecStart={salt_minion} -c {salt_config_dir}
 # A highstate in progress finishes even when the minion restarts (as Salt's own unit does).
 KillMode=process
+TimeoutStopSec=600
 Restart=always
 RestartSec=10
 
@@ -154,8 +155,14 @@ def adopt_repo_deploy_key(args, repo, minion_id):
     args.deploy_key = os.path.join(args.etc_dir, "deploy.key")
     write_minion_config(args, minion_id)
     repo.deploy_key = args.deploy_key
+    # From here on, as the scheduled runs will: without the agent.
+    os.environ.pop("SSH_AUTH_SOCK", None)
+    status = repo.update()
+    if status.get("error"):
+        raise BootstrapError(f"the repo's deploy.key cannot read the repo ({status['error']}); authorise "
+                             "deploy.key.pub on the git server, or pass --deploy-key")
     print(f"minicl-bootstrap: fetched with your SSH agent; later runs use the repo's deploy.key "
-          f"(installed as {args.deploy_key})")
+          f"(installed as {args.deploy_key}, checked without the agent)")
 
 
 def write_minion_config(args, minion_id):
@@ -215,7 +222,7 @@ def start_schedule(args):
                 "(and from this host's init system at boot)")
     write_file(SYSTEMD_UNIT, UNIT_TEXT.format(salt_minion=salt_minion, salt_config_dir=args.salt_config_dir))
     for command in (["systemctl", "daemon-reload"], ["systemctl", "enable", "--quiet", "minicl-minion.service"],
-                    ["systemctl", "restart", "minicl-minion.service"]):
+                    ["systemctl", "restart", "minicl-minion.service"]):  # restart: reads the new config
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise BootstrapError(f"{' '.join(command)} failed: {result.stderr.strip()}")
@@ -231,6 +238,9 @@ def run(args):
         raise BootstrapError("run minicl-bootstrap as root (it writes /etc/salt and /etc/minicl)")
 
     os.makedirs(args.etc_dir, mode=0o755, exist_ok=True)
+    installed_key = os.path.join(args.etc_dir, "deploy.key")
+    if not args.deploy_key and os.path.isfile(installed_key):
+        args.deploy_key = installed_key  # bootstrap again: keep the key an earlier run installed
     if args.deploy_key:
         if not os.path.isfile(args.deploy_key):
             raise BootstrapError(f"--deploy-key: {args.deploy_key} is not a file")
@@ -267,10 +277,12 @@ def run(args):
     if host is None:
         short = minion_id.split(".")[0]
         print(f"\nThis host ({minion_id}) is not in cluster.json yet. Add this entry under \"hosts\",")
-        print("commit, push, then run minicl-bootstrap again (or salt-call --local state.apply):\n")
+        print("commit, push, then run minicl-bootstrap again (it also starts the schedule):\n")
         print(snippet_for_this_host(short))
         return EXIT_NOT_IN_CLUSTER
 
+    # The scheduler's jobs, before the minion starts (the base role keeps them up to date).
+    write_file(os.path.join(args.salt_config_dir, "minion.d", "minicl-schedule.conf"), schedule.render(cluster))
     repo.release_run_lock()  # the salt-call below is the run now
     code = 0
     if not args.no_apply:

@@ -172,6 +172,8 @@ class ConfigRepo:
         held = _RUN_LOCKS.get(self.cache_dir)
         if held and held[0] == os.getpid():
             return
+        if held:  # inherited from the process this one was forked from: not this run's
+            os.close(held[1])
         self._prepare_cache_dir()
         fd = os.open(self.runs_lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while someone is switching live

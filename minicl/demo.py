@@ -257,6 +257,8 @@ def show_schedule(report, git, hosts, workstation, workdir, config):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not all(last_run(h) > started and not busy(h) for h in hosts.values()):
         time.sleep(1)
+    for name, host in hosts.items():
+        report.check(last_run(host) > started, f"{name}: salt-minion ran its start-up highstate")
 
     private, public = make_key(workdir, "carol-demo")
     config["users"]["carol"] = {"uid": 2003, "passwd": "!", "ssh_key": public}
@@ -265,7 +267,7 @@ def show_schedule(report, git, hosts, workstation, workdir, config):
     workstation.write("/root/keys/carol", private, 0o600)
     pushed_at = time.monotonic()
     pending = dict(hosts)
-    limit = 2 * (30 + 5) + 30
+    limit = 2 * sum(int(DEMO_SCHEDULE[key][:-1]) for key in ("interval", "splay")) + 30  # two rounds + a run
     while pending and time.monotonic() < pushed_at + limit:
         for name, host in list(pending.items()):
             if host.run(["getent", "passwd", "carol"], check=False).returncode == 0:

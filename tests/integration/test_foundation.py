@@ -221,7 +221,7 @@ def test_host_not_in_cluster_gets_snippet_then_joins(beta, git_server, deploy_ke
     result = bootstrap(beta, git_server)
     assert result.returncode == 3, result.stdout + result.stderr
     assert "This host (beta) is not in cluster.json yet" in result.stdout
-    snippet = snippet_after(result.stdout, "(or salt-call --local state.apply):")
+    snippet = snippet_after(result.stdout, "(it also starts the schedule):")
     assert f"SSH host keys of beta (compare them when you first log in):\n  {own_fingerprints(beta)[0]}" \
         in result.stdout
     assert snippet == {"beta": {"ip": ["198.51.100.12", "2001:db8:100::12"], "roles": ["base"]}}
@@ -315,3 +315,9 @@ def test_bootstrap_with_ssh_agent_forwarding_instead_of_a_deploy_key(lab, git_se
     assert code == 0, result.stdout
     assert pillar(epsilon)["status"]["commit"] == pushed
     assert epsilon.run("getent passwd carol", check=False).returncode == 0
+
+    # Bootstrap again, with neither agent nor --deploy-key: the installed key serves.
+    result = epsilon.run(["minicl-bootstrap", f"--repo={git_server.url}", "--branch=agent"], check=False,
+                         timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "WARNING" not in result.stderr
