@@ -4,9 +4,10 @@
 
 A config repo host serves the example over SSH; every host of the example is started as a
 test host (Linux namespaces, overlay root: this machine's users, firewall and services are
-not touched), bootstrapped with ``minicl-bootstrap`` and converged with real Salt. Then a bad
-commit is pushed to show that hosts keep the last good configuration. Prints a report and
-exits 0 only if every check passed.
+not touched), bootstrapped with ``minicl-bootstrap`` and converged with real Salt. Logins, the
+firewall, root mail and the monitor are checked from outside; a bad commit is pushed to show
+that hosts keep the last good configuration; then the scheduler alone brings a new user to every
+host. Prints a report and exits 0 only if every check passed.
 """
 
 import argparse
