@@ -10,6 +10,7 @@ Minion (or master) config, as written by ``minicl-bootstrap``::
           known_hosts: /etc/minicl/known_hosts  # optional
           cache_dir: /var/lib/minicl            # default; live checkout at <cache_dir>/live
           timeout: 30                           # seconds for the SSH connect
+          applied_file: /var/lib/minicl/applied.json   # on the minion; default <cache_dir>/applied.json
 
 Every compile fetches the branch, validates the new commit and only then makes it live (never
 while another run is in progress: this process keeps a shared lock until it exits, so the SLS
@@ -61,17 +62,17 @@ def _in_a_run():
 
 
 def ext_pillar(minion_id, pillar, repo, branch="main", deploy_key=None, known_hosts=None,
-               cache_dir="/var/lib/minicl", timeout=30):  # pylint: disable=unused-argument
+               cache_dir="/var/lib/minicl", timeout=30, applied_file=None):  # pylint: disable=unused-argument
     config_repo = ConfigRepo(cache_dir, repo, branch=branch, deploy_key=deploy_key,
                              known_hosts=known_hosts, timeout=timeout)
     try:
-        return _compile(config_repo, minion_id, cache_dir)
+        return _compile(config_repo, minion_id, applied_file or os.path.join(cache_dir, "applied.json"))
     finally:
         if not _in_a_run():
             config_repo.release_run_lock()
 
 
-def _compile(config_repo, minion_id, cache_dir):
+def _compile(config_repo, minion_id, applied_file):
     status = config_repo.update()
     if status.get("error"):
         log.error("minicl: config repo not updated, serving the last good commit %s: %s",
@@ -99,6 +100,6 @@ def _compile(config_repo, minion_id, cache_dir):
             "addresses": cluster.addresses(),
             "states": cluster.role_states(host),
             "status": status,
-            "applied_file": os.path.join(cache_dir, "applied.json"),
+            "applied_file": applied_file,
         }
     }

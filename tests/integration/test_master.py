@@ -1,0 +1,136 @@
+"""Master mode: the same extension under a salt-master. pytest-salt-factories' master and minion
+daemons run inside test hosts (their commands enter the host's namespaces); the master serves
+the minicl pillar from the config repo and minicl's states, and the minion applies the base
+role to its test host."""
+
+import json
+import subprocess
+
+import pytest
+from saltfactories.cli.call import SaltCall
+from saltfactories.daemons.master import SaltMaster
+from saltfactories.daemons.minion import SaltMinion
+
+from minicl import saltext
+
+from .conftest import changed_states, cluster_config, dump
+
+MASTER = ["198.51.100.190/24"]
+ALPHA = ["198.51.100.191/24", "2001:db8:100::191/64"]
+
+
+class InHost:
+    """Runs a factory's command inside a test host; the start checks happen there too."""
+
+    host = None
+
+    def cmdline(self, *args, **kwargs):
+        return self.host.command(super().cmdline(*args, **kwargs))
+
+    def get_check_events(self):
+        return []
+
+    def get_check_ports(self):
+        return []
+
+
+def in_host(base, host):
+    return type(f"{base.__name__}In{host.name.title()}", (InHost, base), {"host": host})
+
+
+@pytest.fixture(scope="module")
+def shared_root(salt_factories, lab):
+    """The factories' root folder, bound into every test host at the same path (read-write)."""
+    return str(salt_factories.root_dir)
+
+
+def bind_into(host, path):
+    host.run(["mkdir", "-p", path])
+    subprocess.run(["nsenter", "-t", str(host.pid), "-m", "--", "mount", "--bind", path,
+                    f"{host.dir}/root{path}"], check=True)
+
+
+@pytest.fixture(scope="module")
+def master_host(lab, shared_root):
+    host = lab.add_host("master", MASTER)
+    bind_into(host, shared_root)
+    return host
+
+
+@pytest.fixture(scope="module")
+def alpha(lab, shared_root):
+    host = lab.add_host("alpha", ALPHA)
+    host.start_sshd()
+    bind_into(host, shared_root)
+    return host
+
+
+@pytest.fixture(scope="module")
+def config_repo(master_host, deploy_key):
+    data = cluster_config({"alpha": {"ip": [a.split("/")[0] for a in ALPHA], "roles": ["base"]}})
+    data["firewall"]["confirm_seconds"] = 0
+    master_host.write("/srv/config/cluster.json", dump(data))
+    master_host.run("cd /srv/config && git init -q -b main && git add -A && "
+                    "git -c user.name=t -c user.email=t@example.org commit -q -m first")
+    return "file:///srv/config"
+
+
+@pytest.fixture(scope="module")
+def salt_master(salt_factories, master_host, config_repo, shared_root):
+    # The master's config repo cache sits in the shared folder: Salt creates missing file_roots
+    # folders already while the factory writes the config, on this machine.
+    cache_dir = f"{shared_root}/minicl-cache"
+    factory = salt_factories.salt_master_daemon(
+        "minicl-master",
+        factory_class=in_host(SaltMaster, master_host),
+        overrides={
+            "interface": "0.0.0.0",
+            "auto_accept": True,  # the test minion is new to this master
+            "file_roots": {"base": [saltext.states_dir(), f"{cache_dir}/live"]},
+            "ext_pillar": [{"minicl": {"repo": config_repo, "cache_dir": cache_dir,
+                                       "applied_file": "/var/lib/minicl/applied.json"}}],
+        },
+    )
+    with factory.started(start_timeout=120):
+        yield factory
+
+
+@pytest.fixture(scope="module")
+def salt_minion(salt_master, alpha, master_host):
+    factory = salt_master.salt_minion_daemon(
+        "alpha",
+        factory_class=in_host(SaltMinion, alpha),
+        overrides={"master": master_host.ipv4, "return": "minicl"},
+    )
+    with factory.started(start_timeout=120):
+        yield factory
+
+
+def salt_call(minion, alpha, *args):
+    cli = minion.salt_call_cli(factory_class=in_host(SaltCall, alpha), timeout=600)
+    return cli.run(*args)
+
+
+def test_minion_applies_the_base_role_from_the_master(salt_minion, alpha):
+    ret = salt_call(salt_minion, alpha, "pillar.get", "minicl:host:name", "unmask=True")
+    assert ret.data == "alpha", ret.stdout + ret.stderr  # the master's ext_pillar
+    ret = salt_call(salt_minion, alpha, "state.apply")
+    assert ret.returncode == 0, ret.stdout + ret.stderr
+    assert alpha.run("id -nG alice").stdout.split() == ["alice", "sudo"]
+    assert alpha.run("nft list table inet minicl", check=False).returncode == 0
+    applied = json.loads(alpha.read("/var/lib/minicl/applied.json"))
+    assert applied["host"] == "alpha"
+    # The minion's returner records the run for the monitor, with the commit from the master.
+    assert f'commit="{applied["commit"]}"' in alpha.read("/var/lib/prometheus/node-exporter/minicl_run.prom")
+    again = salt_call(salt_minion, alpha, "state.apply")
+    assert again.returncode == 0 and changed_states({"local": again.data}) == {}
+
+
+def test_a_pushed_commit_reaches_the_minion_through_the_master(salt_minion, alpha, master_host):
+    data = json.loads(master_host.read("/srv/config/cluster.json"))
+    data["users"]["carol"] = dict(data["users"]["bob"], uid=2003)
+    master_host.write("/srv/config/cluster.json", dump(data))
+    master_host.run("cd /srv/config && git -c user.name=t -c user.email=t@example.org commit -q -am carol")
+    ret = salt_call(salt_minion, alpha, "state.apply")
+    assert ret.returncode == 0, ret.stdout + ret.stderr
+    assert alpha.run("getent passwd carol", check=False).returncode == 0
