@@ -1,5 +1,8 @@
 """minicl-bootstrap's pure parts: URL handling, the minion config it writes, argument errors."""
 
+import shutil
+import subprocess
+
 import pytest
 import yaml
 
@@ -74,3 +77,20 @@ def test_systemd_unit_runs_this_venvs_salt_minion():
     unit = bootstrap.UNIT_TEXT.format(salt_minion="/opt/minicl/bin/salt-minion", salt_config_dir="/etc/salt")
     assert "ExecStart=/opt/minicl/bin/salt-minion -c /etc/salt\n" in unit
     assert "KillMode=process" in unit and "Restart=always" in unit and "WantedBy=multi-user.target" in unit
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="needs systemd-analyze")
+def test_systemd_unit_passes_systemd_analyze(tmp_path):
+    """Test hosts have no systemd: systemd's own checker reads the unit (a control proves it
+    reports mistakes)."""
+    salt_minion = tmp_path / "salt-minion"
+    salt_minion.write_text("#!/bin/sh\n")
+    salt_minion.chmod(0o755)
+    unit = bootstrap.UNIT_TEXT.format(salt_minion=salt_minion, salt_config_dir="/etc/salt")
+    good, bad = tmp_path / "minicl-minion.service", tmp_path / "broken.service"
+    good.write_text(unit)
+    bad.write_text(unit.replace("KillMode=process", "KillMode=sometimes"))
+    checked = subprocess.run(["systemd-analyze", "verify", str(good)], capture_output=True, text=True, check=False)
+    assert [line for line in checked.stderr.splitlines() if str(good) in line] == [], checked.stderr
+    control = subprocess.run(["systemd-analyze", "verify", str(bad)], capture_output=True, text=True, check=False)
+    assert any(str(bad) in line and "kill mode" in line for line in control.stderr.splitlines()), control.stderr
