@@ -46,7 +46,7 @@ def validate(path):
 
 def schedule_file():
     """Where the base role writes the minion's schedule: minion.d beside the minion config."""
-    return os.path.join(os.path.dirname(__opts__["conf_file"]), "minion.d", "minicl-schedule.conf")
+    return schedule.config_path(os.path.dirname(__opts__["conf_file"]))
 
 
 def schedule_config():

@@ -25,7 +25,7 @@ def __virtual__():
 
 
 def _cluster():
-    return config.Cluster(__pillar__["minicl"]["cluster"]), __pillar__["minicl"]["host"]["name"]
+    return config.from_pillar(__pillar__)
 
 
 def prometheus_config():

@@ -62,8 +62,7 @@ def _applied(ret, confirm_seconds):
     if problem:
         ret["comment"] = f"table inet minicl not changed: {firewall.LOCAL_RULES_PATH}: {problem}"
         return ret
-    cluster = config.Cluster(__pillar__["minicl"]["cluster"])
-    host = __pillar__["minicl"]["host"]["name"]
+    cluster, host = config.from_pillar(__pillar__)
     spec = firewall.host_spec(cluster, host, local_rules, sshd.listening_ports())
     text = firewall.render_ruleset(spec)
     wanted, wanted_listing = firewall.canonical(text)

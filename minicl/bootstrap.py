@@ -282,7 +282,7 @@ def run(args):
         return EXIT_NOT_IN_CLUSTER
 
     # The scheduler's jobs, before the minion starts (the base role keeps them up to date).
-    write_file(os.path.join(args.salt_config_dir, "minion.d", "minicl-schedule.conf"), schedule.render(cluster))
+    write_file(schedule.config_path(args.salt_config_dir), schedule.render(cluster))
     repo.release_run_lock()  # the salt-call below is the run now
     code = 0
     if not args.no_apply:

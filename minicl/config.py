@@ -756,6 +756,11 @@ class Cluster:
         }
 
 
+def from_pillar(pillar):
+    """(Cluster, this host's name) from the minicl pillar, for the Salt modules."""
+    return Cluster(pillar["minicl"]["cluster"]), pillar["minicl"]["host"]["name"]
+
+
 def host_snippet(name, ips, roles=("base",)):
     """The JSON text to add under "hosts" in cluster.json for one host."""
     return json.dumps({name: {"ip": list(ips), "roles": list(roles)}}, indent=2)[2:-2]

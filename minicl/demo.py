@@ -239,16 +239,6 @@ def run_demo(lab, report, workdir):
     return hosts
 
 
-def last_run(host):
-    text = host.read("/var/lib/prometheus/node-exporter/minicl_run.prom") \
-        if host.exists("/var/lib/prometheus/node-exporter/minicl_run.prom") else ""
-    return float(text.split("\nminicl_run_last_timestamp_seconds ")[1].split()[0]) if text else 0.0
-
-
-def busy(host):
-    return bool(host.run("ls /var/cache/salt/minion/proc", check=False).stdout.strip())
-
-
 def show_schedule(report, git, hosts, workstation, workdir, config):
     report.step(f"scheduled runs: salt-minion in every host (no systemd in test hosts, so started by hand), "
                 f"schedule {DEMO_SCHEDULE['interval']} ± {DEMO_SCHEDULE['splay']}; waiting for their start-up runs")
@@ -256,10 +246,11 @@ def show_schedule(report, git, hosts, workstation, workdir, config):
     for host in hosts.values():
         host.run(["salt-minion", "-c", "/etc/salt", "-d"])
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not all(last_run(h) > started and not busy(h) for h in hosts.values()):
+    while time.monotonic() < deadline and not all(h.last_minicl_run() > started and not h.salt_jobs_running()
+                                                  for h in hosts.values()):
         time.sleep(1)
     for name, host in hosts.items():
-        report.check(last_run(host) > started, f"{name}: salt-minion ran its start-up highstate")
+        report.check(host.last_minicl_run() > started, f"{name}: salt-minion ran its start-up highstate")
 
     private, public = make_key(workdir, "carol-demo")
     config["users"]["carol"] = {"uid": 2003, "passwd": "!", "ssh_key": public}

@@ -25,6 +25,7 @@ import time
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from minicl.files import write_file
 
@@ -128,6 +129,15 @@ def write_checks(checks, directory=TEXTFILE_DIR, now=None):
     Gauge("minicl_checks_last_timestamp_seconds", "When the minicl checks last ran.", registry=registry) \
         .set(now if now is not None else time.time())
     return _write(registry, directory, CHECKS_FILE)
+
+
+def last_run_timestamp(run_file_text):
+    """minicl_run_last_timestamp_seconds from the text of minicl_run.prom (0 if absent)."""
+    for family in text_string_to_metric_families(run_file_text):
+        for sample in family.samples:
+            if sample.name == "minicl_run_last_timestamp_seconds":
+                return sample.value
+    return 0.0
 
 
 def _one_line(text):

@@ -9,9 +9,16 @@ config at start; it never refreshes a pillar without a master):
 - ``minicl-checks``: the host checks every few minutes, so their metrics stay fresh between runs.
 """
 
+import os
+
 import yaml
 
 CHECKS_INTERVAL = 300
+
+
+def config_path(salt_config_dir):
+    """The minion config file that holds the jobs: minion.d beside the minion config."""
+    return os.path.join(salt_config_dir, "minion.d", "minicl-schedule.conf")
 
 
 def jobs(cluster):

@@ -24,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 
+from minicl import metrics
+
 SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # PID 1 of a namespace: reaps orphans (daemons reparent to it) and exits on SIGTERM.
@@ -228,6 +230,15 @@ class Host:
                 "except OSError:\n raise SystemExit(1)")
         return self.run(["python3", "-c", code], check=False).returncode == 0
 
+    def salt_jobs_running(self):
+        """Whether a Salt job runs in this host (salt-call and salt-minion record them in one folder)."""
+        return bool(self.run("ls /var/cache/salt/minion/proc", check=False).stdout.strip())
+
+    def last_minicl_run(self):
+        """When minicl last recorded a highstate here (its textfile metric), 0 if never."""
+        path = os.path.join(metrics.TEXTFILE_DIR, metrics.RUN_FILE)
+        return metrics.last_run_timestamp(self.read(path)) if self.exists(path) else 0.0
+
     def prometheus_query(self, expr, port=9090):
         """The result vector of a PromQL query to the Prometheus on this host: [(labels, value)]."""
         code = ("import json, sys, urllib.parse, urllib.request\n"
@@ -347,28 +358,6 @@ class GitServer:
 
     def host_key_fingerprint(self):
         return self.host.run(["ssh-keygen", "-lf", "/etc/ssh/ssh_host_ed25519_key.pub"]).stdout.split()[1]
-
-    def listen(self, ports):
-        """Accept (and close) TCP connections on ``ports``, IPv4 and IPv6, until the host ends."""
-        code = ("import socket, threading\n"
-                "def serve(port):\n"
-                "    s = socket.create_server(('::', port), family=socket.AF_INET6, dualstack_ipv6=True)\n"
-                "    while True:\n"
-                "        s.accept()[0].close()\n"
-                f"for port in {tuple(ports)!r}:\n"
-                "    threading.Thread(target=serve, args=(port,), daemon=True).start()\n"
-                "print('ready', flush=True)\n"
-                "threading.Event().wait()\n")
-        proc = self.spawn(["python3", "-c", code])
-        if proc.stdout.readline().strip() != "ready":
-            raise RuntimeError(f"listener on {self.name} did not start: {proc.stderr.read()}")
-        return proc
-
-    def can_connect(self, ip, port, timeout=1.5):
-        """True if a TCP connection from this host to ``ip``:``port`` succeeds."""
-        code = (f"import socket\ntry:\n socket.create_connection(({ip!r}, {port}), timeout={timeout}).close()\n"
-                "except OSError:\n raise SystemExit(1)")
-        return self.run(["python3", "-c", code], check=False).returncode == 0
 
     def start_sshd(self):
         self.host.start_sshd()

@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import subprocess
+import time
 
 import pytest
 
@@ -69,6 +70,20 @@ def salt_call(host, *args, check=False):
     if check and result.returncode != 0:
         raise AssertionError(f"salt-call {args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result.returncode, data, result
+
+
+def wait_for(what, probe, timeout=60, interval=0.5, explain=None):
+    """probe()'s first true result, tried every ``interval`` s; fails after ``timeout`` s saying
+    what it waited for (and ``explain()``, if given)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = probe()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}" +
+                                 (f"\n{explain()}" if explain else ""))
+        time.sleep(interval)
 
 
 def changed_states(state_return):

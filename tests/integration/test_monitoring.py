@@ -12,7 +12,7 @@ import pytest
 
 from minicl import fakerelay
 
-from .conftest import changed_states, cluster_config, dump, salt_call
+from .conftest import changed_states, cluster_config, dump, salt_call, wait_for
 
 RELAY = ["198.51.100.160/24"]
 HOSTS = {
@@ -70,18 +70,6 @@ def cluster(lab, relay, git_server, deploy_key):
 @pytest.fixture(scope="module")
 def outsider(lab):
     return lab.add_host("outsider", OUTSIDER)
-
-
-def wait_for(what, probe, timeout=60, interval=0.5, explain=None):
-    deadline = time.monotonic() + timeout
-    while True:
-        found = probe()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}" +
-                                 (f"\n{explain()}" if explain else ""))
-        time.sleep(interval)
 
 
 def monitor_state(watch):

@@ -10,7 +10,7 @@ import time
 import pytest
 import yaml
 
-from .conftest import changed_states, cluster_config, dump, salt_call
+from .conftest import changed_states, cluster_config, dump, salt_call, wait_for
 
 ALPHA = ["198.51.100.171/24", "2001:db8:100::171/64"]
 INTERVAL = 30
@@ -38,28 +38,8 @@ def alpha(lab, git_server, deploy_key):
     return host
 
 
-def last_run(host):
-    text = host.read("/var/lib/prometheus/node-exporter/minicl_run.prom")
-    return float(text.split("\nminicl_run_last_timestamp_seconds ")[1].split()[0])
-
-
-def running(host):
-    """Salt jobs in progress (salt-call and the daemon record them in the same proc dir)."""
-    return host.run("ls /var/cache/salt/minion/proc", check=False).stdout.strip()
-
-
 def applied(host):
     return json.loads(host.read("/var/lib/minicl/applied.json"))["commit"]
-
-
-def wait_for(what, probe, timeout, explain=None):
-    deadline = time.monotonic() + timeout
-    while not (found := probe()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}" +
-                                 (f"\n{explain()}" if explain else ""))
-        time.sleep(1)
-    return found
 
 
 def test_bootstrap_says_how_the_schedule_runs_without_systemd(alpha):
@@ -81,7 +61,8 @@ def test_minion_daemon_applies_a_pushed_commit_by_itself(alpha, git_server, depl
     # The daemon runs a highstate at start; the push comes after that run, so a scheduled run
     # (not the start-up one) must bring it.
     started = time.time()
-    wait_for("the daemon's start-up run", lambda: last_run(alpha) > started and not running(alpha), timeout=120)
+    wait_for("the daemon's start-up run",
+             lambda: alpha.last_minicl_run() > started and not alpha.salt_jobs_running(), timeout=120)
     first = applied(alpha)
     users = json.loads(schedule_config())["users"]
     users["carol"] = dict(users["bob"], uid=2003)
@@ -116,7 +97,7 @@ def test_manual_run_beside_the_schedule_is_refused_or_consistent(alpha, git_serv
             outcomes.append("applied")
     print("manual runs:", outcomes)
     wait_for("dave on alpha", lambda: alpha.run("getent passwd dave", check=False).returncode == 0, timeout=60)
-    wait_for("no run in progress", lambda: not running(alpha), timeout=120)
+    wait_for("no run in progress", lambda: not alpha.salt_jobs_running(), timeout=120)
     live = alpha.run("readlink /var/lib/minicl/live").stdout.strip()
     assert os.path.basename(live) == pushed
     assert alpha.run(["git", "-C", "/var/lib/minicl/live", "status"], check=False).returncode != 0  # an export, no .git
