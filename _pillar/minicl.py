@@ -72,8 +72,29 @@ def ext_pillar(minion_id, pillar, repo, branch="main", deploy_key=None, known_ho
             config_repo.release_run_lock()
 
 
+def _waits_for_other_runs():
+    """A state function called by hand (salt-call) waits for a run in progress, rather than
+    being refused by Salt, and then applies the newest commit."""
+    return __opts__.get("__cli") == "salt-call" and str(__opts__.get("fun", "")).startswith("state.")
+
+
+def _say_waiting(pids):
+    who = ", ".join(f"PID {pid} ({_command_name(pid)})" for pid in pids) or "another process"
+    log.warning("minicl: another run is in progress on this host (%s); this one starts when it has "
+                "finished", who)
+
+
+def _command_name(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return " ".join(os.path.basename(arg) for arg in f.read().decode(errors="replace").split("\0")[:3]
+                            if arg)
+    except OSError:
+        return "?"
+
+
 def _compile(config_repo, minion_id, applied_file):
-    status = config_repo.update()
+    status = config_repo.update(after_others=_say_waiting if _waits_for_other_runs() else None)
     if status.get("error"):
         log.error("minicl: config repo not updated, serving the last good commit %s: %s",
                   status.get("commit", "(none)"), status["error"])

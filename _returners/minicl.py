@@ -2,6 +2,8 @@
 
 ``minicl-bootstrap`` sets ``return: minicl`` in the minion config, so every ``salt-call`` passes
 its result here; the scheduled highstate job names this returner itself (minicl.schedule).
+Each recorded run also leaves one line in the system log (``journalctl -t minicl``; under
+minicl-minion.service, ``journalctl -u minicl-minion`` shows the scheduled ones).
 Only real highstates are recorded (``state.apply`` or ``state.highstate`` without an SLS and
 without ``test=True``; not one Salt refused because another run was in progress); then the
 host checks run too. See minicl.metrics for the metrics. ``minicl_textfile_dir`` in the minion
@@ -11,6 +13,7 @@ config overrides the exporter's textfile directory (Debian's /var/lib/prometheus
 import json
 import logging
 import os
+import syslog
 
 try:
     from minicl import metrics
@@ -56,7 +59,11 @@ def returner(ret):
     try:
         applied_file = (__pillar__.get("minicl") or {}).get("applied_file")
         applied = _read_json(applied_file) if applied_file else {}
-        metrics.write_run(metrics.run_summary(ret.get("return")), _config_status(), applied.get("commit"),
+        summary, status = metrics.run_summary(ret.get("return")), _config_status()
+        syslog.openlog("minicl", 0, syslog.LOG_DAEMON)
+        syslog.syslog(syslog.LOG_INFO if summary["failed"] == 0 else syslog.LOG_ERR,
+                      metrics.run_line(summary, status, applied.get("commit")))
+        metrics.write_run(summary, status, applied.get("commit"),
                           directory=__opts__.get("minicl_textfile_dir", metrics.TEXTFILE_DIR))
         __salt__["minicl_checks.run"]()
     except Exception:  # pylint: disable=broad-except

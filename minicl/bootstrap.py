@@ -54,6 +54,7 @@ RestartSec=10
 WantedBy=multi-user.target
 """
 CACHE_DIR = "/var/lib/minicl"
+STATE_QUEUE = 8  # state runs that may wait for the one in progress; more are refused
 EXIT_FAILED = 1
 EXIT_NOT_IN_CLUSTER = 3
 
@@ -140,6 +141,8 @@ def minion_config(args, minion_id):
         "ext_pillar": [{"minicl": pillar_options(args)}],
         # After every job, minicl's returner records highstate results for the monitor.
         "return": "minicl",
+        # A state run that meets another one waits for it (Salt would refuse it otherwise).
+        "state_queue": STATE_QUEUE,
     }
 
 

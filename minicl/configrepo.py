@@ -48,6 +48,31 @@ LOCK_WAIT = 600
 _RUN_LOCKS = {}
 
 
+def _try_exclusive(fd):
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def lock_holders(path):
+    """PIDs (as this process sees them) holding a flock(2) on ``path``, from /proc/locks."""
+    try:
+        st = os.stat(path)
+        with open("/proc/locks", encoding="ascii") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    pids = set()
+    for line in lines:
+        fields = line.replace("->", "").split()
+        if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == inode and fields[4] != str(os.getpid()):
+            pids.add(int(fields[4]))
+    return sorted(pid for pid in pids if pid > 0)
+
+
 class NoGoodCommit(Exception):
     """No commit of the config repo has ever passed validation on this host."""
 
@@ -167,8 +192,13 @@ class ConfigRepo:
         finally:
             os.close(fd)
 
-    def hold_run_lock(self):
-        """Join the runs in progress (shared runs.lock) until this process exits."""
+    def hold_run_lock(self, after_others=None, poll=0.2):
+        """Join the runs in progress (shared runs.lock) until this process exits.
+
+        With ``after_others`` (a function), first wait until no other process is in a run,
+        calling ``after_others(pids)`` once if it has to wait: a state run that waits here
+        instead of being refused by Salt then fetches and applies the newest commit.
+        """
         held = _RUN_LOCKS.get(self.cache_dir)
         if held and held[0] == os.getpid():
             return
@@ -176,6 +206,13 @@ class ConfigRepo:
             os.close(held[1])
         self._prepare_cache_dir()
         fd = os.open(self.runs_lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if after_others:
+            waited = False
+            while not _try_exclusive(fd):
+                if not waited:
+                    after_others(lock_holders(self.runs_lock_path))
+                    waited = True
+                time.sleep(poll)
         fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while someone is switching live
         _RUN_LOCKS[self.cache_dir] = (os.getpid(), fd)
 
@@ -210,15 +247,16 @@ class ConfigRepo:
             cmd += ["-i", self.deploy_key, "-o", "IdentitiesOnly=yes"]
         return shlex.join(cmd)
 
-    def update(self, accept_new_host_key=False, lock_wait=LOCK_WAIT):
+    def update(self, accept_new_host_key=False, lock_wait=LOCK_WAIT, after_others=None):
         """Fetch, validate and (if valid) switch the live checkout. Returns the new status.
 
         Nothing about the remote, the commit or this host's disk is raised: it is recorded in
-        the status, and the live checkout stays the last good one.
+        the status, and the live checkout stays the last good one. ``after_others``: see
+        ``hold_run_lock``.
         """
         status = self.status()
         try:
-            self.hold_run_lock()
+            self.hold_run_lock(after_others)
             with self.locked(lock_wait):
                 status = self.status()
                 return self._update_locked(status, accept_new_host_key)

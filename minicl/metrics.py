@@ -75,6 +75,17 @@ def run_summary(state_return):
     }
 
 
+def run_line(summary, status, applied_commit=None):
+    """One line saying how a highstate went, for the system log."""
+    commit = (applied_commit or status.get("commit") or "?")[:12]
+    total = summary["succeeded"] + summary["failed"]
+    line = (f"highstate {'succeeded' if summary['failed'] == 0 else 'FAILED'} at config commit {commit}: "
+            f"{total} states, {summary['changed']} changed, {summary['failed']} failed")
+    if status.get("error"):
+        line += f"; the config repo was not updated: {_one_line(status['error'])}"
+    return line
+
+
 def timestamp(iso_utc):
     """Seconds since the epoch of minicl's "2026-11-22T05:00:00Z" timestamps (None stays None)."""
     if not iso_utc:

@@ -28,6 +28,9 @@ def jobs(cluster):
             "seconds": cluster.seconds("schedule", "interval"),
             "splay": cluster.seconds("schedule", "splay"),
             "maxrunning": 1,
+            # Not at the minion's start: bootstrap has just applied, and a restart for a changed
+            # schedule comes from a run that is still finishing.
+            "run_on_start": False,
             "returner": "minicl",
             "return_job": False,
         },

@@ -1,18 +1,23 @@
-"""Test hosts: throwaway Debian "machines" made of Linux namespaces, for tests and the demo.
+"""Test hosts: throwaway Debian hosts that boot systemd, made of Linux namespaces, for tests and the demo.
 
-Each host is ``unshare --mount --uts --net --pid --fork`` with an overlayfs root (lower dir
-``/``, upper dir on a tmpfs), chrooted into, with its own /proc, /sys, /tmp and /run and its
-own hostname. Whatever runs inside (useradd, sshd, salt-call, nft, postfix) changes only the
-overlay. Hosts are joined by veth links to a bridge that lives in a network namespace of its
-own, so addresses exist only inside the namespaces created here. Needs root.
+Each host has an overlayfs root (lower dir ``/``, upper dir on a tmpfs that outlives its boots)
+and its own mount, UTS, network, PID, IPC and cgroup namespaces, a cgroup2 subtree of its own,
+``pivot_root`` into the overlay, and ``/lib/systemd/systemd`` as PID 1. It boots like a freshly
+installed Debian host: its own machine-id and SSH host keys, sshd enabled, and every other
+service that this machine's packages enabled (Postfix, the Prometheus exporters, ...) installed
+but disabled, so that minicl's states are what enables them. ``/proc/sys`` is read-only except
+``/proc/sys/net`` and ``/sys`` is read-only: nothing inside reaches kernel-wide settings.
+Whatever runs inside changes only the overlay. Hosts are joined by veth links to a bridge that
+lives in a network namespace of its own, so addresses exist only inside the namespaces created
+here. Needs root.
 
     with Lab() as lab:
         alpha = lab.add_host("alpha", ["198.51.100.11/24", "2001:db8:100::11/64"])
-        alpha.run(["ip", "-br", "addr"])
-        alpha.spawn_daemon(["/usr/sbin/sshd", "-E", "/var/log/sshd.log"])
+        alpha.run(["systemctl", "is-active", "ssh"])
+        alpha.reboot()          # PID 1 stops; a new one boots on the same upper layer
 
-Teardown kills each host's namespace init (and so everything in its PID namespace) and
-nothing else; the mounts and links go away with the namespaces.
+Teardown kills each host's PID 1 (and so everything in its PID namespace) and nothing else;
+the mounts and links go away with the namespaces, then the host's cgroups are removed.
 """
 
 import json
@@ -23,12 +28,20 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 from minicl import metrics
 
 SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# PID 1 of a namespace: reaps orphans (daemons reparent to it) and exits on SIGTERM.
+# Units a freshly installed Debian server runs, if their package is on this machine. Every other
+# unit this machine's packages enabled is disabled in a test host: services minicl manages
+# (nftables, postfix, the Prometheus exporters, ...) wait for minicl's states, and the periodic
+# maintenance timers (apt, man-db, fstrim) would reach for the network or hold the dpkg lock.
+FRESH_HOST_UNITS = ("ssh.service", "cron.service", "rsyslog.service", "systemd-pstore.service",
+                    "remote-fs.target")
+
+# PID 1 of a namespace that only holds mounts or links: reaps orphans, exits on SIGTERM.
 REAPER = r"""
 import os, signal, sys, time
 signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
@@ -42,11 +55,18 @@ while True:
         time.sleep(0.2)
 """
 
-# Runs as PID 1 of the new namespaces, before the chroot: builds the host's root.
-HOST_SETUP = r"""
+# A mount namespace holding the host's tmpfs (upper and work dirs): it outlives every boot.
+HOLD = r"""
 set -eu
-D=$1; NAME=$2; PY=$3; REAPER=$4; shift 4
-mount -t tmpfs -o mode=0755 minicl-testhost "$D"
+mkdir -p "$1" && mount -t tmpfs -o mode=0700 minicl-testhost "$1"
+exec "$2" -c "$3"
+"""
+
+# PID 1 of a boot, before it becomes systemd: builds the root, waits for the network, pivots.
+# Arguments: host folder, host name, then "ro:PATH" / "rw:PATH" folders of this machine to bind.
+BOOT = r"""
+set -eu
+D=$1; NAME=$2; shift 2
 mkdir -p "$D/upper" "$D/work" "$D/root"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$D/upper,workdir=$D/work" "$D/root"
 R=$D/root
@@ -57,6 +77,7 @@ mount -o remount,bind,ro "$R/proc/sys"
 mount --bind "$R/proc/sys/net" "$R/proc/sys/net"
 mount -o remount,bind,rw "$R/proc/sys/net"
 mount -t sysfs -o ro sysfs "$R/sys"
+mount -t cgroup2 cgroup2 "$R/sys/fs/cgroup"
 # A private /dev with only the harmless devices, not the machine's disks.
 mount -t tmpfs -o mode=0755,nosuid minicl-dev "$R/dev"
 for dev in null zero full random urandom tty; do
@@ -69,24 +90,44 @@ ln -s pts/ptmx "$R/dev/ptmx"
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/dev/shm"
 ln -s /proc/self/fd "$R/dev/fd"
 ln -s /proc/self/fd/0 "$R/dev/stdin"; ln -s /proc/self/fd/1 "$R/dev/stdout"; ln -s /proc/self/fd/2 "$R/dev/stderr"
-mount -t tmpfs -o mode=1777 tmpfs "$R/tmp"
-mount -t tmpfs -o mode=0755 tmpfs "$R/run"
-for dir in "$@"; do
+# Empty at every boot, as Debian's tmp.conf makes it; the machine's /tmp and /run stay outside.
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/tmp"
+mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$R/run"
+for bind in "$@"; do
+    dir=${bind#*:}
     mkdir -p "$R$dir"
     mount --bind "$dir" "$R$dir"
-    mount -o remount,bind,ro "$R$dir"
+    [ "${bind%%:*}" = rw ] || mount -o remount,bind,ro "$R$dir"
 done
 hostname "$NAME"
-echo "$NAME" > "$R/etc/hostname"
-printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' "$NAME" > "$R/etc/hosts"
-rm -f "$R/var/lib/man-db/auto-update"
-# A test host runs like a sysvinit Debian in runlevel 2: its services are /etc/init.d scripts.
-# With systemctl present but no systemd running, Salt's service states would go "offline" and
-# do nothing; runlevel is systemctl's alias on this machine.
-rm -f "$R/usr/bin/systemctl" "$R/usr/sbin/runlevel"
-printf '#!/bin/sh\necho N 2\n' > "$R/usr/sbin/runlevel"
-chmod 755 "$R/usr/sbin/runlevel"
-exec chroot "$R" "$PY" -c "$REAPER"
+if [ ! -e "$D/installed" ]; then
+    # First boot: what the Debian installer leaves behind that is this host's own.
+    echo "$NAME" > "$R/etc/hostname"
+    printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' "$NAME" > "$R/etc/hosts"
+    systemd-id128 new > "$R/etc/machine-id"
+    rm -f "$R"/etc/ssh/ssh_host_*
+    ssh-keygen -A -f "$R" -q >/dev/null
+    rm -f "$R/var/lib/man-db/auto-update"
+    rm -f "$R/usr/sbin/policy-rc.d"
+    enabled=$(find "$R/etc/systemd/system" -path '*.wants/*' -printf '%f\n' | sort -u)
+    for unit in $enabled; do
+        case " $FRESH_HOST_UNITS " in
+            *" $unit "*) ;;
+            *) systemctl --root="$R" --quiet disable "$unit" 2>/dev/null || rm -f "$R"/etc/systemd/system/*.wants/"$unit" ;;
+        esac
+    done
+    systemctl --root="$R" --quiet enable ssh.service
+    touch "$D/installed"
+fi
+echo ready
+read -r go
+cd "$R"
+mkdir -p .minicl-oldroot
+pivot_root . .minicl-oldroot
+umount -l /.minicl-oldroot
+rmdir /.minicl-oldroot
+exec </dev/null >/dev/null 2>&1
+exec env -i container=minicl-testhost /lib/systemd/systemd --system --unit=multi-user.target
 """
 
 
@@ -104,13 +145,48 @@ def _children(pid):
         return []
 
 
-class _Namespace:
-    """A process started with unshare whose child is PID 1 of the new namespaces."""
+def _comm(pid):
+    try:
+        with open(f"/proc/{pid}/comm", encoding="ascii") as f:
+            return f.read().strip()
+    except OSError:
+        return None
 
-    def __init__(self, unshare_args, setup_cmd):
+
+def cgroup2_root():
+    """Where this machine mounts the cgroup2 hierarchy (/sys/fs/cgroup, or .../unified on hybrid)."""
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        for line in f:
+            fields = line.split()
+            if fields[fields.index("-") + 1] == "cgroup2":
+                return fields[4]
+    raise RuntimeError("no cgroup2 hierarchy mounted on this machine: test hosts need one for systemd")
+
+
+def _remove_cgroup(path, timeout=10):
+    """Remove a cgroup folder and its children, deepest first, once their processes are gone."""
+    deadline = time.monotonic() + timeout
+    for top, dirs, _ in sorted(os.walk(path), key=lambda entry: -entry[0].count(os.sep)):
+        while True:
+            try:
+                os.rmdir(top)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+
+class _Namespace:
+    """A process started with unshare whose child is PID 1 of the new namespaces; it says
+    "ready" on stdout once it is set up."""
+
+    def __init__(self, unshare_args, setup_cmd, prefix=(), stdin=subprocess.DEVNULL, preexec_fn=None):
         self.proc = subprocess.Popen(
-            ["unshare", *unshare_args, "--fork", "--kill-child", *setup_cmd],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [*prefix, "unshare", *unshare_args, "--fork", "--kill-child", *setup_cmd],
+            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn,
         )
         line = self.proc.stdout.readline()
         if line.strip() != "ready":
@@ -126,6 +202,15 @@ class _Namespace:
     def nsenter(self, *flags):
         return ["nsenter", "-t", str(self.pid), *flags, "--"]
 
+    def wait(self, timeout):
+        """Wait for PID 1 to end (unshare reaps it); False if it still runs after ``timeout`` s."""
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        self._close()
+        return True
+
     def kill(self):
         """Kill the namespace's PID 1 (the kernel then kills the rest); unshare reaps it."""
         try:
@@ -137,8 +222,12 @@ class _Namespace:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=10)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            stream.close()
+        self._close()
+
+    def _close(self):
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream:
+                stream.close()
 
 
 class Host:
@@ -149,15 +238,67 @@ class Host:
         self.name = name
         self.index = index
         self.addresses = list(addresses)
-        self.dir = os.path.join(lab.dir, name)
-        os.makedirs(self.dir)
-        self.ns = _Namespace(
-            ["--mount", "--uts", "--net", "--pid", "--propagation", "private"],
-            ["sh", "-c", HOST_SETUP, "minicl-testhost", self.dir, name, "/usr/bin/python3", REAPER,
-             *binds],
-        )
+        self.binds = list(binds)
+        self.dir = os.path.join(lab.dir, name)  # a tmpfs, seen only from the holder's mount namespace
+        self.cgroup = os.path.join(cgroup2_root(), f"{os.path.basename(lab.dir)}-{name}")
         self.path = os.pathsep.join([os.path.dirname(sys.executable), "/usr/local/sbin",
                                      "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"])
+        self.boots = 0
+        self._holder = _Namespace(["--mount", "--propagation", "private"],
+                                  ["sh", "-c", HOLD, "minicl-hold", self.dir, "/usr/bin/python3", REAPER])
+        self.ns = None
+        try:
+            self.boot()
+        except Exception:
+            self.destroy()
+            raise
+
+    def boot(self, timeout=120):
+        """Boot systemd on this host's root; returns ``systemctl is-system-running`` when done."""
+        os.makedirs(self.cgroup, exist_ok=True)
+        cgroup_procs = os.path.join(self.cgroup, "cgroup.procs")
+
+        def into_own_cgroup():
+            with open(cgroup_procs, "w", encoding="ascii") as f:
+                f.write(str(os.getpid()))
+
+        self.ns = _Namespace(
+            ["--mount", "--uts", "--net", "--pid", "--ipc", "--cgroup", "--propagation", "private"],
+            ["env", f"FRESH_HOST_UNITS={' '.join(FRESH_HOST_UNITS)}", "sh", "-c", BOOT, "minicl-boot",
+             self.dir, self.name, *self.binds],
+            prefix=self._holder.nsenter("-m"), stdin=subprocess.PIPE, preexec_fn=into_own_cgroup,
+        )
+        self.boots += 1
+        self.lab._link(self)  # the NIC is up with its addresses before PID 1 starts, as on a real host
+        self.ns.proc.stdin.write("go\n")
+        self.ns.proc.stdin.close()
+        deadline = time.monotonic() + timeout
+        while _comm(self.pid) != "systemd" or not os.path.exists(f"/proc/{self.pid}/root/run/systemd/private"):
+            if self.ns.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not boot systemd: {self.ns.proc.stderr.read()}")
+            time.sleep(0.05)
+        state = self.run(["systemctl", "is-system-running", "--wait"], check=False, timeout=timeout).stdout.strip()
+        if self.boots == 1 and state != "running":
+            failed = self.run(["systemctl", "--failed", "--no-legend", "--plain"], check=False).stdout
+            raise RuntimeError(f"{self.name} booted {state!r}, failed units:\n{failed}")
+        return state
+
+    def reboot(self, timeout=120):
+        """``systemctl reboot``, then boot again on the same upper layer (disk) once PID 1 is gone.
+        Kernel state (addresses, nftables rules) starts afresh, as on a real reboot."""
+        self.run(["systemctl", "reboot"])
+        if not self.ns.wait(timeout):
+            raise RuntimeError(f"{self.name}: PID 1 still runs {timeout} s after systemctl reboot")
+        _remove_cgroup(self.cgroup)
+        return self.boot(timeout)
+
+    def destroy(self):
+        """Kill PID 1 (everything in the host dies with it), then the holder of its disk."""
+        if self.ns:
+            self.ns.kill()
+        if os.path.isdir(self.cgroup):
+            _remove_cgroup(self.cgroup)
+        self._holder.kill()
 
     @property
     def pid(self):
@@ -177,9 +318,20 @@ class Host:
         return next(a for a in self.ips if ":" in a)
 
     def command(self, cmd):
+        """``cmd`` as a command line of this machine that runs it inside the host, as root.
+
+        The process first joins the host's cgroup (a leaf beside systemd's tree), so that
+        ``systemd-run --scope`` (Salt's service module) can move it like any process of the host.
+        """
+        enter = os.path.join(self.cgroup, "minicl-enter")
         env = ["env", "-i", f"PATH={self.path}", "HOME=/root", "LANG=C.UTF-8", "USER=root",
                "LOGNAME=root", "SHELL=/bin/sh"]
-        return [*self.ns.nsenter("-m", "-u", "-n", "-p", "-r", "-w"), *env, *cmd]
+        return ["sh", "-c", 'mkdir -p "$0" && echo $$ > "$0/cgroup.procs" && exec "$@"', enter,
+                *self.ns.nsenter("-a", "-r", "-w"), *env, *cmd]
+
+    def shell_hint(self):
+        """How a person enters this host from this machine."""
+        return f"nsenter -t {self.pid} -a -r -w env -i PATH=$PATH TERM=$TERM bash -l"
 
     def run(self, cmd, check=True, input=None, timeout=300, env=None):
         """Run ``cmd`` (a list, or a string for sh -c) in the host; returns CompletedProcess."""
@@ -207,6 +359,22 @@ class Host:
 
     def read(self, path):
         return self.run(["cat", path]).stdout
+
+    def systemctl(self, *args, check=True):
+        return self.run(["systemctl", *args], check=check)
+
+    def unit_state(self, unit):
+        """``systemctl is-active`` of ``unit``: active, inactive, failed, activating..."""
+        return self.systemctl("is-active", unit, check=False).stdout.strip()
+
+    def journal(self, unit=None, since=None, lines=200):
+        """The host's journal (of ``unit``), as text, newest last."""
+        cmd = ["journalctl", "--no-pager", "-q", "-o", "short-iso", "-n", str(lines)]
+        if unit:
+            cmd += ["-u", unit]
+        if since:
+            cmd += ["--since", since]
+        return self.run(cmd, check=False).stdout
 
     def listen(self, ports):
         """Accept (and close) TCP connections on ``ports``, IPv4 and IPv6, until the host ends."""
@@ -248,14 +416,11 @@ class Host:
         return [(item["metric"], float(item["value"][1])) for item in data["data"]["result"]]
 
     def start_sshd(self):
-        """Start sshd as on a real host: own host keys, /run/sshd, log in /var/log/sshd.log."""
-        if not self.exists("/etc/ssh/.minicl-testhost-keys"):
-            self.run("rm -f /etc/ssh/ssh_host_*; ssh-keygen -A -q; touch /etc/ssh/.minicl-testhost-keys")
-        self.run("mkdir -p /run/sshd && /usr/sbin/sshd -t && /usr/sbin/sshd -E /var/log/sshd.log")
+        """sshd runs from boot (ssh.service, as on a fresh Debian host); this starts it again."""
+        self.systemctl("start", "ssh.service")
 
     def stop_sshd(self):
-        # Only the sshd this test host runs: its PID namespace holds nothing else.
-        self.run("kill $(cat /run/sshd.pid) && while [ -e /run/sshd.pid ]; do sleep 0.05; done")
+        self.systemctl("stop", "ssh.service")
 
     def exists(self, path):
         return self.run(["test", "-e", path], check=False).returncode == 0
@@ -280,40 +445,43 @@ class Lab:
         subprocess.run([*self._switch.nsenter("-n"), *cmd], check=True, capture_output=True, text=True)
 
     def binds(self):
-        """Host directories shown read-only inside test hosts: this source tree and its venv."""
+        """Folders of this machine shown read-only inside test hosts: this source tree and its venv."""
         dirs = [SOURCE_ROOT]
         if not sys.prefix.startswith(SOURCE_ROOT + os.sep):
             dirs.append(sys.prefix)
         return dirs
 
-    def add_host(self, name, addresses):
-        """Start a host with ``addresses`` (CIDR form) on eth0, linked to the lab's bridge."""
+    def add_host(self, name, addresses, shared=()):
+        """Boot a host with ``addresses`` (CIDR form) on eth0, linked to the lab's bridge.
+        ``shared``: folders of this machine the host may also write to, at the same path."""
         index = len(self.hosts) + 1
-        host = Host(self, name, index, addresses, self.binds())
-        self.hosts[name] = host
+        binds = [f"ro:{d}" for d in self.binds()] + [f"rw:{d}" for d in shared]
+        self.hosts[name] = None  # the index is taken
         try:
-            self._link(host)
+            host = Host(self, name, index, addresses, binds)
         except Exception:
-            self.remove_host(name)
+            del self.hosts[name]
             raise
+        self.hosts[name] = host
         return host
 
     def _link(self, host):
+        """Plug ``host``'s network namespace (of its current boot) into the bridge."""
         port = f"p{host.index}"
-        subprocess.run(["ip", "link", "add", "eth0", "netns", str(host.pid), "type", "veth",
+        host_net = ["nsenter", "-t", str(host.pid), "-n", "--"]
+        # The same MAC address at every boot, as a real NIC has: peers' neighbour caches stay right.
+        mac = f"02:00:00:00:{host.index // 256:02x}:{host.index % 256:02x}"
+        subprocess.run(["ip", "link", "add", "eth0", "address", mac, "netns", str(host.pid), "type", "veth",
                         "peer", "name", port, "netns", str(self._switch.pid)],
                        check=True, capture_output=True, text=True)
         self._in_switch(["ip", "link", "set", port, "master", "br0", "up"])
-        host.run(["ip", "link", "set", "lo", "up"])
-        host.run(["ip", "link", "set", "eth0", "up"])
-        for address in host.addresses:
-            extra = ["nodad"] if ":" in address else []
-            host.run(["ip", "addr", "add", address, "dev", "eth0", *extra])
+        for cmd in (["ip", "link", "set", "lo", "up"], ["ip", "link", "set", "eth0", "up"],
+                    *(["ip", "addr", "add", a, "dev", "eth0", *(["nodad"] if ":" in a else [])]
+                      for a in host.addresses)):
+            subprocess.run([*host_net, *cmd], check=True, capture_output=True, text=True)
 
     def remove_host(self, name):
-        host = self.hosts.pop(name)
-        host.ns.kill()
-        shutil.rmtree(host.dir, ignore_errors=True)
+        self.hosts.pop(name).destroy()
 
     def close(self):
         for name in list(self.hosts):

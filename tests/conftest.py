@@ -34,6 +34,21 @@ def _fingerprint():
     return found
 
 
+def pytest_configure(config):  # pylint: disable=unused-argument
+    # Importing Salt installs a handler that keeps every log record until the process exits and
+    # then writes them to the stderr it saw at import: pytest's capture, closed by then
+    # ("--- Logging error ---"). Without it, Salt's records reach pytest like any library's.
+    import salt._logging  # pylint: disable=import-outside-toplevel
+
+    salt._logging.shutdown_temp_handler()
+
+
+@pytest.fixture(scope="session")
+def salt_factories_default_root_dir(tmp_path_factory):
+    """pytest-salt-factories' daemons and configs under pytest's own temporary directory."""
+    return tmp_path_factory.mktemp("salt-factories")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def machine_stays_untouched():
     before = _fingerprint()

@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import subprocess
+import syslog
 
 import pytest
 import salt.loader
@@ -36,6 +37,7 @@ def config_repo(workdir):
     (repo / "roles" / "web").mkdir(parents=True)
     data = json.loads(EXAMPLE.read_text())
     data["hosts"]["alpha"]["roles"] = ["base", "web"]
+    data.pop("ca_url")  # a dry run still downloads it: no traffic leaves this machine
     (repo / "cluster.json").write_text(json.dumps(data))
     (repo / "roles" / "web" / "init.sls").write_text(WEB_ROLE.format(path=workdir / "web-marker"))
     git(repo, "init", "-q", "-b", "main")
@@ -126,7 +128,9 @@ def test_role_and_applied_record_apply_for_real(loaders, workdir):
     assert all(not result.changes for result in again)
 
 
-def test_returner_records_highstates_for_the_monitor(loaders, workdir, tmp_path):
+def test_returner_records_highstates_for_the_monitor(loaders, workdir, tmp_path, monkeypatch):
+    logged = []
+    monkeypatch.setattr(syslog, "syslog", lambda priority, line: logged.append((priority, line)))  # not this machine's log
     loaders.refresh_pillar()
     # The checks' metrics go to tmp_path as well, never to this machine's exporter directory.
     opts = dict(loaders.opts, minicl_textfile_dir=str(tmp_path), pillar=loaders.pillar)
@@ -143,3 +147,5 @@ def test_returner_records_highstates_for_the_monitor(loaders, workdir, tmp_path)
     assert f'minicl_config_commit_info{{commit="{status["commit"]}"}} 1.0' in run
     assert "minicl_run_success 0.0" in run and 'minicl_run_states{result="changed"} 1.0' in run
     assert 'minicl_check_ok{check="ssh"}' in (tmp_path / "minicl_checks.prom").read_text()
+    assert logged == [(syslog.LOG_ERR, f"highstate FAILED at config commit {status['commit'][:12]}: 2 states, "
+                                       "1 changed, 1 failed")]

@@ -202,7 +202,7 @@ def test_checks_report_and_fail_when_postfix_is_down(alpha):
     assert report["ssh"] == "OK answers on port 22" and report["postfix"] == "OK running"
     assert report["mail queue"].startswith("OK 0 message(s)")
     assert report["load"].startswith("OK ") and report["memory"].startswith("OK ")
-    alpha.run("postfix stop")
+    alpha.systemctl("stop", "postfix@-")
     try:
         result = alpha.run(["salt-call", "--local", "--out=json", "--retcode-passthrough", "minicl_checks.run"],
                            check=False)
@@ -210,4 +210,4 @@ def test_checks_report_and_fail_when_postfix_is_down(alpha):
         assert result.returncode == 1
         assert report["postfix"].startswith("FAIL not running")
     finally:
-        alpha.run("postfix start")
+        alpha.systemctl("start", "postfix@-")

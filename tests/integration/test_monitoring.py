@@ -165,14 +165,14 @@ def test_monitor_sends_a_heartbeat(cluster, relay):
 
 
 def test_stopped_node_exporter_mails_host_down(cluster, relay):
-    cluster["beta"].run("/etc/init.d/prometheus-node-exporter stop")
+    cluster["beta"].systemctl("stop", "prometheus-node-exporter")
     message = alert_mail(relay, "HostDown", "beta is down")
     assert message["rcpt_tos"] == ["admins@example.org"]
 
 
 def test_failing_check_mails_its_reason(cluster, relay):
     alpha = cluster["alpha"]
-    alpha.run("postfix stop")
+    alpha.systemctl("stop", "postfix@-")
     code, data, _ = salt_call(alpha, "minicl_checks.run")  # as the schedule does between runs
     assert code == 1 and data["local"]["postfix"].startswith("FAIL")
     alert_mail(relay, "CheckFailing", "alpha: check postfix fails")

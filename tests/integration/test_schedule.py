@@ -51,7 +51,7 @@ def test_schedule_comes_from_cluster_json(alpha):
     text = alpha.read("/etc/salt/minion.d/minicl-schedule.conf")
     jobs = yaml.safe_load(text)["schedule"]
     assert jobs["minicl-highstate"] == {"function": "state.apply", "seconds": INTERVAL, "splay": 2,
-                                        "maxrunning": 1, "returner": "minicl", "return_job": False}
+                                        "maxrunning": 1, "run_on_start": False, "returner": "minicl", "return_job": False}
     assert jobs["minicl-checks"]["function"] == "minicl_checks.run"
 
 
