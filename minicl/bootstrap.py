@@ -28,31 +28,12 @@ import sys
 
 import yaml
 
-from minicl import config, netinfo, saltext, schedule
+from minicl import config, minion, netinfo, saltext, schedule
 from minicl.configrepo import ConfigRepo, NoGoodCommit, safe_url
 from minicl.files import write_file
 
 ETC_DIR = "/etc/minicl"
 SALT_CONFIG_DIR = "/etc/salt"
-SYSTEMD_UNIT = "/etc/systemd/system/minicl-minion.service"
-UNIT_TEXT = """\
-# Written by minicl-bootstrap.
-[Unit]
-Description=minicl: masterless Salt minion applying the cluster config on schedule
-Wants=network-online.target
-After=network-online.target
-
-[Service]
-ExecStart={salt_minion} -c {salt_config_dir}
-# A highstate in progress finishes even when the minion restarts (as Salt's own unit does).
-KillMode=process
-TimeoutStopSec=600
-Restart=always
-RestartSec=10
-
-[Install]
-WantedBy=multi-user.target
-"""
 CACHE_DIR = "/var/lib/minicl"
 STATE_QUEUE = 8  # state runs that may wait for the one in progress; more are refused
 EXIT_FAILED = 1
@@ -220,16 +201,15 @@ def salt_program(name="salt-call"):
 def start_schedule(args):
     """Install and (re)start minicl-minion.service; returns what to tell the admin."""
     salt_minion = salt_program("salt-minion")
-    if not os.path.isdir("/run/systemd/system"):
+    if not minion.systemd_running():
         return (f"no systemd here: start the scheduled runs with '{salt_minion} -c {args.salt_config_dir} -d' "
                 "(and from this host's init system at boot)")
-    write_file(SYSTEMD_UNIT, UNIT_TEXT.format(salt_minion=salt_minion, salt_config_dir=args.salt_config_dir))
-    for command in (["systemctl", "daemon-reload"], ["systemctl", "enable", "--quiet", "minicl-minion.service"],
-                    ["systemctl", "restart", "minicl-minion.service"]):  # restart: reads the new config
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise BootstrapError(f"{' '.join(command)} failed: {result.stderr.strip()}")
-    return "minicl-minion.service enabled and started: highstate on the schedule of cluster.json"
+    try:
+        minion.install_and_restart(minion.unit_text(salt_minion, args.salt_config_dir), write_file)
+    except minion.MinionUnitError as exc:
+        raise BootstrapError(str(exc)) from None
+    return (f"{minion.UNIT_NAME} enabled and started: highstate on the schedule of cluster.json "
+            "(the first one after one interval: this run was the first)")
 
 
 def run(args):

@@ -57,20 +57,19 @@ def _try_exclusive(fd):
 
 
 def lock_holders(path):
-    """PIDs (as this process sees them) holding a flock(2) on ``path``, from /proc/locks."""
-    try:
-        st = os.stat(path)
-        with open("/proc/locks", encoding="ascii") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return []
-    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    pids = set()
-    for line in lines:
-        fields = line.replace("->", "").split()
-        if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == inode and fields[4] != str(os.getpid()):
-            pids.add(int(fields[4]))
-    return sorted(pid for pid in pids if pid > 0)
+    """PIDs of the other processes that have ``path`` open (runs keep runs.lock open while they
+    hold it), from /proc: /proc/locks names overlayfs files by their lower inode, not this one."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{entry}/fd")
+            if any(os.readlink(f"/proc/{entry}/fd/{fd}") == path for fd in fds):
+                pids.append(int(entry))
+        except OSError:  # gone, or not ours to look at
+            continue
+    return sorted(pids)
 
 
 class NoGoodCommit(Exception):

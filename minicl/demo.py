@@ -126,7 +126,6 @@ def run_demo(lab, report, workdir):
         ips = [entry["ip"]] if isinstance(entry["ip"], str) else entry["ip"]
         report.step(f"starting host {name} {' '.join(ips)} and running minicl-bootstrap")
         host = lab.add_host(name, [cidr(ip) for ip in ips])
-        host.start_sshd()
         host.run(f"echo '{RELAY_HOST[0].split('/')[0]} {RELAY_NAME}' >> /etc/hosts")  # the relay's DNS name
         host.write("/root/deploy.key", private_key, 0o600)
         result = host.run(["minicl-bootstrap", f"--repo={git.url}", "--deploy-key=/root/deploy.key"],
@@ -240,17 +239,11 @@ def run_demo(lab, report, workdir):
 
 
 def show_schedule(report, git, hosts, workstation, workdir, config):
-    report.step(f"scheduled runs: salt-minion in every host (no systemd in test hosts, so started by hand), "
-                f"schedule {DEMO_SCHEDULE['interval']} ± {DEMO_SCHEDULE['splay']}; waiting for their start-up runs")
-    started = time.time()
-    for host in hosts.values():
-        host.run(["salt-minion", "-c", "/etc/salt", "-d"])
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not all(h.last_minicl_run() > started and not h.salt_jobs_running()
-                                                  for h in hosts.values()):
-        time.sleep(1)
+    report.step(f"scheduled runs: minicl-minion.service (salt-minion under systemd, started by minicl-bootstrap) "
+                f"on every host, schedule {DEMO_SCHEDULE['interval']} ± {DEMO_SCHEDULE['splay']}")
     for name, host in hosts.items():
-        report.check(host.last_minicl_run() > started, f"{name}: salt-minion ran its start-up highstate")
+        state = host.unit_state("minicl-minion.service")
+        report.check(state == "active", f"{name}: minicl-minion.service is {state}")
 
     private, public = make_key(workdir, "carol-demo")
     config["users"]["carol"] = {"uid": 2003, "passwd": "!", "ssh_key": public}
@@ -293,7 +286,7 @@ def main(argv=None):
         if args.keep and hosts:
             print("\nThe hosts stay up until Ctrl-C. Enter one with, e.g.:")
             for name, host in lab.hosts.items():
-                print(f"  nsenter -t {host.pid} -m -u -n -p -r -w env -i PATH=$PATH TERM=$TERM bash -l   # {name}")
+                print(f"  {host.shell_hint()}   # {name}")
             try:
                 signal.pause()
             except KeyboardInterrupt:

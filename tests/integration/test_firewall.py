@@ -36,7 +36,6 @@ def cluster(lab, git_server, deploy_key):
     hosts = {}
     for name, addresses in HOSTS.items():
         host = lab.add_host(name, addresses)
-        host.start_sshd()
         host.listen((9200, 8080, 8443))
         host.write("/root/deploy.key", deploy_key[0], 0o600)
         hosts[name] = host

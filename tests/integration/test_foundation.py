@@ -28,7 +28,6 @@ def hosts_entry(addresses, roles=("base",)):
 
 def cluster_host(lab, name, addresses):
     host = lab.add_host(name, addresses)
-    host.start_sshd()  # as on any real host; peers confirm firewall changes through it
     return host
 
 

@@ -33,7 +33,6 @@ def release_venv():
 
 def test_bootstrap_with_a_regular_install(release_venv, lab, git_server, deploy_key):
     host = lab.add_host("gamma", HOST)
-    host.start_sshd()
     config = cluster_config({"gamma": {"ip": ["198.51.100.41"], "roles": ["base"]}})
     git_server.commit({"cluster.json": dump(config), "deploy.key": deploy_key[0]}, "gamma")
     host.write("/root/deploy.key", deploy_key[0], 0o600)

@@ -33,7 +33,6 @@ def mail_config(password=PASSWORD, relay="relay.example.org"):
 @pytest.fixture(scope="module")
 def alpha(lab, relay, git_server, deploy_key):
     host = lab.add_host("alpha", ALPHA)
-    host.start_sshd()
     host.run("echo '198.51.100.80 relay.example.org' >> /etc/hosts")  # the relays' DNS names
     host.run("echo '198.51.100.79 untrusted.example.org' >> /etc/hosts")
     git_server.commit({"cluster.json": mail_config(), "deploy.key": deploy_key[0]}, "mail")

@@ -4,7 +4,6 @@ the minicl pillar from the config repo and minicl's states, and the minion appli
 role to its test host."""
 
 import json
-import subprocess
 
 import pytest
 from saltfactories.cli.call import SaltCall
@@ -44,25 +43,14 @@ def shared_root(salt_factories, lab):
     return str(salt_factories.root_dir)
 
 
-def bind_into(host, path):
-    host.run(["mkdir", "-p", path])
-    subprocess.run(["nsenter", "-t", str(host.pid), "-m", "--", "mount", "--bind", path,
-                    f"{host.dir}/root{path}"], check=True)
-
-
 @pytest.fixture(scope="module")
 def master_host(lab, shared_root):
-    host = lab.add_host("master", MASTER)
-    bind_into(host, shared_root)
-    return host
+    return lab.add_host("master", MASTER, shared=[shared_root])
 
 
 @pytest.fixture(scope="module")
 def alpha(lab, shared_root):
-    host = lab.add_host("alpha", ALPHA)
-    host.start_sshd()
-    bind_into(host, shared_root)
-    return host
+    return lab.add_host("alpha", ALPHA, shared=[shared_root])
 
 
 @pytest.fixture(scope="module")

@@ -50,7 +50,6 @@ def cluster(lab, relay, git_server, deploy_key):
     results = {}
 
     def bootstrap(name, host):
-        host.start_sshd()
         host.run("echo '198.51.100.160 relay.example.org' >> /etc/hosts")
         host.write("/root/deploy.key", deploy_key[0], 0o600)
         results[name] = host.run(["minicl-bootstrap", f"--repo={git_server.url}", "--deploy-key=/root/deploy.key"],

@@ -74,8 +74,7 @@ def alpha(lab, git_server, deploy_key, keys, hashes):
     host.run("useradd -m -u 4000 -s /bin/sh carol && echo 'carol:local-pw' | chpasswd && "
              "mkdir -m 700 /home/carol/.ssh && echo 'ssh-ed25519 AAAA local' > /home/carol/.ssh/authorized_keys")
     host.carol_before = host.run(CAROL_STATE).stdout
-    # sshd runs with Debian's defaults (password login on) before minicl touches it.
-    host.start_sshd()
+    # sshd runs from boot with Debian's defaults (password login on) until minicl changes them.
     git_server.commit({"cluster.json": config_with(keys, hashes), "deploy.key": deploy_key[0]}, "users")
     host.write("/root/deploy.key", deploy_key[0], 0o600)
     result = host.run(["minicl-bootstrap", f"--repo={git_server.url}", "--deploy-key=/root/deploy.key"],

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 import yaml
 
-from minicl import bootstrap, saltext
+from minicl import bootstrap, minion, saltext
 
 
 @pytest.mark.parametrize("url, pattern", [
@@ -74,19 +74,38 @@ def test_print_snippet_needs_no_root(capsys, monkeypatch):
 
 
 def test_systemd_unit_runs_this_venvs_salt_minion():
-    unit = bootstrap.UNIT_TEXT.format(salt_minion="/opt/minicl/bin/salt-minion", salt_config_dir="/etc/salt")
+    unit = minion.unit_text("/opt/minicl/bin/salt-minion", "/etc/salt", python="/opt/minicl/bin/python")
     assert "ExecStart=/opt/minicl/bin/salt-minion -c /etc/salt\n" in unit
+    assert "ExecStop=/opt/minicl/bin/python -m minicl.minion wait-for-jobs -c /etc/salt\n" in unit
     assert "KillMode=process" in unit and "Restart=always" in unit and "WantedBy=multi-user.target" in unit
+
+
+def test_without_systemd_bootstrap_says_how_to_start_the_schedule(monkeypatch, tmp_path):
+    """minicl targets systemd hosts; on others bootstrap configures the host and says how to run
+    the scheduler, without installing a unit."""
+    monkeypatch.setattr(minion, "systemd_running", lambda: False)
+    monkeypatch.setattr(minion, "install_and_restart", lambda *a: pytest.fail("installed a unit"))
+    args = bootstrap.parse_args(["--repo=file:///srv/c", f"--salt-config-dir={tmp_path}/salt"])
+    said = bootstrap.start_schedule(args)
+    assert said.startswith("no systemd here: start the scheduled runs with '")
+    assert f"salt-minion -c {tmp_path}/salt -d'" in said
+
+
+def test_stop_waits_for_the_jobs_in_progress(capsys):
+    rounds = [[{"fun": "state.apply", "pid": 41}], [{"fun": "state.apply", "pid": 41}], []]
+    minion.wait_for_jobs("/etc/salt", poll=0, jobs=lambda _: rounds.pop(0))
+    assert rounds == []
+    assert capsys.readouterr().out == ("minicl-minion: waiting for the job(s) in progress to finish: "
+                                       "state.apply (PID 41)\n")
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="needs systemd-analyze")
 def test_systemd_unit_passes_systemd_analyze(tmp_path):
-    """Test hosts have no systemd: systemd's own checker reads the unit (a control proves it
-    reports mistakes)."""
+    """systemd's own checker reads the unit (a control proves it reports mistakes)."""
     salt_minion = tmp_path / "salt-minion"
     salt_minion.write_text("#!/bin/sh\n")
     salt_minion.chmod(0o755)
-    unit = bootstrap.UNIT_TEXT.format(salt_minion=salt_minion, salt_config_dir="/etc/salt")
+    unit = minion.unit_text(salt_minion, "/etc/salt")
     good, bad = tmp_path / "minicl-minion.service", tmp_path / "broken.service"
     good.write_text(unit)
     bad.write_text(unit.replace("KillMode=process", "KillMode=sometimes"))
