@@ -124,6 +124,9 @@ def minion_config(args, minion_id):
         "return": "minicl",
         # A state run that meets another one waits for it (Salt would refuse it otherwise).
         "state_queue": STATE_QUEUE,
+        # minicl's modules come from its package (the salt.loader entry point), not from the file
+        # roots: no sync of _modules/ folders before every highstate (about 1 s per run).
+        "autoload_dynamic_modules": False,
     }
 
 

@@ -82,6 +82,31 @@ def system_accounts(passwd_path="/etc/passwd"):
     return names
 
 
+POSTFIX_PRESEED = "postfix postfix/main_mailer_type select No configuration\n"
+
+
+def package_installed(name):
+    result = subprocess.run(["dpkg-query", "-W", "-f=${Status}", name], capture_output=True, text=True,
+                            check=False)
+    return result.returncode == 0 and result.stdout.endswith("ok installed")
+
+
+def preseed_postfix():
+    """Tell debconf, before Postfix is installed, to leave mail routing to minicl."""
+    subprocess.run(["debconf-set-selections"], input=POSTFIX_PRESEED, capture_output=True, text=True, check=True)
+
+
+def ca_trusted(ca_file=CA_CERT, bundle=CA_BUNDLE):
+    """Whether the system's CA bundle trusts ``ca_file``."""
+    return subprocess.run(["openssl", "verify", "-CAfile", bundle, ca_file], capture_output=True,
+                          check=False).returncode == 0
+
+
+def trust_cas():
+    """Rebuild the system's CA bundle from /usr/local/share/ca-certificates (and Debian's)."""
+    subprocess.run(["update-ca-certificates", "--fresh"], capture_output=True, text=True, check=True)
+
+
 def queue():
     """{"size": N, "oldest_age_seconds": S or None, "messages": [...]} from ``postqueue -j``."""
     result = subprocess.run(["postqueue", "-j"], capture_output=True, text=True, check=False)

@@ -1,8 +1,12 @@
 """Postfix configuration rendered from cluster.json: a null client through the relay."""
 
 import copy
+import importlib.util
 import json
 import pathlib
+import subprocess
+
+import pytest
 
 from minicl import config, mail
 
@@ -81,3 +85,50 @@ def test_delivery_status_follows_one_message():
     assert mail.delivery_status("<minicl-test-ab@alpha.example.org>", lines) == ("sent", "250 OK queued by the fake relay")
     assert mail.delivery_status("<other@alpha.example.org>", lines) == ("deferred", "connect refused")
     assert mail.delivery_status("<unknown@x>", lines) == (None, "")
+
+
+def _load_state(test):
+    path = pathlib.Path(__file__).resolve().parents[2] / "_states" / "minicl_mail.py"
+    spec = importlib.util.spec_from_file_location("minicl_mail_state_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.__opts__ = {"test": test}
+    return module
+
+
+@pytest.mark.parametrize("test", [True, False], ids=["test", "real"])
+def test_postfix_is_preseeded_only_before_it_is_installed(monkeypatch, test):
+    done = []
+    monkeypatch.setattr(mail, "preseed_postfix", lambda: done.append("preseed"))
+    monkeypatch.setattr(mail, "package_installed", lambda name: False)
+    ret = _load_state(test).postfix_preseeded()
+    assert ret["result"] is (None if test else True)
+    assert ret["changes"] == {"debconf": "postfix postfix/main_mailer_type select No configuration"}
+    assert done == ([] if test else ["preseed"])
+    monkeypatch.setattr(mail, "package_installed", lambda name: name == "postfix")
+    ret = _load_state(test).postfix_preseeded()
+    assert ret == {"name": "postfix", "result": True, "changes": {},
+                   "comment": "postfix is installed: nothing to preseed"}
+    assert done == ([] if test else ["preseed"])
+
+
+@pytest.mark.parametrize("test", [True, False], ids=["test", "real"])
+def test_cluster_ca_is_trusted_until_the_bundle_verifies_it(monkeypatch, test):
+    trusted = []
+    monkeypatch.setattr(mail, "ca_trusted", lambda path: bool(trusted))
+    monkeypatch.setattr(mail, "trust_cas", lambda: trusted.append(True))
+    ret = _load_state(test).ca_trusted()
+    assert ret["result"] is (None if test else True) and "bundle" in ret["changes"]
+    assert trusted == ([] if test else [True])
+    if not test:
+        assert _load_state(test).ca_trusted()["changes"] == {}
+
+
+def test_a_failing_step_fails_the_state_with_the_reason(monkeypatch):
+    def fail():
+        raise subprocess.CalledProcessError(1, ["update-ca-certificates"], stderr="no space left\n")
+
+    monkeypatch.setattr(mail, "ca_trusted", lambda path: False)
+    monkeypatch.setattr(mail, "trust_cas", fail)
+    ret = _load_state(False).ca_trusted("/x.crt")
+    assert ret == {"name": "/x.crt", "result": False, "changes": {}, "comment": "trusting /x.crt failed: no space left"}

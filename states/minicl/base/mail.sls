@@ -5,9 +5,7 @@
 {%- set postfix_service = 'postfix@-' if grains.get('init') == 'systemd' else 'postfix' %}
 
 minicl-postfix-preseed:
-  cmd.run:
-    - name: echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-    - unless: dpkg-query -W -f='${Status}' postfix 2>/dev/null | grep -q 'ok installed'
+  minicl_mail.postfix_preseeded: []
 
 minicl-mail-packages:
   pkg.installed:
@@ -17,7 +15,7 @@ minicl-mail-packages:
       - bsd-mailx
       - ca-certificates
     - require:
-      - cmd: minicl-postfix-preseed
+      - minicl_mail: minicl-postfix-preseed
 
 minicl-mailname:
   file.managed:
@@ -78,15 +76,16 @@ minicl-cluster-ca:
     - name: {{ ca_file }}
 {%- endif %}
 
-minicl-trust-cluster-ca:
-  cmd.run:
-    - name: update-ca-certificates --fresh
 {%- if ca_url %}
-    # Until the system bundle really trusts it (also after a run that died half-way).
-    - unless: openssl verify -CAfile /etc/ssl/certs/ca-certificates.crt {{ ca_file }}
+minicl-trust-cluster-ca:
+  minicl_mail.ca_trusted:
+    - name: {{ ca_file }}
     - require:
       - file: minicl-cluster-ca
 {%- else %}
+minicl-trust-cluster-ca:
+  cmd.run:
+    - name: update-ca-certificates --fresh
     - onchanges:
       - file: minicl-cluster-ca
 {%- endif %}
@@ -110,6 +109,6 @@ minicl-flush-mail-queue:
     - name: postqueue -f
     - onchanges:
       - minicl_mail: minicl-relay-credentials
-      - cmd: minicl-trust-cluster-ca
+      - minicl-trust-cluster-ca
     - require:
       - service: minicl-postfix
