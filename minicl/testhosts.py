@@ -244,6 +244,7 @@ class Host:
         self.path = os.pathsep.join([os.path.dirname(sys.executable), "/usr/local/sbin",
                                      "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"])
         self.boots = 0
+        self._spawned = []  # Popens of spawn(): their nsenter parent lives outside the host
         self._holder = _Namespace(["--mount", "--propagation", "private"],
                                   ["sh", "-c", HOLD, "minicl-hold", self.dir, "/usr/bin/python3", REAPER])
         self.ns = None
@@ -286,6 +287,7 @@ class Host:
     def reboot(self, timeout=120):
         """``systemctl reboot``, then boot again on the same upper layer (disk) once PID 1 is gone.
         Kernel state (addresses, nftables rules) starts afresh, as on a real reboot."""
+        self._stop_spawned()
         self.run(["systemctl", "reboot"])
         if not self.ns.wait(timeout):
             raise RuntimeError(f"{self.name}: PID 1 still runs {timeout} s after systemctl reboot")
@@ -294,6 +296,7 @@ class Host:
 
     def destroy(self):
         """Kill PID 1 (everything in the host dies with it), then the holder of its disk."""
+        self._stop_spawned()
         if self.ns:
             self.ns.kill()
         if os.path.isdir(self.cgroup):
@@ -351,7 +354,18 @@ class Host:
             cmd = ["sh", "-c", cmd]
         popen_args.setdefault("stdout", subprocess.PIPE)
         popen_args.setdefault("stderr", subprocess.PIPE)
-        return subprocess.Popen(self.command(cmd), text=True, **popen_args)
+        proc = subprocess.Popen(self.command(cmd), text=True, **popen_args)
+        self._spawned.append(proc)
+        return proc
+
+    def _stop_spawned(self):
+        """End what spawn() started and reap it: a process whose parent (nsenter) lives outside
+        the host is a zombie PID 1 cannot reap, and a shutting-down systemd waits for it."""
+        for proc in self._spawned:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+        self._spawned.clear()
 
     def write(self, path, content, mode=0o644):
         self.run(["sh", "-c", 'mkdir -p "$(dirname "$1")" && umask 077 && cat > "$1" && chmod "$2" "$1"',
@@ -456,13 +470,7 @@ class Lab:
         ``shared``: folders of this machine the host may also write to, at the same path."""
         index = len(self.hosts) + 1
         binds = [f"ro:{d}" for d in self.binds()] + [f"rw:{d}" for d in shared]
-        self.hosts[name] = None  # the index is taken
-        try:
-            host = Host(self, name, index, addresses, binds)
-        except Exception:
-            del self.hosts[name]
-            raise
-        self.hosts[name] = host
+        host = self.hosts[name] = Host(self, name, index, addresses, binds)
         return host
 
     def _link(self, host):
@@ -484,10 +492,17 @@ class Lab:
         self.hosts.pop(name).destroy()
 
     def close(self):
+        """Tear every host down, even when one of them fails to; then raise the first failure."""
+        failures = []
         for name in list(self.hosts):
-            self.remove_host(name)
+            try:
+                self.remove_host(name)
+            except Exception as exc:  # pylint: disable=broad-except
+                failures.append(exc)
         self._switch.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+        if failures:
+            raise failures[0]
 
     def __enter__(self):
         return self
