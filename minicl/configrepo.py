@@ -224,12 +224,10 @@ class ConfigRepo:
     def _only_run(self):
         """True (holding runs.lock exclusively) if no other process is in a run."""
         fd = _RUN_LOCKS[self.cache_dir][1]
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if _try_exclusive(fd):
             return True
-        except BlockingIOError:
-            fcntl.flock(fd, fcntl.LOCK_SH)  # a failed conversion drops the lock: take it back
-            return False
+        fcntl.flock(fd, fcntl.LOCK_SH)  # a failed conversion drops the lock: take it back
+        return False
 
     def _back_to_shared(self):
         fcntl.flock(_RUN_LOCKS[self.cache_dir][1], fcntl.LOCK_SH)

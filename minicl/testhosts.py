@@ -166,7 +166,7 @@ def cgroup2_root():
 def _remove_cgroup(path, timeout=10):
     """Remove a cgroup folder and its children, deepest first, once their processes are gone."""
     deadline = time.monotonic() + timeout
-    for top, dirs, _ in sorted(os.walk(path), key=lambda entry: -entry[0].count(os.sep)):
+    for top, _, _ in sorted(os.walk(path), key=lambda entry: -entry[0].count(os.sep)):
         while True:
             try:
                 os.rmdir(top)

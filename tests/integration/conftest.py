@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import subprocess
+import threading
 import time
 
 import pytest
@@ -70,6 +71,24 @@ def salt_call(host, *args, check=False):
     if check and result.returncode != 0:
         raise AssertionError(f"salt-call {args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result.returncode, data, result
+
+
+def bootstrap_all(hosts, git_server, deploy_key):
+    """minicl-bootstrap on every host at once (threads); fails naming the host whose run failed."""
+    results = {}
+
+    def bootstrap(name, host):
+        host.write("/root/deploy.key", deploy_key[0], 0o600)
+        results[name] = host.run(["minicl-bootstrap", f"--repo={git_server.url}", "--deploy-key=/root/deploy.key"],
+                                 check=False, timeout=600)
+
+    threads = [threading.Thread(target=bootstrap, args=item) for item in hosts.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for name, result in results.items():
+        assert result.returncode == 0, f"bootstrap of {name}:\n{result.stdout}\n{result.stderr}"
 
 
 def wait_for(what, probe, timeout=60, interval=0.5, explain=None):

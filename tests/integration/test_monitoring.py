@@ -5,14 +5,12 @@ config push each produce their alert mail at the relay."""
 
 import email
 import email.policy
-import threading
-import time
 
 import pytest
 
 from minicl import fakerelay
 
-from .conftest import changed_states, cluster_config, dump, salt_call, wait_for
+from .conftest import bootstrap_all, changed_states, cluster_config, dump, salt_call, wait_for
 
 RELAY = ["198.51.100.160/24"]
 HOSTS = {
@@ -47,21 +45,9 @@ def relay(lab, tmp_path_factory):
 def cluster(lab, relay, git_server, deploy_key):
     commit = git_server.commit({"cluster.json": monitoring_config(), "deploy.key": deploy_key[0]}, "monitoring")
     hosts = {name: lab.add_host(name, addresses) for name, addresses in HOSTS.items()}
-    results = {}
-
-    def bootstrap(name, host):
+    for host in hosts.values():
         host.run("echo '198.51.100.160 relay.example.org' >> /etc/hosts")
-        host.write("/root/deploy.key", deploy_key[0], 0o600)
-        results[name] = host.run(["minicl-bootstrap", f"--repo={git_server.url}", "--deploy-key=/root/deploy.key"],
-                                 check=False, timeout=600)
-
-    threads = [threading.Thread(target=bootstrap, args=item) for item in hosts.items()]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for name, result in results.items():
-        assert result.returncode == 0, f"bootstrap of {name}:\n{result.stdout}\n{result.stderr}"
+    bootstrap_all(hosts, git_server, deploy_key)
     hosts["commit"] = commit
     return hosts
 

@@ -4,12 +4,11 @@ ruleset, loaded by nftables.service before sshd starts; Postfix, the node export
 Alertmanager on the monitor, minicl-minion.service and its schedule; accounts and keys. A
 break-glass host stays open across a reboot."""
 
-import threading
 import time
 
 import pytest
 
-from .conftest import cluster_config, dump, salt_call, wait_for
+from .conftest import bootstrap_all, cluster_config, dump, salt_call, wait_for
 
 HOSTS = {
     "alpha": ["198.51.100.201/24", "2001:db8:100::201/64"],
@@ -36,20 +35,7 @@ def reboot_config():
 def cluster(lab, git_server, deploy_key):
     git_server.commit({"cluster.json": reboot_config(), "deploy.key": deploy_key[0]}, "two hosts")
     hosts = {name: lab.add_host(name, addresses) for name, addresses in HOSTS.items()}
-    results = {}
-
-    def bootstrap(name, host):
-        host.write("/root/deploy.key", deploy_key[0], 0o600)
-        results[name] = host.run(["minicl-bootstrap", f"--repo={git_server.url}", "--deploy-key=/root/deploy.key"],
-                                 check=False, timeout=600)
-
-    threads = [threading.Thread(target=bootstrap, args=item) for item in hosts.items()]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for name, result in results.items():
-        assert result.returncode == 0, f"bootstrap of {name}:\n{result.stdout}\n{result.stderr}"
+    bootstrap_all(hosts, git_server, deploy_key)
     return hosts
 
 
