@@ -4,8 +4,11 @@ the minicl pillar from the config repo and minicl's states, and the minion appli
 role to its test host."""
 
 import json
+import os
+import time
 
 import pytest
+from pytestshellutils.exceptions import FactoryTimeout
 from saltfactories.cli.call import SaltCall
 from saltfactories.daemons.master import SaltMaster
 from saltfactories.daemons.minion import SaltMinion
@@ -91,18 +94,57 @@ def salt_minion(salt_master, alpha, master_host):
         overrides={"master": master_host.ipv4, "return": "minicl"},
     )
     with factory.started(start_timeout=120):
+        wait_until_signed_in(factory, salt_master)
         yield factory
 
 
-def salt_call(minion, alpha, *args):
-    cli = minion.salt_call_cli(factory_class=in_host(SaltCall, alpha), timeout=600)
-    return cli.run(*args)
+def wait_until_signed_in(minion, master, timeout=120):
+    """The minion daemon has signed in and the master holds its session key. A salt-call that
+    signs in at the same moment as a new minion's daemon can be left waiting forever (Salt 3008:
+    two master workers each write a first session key for the minion id)."""
+    session = os.path.join(master.config["cachedir"], "sessions", minion.id)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(session) and "Minion is ready to receive requests" in _read(minion.config["log_file"]):
+            return
+        time.sleep(0.5)
+    pytest.fail(f"the minion did not sign in to the master within {timeout} s\n{log_tails(minion, master)}")
 
 
-def test_minion_applies_the_base_role_from_the_master(salt_minion, alpha):
-    ret = salt_call(salt_minion, alpha, "pillar.get", "minicl:host:name", "unmask=True")
+def _read(path):
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
+def log_tails(minion, master, lines=40):
+    """The last lines of the daemons' logs (without Salt's trace noise), for a failure message."""
+    out = []
+    for factory in (master, minion):
+        text = [line for line in _read(factory.config["log_file"]).splitlines()
+                if line.startswith("[") and "[TRACE" not in line and "GARBAGE" not in line]
+        out.append(f"--- {factory.config['log_file']}\n" + "\n".join(line[:300] for line in text[-lines:]))
+    return "\n".join(out)
+
+
+@pytest.fixture
+def salt_call(salt_minion, salt_master, alpha):
+    """salt-call in alpha, through the master; a hang fails with the daemons' logs."""
+    def call(*args):
+        cli = salt_minion.salt_call_cli(factory_class=in_host(SaltCall, alpha), timeout=300)
+        try:
+            return cli.run(*args)
+        except FactoryTimeout:
+            pytest.fail(f"salt-call {' '.join(args)} timed out\n{log_tails(salt_minion, salt_master)}")
+    return call
+
+
+def test_minion_applies_the_base_role_from_the_master(salt_call, alpha):
+    ret = salt_call("pillar.get", "minicl:host:name", "unmask=True")
     assert ret.data == "alpha", ret.stdout + ret.stderr  # the master's ext_pillar
-    ret = salt_call(salt_minion, alpha, "state.apply")
+    ret = salt_call("state.apply")
     assert ret.returncode == 0, ret.stdout + ret.stderr
     assert alpha.run("id -nG alice").stdout.split() == ["alice", "sudo"]
     assert alpha.run("nft list table inet minicl", check=False).returncode == 0
@@ -110,15 +152,15 @@ def test_minion_applies_the_base_role_from_the_master(salt_minion, alpha):
     assert applied["host"] == "alpha"
     # The minion's returner records the run for the monitor, with the commit from the master.
     assert f'commit="{applied["commit"]}"' in alpha.read("/var/lib/prometheus/node-exporter/minicl_run.prom")
-    again = salt_call(salt_minion, alpha, "state.apply")
+    again = salt_call("state.apply")
     assert again.returncode == 0 and changed_states({"local": again.data}) == {}
 
 
-def test_a_pushed_commit_reaches_the_minion_through_the_master(salt_minion, alpha, master_host):
+def test_a_pushed_commit_reaches_the_minion_through_the_master(salt_call, alpha, master_host):
     data = json.loads(master_host.read("/srv/config/cluster.json"))
     data["users"]["carol"] = dict(data["users"]["bob"], uid=2003)
     master_host.write("/srv/config/cluster.json", dump(data))
     master_host.run("cd /srv/config && git -c user.name=t -c user.email=t@example.org commit -q -am carol")
-    ret = salt_call(salt_minion, alpha, "state.apply")
+    ret = salt_call("state.apply")
     assert ret.returncode == 0, ret.stdout + ret.stderr
     assert alpha.run("getent passwd carol", check=False).returncode == 0
