@@ -24,8 +24,13 @@ files it renders come from the same commit). The pillar is always the live (last
       status:    {ok, commit, commit_time, last_good_fetch, error, bad_commit, pending_commit, ...}
       applied_file: where the base role records the commit it converged to
 
-If no good commit was ever fetched, or the minion id is not in ``hosts``, the compile raises:
-Salt then refuses to run states, and the message says what to do.
+Before a new commit goes live, this host's highstate is rendered from it (masterless): a commit
+whose SLS files do not render here is a bad commit for this host. SLS files of the live commit
+that stop rendering (new minicl code, changed grains) are left out of ``states`` and reported,
+so minicl's own base role keeps converging.
+
+If no good commit was ever fetched, or the minion id is not in ``hosts``, the pillar carries
+only ``_errors``: Salt then refuses to run states, and the message says what to do.
 """
 
 import logging
@@ -33,8 +38,9 @@ import multiprocessing
 import os
 
 try:
-    from minicl.config import host_snippet
+    from minicl.config import ConfigError, host_snippet
     from minicl.configrepo import ConfigRepo, NoGoodCommit
+    from minicl.rendercheck import RenderCheck
 
     HAS_DEPS = True
 except ImportError as exc:  # pragma: no cover
@@ -94,32 +100,50 @@ def _command_name(pid):
 
 
 def _compile(config_repo, minion_id, applied_file):
-    status = config_repo.update(after_others=_say_waiting if _waits_for_other_runs() else None)
+    check = None
+    if __opts__.get("__role") == "minion":  # under a master, one live commit serves every minion
+        check = RenderCheck(__opts__, config_repo.live_path,
+                            lambda cluster: _pillar_for(cluster, minion_id, {"ok": True, "commit": cluster.commit},
+                                                        applied_file))
+    status = config_repo.update(after_others=_say_waiting if _waits_for_other_runs() else None, check=check)
     if status.get("error"):
-        log.error("minicl: config repo not updated, serving the last good commit %s: %s",
-                  status.get("commit", "(none)"), status["error"])
+        log.error("minicl: %s (serving commit %s)", status["error"], status.get("commit", "(none)")[:12])
     try:
         cluster = config_repo.live_cluster()
-    except NoGoodCommit as exc:
-        raise RuntimeError(f"minicl: {exc}") from None
-
-    host = cluster.host_for_minion(minion_id)
-    if host is None:
+    except (NoGoodCommit, ConfigError) as exc:
+        return _refuse(exc.summary() if isinstance(exc, ConfigError) else str(exc))
+    # The commit actually read; a pending commit goes live when no other run is in progress.
+    status = dict(status, commit=cluster.commit, ok=not status.get("error"))
+    pillar = _pillar_for(cluster, minion_id, status, applied_file)
+    if pillar is None:
         short = minion_id.split(".")[0]
-        raise RuntimeError(
-            f"minicl: this minion ({minion_id}) is not a host in cluster.json at commit "
+        return _refuse(
+            f"this minion ({minion_id}) is not a host in cluster.json at commit "
             f"{status.get('commit', '?')[:12]}. Add it under \"hosts\" (as \"{short}\" or "
             f"\"{short}.{cluster.domain}\"), push, then re-run. "
             f"'minicl-bootstrap --print-snippet' prints the entry, e.g. {host_snippet(short, ['ADDRESS'])}"
         )
-    # The commit actually read; a pending commit goes live when no other run is in progress.
-    status = dict(status, commit=cluster.commit, ok=not status.get("error"))
+    return pillar
+
+
+def _refuse(message):
+    """A pillar Salt refuses to run states with, showing only ``message`` (no traceback)."""
+    log.error("minicl: %s", message)
+    return {"_errors": [f"minicl: {message}"]}
+
+
+def _pillar_for(cluster, minion_id, status, applied_file):
+    """The minicl pillar of ``minion_id`` from ``cluster``, or None if it is not a host there."""
+    host = cluster.host_for_minion(minion_id)
+    if host is None:
+        return None
+    skipped = set(status.get("skipped_states") or ())
     return {
         "minicl": {
             "cluster": cluster.data,
             "host": cluster.host_view(host),
             "addresses": cluster.addresses(),
-            "states": cluster.role_states(host),
+            "states": [sls for sls in cluster.role_states(host) if sls not in skipped],
             "status": status,
             "applied_file": applied_file,
         }

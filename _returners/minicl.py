@@ -16,7 +16,7 @@ import os
 import syslog
 
 try:
-    from minicl import metrics
+    from minicl import configrepo, metrics
 
     HAS_MINICL = True
 except ImportError as exc:  # pragma: no cover
@@ -43,11 +43,13 @@ def _read_json(path):
 
 
 def _config_status():
-    """The config repo's status record: this host's own (masterless), else the pillar's copy."""
+    """The config repo's status of this run: masterless, what this process's pillar compile
+    found (even if status.json could not be written), else this host's status.json; under a
+    master, the pillar's copy."""
     for entry in __opts__.get("ext_pillar") or []:
         if isinstance(entry, dict) and "minicl" in entry:
             cache_dir = (entry["minicl"] or {}).get("cache_dir", "/var/lib/minicl")
-            return _read_json(os.path.join(cache_dir, "status.json"))
+            return configrepo.last_status(cache_dir) or _read_json(os.path.join(cache_dir, "status.json"))
     return (__pillar__.get("minicl") or {}).get("status") or {}
 
 

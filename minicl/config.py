@@ -77,6 +77,10 @@ WEAK_CRYPT = {"1": "MD5-crypt", "3": "NT", "md5": "MD5-crypt", "sha1": "SHA1-cry
 SECRET_PATHS = (re.compile(r"^smtp\.password$"), re.compile(r"^users\.[^.]+\.passwd$"))
 
 
+SHOWN_PROBLEMS = 20  # problems a host records and logs per bad commit
+PROBLEM_CHARS = 300  # characters of one problem line in those records
+
+
 class Problem:
     """One thing wrong with cluster.json, at a dotted path (``users.bob.uid``)."""
 
@@ -106,6 +110,22 @@ class ConfigError(Exception):
     def __init__(self, problems):
         self.problems = list(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
+
+    def summary(self, limit=SHOWN_PROBLEMS):
+        """The first ``limit`` problems and a count of the rest: what a host's status, pillar
+        and log carry (``minicl validate`` prints them all)."""
+        lines = [bounded(str(p), PROBLEM_CHARS) for p in self.problems[:limit]]
+        if len(self.problems) > limit:
+            lines.append(f"... and {len(self.problems) - limit} more problems "
+                         "('minicl validate cluster.json' in a checkout lists them all)")
+        return "\n".join(lines)
+
+
+def bounded(text, limit):
+    """``text``, cut to ``limit`` characters with a note of how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 @lru_cache(maxsize=1)

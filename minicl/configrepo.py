@@ -6,12 +6,15 @@ Layout under ``cache_dir`` (default /var/lib/minicl, always mode 0700)::
     checkouts/<sha>/     exact trees of good commits, written from git's objects (newest few kept)
     live -> checkouts/<sha>   what the pillar and the state tree read; replaced with rename(2)
     status.json          last good commit, last good fetch, last error and bad commit
+    verdicts.json        per kept commit: the minicl code that validated it, and whether this
+                         host's highstate renders from it (so neither is redone every run)
     lock                 flock(2): one update at a time
     runs.lock            flock(2): shared by every run from its pillar compile until it exits
 
-A commit goes live only if its cluster.json validates. When the remote is unreachable, the
-new commit is invalid, or anything else goes wrong, the live checkout stays as it is and
-``status.json`` says why. ``live`` only moves while no other run holds ``runs.lock``, so a
+A commit goes live only if its cluster.json validates and (given a ``check``, as the pillar
+does) this host's highstate renders from it. When the remote is unreachable, the new commit is
+invalid, the disk is full, or anything else goes wrong, the live checkout stays as it is and
+the status says why (also when status.json itself cannot be written: ``last_status``). ``live`` only moves while no other run holds ``runs.lock``, so a
 run's pillar and the SLS files it renders come from the same commit; a valid commit that
 arrives during another run is recorded as pending and goes live on the next run.
 
@@ -20,6 +23,7 @@ arrives during another run is recorded as pending and goes live on the next run.
     cluster = repo.live_cluster()   # raises NoGoodCommit if nothing good was ever fetched
 """
 
+import errno
 import fcntl
 import json
 import logging
@@ -34,7 +38,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import git
 
-from minicl.config import ConfigError, Problem, load_cluster
+from minicl import release
+from minicl.config import Cluster, ConfigError, Problem, bounded, load_cluster, parse_json
 from minicl.files import write_file
 
 log = logging.getLogger(__name__)
@@ -42,10 +47,21 @@ log = logging.getLogger(__name__)
 KEEP_CHECKOUTS = 3
 DEFAULT_TIMEOUT = 30
 LOCK_WAIT = 600
+RESERVE_BYTES = 32 * 2**20  # left free on the cache's filesystem after writing a commit's files
+ERROR_CHARS = 6000  # bound on the error a status carries into the pillar, log and metrics
 
 # cache_dir -> (pid, fd) holding runs.lock shared, for the life of this process (one run). A
 # forked child (a salt-minion job) takes its own: a lock is shared by every copy of its fd.
 _RUN_LOCKS = {}
+# cache_dir -> (pid, status) of this process's last update, written to disk or not.
+_LAST_STATUS = {}
+
+
+def last_status(cache_dir):
+    """The status this process's last ``update`` returned (None if it made none): what the
+    run's returner reports, even when status.json could not be written."""
+    pid, status = _LAST_STATUS.get(cache_dir, (None, None))
+    return status if pid == os.getpid() else None
 
 
 def _try_exclusive(fd):
@@ -80,6 +96,38 @@ class UnsafeTree(Exception):
     """The commit's tree holds something that must not be written out (path or link escape)."""
 
 
+class DoesNotRender(Exception):
+    """This host's highstate does not render from the commit; ``problems``: {sls: error}."""
+
+    def __init__(self, problems):
+        self.problems = problems
+        super().__init__("\n".join(problems.values()))
+
+
+class NoRoom(OSError):
+    """Not enough free space to write a commit's files (checked before writing any)."""
+
+
+def _mb(size):
+    return f"{size / 2**20:.1f} MB"
+
+
+def _describe(exc):
+    """What went wrong, naming the file for an OSError (and the free space, for a full disk)."""
+    if isinstance(exc, NoRoom):
+        return exc.strerror
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        text = f"{type(exc).__name__}: [Errno {exc.errno}] {exc.strerror}{where}"
+        if exc.errno == errno.ENOSPC and exc.filename:
+            folder = os.path.dirname(exc.filename)
+            while folder != "/" and not os.path.isdir(folder):  # the staging folder is gone
+                folder = os.path.dirname(folder)
+            text += f"; {_mb(shutil.disk_usage(folder).free)} free there"
+        return text
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _now():
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -99,6 +147,12 @@ _GIT_BOILERPLATE = (
     "Please make sure you have the correct access rights",
     "and the repository exists.",
 )
+
+
+# What git says when the mirror itself is damaged (never for a remote or network problem).
+_LOCAL_DAMAGE = ("./objects/", "./packed-refs", "packfile", "is corrupt", "bad object",
+                 "index-pack failed", "not a git repository", "bad config")
+_DISK_FULL = ("diskspace", "No space left")
 
 
 def _git_error_text(exc):
@@ -126,6 +180,7 @@ class ConfigRepo:
         self.status_path = os.path.join(cache_dir, "status.json")
         self.lock_path = os.path.join(cache_dir, "lock")
         self.runs_lock_path = os.path.join(cache_dir, "runs.lock")
+        self.verdicts_path = os.path.join(cache_dir, "verdicts.json")
 
     # -- reading -----------------------------------------------------------------------
 
@@ -150,9 +205,33 @@ class ConfigRepo:
             raise NoGoodCommit(self._no_good_commit_message())
         # Read through the resolved sha, not "live": a switch in between cannot mix commits.
         with open(os.path.join(self.checkouts_dir, commit, "cluster.json"), encoding="utf-8") as f:
-            cluster = load_cluster(f.read(), source=f"cluster.json@{commit[:12]}")
+            text = f.read()
+        source = f"cluster.json@{commit[:12]}"
+        if self._verdicts().get(commit, {}).get("valid") == release.fingerprint():
+            log.debug("minicl: %s was validated before by this minicl (%s)", source, release.fingerprint())
+            cluster = Cluster(parse_json(text, source))
+        else:
+            log.debug("minicl: validating %s (%d bytes)", source, len(text))
+            cluster = load_cluster(text, source=source)
         cluster.commit = commit
         return cluster
+
+    def _verdicts(self):
+        try:
+            with open(self.verdicts_path, encoding="utf-8") as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
+    def _record_verdict(self, commit, **verdict):
+        verdicts = self._verdicts()
+        verdicts.setdefault(commit, {}).update(verdict)
+        kept = set(os.listdir(self.checkouts_dir)) if os.path.isdir(self.checkouts_dir) else set()
+        verdicts = {sha: v for sha, v in verdicts.items() if sha in kept}
+        try:
+            write_file(self.verdicts_path, json.dumps(verdicts, indent=1, sort_keys=True), 0o600)
+        except OSError as exc:  # only a cache: the next run redoes the work
+            log.warning("minicl: could not write %s: %s", self.verdicts_path, _describe(exc))
 
     def _no_good_commit_message(self):
         error = self.status().get("error")
@@ -244,58 +323,86 @@ class ConfigRepo:
             cmd += ["-i", self.deploy_key, "-o", "IdentitiesOnly=yes"]
         return shlex.join(cmd)
 
-    def update(self, accept_new_host_key=False, lock_wait=LOCK_WAIT, after_others=None):
+    def update(self, accept_new_host_key=False, lock_wait=LOCK_WAIT, after_others=None, check=None):
         """Fetch, validate and (if valid) switch the live checkout. Returns the new status.
 
         Nothing about the remote, the commit or this host's disk is raised: it is recorded in
         the status, and the live checkout stays the last good one. ``after_others``: see
-        ``hold_run_lock``.
+        ``hold_run_lock``. ``check(checkout_dir, cluster)``, if given, returns {sls: error} of
+        the SLS files that do not render for this host (``check.key`` says what besides the
+        commit and minicl's code its answer depends on): a new commit with any is not applied;
+        for the live commit, they are listed in ``skipped_states``.
         """
         status = self.status()
         try:
             self.hold_run_lock(after_others)
             with self.locked(lock_wait):
                 status = self.status()
-                return self._update_locked(status, accept_new_host_key)
+                self._remove_staging()
+                return self._update_locked(status, accept_new_host_key, check)
         except Exception as exc:  # the last good commit must keep running, whatever broke
             log.debug("minicl config repo update failed", exc_info=True)
-            status["error"] = f"updating the config repo failed: {type(exc).__name__}: {exc}"
+            status["error"] = bounded(f"updating the config repo failed: {_describe(exc)}", ERROR_CHARS)
             status["checked_at"] = _now()
-            try:
-                return self._save(status)
-            except OSError:
-                return status
+            return self._save(status)
 
-    def _update_locked(self, status, accept_new_host_key):
-        for key in ("error", "pending_commit"):
+    def _update_locked(self, status, accept_new_host_key, check):
+        previous_error = status.get("error")
+        for key in ("error", "pending_commit", "skipped_states"):
             status.pop(key, None)
         status["checked_at"] = _now()
         try:
             fetched = self._fetch(accept_new_host_key)
         except git.GitCommandError as exc:
-            status["error"] = f"fetching {safe_url(self.url)} (branch {self.branch}) failed: {_git_error_text(exc)}"
+            text = _git_error_text(exc)
+            if "diskspace" in text or "No space left" in text:  # git names its temporary file only
+                text += f" ({self.mirror_dir}: {_mb(shutil.disk_usage(self.cache_dir).free)} free)"
+            status["error"] = f"fetching {safe_url(self.url)} (branch {self.branch}) failed: {text}"
             return self._save(status)
-        if fetched == self.live_commit():
-            status.pop("bad_commit", None)
+        live = self.live_commit()
+        if fetched == live:
+            for key in ("bad_commit", "bad_key"):
+                status.pop(key, None)
             status["last_good_fetch"] = status["checked_at"]
+            self._check_live(status, live, check)
+            return self._save(status)
+        verdict_key = self._verdict_key(check)
+        if status.get("bad_commit") == fetched and status.get("bad_key") == verdict_key and previous_error:
+            status["error"] = previous_error  # judged by this same code already: not again
             return self._save(status)
         commit = self._mirror().commit(fetched)
         try:
-            self._validate_commit(commit)
+            cluster = self._validate_commit(commit)
+            cluster.commit = fetched
             target = self._export(commit)
-        except (ConfigError, UnsafeTree) as exc:
-            status["error"] = f"commit {fetched[:12]} is invalid and was not applied:\n{exc}"
+            self._record_verdict(fetched, valid=release.fingerprint())
+            problems = self._render_problems(check, fetched, cluster)
+            if problems:
+                raise DoesNotRender(problems)
+        except (ConfigError, UnsafeTree, DoesNotRender) as exc:
+            if isinstance(exc, DoesNotRender):
+                why, detail = "does not render on this host", "\n".join(exc.problems.values())
+            else:
+                why, detail = "is invalid", exc.summary() if isinstance(exc, ConfigError) else str(exc)
+            status["error"] = bounded(f"commit {fetched[:12]} {why} and was not applied:\n{detail}", ERROR_CHARS)
             status["bad_commit"] = fetched
+            status["bad_key"] = verdict_key
             return self._save(status)
-        status.pop("bad_commit", None)
+        for key in ("bad_commit", "bad_key"):
+            status.pop(key, None)
         status["last_good_fetch"] = status["checked_at"]
-        if self.live_commit() is not None and not self._only_run():
+        if live is not None and not self._only_run():
             status["pending_commit"] = fetched
             return self._save(status)
         try:
             self._switch_live(target)
         finally:
             self._back_to_shared()
+        status.pop("notice", None)
+        moved = self._branch_move(live, fetched)
+        if moved:
+            log.warning("minicl: %s", moved)
+            status["notice"] = moved
         status.update(
             commit=fetched,
             commit_time=datetime.fromtimestamp(commit.committed_date, timezone.utc).strftime(
@@ -305,6 +412,67 @@ class ConfigRepo:
         )
         return self._save(status)
 
+    # -- render checks -----------------------------------------------------------------
+
+    @staticmethod
+    def _verdict_key(check):
+        return f"{release.fingerprint()}/{check.key if check else 'no render check'}"
+
+    def _render_problems(self, check, commit, cluster):
+        """{sls: error} from ``check`` for ``commit``'s checkout, remembered per verdict key."""
+        if check is None:
+            return {}
+        key = self._verdict_key(check)
+        known = self._verdicts().get(commit, {}).get("render")
+        if known and known.get("key") == key:
+            return known["problems"]
+        log.debug("minicl: rendering this host's highstate from commit %s", commit[:12])
+        problems = {sls: bounded(text, ERROR_CHARS // 4)
+                    for sls, text in check(os.path.join(self.checkouts_dir, commit), cluster).items()}
+        self._record_verdict(commit, render={"key": key, "problems": problems})
+        return problems
+
+    def _check_live(self, status, live, check):
+        """The second line of defence: SLS files of the live commit that do not render here
+        (the commit went live under other code, or the host changed) are left out of runs.
+        Also records that this code validated the live commit, once."""
+        if live is None:
+            return
+        verdict = self._verdicts().get(live, {})
+        known = verdict.get("render") or {}
+        render_known = check is None or known.get("key") == self._verdict_key(check)
+        if verdict.get("valid") == release.fingerprint() and render_known:
+            problems = known.get("problems") or {}
+        else:
+            try:
+                cluster = self.live_cluster()
+            except ConfigError:
+                return  # the pillar reports this itself
+            cluster.commit = live
+            self._record_verdict(live, valid=release.fingerprint())
+            problems = self._render_problems(check, live, cluster)
+        if problems and check is not None:
+            # Group roles (roles.*) are left out of runs; minicl's own states never are.
+            status["skipped_states"] = sorted(sls for sls in problems if sls.startswith("roles."))
+            status["error"] = bounded(
+                f"the live commit {live[:12]} has SLS files that do not render on this host; runs "
+                f"leave them out until a commit fixes them:\n" + "\n".join(problems.values()),
+                ERROR_CHARS)
+
+    def _branch_move(self, live, fetched):
+        """A sentence if the branch went back to an ancestor of the live commit, or was rewritten."""
+        if live is None:
+            return None
+        repo = self._mirror()
+        try:
+            if repo.is_ancestor(live, fetched):
+                return None
+            back = repo.is_ancestor(fetched, live)
+        except (git.GitCommandError, ValueError):
+            back = False
+        how = "moved back" if back else "was rewritten (force-push)"
+        return f"branch {self.branch} {how} from {live[:12]} to {fetched[:12]}; applied {fetched[:12]}"
+
     def _mirror(self):
         if os.path.isdir(self.mirror_dir):
             repo = git.Repo(self.mirror_dir)
@@ -312,6 +480,9 @@ class ConfigRepo:
             repo = git.Repo.init(self.mirror_dir, bare=True, mkdir=True)
             with repo.config_writer() as cfg:
                 cfg.set_value("fetch", "fsckObjects", "true")
+                # gc --auto runs inside the fetch, under the update lock: no git outlives
+                # update(), so a *.lock found under that lock is always stale.
+                cfg.set_value("gc", "autoDetach", "false")
         if "origin" in [r.name for r in repo.remotes]:
             if repo.remotes.origin.url != self.url:
                 repo.remotes.origin.set_url(self.url)
@@ -319,15 +490,58 @@ class ConfigRepo:
             repo.create_remote("origin", self.url)
         return repo
 
+    def _remove_stale_locks(self):
+        """*.lock files a killed git left in the mirror (called under the update lock)."""
+        for folder, _dirs, files in os.walk(self.mirror_dir):
+            if os.path.relpath(folder, self.mirror_dir).startswith("objects"):
+                continue
+            for name in files:
+                if name.endswith(".lock"):
+                    path = os.path.join(folder, name)
+                    log.warning("minicl: removing stale git lock %s", path)
+                    os.unlink(path)
+
+    def _mirror_is_broken(self):
+        """Whether the mirror itself is damaged (a local check, no network)."""
+        try:
+            git.Repo(self.mirror_dir).git.fsck("--connectivity-only", "--no-dangling", "--no-progress")
+            return False
+        except Exception:  # pylint: disable=broad-except  # cannot open it: config, HEAD, refs, packs
+            return True
+
     def _fetch(self, accept_new_host_key):
-        """Fetch the branch into the mirror; returns the sha of its tip."""
+        """Fetch the branch into the mirror; returns the sha of its tip. A damaged mirror is
+        only a cache: it is re-created and fetched once more (one full fetch), at once, rather
+        than failing or re-downloading the history on every run."""
+        if os.path.isdir(self.mirror_dir):
+            self._remove_stale_locks()
+        try:
+            return self._fetch_once(accept_new_host_key)
+        except git.GitCommandError as exc:
+            said = str(getattr(exc, "stderr", "") or "")
+            if any(hint in said for hint in _DISK_FULL):
+                raise  # deleting the mirror would not make room for fetching it again
+            if not (any(hint in said for hint in _LOCAL_DAMAGE) or self._mirror_is_broken()):
+                raise  # the remote or the network: the mirror is fine
+            why = _git_error_text(exc)
+        except (git.InvalidGitRepositoryError, git.NoSuchPathError, ValueError) as exc:
+            why = f"{type(exc).__name__}: {exc}"  # GitPython cannot even read it
+        log.warning("minicl: the git mirror %s is damaged (%s); re-creating it", self.mirror_dir, why)
+        shutil.rmtree(self.mirror_dir)
+        return self._fetch_once(accept_new_host_key)
+
+    def _fetch_once(self, accept_new_host_key):
         repo = self._mirror()
         ref = f"refs/remotes/origin/{self.branch}"
         env = {"GIT_SSH_COMMAND": self.ssh_command(accept_new_host_key), "GIT_TERMINAL_PROMPT": "0"}
         with repo.git.custom_environment(**env):
             repo.git.fetch("--prune", "--no-tags", "origin", f"+refs/heads/{self.branch}:{ref}",
                            kill_after_timeout=self.timeout * 4)
-        return repo.rev_parse(ref).hexsha
+        sha = repo.rev_parse(ref).hexsha
+        if sha != self.live_commit():
+            for _item in repo.commit(sha).tree.traverse():  # every tree readable (ValueError if not)
+                pass
+        return sha
 
     def _validate_commit(self, commit):
         files = [blob.path for blob in commit.tree.traverse() if blob.type == "blob"]
@@ -338,21 +552,44 @@ class ConfigRepo:
         return load_cluster(text, source=source, repo_files=files)
 
     def _export(self, commit):
-        """Write the commit's tree to checkouts/<sha> (once) and return that path."""
+        """Write the commit's tree to checkouts/<sha> (once) and return that path. Checks the
+        free space first; a failure leaves no partial folder behind."""
         os.makedirs(self.checkouts_dir, mode=0o700, exist_ok=True)
         target = os.path.join(self.checkouts_dir, commit.hexsha)
         if not os.path.isdir(target):
+            self._check_room(commit)
             staging = target + ".tmp"
             shutil.rmtree(staging, ignore_errors=True)
-            os.mkdir(staging, 0o700)
             try:
+                os.mkdir(staging, 0o700)
                 export_tree(commit.tree, staging)
-            except UnsafeTree:
+                os.rename(staging, target)
+            except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
-            os.rename(staging, target)
         os.utime(target)  # newest first when pruning, even for a commit that comes back
         return target
+
+    def _check_room(self, commit):
+        size = sum(item.size for item in commit.tree.traverse() if item.type == "blob")
+        free = shutil.disk_usage(self.checkouts_dir).free
+        if size + RESERVE_BYTES > free:
+            raise NoRoom(
+                errno.ENOSPC,
+                f"not enough disk space to write commit {commit.hexsha[:12]} to {self.checkouts_dir}: "
+                f"its files need {_mb(size)} and {_mb(RESERVE_BYTES)} are kept free, but only "
+                f"{_mb(free)} are free there. The last good commit keeps running; free some space "
+                f"on that filesystem (df -h {self.cache_dir}) and the next run applies it",
+            )
+
+    def _remove_staging(self):
+        """Leftovers of an export or switch that was killed (this process holds the update lock)."""
+        if os.path.lexists(self.live_path + ".new"):
+            os.unlink(self.live_path + ".new")
+        if os.path.isdir(self.checkouts_dir):
+            for name in os.listdir(self.checkouts_dir):
+                if name.endswith(".tmp"):
+                    shutil.rmtree(os.path.join(self.checkouts_dir, name), ignore_errors=True)
 
     def _switch_live(self, target):
         if os.path.isdir(self.live_path) and not os.path.islink(self.live_path):
@@ -377,7 +614,11 @@ class ConfigRepo:
             shutil.rmtree(path, ignore_errors=True)
 
     def _save(self, status):
-        write_file(self.status_path, json.dumps(status, indent=2, sort_keys=True), 0o600)
+        _LAST_STATUS[self.cache_dir] = (os.getpid(), status)
+        try:
+            write_file(self.status_path, json.dumps(status, indent=2, sort_keys=True), 0o600)
+        except OSError as exc:  # the run still reports it: see last_status
+            log.error("minicl: could not write %s: %s", self.status_path, _describe(exc))
         return status
 
 

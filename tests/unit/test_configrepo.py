@@ -295,3 +295,199 @@ def test_a_reverted_commit_is_not_pruned_first(repo, remote):
     b = commit(remote, {"cluster.json": example(admin_email="b@example.org")})
     repo.update()
     assert a in os.listdir(repo.checkouts_dir) and repo.live_commit() == b
+
+
+# -- faults: render checks, disk space, bounded errors, verdicts, branch moves ----------------
+
+
+class FakeCheck:
+    """A render check that reports ``problems`` for every commit; counts its calls."""
+
+    key = "fake"
+
+    def __init__(self, problems=None):
+        self.problems = problems or {}
+        self.calls = []
+
+    def __call__(self, checkout, cluster):
+        self.calls.append((os.path.basename(checkout), cluster.commit))
+        return dict(self.problems)
+
+
+def test_a_commit_that_does_not_render_here_is_a_bad_commit(repo, remote):
+    good = commit(remote, {"cluster.json": example()})
+    repo.update(check=FakeCheck())
+    bad = commit(remote, {"roles/web/init.sls": "{% if %}\n"})
+    check = FakeCheck({"roles.web": "roles/web/init.sls: Rendering SLS 'base:roles.web' failed: line 1"})
+    status = repo.update(check=check)
+    assert repo.live_commit() == good and status["bad_commit"] == bad
+    assert status["error"] == (f"commit {bad[:12]} does not render on this host and was not applied:\n"
+                               "roles/web/init.sls: Rendering SLS 'base:roles.web' failed: line 1")
+    assert check.calls == [(bad, bad)]
+    # Judged once: the next runs neither validate nor render it again, and keep saying why.
+    again = repo.update(check=check)
+    assert check.calls == [(bad, bad)] and again["error"] == status["error"]
+
+
+def test_render_verdicts_follow_the_check_key(repo, remote):
+    commit(remote, {"cluster.json": example()})
+    check = FakeCheck()
+    repo.update(check=check)
+    repo.update(check=check)
+    assert len(check.calls) == 1  # the live commit's verdict is remembered
+    check.key = "grains changed"
+    repo.update(check=check)
+    assert len(check.calls) == 2
+
+
+def test_live_roles_that_stop_rendering_are_left_out(repo, remote):
+    live = commit(remote, {"cluster.json": example()})
+    repo.update(check=FakeCheck())
+    problems = {"roles.web": "roles/web/init.sls: boom", "minicl.base": "SLS minicl.base: boom"}
+    changed = FakeCheck(problems)
+    changed.key = "grains changed"
+    status = repo.update(check=changed)
+    assert repo.live_commit() == live
+    assert status["skipped_states"] == ["roles.web"]  # never minicl's own
+    assert "roles/web/init.sls: boom" in status["error"] and "SLS minicl.base: boom" in status["error"]
+    fine = FakeCheck()
+    fine.key = "grains back"
+    status = repo.update(check=fine)
+    assert "skipped_states" not in status and "error" not in status
+
+
+def test_an_unchanged_live_commit_is_not_validated_again(repo, remote, monkeypatch):
+    commit(remote, {"cluster.json": example()})
+    repo.update()
+    import minicl.configrepo as configrepo
+
+    def no_validation(*args, **kwargs):
+        raise AssertionError("validated again")
+
+    monkeypatch.setattr(configrepo, "load_cluster", no_validation)
+    repo.update()
+    assert repo.live_cluster().domain == "example.org"
+    monkeypatch.setattr(configrepo.release, "fingerprint", lambda: "other code")
+    with pytest.raises(AssertionError, match="validated again"):
+        repo.live_cluster()
+
+
+def test_a_flood_of_problems_is_bounded(repo, remote):
+    commit(remote, {"cluster.json": example()})
+    repo.update()
+    data = json.loads(example())
+    for n in range(3000):
+        data["users"][f"u{n}"] = {"uid": 10 + n}
+    bad = commit(remote, {"cluster.json": json.dumps(data)})
+    status = repo.update()
+    assert status["bad_commit"] == bad
+    lines = status["error"].splitlines()
+    assert len(lines) == 22  # the headline, 20 problems, the count of the rest
+    assert lines[-1].startswith("... and ") and lines[-1].endswith(
+        "more problems ('minicl validate cluster.json' in a checkout lists them all)")
+
+
+def test_no_room_for_an_export_is_refused_before_writing(repo, remote, monkeypatch):
+    good = commit(remote, {"cluster.json": example()})
+    repo.update()
+    big = commit(remote, {"roles/web/big.txt": "x" * 2**20})
+    import minicl.configrepo as configrepo
+
+    class Usage:
+        free = configrepo.RESERVE_BYTES + 2**19
+
+    monkeypatch.setattr(configrepo.shutil, "disk_usage", lambda path: Usage)
+    status = repo.update()
+    assert repo.live_commit() == good and "bad_commit" not in status
+    assert status["error"].startswith(
+        f"updating the config repo failed: not enough disk space to write commit {big[:12]} to "
+        f"{repo.checkouts_dir}: its files need 1.0 MB and 32.0 MB are kept free, but only 32.5 MB are free")
+    assert sorted(os.listdir(repo.checkouts_dir)) == [good]
+
+
+def test_a_failed_export_leaves_no_staging_folder(repo, remote, monkeypatch):
+    good = commit(remote, {"cluster.json": example()})
+    repo.update()
+    commit(remote, {"roles/web/init.sls": "x: {}\n"})
+    import minicl.configrepo as configrepo
+
+    def full_disk(tree, root):
+        raise OSError(28, "No space left on device", os.path.join(root, "roles", "web", "init.sls"))
+
+    monkeypatch.setattr(configrepo, "export_tree", full_disk)
+    status = repo.update()
+    assert repo.live_commit() == good
+    assert "OSError: [Errno 28] No space left on device (" in status["error"]
+    assert "/roles/web/init.sls); " in status["error"] and " MB free there" in status["error"]
+    assert sorted(os.listdir(repo.checkouts_dir)) == [good]
+
+
+def test_staging_left_by_a_killed_run_is_removed(repo, remote):
+    commit(remote, {"cluster.json": example()})
+    repo.update()
+    leftover = os.path.join(repo.checkouts_dir, "0123abcd.tmp")
+    os.makedirs(os.path.join(leftover, "roles"))
+    repo.update()
+    assert not os.path.exists(leftover)
+
+
+def test_a_status_that_cannot_be_written_still_reaches_the_run(repo, remote, monkeypatch):
+    from minicl import configrepo
+
+    commit(remote, {"cluster.json": example()})
+    repo.update()
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device", repo.status_path)
+
+    monkeypatch.setattr(configrepo, "write_file", full)
+    commit(remote, {"cluster.json": "{"})
+    status = repo.update()
+    assert "is invalid" in status["error"]
+    assert configrepo.last_status(repo.cache_dir) is status
+    assert "error" not in repo.status()  # the file keeps the older record
+
+
+def test_a_branch_moved_back_is_applied_and_said(repo, remote):
+    old = commit(remote, {"cluster.json": example()})
+    repo.update()
+    newer = commit(remote, {"notes.txt": "x"})
+    assert repo.update()["commit"] == newer and "notice" not in repo.status()
+    git(remote, "reset", "-q", "--hard", old)
+    status = repo.update()
+    assert status["commit"] == old
+    assert status["notice"] == f"branch main moved back from {newer[:12]} to {old[:12]}; applied {old[:12]}"
+    git(remote, "commit", "-q", "--allow-empty", "-m", "rewritten")
+    rewritten = commit(remote, {"notes.txt": "y"})
+    assert repo.update()["commit"] == rewritten and "notice" not in repo.status()
+    git(remote, "checkout", "-q", "--orphan", "other")
+    other = commit(remote, {"cluster.json": example()})
+    git(remote, "branch", "-q", "-f", "main", other)
+    status = repo.update()
+    assert status["notice"] == (f"branch main was rewritten (force-push) from {rewritten[:12]} to "
+                                f"{other[:12]}; applied {other[:12]}")
+
+
+def test_a_damaged_mirror_is_recreated_in_the_same_run(repo, remote, caplog):
+    commit(remote, {"cluster.json": example()})
+    repo.update()
+    ref = os.path.join(repo.mirror_dir, "refs", "remotes", "origin", "main")
+    pathlib.Path(ref).write_text("garbage\n")
+    pathlib.Path(ref + ".lock").write_text("")
+    new = commit(remote, {"notes.txt": "x"})
+    status = repo.update()
+    assert status["commit"] == new and "error" not in status
+    assert "is damaged" in caplog.text and "removing stale git lock" in caplog.text
+    caplog.clear()
+    assert repo.update()["commit"] == new and "is damaged" not in caplog.text
+
+
+def test_an_unreachable_remote_leaves_the_mirror_alone(repo, remote, tmp_path):
+    commit(remote, {"cluster.json": example()})
+    repo.update()
+    marker = os.path.join(repo.mirror_dir, "minicl-test-marker")
+    pathlib.Path(marker).write_text("")
+    os.rename(remote, tmp_path / "gone")
+    status = repo.update()
+    assert status["error"].startswith("fetching file://")
+    assert os.path.exists(marker)  # not re-created

@@ -7,3 +7,4 @@ include:
   - minicl.base.monitoring
   - minicl.base.schedule
   - minicl.base.applied
+  - minicl.base.left_out
