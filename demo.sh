@@ -4,4 +4,4 @@
 set -eu
 cd "$(dirname "$0")"
 ./tools/setup.sh
-exec .venv/bin/python -m minicl.demo "$@"
+exec .venv/bin/python -m minicl_lab.demo "$@"

@@ -1,6 +1,6 @@
 """Grains: this host's real global-scope addresses (pyroute2) and its short name.
 
-    salt-call --local grains.item minicl_ipv4 minicl_ipv6 minicl_interfaces minicl_shortname
+salt-call --local grains.item minicl_ipv4 minicl_ipv6 minicl_interfaces minicl_shortname
 """
 
 try:

@@ -1,8 +1,8 @@
 """Execution module: what minicl knows about this host and its config repo.
 
-    salt-call --local minicl.status           # live commit, last good fetch, last error
-    salt-call --local minicl.validate /path/to/cluster.json
-    salt-call --local minicl.schedule_config  # the minion's scheduled jobs, from cluster.json
+salt-call --local minicl.status           # live commit, last good fetch, last error
+salt-call --local minicl.validate /path/to/cluster.json
+salt-call --local minicl.schedule_config  # the minion's scheduled jobs, from cluster.json
 """
 
 import json

@@ -30,8 +30,11 @@ def run():
     """
     cluster = (__pillar__.get("minicl") or {}).get("cluster")
     # A job of a masterless salt-minion has no pillar: ask sshd itself.
-    ssh_port = config.Cluster(cluster).firewall_option("ssh_port") if cluster else \
-        (sshd.listening_ports() or [22])[0]
+    ssh_port = (
+        config.Cluster(cluster).firewall_option("ssh_port")
+        if cluster
+        else (sshd.listening_ports() or [22])[0]
+    )
     found = checks.run_all(ssh_port)
     metrics.write_checks(found, __opts__.get("minicl_textfile_dir", metrics.TEXTFILE_DIR))
     if any(not check.ok for check in found):

@@ -1,8 +1,8 @@
 """Execution module: root mail through the cluster's relay.
 
-    salt-call --local minicl_mail.test            # send a test message to admin_email, follow it
-    salt-call --local minicl_mail.queue           # queue size, age of the oldest message, reasons
-    salt-call --local minicl_mail.main_cf         # the main.cf minicl writes (no secret in it)
+salt-call --local minicl_mail.test            # send a test message to admin_email, follow it
+salt-call --local minicl_mail.queue           # queue size, age of the oldest message, reasons
+salt-call --local minicl_mail.main_cf         # the main.cf minicl writes (no secret in it)
 """
 
 try:
@@ -63,7 +63,9 @@ def test(to=None, wait=20):
     to = to or cluster.data["admin_email"]
     fqdn = cluster.fqdn(host)
     subject = f"minicl test message from {fqdn} at {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"
-    message_id = mail.send_test_message(to, subject, "If you read this, mail from this host reaches you.", fqdn)
+    message_id = mail.send_test_message(
+        to, subject, "If you read this, mail from this host reaches you.", fqdn
+    )
     deadline = time.monotonic() + float(wait)
     status, detail = None, ""
     while status in (None,) and time.monotonic() < deadline:
@@ -73,6 +75,12 @@ def test(to=None, wait=20):
                 status, detail = mail.delivery_status(message_id, f.readlines()[-2000:])
         except FileNotFoundError:
             pass
-    return {"sent_to": to, "subject": subject, "message_id": message_id,
-            "status": status or "still queued", "detail": detail,
-            "delivered_to_relay": status == "sent", "queue": mail.queue()}
+    return {
+        "sent_to": to,
+        "subject": subject,
+        "message_id": message_id,
+        "status": status or "still queued",
+        "detail": detail,
+        "delivered_to_relay": status == "sent",
+        "queue": mail.queue(),
+    }

@@ -67,10 +67,20 @@ def _in_a_run():
     return multiprocessing.current_process().name.startswith(("Schedule(", "ProcessPayload("))
 
 
-def ext_pillar(minion_id, pillar, repo, branch="main", deploy_key=None, known_hosts=None,
-               cache_dir="/var/lib/minicl", timeout=30, applied_file=None):  # pylint: disable=unused-argument
-    config_repo = ConfigRepo(cache_dir, repo, branch=branch, deploy_key=deploy_key,
-                             known_hosts=known_hosts, timeout=timeout)
+def ext_pillar(
+    minion_id,
+    pillar,
+    repo,
+    branch="main",
+    deploy_key=None,
+    known_hosts=None,
+    cache_dir="/var/lib/minicl",
+    timeout=30,
+    applied_file=None,
+):  # pylint: disable=unused-argument
+    config_repo = ConfigRepo(
+        cache_dir, repo, branch=branch, deploy_key=deploy_key, known_hosts=known_hosts, timeout=timeout
+    )
     try:
         return _compile(config_repo, minion_id, applied_file or os.path.join(cache_dir, "applied.json"))
     finally:
@@ -86,15 +96,17 @@ def _waits_for_other_runs():
 
 def _say_waiting(pids):
     who = ", ".join(f"PID {pid} ({_command_name(pid)})" for pid in pids) or "another process"
-    log.warning("minicl: another run is in progress on this host (%s); this one starts when it has "
-                "finished", who)
+    log.warning(
+        "minicl: another run is in progress on this host (%s); this one starts when it has finished", who
+    )
 
 
 def _command_name(pid):
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return " ".join(os.path.basename(arg) for arg in f.read().decode(errors="replace").split("\0")[:3]
-                            if arg)
+            return " ".join(
+                os.path.basename(arg) for arg in f.read().decode(errors="replace").split("\0")[:3] if arg
+            )
     except OSError:
         return "?"
 
@@ -102,9 +114,13 @@ def _command_name(pid):
 def _compile(config_repo, minion_id, applied_file):
     check = None
     if __opts__.get("__role") == "minion":  # under a master, one live commit serves every minion
-        check = RenderCheck(__opts__, config_repo.live_path,
-                            lambda cluster: _pillar_for(cluster, minion_id, {"ok": True, "commit": cluster.commit},
-                                                        applied_file))
+        check = RenderCheck(
+            __opts__,
+            config_repo.live_path,
+            lambda cluster: _pillar_for(
+                cluster, minion_id, {"ok": True, "commit": cluster.commit}, applied_file
+            ),
+        )
     status = config_repo.update(after_others=_say_waiting if _waits_for_other_runs() else None, check=check)
     if status.get("error"):
         log.error("minicl: %s (serving commit %s)", status["error"], status.get("commit", "(none)")[:12])
@@ -119,8 +135,8 @@ def _compile(config_repo, minion_id, applied_file):
         short = minion_id.split(".")[0]
         return _refuse(
             f"this minion ({minion_id}) is not a host in cluster.json at commit "
-            f"{status.get('commit', '?')[:12]}. Add it under \"hosts\" (as \"{short}\" or "
-            f"\"{short}.{cluster.domain}\"), push, then re-run. "
+            f'{status.get("commit", "?")[:12]}. Add it under "hosts" (as "{short}" or '
+            f'"{short}.{cluster.domain}"), push, then re-run. '
             f"'minicl-bootstrap --print-snippet' prints the entry, e.g. {host_snippet(short, ['ADDRESS'])}"
         )
     return pillar

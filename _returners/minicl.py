@@ -63,10 +63,16 @@ def returner(ret):
         applied = _read_json(applied_file) if applied_file else {}
         summary, status = metrics.run_summary(ret.get("return")), _config_status()
         syslog.openlog("minicl", 0, syslog.LOG_DAEMON)
-        syslog.syslog(syslog.LOG_INFO if summary["failed"] == 0 else syslog.LOG_ERR,
-                      metrics.run_line(summary, status, applied.get("commit")))
-        metrics.write_run(summary, status, applied.get("commit"),
-                          directory=__opts__.get("minicl_textfile_dir", metrics.TEXTFILE_DIR))
+        syslog.syslog(
+            syslog.LOG_INFO if summary["failed"] == 0 else syslog.LOG_ERR,
+            metrics.run_line(summary, status, applied.get("commit")),
+        )
+        metrics.write_run(
+            summary,
+            status,
+            applied.get("commit"),
+            directory=__opts__.get("minicl_textfile_dir", metrics.TEXTFILE_DIR),
+        )
         __salt__["minicl_checks.run"]()
     except Exception:  # pylint: disable=broad-except
         # A returner must not turn a finished run into a crash; the stale-run alert catches this.

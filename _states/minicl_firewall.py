@@ -54,8 +54,10 @@ def _applied(ret, confirm_seconds):
         if read_file(firewall.PERSIST_PATH) != BREAK_GLASS_PERSISTED and not __opts__["test"]:
             write_file(firewall.PERSIST_PATH, BREAK_GLASS_PERSISTED)  # a reboot must not close it again
         # Loud on purpose: a host without its firewall must show up as failing.
-        ret["comment"] = (f"{firewall.BREAK_GLASS_PATH} exists (break-glass): table inet minicl is left as it "
-                          "is and not loaded at boot; remove the file to let minicl manage the firewall again")
+        ret["comment"] = (
+            f"{firewall.BREAK_GLASS_PATH} exists (break-glass): table inet minicl is left as it "
+            "is and not loaded at boot; remove the file to let minicl manage the firewall again"
+        )
         return ret
     local_rules = read_file(firewall.LOCAL_RULES_PATH)
     problem = firewall.local_rules_problem(local_rules)
@@ -68,8 +70,10 @@ def _applied(ret, confirm_seconds):
     wanted, wanted_listing = firewall.canonical(text)
     current, current_listing = firewall.live()
     persisted = read_file(firewall.PERSIST_PATH) == text
-    summary = (f"{len(spec.trusted_v4) + len(spec.trusted_v6)} trusted networks, ssh on {spec.ssh_ports}, "
-               f"public tcp {spec.public_tcp or 'none'}, udp {spec.public_udp or 'none'}")
+    summary = (
+        f"{len(spec.trusted_v4) + len(spec.trusted_v6)} trusted networks, ssh on {spec.ssh_ports}, "
+        f"public tcp {spec.public_tcp or 'none'}, udp {spec.public_udp or 'none'}"
+    )
     if wanted == current and persisted:
         ret["result"] = True
         ret["comment"] = f"table inet minicl is as cluster.json says ({summary})"
@@ -77,8 +81,11 @@ def _applied(ret, confirm_seconds):
 
     changes = {}
     if wanted != current:
-        changes["diff"] = "".join(difflib.unified_diff(
-            current_listing.splitlines(True), wanted_listing.splitlines(True), "live", "cluster.json"))
+        changes["diff"] = "".join(
+            difflib.unified_diff(
+                current_listing.splitlines(True), wanted_listing.splitlines(True), "live", "cluster.json"
+            )
+        )
     if not persisted:
         changes["persisted"] = firewall.PERSIST_PATH
     if __opts__["test"]:
@@ -92,12 +99,17 @@ def _applied(ret, confirm_seconds):
             ret["comment"] = error
             return ret
         if firewall.live()[0] != wanted:
-            ret["comment"] = "table inet minicl changed under this run (another run?); it is checked again next run"
+            ret["comment"] = (
+                "table inet minicl changed under this run (another run?); it is checked again next run"
+            )
             return ret
     write_file(firewall.PERSIST_PATH, text)
     ret["result"], ret["changes"] = True, changes
-    ret["comment"] = (f"table inet minicl replaced ({summary})" if "diff" in changes
-                      else f"saved for the next boot in {firewall.PERSIST_PATH}")
+    ret["comment"] = (
+        f"table inet minicl replaced ({summary})"
+        if "diff" in changes
+        else f"saved for the next boot in {firewall.PERSIST_PATH}"
+    )
     return ret
 
 
@@ -130,8 +142,12 @@ def _replace_with_deadman(cluster, host, text, previous_listing, ssh_ports, conf
     try:
         firewall.replace_table(backup)
     except firewall.FirewallError as exc:
-        return (f"no peer answered after the new ruleset was applied and restoring the previous one "
-                f"failed ({exc}); the watchdog tries again in 10 s")
+        return (
+            f"no peer answered after the new ruleset was applied and restoring the previous one "
+            f"failed ({exc}); the watchdog tries again in 10 s"
+        )
     deadman.kill()
-    return (f"no peer ({', '.join(peers)}) answered on port {', '.join(map(str, probe_ports))} within "
-            f"{seconds} s after the new ruleset was applied: the previous ruleset is restored")
+    return (
+        f"no peer ({', '.join(peers)}) answered on port {', '.join(map(str, probe_ports))} within "
+        f"{seconds} s after the new ruleset was applied: the previous ruleset is restored"
+    )

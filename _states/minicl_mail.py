@@ -47,7 +47,9 @@ def aliases(name="/etc/aliases"):
         return ret
     changes = {}
     if current != wanted:
-        changes["diff"] = "".join(difflib.unified_diff(current.splitlines(True), wanted.splitlines(True), name, name))
+        changes["diff"] = "".join(
+            difflib.unified_diff(current.splitlines(True), wanted.splitlines(True), name, name)
+        )
     changes["newaliases"] = f"{db} rebuilt"
     if __opts__["test"]:
         ret["result"], ret["changes"], ret["comment"] = None, changes, f"{name} would be updated"
@@ -83,17 +85,28 @@ def _step(name, done, comment_done, change, comment_todo, act):
 
 def postfix_preseeded(name="postfix"):
     """Before Postfix is installed, debconf is told "No configuration" (minicl writes main.cf)."""
-    return _step(name, lambda: mail.package_installed("postfix"), "postfix is installed: nothing to preseed",
-                 {"debconf": mail.POSTFIX_PRESEED.strip()}, "postfix preseeded", mail.preseed_postfix)
+    return _step(
+        name,
+        lambda: mail.package_installed("postfix"),
+        "postfix is installed: nothing to preseed",
+        {"debconf": mail.POSTFIX_PRESEED.strip()},
+        "postfix preseeded",
+        mail.preseed_postfix,
+    )
 
 
 def ca_trusted(name=None):
     """The system CA bundle trusts the cluster CA (``name``, default minicl's copy of ca_url),
     also after a run that died between downloading it and rebuilding the bundle."""
     name = name or mail.CA_CERT
-    return _step(name, lambda: mail.ca_trusted(name), f"{name} is trusted",
-                 {"bundle": f"{mail.CA_BUNDLE} rebuilt with update-ca-certificates --fresh"},
-                 f"trusting {name}", mail.trust_cas)
+    return _step(
+        name,
+        lambda: mail.ca_trusted(name),
+        f"{name} is trusted",
+        {"bundle": f"{mail.CA_BUNDLE} rebuilt with update-ca-certificates --fresh"},
+        f"trusting {name}",
+        mail.trust_cas,
+    )
 
 
 def _owner_mode(path):

@@ -43,15 +43,18 @@ def hardened(name, users=None, admin_group=None):
     users = cluster.users if users is None else users
     port = cluster.firewall_option("ssh_port")
     try:
-        plans = accounts.plan_all(users, accounts.Snapshot.read(), accounts.Registry.load(),
-                                  admin_group or accounts.ADMIN_GROUP)
+        plans = accounts.plan_all(
+            users, accounts.Snapshot.read(), accounts.Registry.load(), admin_group or accounts.ADMIN_GROUP
+        )
     except accounts.AccountsError as exc:
         ret["result"], ret["comment"] = False, f"{name} not changed: {exc}"
         return ret
     # After minicl_users ran, only accounts that really converged count; test=True can only plan.
     admins = accounts.usable_admins(users, {p.name: p for p in plans}, converged=not __opts__["test"])
-    reason = ("no cluster user could log in with a key and use sudo (each is missing a key, has a "
-              "locked password, is in conflict with a local account, or failed to converge); fix that first")
+    reason = (
+        "no cluster user could log in with a key and use sudo (each is missing a key, has a "
+        "locked password, is in conflict with a local account, or failed to converge); fix that first"
+    )
     guard = "" if admins else f"Refusing to disable password login: {reason}. "
     text = sshd.render_dropin(bool(admins), reason, port)
     current = read_file(name)
@@ -62,16 +65,21 @@ def hardened(name, users=None, admin_group=None):
         except (sshd.CheckFailed, OSError) as exc:
             wrong = [str(exc)]
         ret["result"] = not guard and not wrong
-        ret["comment"] = guard + (f"{name} is as it should be, but sshd runs with: {'; '.join(wrong)}"
-                                  if wrong else f"{name} is as it should be")
+        ret["comment"] = guard + (
+            f"{name} is as it should be, but sshd runs with: {'; '.join(wrong)}"
+            if wrong
+            else f"{name} is as it should be"
+        )
         return ret
 
     listening = sshd.listening_ports()
     table = firewall.live()[1]
     if port not in listening and table and port not in firewall.ssh_ports_open(table):
         ret["result"] = False
-        ret["comment"] = (guard + f"{name} not changed: sshd stays on port {listening} until the firewall "
-                          f"(table inet minicl) opens port {port}")
+        ret["comment"] = (
+            guard + f"{name} not changed: sshd stays on port {listening} until the firewall "
+            f"(table inet minicl) opens port {port}"
+        )
         return ret
 
     diff = "".join(difflib.unified_diff(current.splitlines(True), text.splitlines(True), name, name))

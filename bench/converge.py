@@ -22,7 +22,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from minicl.testhosts import GitServer, Lab  # noqa: E402  pylint: disable=wrong-import-position
+from minicl_lab.testhosts import GitServer, Lab  # noqa: E402  pylint: disable=wrong-import-position
 
 TARGET_RATIO = 1.5
 ALPHA = ["198.51.100.11/24", "2001:db8:100::11/64"]
@@ -62,11 +62,15 @@ def main():
         key = os.path.join(workdir, "deploy.key")
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
         git = GitServer(lab.add_host("git", ["198.51.100.1/24"]), pathlib.Path(key + ".pub").read_text())
-        git.commit({"cluster.json": json.dumps(example), "deploy.key": pathlib.Path(key).read_text()}, "bench")
+        git.commit(
+            {"cluster.json": json.dumps(example), "deploy.key": pathlib.Path(key).read_text()}, "bench"
+        )
         alpha = lab.add_host("alpha", ALPHA)
         alpha.write("/root/deploy.key", pathlib.Path(key).read_text(), 0o600)
-        alpha.run(["minicl-bootstrap", f"--repo={git.url}", "--deploy-key=/root/deploy.key", "--no-schedule"],
-                  timeout=900)
+        alpha.run(
+            ["minicl-bootstrap", f"--repo={git.url}", "--deploy-key=/root/deploy.key", "--no-schedule"],
+            timeout=900,
+        )
         timed(alpha, "state.apply")  # warm: nothing left to change, caches filled
         bare, converge, pillar = [], [], []
         for _ in range(args.runs):  # alternated, so that noise hits both alike
@@ -80,11 +84,15 @@ def main():
         b, c = statistics.median(bare), statistics.median(converge)
         print(f"bare salt-call test.ping    {b:6.2f} s")
         print(f"no-op state.apply           {c:6.2f} s")
-        print(f"ratio                       {c / b:6.2f}   (target {TARGET_RATIO} or less: "
-              f"{'met' if c / b <= TARGET_RATIO else 'NOT met'})")
+        print(
+            f"ratio                       {c / b:6.2f}   (target {TARGET_RATIO} or less: "
+            f"{'met' if c / b <= TARGET_RATIO else 'NOT met'})"
+        )
         print(f"pillar compile              {statistics.median(pillar):6.2f} s")
-        print(f"states                      {sum(v.get('duration', 0) for v in states.values()) / 1000:6.2f} s "
-              f"({len(states)} states)")
+        print(
+            f"states                      {sum(v.get('duration', 0) for v in states.values()) / 1000:6.2f} s "
+            f"({len(states)} states)"
+        )
         print("slowest states of the last run:")
         for key, value in sorted(states.items(), key=lambda kv: -kv[1].get("duration", 0))[:5]:
             print(f"  {value.get('duration', 0) / 1000:6.3f} s  {value.get('__id__', key)}")

@@ -28,14 +28,20 @@ def fake_ed25519_key(n):
 
 def generate(hosts, users):
     data = json.loads((ROOT / "cluster.json.example").read_text())
-    data["users"] = {f"user{n}": {"uid": 10000 + n, "passwd": PASSWD,
-                                  "ssh_key": [fake_ed25519_key(2 * n), fake_ed25519_key(2 * n + 1)]}
-                     for n in range(users)}
+    data["users"] = {
+        f"user{n}": {
+            "uid": 10000 + n,
+            "passwd": PASSWD,
+            "ssh_key": [fake_ed25519_key(2 * n), fake_ed25519_key(2 * n + 1)],
+        }
+        for n in range(users)
+    }
     # Documentation ranges only: IPv4 while 198.51.100.0/24 and 203.0.113.0/24 last, IPv6 for all.
     v4 = [f"198.51.100.{n}" for n in range(1, 255)] + [f"203.0.113.{n}" for n in range(1, 255)]
-    data["hosts"] = {f"host{n}": {"ip": v4[n - 1:n] + [f"2001:db8::{n >> 16:x}:{n & 0xffff:x}"],
-                                  "roles": ["base"]}
-                     for n in range(1, hosts + 1)}
+    data["hosts"] = {
+        f"host{n}": {"ip": v4[n - 1 : n] + [f"2001:db8::{n >> 16:x}:{n & 0xFFFF:x}"], "roles": ["base"]}
+        for n in range(1, hosts + 1)
+    }
     return data
 
 
@@ -75,8 +81,11 @@ def bench(hosts, users):
     repo = work / "config"
     repo.mkdir()
     (repo / "cluster.json").write_text(json.dumps(generate(hosts, users), indent=2))
-    for cmd in (["init", "-q", "-b", "main"], ["add", "-A"],
-                ["-c", "user.name=b", "-c", "user.email=b@example.org", "commit", "-q", "-m", "bench"]):
+    for cmd in (
+        ["init", "-q", "-b", "main"],
+        ["add", "-A"],
+        ["-c", "user.name=b", "-c", "user.email=b@example.org", "commit", "-q", "-m", "bench"],
+    ):
         subprocess.run(["git", "-C", str(repo), *cmd], check=True)
     size = (repo / "cluster.json").stat().st_size
 
@@ -85,8 +94,10 @@ def bench(hosts, users):
     text = (repo / "cluster.json").read_text()
     in_process = timed(lambda: config.load_cluster(text), repeat)
     minicl_cli = str(pathlib.Path(sys.executable).with_name("minicl"))
-    cli = timed(lambda: subprocess.run([minicl_cli, "validate", "-q", str(repo / "cluster.json")],
-                                       check=True), repeat=3)
+    cli = timed(
+        lambda: subprocess.run([minicl_cli, "validate", "-q", str(repo / "cluster.json")], check=True),
+        repeat=3,
+    )
 
     pillar = load_pillar_module()
     options = {"repo": f"file://{repo}", "cache_dir": str(work / "cache")}

@@ -10,9 +10,14 @@ on a second, no-op run: Salt's own per-state durations and the wall-clock of the
 import argparse
 import base64
 import json
+import pathlib
+import sys
 import time
 
-from minicl.testhosts import Lab
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the lab is not installed, only the repository has it
+
+from minicl_lab.testhosts import Lab  # noqa: E402
 
 PLAIN_SALT_SLS = """\
 {% for name, user in salt['pillar.get']('minicl:cluster:users', {}).items() %}
@@ -45,14 +50,31 @@ def fake_key(n):
 
 
 def users(count):
-    return {f"bench{n}": {"uid": 20000 + n, "passwd": "$6$benchsalt$" + "B" * 86,
-                          "ssh_key": [fake_key(2 * n), fake_key(2 * n + 1)]} for n in range(count)}
+    return {
+        f"bench{n}": {
+            "uid": 20000 + n,
+            "passwd": "$6$benchsalt$" + "B" * 86,
+            "ssh_key": [fake_key(2 * n), fake_key(2 * n + 1)],
+        }
+        for n in range(count)
+    }
 
 
 def run_sls(host, sls):
     start = time.perf_counter()
-    result = host.run(["salt-call", "--local", "--out=json", "--file-root=/srv/bench",
-                       "--pillar-root=/srv/bench-pillar", "state.sls", sls], check=False, timeout=3600)
+    result = host.run(
+        [
+            "salt-call",
+            "--local",
+            "--out=json",
+            "--file-root=/srv/bench",
+            "--pillar-root=/srv/bench-pillar",
+            "state.sls",
+            sls,
+        ],
+        check=False,
+        timeout=3600,
+    )
     wall = time.perf_counter() - start
     states = json.loads(result.stdout)["local"]
     failed = [k for k, v in states.items() if not v["result"]]
@@ -71,8 +93,9 @@ def main():
         host.write("/srv/bench/minicl_users_bench.sls", MINICL_SLS)
         host.write("/srv/bench/plain_salt_bench.sls", PLAIN_SALT_SLS)
         host.write("/srv/bench-pillar/top.sls", "base:\n  '*':\n    - users\n")
-        host.write("/srv/bench-pillar/users.sls",
-                   json.dumps({"minicl": {"cluster": {"users": users(args.users)}}}))
+        host.write(
+            "/srv/bench-pillar/users.sls", json.dumps({"minicl": {"cluster": {"users": users(args.users)}}})
+        )
         host.run("mkdir -p /etc/salt/minion.d && echo 'file_client: local' > /etc/salt/minion.d/bench.conf")
 
         start = time.perf_counter()
@@ -83,11 +106,15 @@ def main():
         for sls in ("minicl_users_bench", "plain_salt_bench"):
             wall, in_states, count, changed = run_sls(host, sls)
             results[sls] = (wall, in_states)
-            print(f"{sls:20s} no-op: {count:5d} states, {changed} changed, "
-                  f"{in_states:7.2f} s in states, {wall:7.2f} s salt-call wall-clock")
+            print(
+                f"{sls:20s} no-op: {count:5d} states, {changed} changed, "
+                f"{in_states:7.2f} s in states, {wall:7.2f} s salt-call wall-clock"
+            )
     minicl, plain = results["minicl_users_bench"], results["plain_salt_bench"]
-    print(f"minicl is {plain[1] / minicl[1]:.0f}x faster in the states "
-          f"({plain[0] / minicl[0]:.1f}x over the whole salt-call incl. start-up); target >= 5x")
+    print(
+        f"minicl is {plain[1] / minicl[1]:.0f}x faster in the states "
+        f"({plain[0] / minicl[0]:.1f}x over the whole salt-call incl. start-up); target >= 5x"
+    )
 
 
 if __name__ == "__main__":

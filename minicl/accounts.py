@@ -57,13 +57,21 @@ class Snapshot:
     def read(cls, root="/"):
         def rows(path):
             with open(os.path.join(root, path), encoding="utf-8", errors="replace") as f:
-                return [line.rstrip("\n").split(":") for line in f if line.strip() and not line.startswith("#")]
+                return [
+                    line.rstrip("\n").split(":") for line in f if line.strip() and not line.startswith("#")
+                ]
 
         # Lines without numeric ids (NIS "+" entries and the like) are not local accounts.
-        accounts = {r[0]: Account(r[0], int(r[2]), int(r[3]), r[5], r[6]) for r in rows("etc/passwd")
-                    if len(r) >= 7 and r[2].isdigit() and r[3].isdigit()}
-        groups = {r[0]: (int(r[2]), [m for m in r[3].split(",") if m]) for r in rows("etc/group")
-                  if len(r) >= 4 and r[2].isdigit()}
+        accounts = {
+            r[0]: Account(r[0], int(r[2]), int(r[3]), r[5], r[6])
+            for r in rows("etc/passwd")
+            if len(r) >= 7 and r[2].isdigit() and r[3].isdigit()
+        }
+        groups = {
+            r[0]: (int(r[2]), [m for m in r[3].split(",") if m])
+            for r in rows("etc/group")
+            if len(r) >= 4 and r[2].isdigit()
+        }
         shadow = {r[0]: (r[1], r[7]) for r in rows("etc/shadow") if len(r) >= 8}
         return cls(accounts, groups, shadow, root)
 
@@ -96,8 +104,10 @@ class Registry:
         except FileNotFoundError:
             return cls(path)
         except ValueError as exc:
-            raise AccountsError(f"{path} is damaged ({exc}); minicl will not touch any account until it is "
-                                "fixed: it lists the accounts minicl created, as {\"users\": {name: {\"uid\": N}}}") from None
+            raise AccountsError(
+                f"{path} is damaged ({exc}); minicl will not touch any account until it is "
+                'fixed: it lists the accounts minicl created, as {"users": {name: {"uid": N}}}'
+            ) from None
         if not isinstance(data, dict) or not isinstance(data.get("users", {}), dict):
             raise AccountsError(f"{path} is not a minicl user registry")
         return cls(path, data.get("users", {}))
@@ -140,26 +150,37 @@ class Plan:
 
 def plan_all(users, snapshot, registry, admin_group=ADMIN_GROUP):
     """Plans for every user in cluster.json (``users``) and every registry user no longer in it."""
-    plans = [plan_present(name, spec, snapshot, registry, admin_group) for name, spec in sorted(users.items())]
-    plans += [plan_removed(name, snapshot, registry, admin_group)
-              for name in sorted(registry.users) if name not in users]
+    plans = [
+        plan_present(name, spec, snapshot, registry, admin_group) for name, spec in sorted(users.items())
+    ]
+    plans += [
+        plan_removed(name, snapshot, registry, admin_group)
+        for name in sorted(registry.users)
+        if name not in users
+    ]
     return [p for p in plans if p.conflict or p.commands or p.keys_text is not None or p.record]
 
 
 def _conflict(name, uid, snapshot, registry):
     account = snapshot.accounts.get(name)
     if account and not registry.owns(name):
-        return (f"a local account {name} (uid {account.uid}) exists that minicl did not create; "
-                "minicl leaves it alone: rename or remove it, or rename the user in cluster.json")
+        return (
+            f"a local account {name} (uid {account.uid}) exists that minicl did not create; "
+            "minicl leaves it alone: rename or remove it, or rename the user in cluster.json"
+        )
     if account and account.uid != uid:
-        return (f"account {name} has uid {account.uid}, cluster.json says {uid}; minicl does not renumber "
-                "accounts (file owners would change): set the uid back, or migrate the account by hand")
+        return (
+            f"account {name} has uid {account.uid}, cluster.json says {uid}; minicl does not renumber "
+            "accounts (file owners would change): set the uid back, or migrate the account by hand"
+        )
     other = snapshot.account_by_uid(uid)
     if other and other.name != name:
         return f"uid {uid} belongs to the local account {other.name}: choose another uid in cluster.json"
     group = snapshot.groups.get(name)
     if group and group[0] != uid and not (account and account.gid == group[0]):
-        return f"a group {name} exists with gid {group[0]} (minicl needs gid {uid}): rename or remove that group"
+        return (
+            f"a group {name} exists with gid {group[0]} (minicl needs gid {uid}): rename or remove that group"
+        )
     gid_owner = snapshot.group_by_gid(uid)
     if gid_owner and gid_owner != name:
         return f"gid {uid} belongs to the group {gid_owner}: choose another uid, or move that group"
@@ -170,8 +191,10 @@ def _conflict(name, uid, snapshot, registry):
         except FileNotFoundError:
             owner = uid
         if owner != uid:
-            return (f"{HOME_BASE}/{name} exists and belongs to uid {owner}: minicl will not give someone "
-                    "else's files to this user; move it away first")
+            return (
+                f"{HOME_BASE}/{name} exists and belongs to uid {owner}: minicl will not give someone "
+                "else's files to this user; move it away first"
+            )
     return None
 
 
@@ -187,8 +210,26 @@ def plan_present(name, spec, snapshot, registry, admin_group=ADMIN_GROUP):
     if account is None:
         if name not in snapshot.groups:
             plan.commands.append((["groupadd", "-g", str(uid), name], None))
-        plan.commands.append((["useradd", "-u", str(uid), "-g", str(uid), "-m", "-d", f"{HOME_BASE}/{name}",
-                               "-s", LOGIN_SHELL, "-G", admin_group, name], None))
+        plan.commands.append(
+            (
+                [
+                    "useradd",
+                    "-u",
+                    str(uid),
+                    "-g",
+                    str(uid),
+                    "-m",
+                    "-d",
+                    f"{HOME_BASE}/{name}",
+                    "-s",
+                    LOGIN_SHELL,
+                    "-G",
+                    admin_group,
+                    name,
+                ],
+                None,
+            )
+        )
         plan.commands.append((["chpasswd", "-e"], f"{name}:{spec['passwd']}\n"))
         plan.changes["account"] = f"created (uid {uid}, group {name}, shell {LOGIN_SHELL}, in {admin_group})"
         plan.changes["password"] = "set (hash hidden)"
@@ -214,7 +255,9 @@ def plan_present(name, spec, snapshot, registry, admin_group=ADMIN_GROUP):
     wanted = keys_file_text(keys)
     if account is None or read_keys_file(snapshot.root, plan.home, account) != wanted:
         plan.keys_text = wanted
-        plan.changes["authorized_keys"] = f"{len(keys)} key(s): " + ", ".join(key_fingerprint(k) for k in keys)
+        plan.changes["authorized_keys"] = f"{len(keys)} key(s): " + ", ".join(
+            key_fingerprint(k) for k in keys
+        )
     return plan
 
 
@@ -224,8 +267,10 @@ def plan_removed(name, snapshot, registry, admin_group=ADMIN_GROUP):
     if account is None:
         return plan  # deleted by hand: nothing left to lock
     if account.uid != plan.uid:
-        plan.conflict = (f"account {name} now has uid {account.uid}, not the uid {plan.uid} minicl created it "
-                         "with; minicl leaves it alone")
+        plan.conflict = (
+            f"account {name} now has uid {account.uid}, not the uid {plan.uid} minicl created it "
+            "with; minicl leaves it alone"
+        )
         return plan
     plan.home, plan.gid = account.home, account.gid
     current_hash, expire = snapshot.shadow.get(name, ("", ""))
@@ -263,8 +308,12 @@ def read_keys_file(root, home, account):
         return None
     with os.fdopen(fd, "rb") as f:
         info = os.fstat(f.fileno())
-        if (not stat.S_ISREG(info.st_mode) or info.st_uid != account.uid
-                or stat.S_IMODE(info.st_mode) != 0o600 or info.st_size > MAX_KEYS_FILE):
+        if (
+            not stat.S_ISREG(info.st_mode)
+            or info.st_uid != account.uid
+            or stat.S_IMODE(info.st_mode) != 0o600
+            or info.st_size > MAX_KEYS_FILE
+        ):
             return None
         ssh_dir = os.lstat(os.path.dirname(path))
         if ssh_dir.st_uid != account.uid or stat.S_IMODE(ssh_dir.st_mode) != 0o700:

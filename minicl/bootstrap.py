@@ -49,17 +49,30 @@ def parse_args(argv):
         prog="minicl-bootstrap",
         description="Set up this host as a masterless minicl minion and apply its configuration.",
     )
-    parser.add_argument("--repo", help="config repo URL: ssh://user@host/path, user@host:path or file:///path")
-    parser.add_argument("--deploy-key", help="private SSH key that may read the config repo (default: fetch "
-                                             "once with your SSH agent, then use the repo's deploy.key)")
+    parser.add_argument(
+        "--repo", help="config repo URL: ssh://user@host/path, user@host:path or file:///path"
+    )
+    parser.add_argument(
+        "--deploy-key",
+        help="private SSH key that may read the config repo (default: fetch "
+        "once with your SSH agent, then use the repo's deploy.key)",
+    )
     parser.add_argument("--branch", default="main", help="branch to follow (default: main)")
-    parser.add_argument("--known-hosts", help="known_hosts file with the repo host's key (default: trust on first use)")
+    parser.add_argument(
+        "--known-hosts", help="known_hosts file with the repo host's key (default: trust on first use)"
+    )
     parser.add_argument("--id", help="minion id: the host's short name or FQDN (default: the hostname)")
-    parser.add_argument("--no-apply", action="store_true", help="configure and fetch, but do not run state.apply")
-    parser.add_argument("--no-schedule", action="store_true",
-                        help="do not install or start minicl-minion.service (runs only by hand)")
-    parser.add_argument("--print-snippet", action="store_true",
-                        help="only print this host's entry for cluster.json and exit")
+    parser.add_argument(
+        "--no-apply", action="store_true", help="configure and fetch, but do not run state.apply"
+    )
+    parser.add_argument(
+        "--no-schedule",
+        action="store_true",
+        help="do not install or start minicl-minion.service (runs only by hand)",
+    )
+    parser.add_argument(
+        "--print-snippet", action="store_true", help="only print this host's entry for cluster.json and exit"
+    )
     parser.add_argument("--salt-config-dir", default=SALT_CONFIG_DIR, help=argparse.SUPPRESS)
     parser.add_argument("--etc-dir", default=ETC_DIR, help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", default=CACHE_DIR, help=argparse.SUPPRESS)
@@ -86,8 +99,9 @@ def own_host_key_fingerprints(pattern="/etc/ssh/ssh_host_*_key.pub"):
     """["ED25519 SHA256:...", ...] of this host's sshd keys."""
     found = []
     for path in sorted(glob.glob(pattern)):
-        out = subprocess.run(["ssh-keygen", "-l", "-f", path], capture_output=True, text=True,
-                             check=False).stdout.split()
+        out = subprocess.run(
+            ["ssh-keygen", "-l", "-f", path], capture_output=True, text=True, check=False
+        ).stdout.split()
         if len(out) >= 2:
             found.append(f"{out[-1].strip('()')} {out[1]}")
     return found
@@ -135,8 +149,11 @@ def adopt_repo_deploy_key(args, repo, minion_id):
     they use the deploy key the config repo carries."""
     repo_key = os.path.join(repo.live_path, "deploy.key")
     if not os.path.isfile(repo_key):
-        print("minicl-bootstrap: WARNING: no --deploy-key and no deploy.key in the config repo: later runs "
-              "fetch with root's own SSH keys", file=sys.stderr)
+        print(
+            "minicl-bootstrap: WARNING: no --deploy-key and no deploy.key in the config repo: later runs "
+            "fetch with root's own SSH keys",
+            file=sys.stderr,
+        )
         return
     install_file(repo_key, os.path.join(args.etc_dir, "deploy.key"), 0o600)
     args.deploy_key = os.path.join(args.etc_dir, "deploy.key")
@@ -146,10 +163,14 @@ def adopt_repo_deploy_key(args, repo, minion_id):
     os.environ.pop("SSH_AUTH_SOCK", None)
     status = repo.update()
     if status.get("error"):
-        raise BootstrapError(f"the repo's deploy.key cannot read the repo ({status['error']}); authorise "
-                             "deploy.key.pub on the git server, or pass --deploy-key")
-    print(f"minicl-bootstrap: fetched with your SSH agent; later runs use the repo's deploy.key "
-          f"(installed as {args.deploy_key}, checked without the agent)")
+        raise BootstrapError(
+            f"the repo's deploy.key cannot read the repo ({status['error']}); authorise "
+            "deploy.key.pub on the git server, or pass --deploy-key"
+        )
+    print(
+        f"minicl-bootstrap: fetched with your SSH agent; later runs use the repo's deploy.key "
+        f"(installed as {args.deploy_key}, checked without the agent)"
+    )
 
 
 def write_minion_config(args, minion_id):
@@ -186,8 +207,9 @@ def host_key_fingerprints(known_hosts, url):
     pattern = repo_host_pattern(url)
     if not pattern or not os.path.exists(known_hosts):
         return []
-    out = subprocess.run(["ssh-keygen", "-l", "-F", pattern, "-f", known_hosts],
-                         capture_output=True, text=True, check=False).stdout
+    out = subprocess.run(
+        ["ssh-keygen", "-l", "-F", pattern, "-f", known_hosts], capture_output=True, text=True, check=False
+    ).stdout
     return [line for line in out.splitlines() if line and not line.startswith("#")]
 
 
@@ -196,8 +218,10 @@ def salt_program(name="salt-call"):
     candidate = os.path.join(os.path.dirname(sys.executable), name)
     found = candidate if os.path.exists(candidate) else shutil.which(name)
     if not found:
-        raise BootstrapError(f"{name} is not installed next to {sys.executable}: install Salt into "
-                             "the same venv as minicl (see the README)")
+        raise BootstrapError(
+            f"{name} is not installed next to {sys.executable}: install Salt into "
+            "the same venv as minicl (see the README)"
+        )
     return found
 
 
@@ -205,14 +229,18 @@ def start_schedule(args):
     """Install and (re)start minicl-minion.service; returns what to tell the admin."""
     salt_minion = salt_program("salt-minion")
     if not minion.systemd_running():
-        return (f"no systemd here: start the scheduled runs with '{salt_minion} -c {args.salt_config_dir} -d' "
-                "(and from this host's init system at boot)")
+        return (
+            f"no systemd here: start the scheduled runs with '{salt_minion} -c {args.salt_config_dir} -d' "
+            "(and from this host's init system at boot)"
+        )
     try:
         minion.install_and_restart(minion.unit_text(salt_minion, args.salt_config_dir), write_file)
     except minion.MinionUnitError as exc:
         raise BootstrapError(str(exc)) from None
-    return (f"{minion.UNIT_NAME} enabled and started: highstate on the schedule of cluster.json "
-            "(the first one after one interval: this run was the first)")
+    return (
+        f"{minion.UNIT_NAME} enabled and started: highstate on the schedule of cluster.json "
+        "(the first one after one interval: this run was the first)"
+    )
 
 
 def run(args):
@@ -240,8 +268,13 @@ def run(args):
     print(f"minicl-bootstrap: wrote {conf_path} (minion id {minion_id})")
 
     options = pillar_options(args)
-    repo = ConfigRepo(args.cache_dir, args.repo, branch=args.branch,
-                      deploy_key=options.get("deploy_key"), known_hosts=options.get("known_hosts"))
+    repo = ConfigRepo(
+        args.cache_dir,
+        args.repo,
+        branch=args.branch,
+        deploy_key=options.get("deploy_key"),
+        known_hosts=options.get("known_hosts"),
+    )
     print(f"minicl-bootstrap: fetching {safe_url(args.repo)} (branch {args.branch})")
     trust_on_first_use = is_ssh_url(args.repo) and not args.known_hosts
     status = repo.update(accept_new_host_key=trust_on_first_use)
@@ -262,7 +295,7 @@ def run(args):
     host = cluster.host_for_minion(minion_id)
     if host is None:
         short = minion_id.split(".")[0]
-        print(f"\nThis host ({minion_id}) is not in cluster.json yet. Add this entry under \"hosts\",")
+        print(f'\nThis host ({minion_id}) is not in cluster.json yet. Add this entry under "hosts",')
         print("commit, push, then run minicl-bootstrap again (it also starts the schedule):\n")
         print(snippet_for_this_host(short))
         return EXIT_NOT_IN_CLUSTER
@@ -273,12 +306,13 @@ def run(args):
     code = 0
     if not args.no_apply:
         print("minicl-bootstrap: salt-call --local state.apply", flush=True)
-        code = subprocess.run([salt_program(), "--local", "state.apply", "--retcode-passthrough"],
-                              check=False).returncode
+        code = subprocess.run(
+            [salt_program(), "--local", "state.apply", "--retcode-passthrough"], check=False
+        ).returncode
         print(f"minicl-bootstrap: state.apply {'succeeded' if code == 0 else f'FAILED (exit {code})'}")
     if not args.no_schedule:
         print(f"minicl-bootstrap: {start_schedule(args)}")
-    print(f"\nThis host's entry under \"hosts\" in cluster.json (as {host} is now):\n")
+    print(f'\nThis host\'s entry under "hosts" in cluster.json (as {host} is now):\n')
     print(snippet_for_this_host(host, cluster.host_roles(host)))
     return code
 

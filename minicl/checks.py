@@ -16,8 +16,25 @@ from dataclasses import dataclass
 from minicl import mail
 
 # Filesystems that hold data; pseudo and in-memory ones (proc, tmpfs, overlay, ...) are left out.
-REAL_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "f2fs", "vfat", "exfat", "jfs",
-                              "reiserfs", "nilfs2", "bcachefs", "ntfs", "ntfs3"})
+REAL_FILESYSTEMS = frozenset(
+    {
+        "ext2",
+        "ext3",
+        "ext4",
+        "xfs",
+        "btrfs",
+        "zfs",
+        "f2fs",
+        "vfat",
+        "exfat",
+        "jfs",
+        "reiserfs",
+        "nilfs2",
+        "bcachefs",
+        "ntfs",
+        "ntfs3",
+    }
+)
 DISK_FULL = 0.90
 INODES_FULL = 0.90
 LOAD_PER_CPU = 2.0
@@ -58,13 +75,24 @@ def disk_checks(mounts, statvfs=os.statvfs):
         used = st.f_blocks - st.f_bfree
         usable = used + st.f_bavail
         ratio = used / usable if usable else 0.0
-        checks.append(Check(f"disk {mountpoint}", ratio < DISK_FULL,
-                            f"{ratio:.0%} used" + ("" if ratio < DISK_FULL else f" (limit {DISK_FULL:.0%})"), ratio))
+        checks.append(
+            Check(
+                f"disk {mountpoint}",
+                ratio < DISK_FULL,
+                f"{ratio:.0%} used" + ("" if ratio < DISK_FULL else f" (limit {DISK_FULL:.0%})"),
+                ratio,
+            )
+        )
         if st.f_files:
             iratio = (st.f_files - st.f_ffree) / st.f_files
-            checks.append(Check(f"inodes {mountpoint}", iratio < INODES_FULL,
-                                f"{iratio:.0%} used" + ("" if iratio < INODES_FULL else f" (limit {INODES_FULL:.0%})"),
-                                iratio))
+            checks.append(
+                Check(
+                    f"inodes {mountpoint}",
+                    iratio < INODES_FULL,
+                    f"{iratio:.0%} used" + ("" if iratio < INODES_FULL else f" (limit {INODES_FULL:.0%})"),
+                    iratio,
+                )
+            )
     return checks
 
 
@@ -72,9 +100,13 @@ def load_check(loadavg=None, cpus=None):
     load5 = (loadavg or os.getloadavg())[1]
     cpus = cpus or os.cpu_count() or 1
     per_cpu = load5 / cpus
-    return Check("load", per_cpu < LOAD_PER_CPU,
-                 f"{load5:.2f} over 5 min on {cpus} CPU(s)" + ("" if per_cpu < LOAD_PER_CPU else
-                                                               f" (limit {LOAD_PER_CPU:g} per CPU)"), per_cpu)
+    return Check(
+        "load",
+        per_cpu < LOAD_PER_CPU,
+        f"{load5:.2f} over 5 min on {cpus} CPU(s)"
+        + ("" if per_cpu < LOAD_PER_CPU else f" (limit {LOAD_PER_CPU:g} per CPU)"),
+        per_cpu,
+    )
 
 
 def memory_check(meminfo_path="/proc/meminfo"):
@@ -84,9 +116,13 @@ def memory_check(meminfo_path="/proc/meminfo"):
             key, _, rest = line.partition(":")
             values[key] = int(rest.split()[0])
     ratio = values["MemAvailable"] / values["MemTotal"]
-    return Check("memory", ratio >= MEMORY_AVAILABLE_MIN,
-                 f"{ratio:.0%} available of {values['MemTotal'] // 1024} MiB" +
-                 ("" if ratio >= MEMORY_AVAILABLE_MIN else f" (minimum {MEMORY_AVAILABLE_MIN:.0%})"), ratio)
+    return Check(
+        "memory",
+        ratio >= MEMORY_AVAILABLE_MIN,
+        f"{ratio:.0%} available of {values['MemTotal'] // 1024} MiB"
+        + ("" if ratio >= MEMORY_AVAILABLE_MIN else f" (minimum {MEMORY_AVAILABLE_MIN:.0%})"),
+        ratio,
+    )
 
 
 def mail_queue_checks(queue=None):
@@ -99,11 +135,19 @@ def mail_queue_checks(queue=None):
     reasons = sorted({m["reason"] for m in queue["messages"] if m["reason"]})
     why = f"; e.g. {reasons[0]}" if reasons else ""
     return [
-        Check("mail queue", queue["size"] <= QUEUE_SIZE_MAX,
-              f"{queue['size']} message(s)" + ("" if queue["size"] <= QUEUE_SIZE_MAX else
-                                               f" (limit {QUEUE_SIZE_MAX}){why}"), queue["size"]),
-        Check("mail queue age", age <= QUEUE_AGE_MAX,
-              f"oldest {age} s" + ("" if age <= QUEUE_AGE_MAX else f" (limit {QUEUE_AGE_MAX} s){why}"), age),
+        Check(
+            "mail queue",
+            queue["size"] <= QUEUE_SIZE_MAX,
+            f"{queue['size']} message(s)"
+            + ("" if queue["size"] <= QUEUE_SIZE_MAX else f" (limit {QUEUE_SIZE_MAX}){why}"),
+            queue["size"],
+        ),
+        Check(
+            "mail queue age",
+            age <= QUEUE_AGE_MAX,
+            f"oldest {age} s" + ("" if age <= QUEUE_AGE_MAX else f" (limit {QUEUE_AGE_MAX} s){why}"),
+            age,
+        ),
     ]
 
 
@@ -111,18 +155,35 @@ def systemd_checks():
     """Failed units and clock sync, where systemd runs (skipped elsewhere)."""
     if not os.path.isdir("/run/systemd/system"):
         return []
-    failed = subprocess.run(["systemctl", "--failed", "--plain", "--no-legend", "--no-pager"],
-                            capture_output=True, text=True, check=False).stdout.split("\n")
+    failed = subprocess.run(
+        ["systemctl", "--failed", "--plain", "--no-legend", "--no-pager"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split("\n")
     units = [line.split()[0] for line in failed if line.strip()]
-    checks = [Check("systemd units", not units, f"failed: {', '.join(units)}" if units else "none failed",
-                    len(units))]
+    checks = [
+        Check(
+            "systemd units", not units, f"failed: {', '.join(units)}" if units else "none failed", len(units)
+        )
+    ]
     if shutil.which("timedatectl"):
-        ntp = subprocess.run(["timedatectl", "show", "-p", "NTP", "-p", "NTPSynchronized", "--value"],
-                             capture_output=True, text=True, check=False).stdout.split()
+        ntp = subprocess.run(
+            ["timedatectl", "show", "-p", "NTP", "-p", "NTPSynchronized", "--value"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
         if ntp and ntp[0] == "yes":  # a time daemon runs
             synced = len(ntp) > 1 and ntp[1] == "yes"
-            checks.append(Check("clock", synced, "synchronised" if synced else "not synchronised (check the time daemon)",
-                                1 if synced else 0))
+            checks.append(
+                Check(
+                    "clock",
+                    synced,
+                    "synchronised" if synced else "not synchronised (check the time daemon)",
+                    1 if synced else 0,
+                )
+            )
     return checks
 
 

@@ -1,7 +1,7 @@
 """The ``minicl`` command.
 
-    minicl validate [PATH]      # PATH defaults to ./cluster.json; exit 0 valid, 1 invalid
-    minicl validate --staged    # the staged cluster.json of the git repo here (pre-commit hook)
+minicl validate [PATH]      # PATH defaults to ./cluster.json; exit 0 valid, 1 invalid
+minicl validate --staged    # the staged cluster.json of the git repo here (pre-commit hook)
 """
 
 import argparse
@@ -19,8 +19,11 @@ def repo_files_on_disk(repo_dir):
     roles = os.path.join(repo_dir, "roles")
     if not os.path.isdir(roles):
         return []
-    return [f"roles/{name}/init.sls" for name in os.listdir(roles)
-            if os.path.isfile(os.path.join(roles, name, "init.sls"))]
+    return [
+        f"roles/{name}/init.sls"
+        for name in os.listdir(roles)
+        if os.path.isfile(os.path.join(roles, name, "init.sls"))
+    ]
 
 
 def validate_path(path):
@@ -47,8 +50,10 @@ def validate_staged(repo_dir="."):
     files = [f for f in listed.stdout.decode("utf-8", "replace").split("\0") if f]
     problems = []
     if "deploy.key" not in files:
-        problems.append("deploy.key: missing from the commit; the hosts read the repo with it "
-                        "(ssh-keygen -t ed25519 -N '' -f deploy.key; git add deploy.key)")
+        problems.append(
+            "deploy.key: missing from the commit; the hosts read the repo with it "
+            "(ssh-keygen -t ed25519 -N '' -f deploy.key; git add deploy.key)"
+        )
     if "cluster.json" not in files:
         return problems + ["cluster.json: missing from the commit (git add cluster.json)"]
     staged = _git("show", ":cluster.json", cwd=repo_dir)
@@ -72,8 +77,11 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("validate", help="check a cluster.json (exit 0 valid, 1 invalid)")
     check.add_argument("path", nargs="?", default="cluster.json", help="default: ./cluster.json")
-    check.add_argument("--staged", action="store_true",
-                       help="check the staged cluster.json and deploy.key of the git repo here")
+    check.add_argument(
+        "--staged",
+        action="store_true",
+        help="check the staged cluster.json and deploy.key of the git repo here",
+    )
     check.add_argument("-q", "--quiet", action="store_true", help="print problems only")
     args = parser.parse_args(argv)
 
@@ -82,8 +90,10 @@ def main(argv=None):
         print(problem, file=sys.stderr if args.staged else sys.stdout)
     if problems:
         if args.staged:
-            print("minicl: commit refused; fix the above (or bypass with git commit --no-verify)",
-                  file=sys.stderr)
+            print(
+                "minicl: commit refused; fix the above (or bypass with git commit --no-verify)",
+                file=sys.stderr,
+            )
         return EXIT_INVALID
     if not args.quiet:
         print(f"{'staged cluster.json' if args.staged else args.path}: valid")

@@ -116,8 +116,10 @@ class ConfigError(Exception):
         and log carry (``minicl validate`` prints them all)."""
         lines = [bounded(str(p), PROBLEM_CHARS) for p in self.problems[:limit]]
         if len(self.problems) > limit:
-            lines.append(f"... and {len(self.problems) - limit} more problems "
-                         "('minicl validate cluster.json' in a checkout lists them all)")
+            lines.append(
+                f"... and {len(self.problems) - limit} more problems "
+                "('minicl validate cluster.json' in a checkout lists them all)"
+            )
         return "\n".join(lines)
 
 
@@ -169,8 +171,10 @@ def parse_json(text, source=SOURCE):
         raise ConfigError([Problem("", f"invalid JSON: {exc}", source)]) from None
     except RecursionError:
         raise ConfigError([Problem("", "invalid JSON: nested too deeply", source)]) from None
-    problems = [Problem("", f'key "{key}" appears more than once in one object', source)
-                for key in dict.fromkeys(duplicates)]
+    problems = [
+        Problem("", f'key "{key}" appears more than once in one object', source)
+        for key in dict.fromkeys(duplicates)
+    ]
     if problems:
         raise ConfigError(problems)
     return data
@@ -272,8 +276,10 @@ def _schema_problem(error, source):
         allowed = ", ".join(sorted(error.schema.get("properties", {})))
         extra = sorted(set(value) - set(error.schema.get("properties", {})))
         prefix = f"{path}." if path else ""
-        return [Problem(f"{prefix}{_key(key)}", f"unknown field (allowed here: {allowed})", source)
-                for key in extra]
+        return [
+            Problem(f"{prefix}{_key(key)}", f"unknown field (allowed here: {allowed})", source)
+            for key in extra
+        ]
     if kind == "required":
         missing = error.message.split("'")[1] if "'" in error.message else error.message
         return Problem(path, f'missing required field "{missing}"', source)
@@ -312,7 +318,10 @@ def _semantic_problems(data, source, repo_files):
 
     domain = data.get("domain")
     if isinstance(domain, str) and domain and not is_dns_name(domain):
-        add("domain", f"{json.dumps(domain)} is not a valid DNS name (lower-case labels a-z, 0-9, - separated by dots)")
+        add(
+            "domain",
+            f"{json.dumps(domain)} is not a valid DNS name (lower-case labels a-z, 0-9, - separated by dots)",
+        )
 
     email = data.get("admin_email")
     if isinstance(email, str) and email:
@@ -330,17 +339,27 @@ def _semantic_problems(data, source, repo_files):
     if isinstance(smtp, dict):
         relay = smtp.get("relay")
         if isinstance(relay, str) and relay.strip() and is_ip(relay):
-            add("smtp.relay", f"{json.dumps(relay)} is an address: give the relay's host name, the name on its "
-                              "TLS certificate (Postfix checks the certificate against it)")
+            add(
+                "smtp.relay",
+                f"{json.dumps(relay)} is an address: give the relay's host name, the name on its "
+                "TLS certificate (Postfix checks the certificate against it)",
+            )
         elif isinstance(relay, str) and relay.strip() and not is_dns_name(relay):
             add("smtp.relay", f"{json.dumps(relay)} is not a host name")
         elif isinstance(relay, str) and not relay.strip():
             add("smtp.relay", "must not be empty")
         username, password = smtp.get("username"), smtp.get("password")
-        if isinstance(username, str) and username and (":" in username or username != "".join(username.split())):
-            add("smtp.username", f"{json.dumps(username)} must not contain spaces, line breaks or \":\"")
-        if isinstance(password, str) and password and (password != password.strip() or "\n" in password
-                                                        or "\r" in password):
+        if (
+            isinstance(username, str)
+            and username
+            and (":" in username or username != "".join(username.split()))
+        ):
+            add("smtp.username", f'{json.dumps(username)} must not contain spaces, line breaks or ":"')
+        if (
+            isinstance(password, str)
+            and password
+            and (password != password.strip() or "\n" in password or "\r" in password)
+        ):
             add("smtp.password", "must not begin or end with spaces or contain line breaks (value hidden)")
 
     problems += _timing_problems(data, source)
@@ -359,7 +378,9 @@ def _semantic_problems(data, source, repo_files):
             if not ROLE_NAME.fullmatch(role):
                 add(f"roles.{_key(role)}", f"{_quote(role)} is not a valid role name (a-z, 0-9, _ and -)")
             if isinstance(settings, dict):
-                problems += _port_problems(settings.get("public_ports"), f"roles.{_key(role)}.public_ports", source)
+                problems += _port_problems(
+                    settings.get("public_ports"), f"roles.{_key(role)}.public_ports", source
+                )
     return problems
 
 
@@ -387,12 +408,23 @@ def _timing_problems(data, source):
     if interval is not None and interval < 30:
         problems.append(Problem("schedule.interval", "must be at least 30s (a run takes a while)", source))
     if interval is not None and splay is not None and splay >= interval:
-        problems.append(Problem("schedule.splay", f"must be shorter than schedule.interval "
-                                f"({splay} s is not less than {interval} s)", source))
+        problems.append(
+            Problem(
+                "schedule.splay",
+                f"must be shorter than schedule.interval ({splay} s is not less than {interval} s)",
+                source,
+            )
+        )
     scrape = seconds("monitoring", "scrape_interval")
     if scrape is not None and scrape > MAX_SCRAPE_INTERVAL:
-        problems.append(Problem("monitoring.scrape_interval", f"must be at most {MAX_SCRAPE_INTERVAL // 60}m "
-                                "(Prometheus treats samples older than 5m as gone)", source))
+        problems.append(
+            Problem(
+                "monitoring.scrape_interval",
+                f"must be at most {MAX_SCRAPE_INTERVAL // 60}m "
+                "(Prometheus treats samples older than 5m as gone)",
+                source,
+            )
+        )
     retention = seconds("monitoring", "retention")
     if retention is not None and retention < 3600:
         problems.append(Problem("monitoring.retention", "must be at least 1h", source))
@@ -437,9 +469,13 @@ def _user_problems(users, source):
     for name, user in users.items():
         base = f"users.{_key(name)}"
         if not POSIX_NAME.fullmatch(name):
-            add(base, f'{_quote(name)} is not a valid user name (lower-case letters, digits, _ and -, starting with a letter or _, at most 32)')
+            add(
+                base,
+                f"{_quote(name)} is not a valid user name (lower-case letters, digits, _ and -, "
+                "starting with a letter or _, at most 32)",
+            )
         elif is_system_name(name):
-            add(base, f'{_quote(name)} is the name of a system account or group (choose another name)')
+            add(base, f"{_quote(name)} is the name of a system account or group (choose another name)")
         if not isinstance(user, dict):
             continue
         uid = user.get("uid")
@@ -468,7 +504,7 @@ def _user_problems(users, source):
         else:
             keys, paths = [], []
         seen = set()
-        for path, key in zip(paths, keys):
+        for path, key in zip(paths, keys, strict=True):
             if not isinstance(key, str):
                 continue
             reason = ssh_key_problem(key)
@@ -491,7 +527,7 @@ def _host_problems(hosts, source, repo_files):
     for name, host in hosts.items():
         base = f"hosts.{_key(name)}"
         if not DNS_LABEL.fullmatch(name):
-            add(base, f'{_quote(name)} is not a valid host name (one DNS label: a-z, 0-9 and -, at most 63)')
+            add(base, f"{_quote(name)} is not a valid host name (one DNS label: a-z, 0-9 and -, at most 63)")
         if not isinstance(host, dict):
             continue
         ips = host.get("ip")
@@ -527,12 +563,13 @@ def _host_problems(hosts, source, repo_files):
                 if not isinstance(role, str):
                     continue
                 if not ROLE_NAME.fullmatch(role):
-                    add(f"{base}.roles[{i}]", f'{_quote(role)} is not a valid role name (a-z, 0-9, _ and -)')
+                    add(f"{base}.roles[{i}]", f"{_quote(role)} is not a valid role name (a-z, 0-9, _ and -)")
                 elif role not in MINICL_ROLE_STATES and repo_files is not None:
                     if f"roles/{role}/init.sls" not in repo_files:
                         add(
                             f"{base}.roles[{i}]",
-                            f'role "{role}" has no roles/{role}/init.sls in the config repo (add it, or fix the name)',
+                            f'role "{role}" has no roles/{role}/init.sls in the config repo '
+                            "(add it, or fix the name)",
                         )
     return problems
 
@@ -590,9 +627,12 @@ def trusted_source_problem(text):
         return f"{_quote(text)} has host bits set (write {net})"
     if net.prefixlen == 0:
         return f"{_quote(text)} is the whole Internet: use public_ports for services open to everyone"
-    if net.prefixlen < (8 if net.version == 4 else 16):
-        return (f"{_quote(text)} is a large part of the Internet (shorter than /{8 if net.version == 4 else 16}): "
-                "use public_ports for services open to everyone")
+    shortest = 8 if net.version == 4 else 16
+    if net.prefixlen < shortest:
+        return (
+            f"{_quote(text)} is a large part of the Internet (shorter than /{shortest}): "
+            "use public_ports for services open to everyone"
+        )
     return None
 
 
@@ -671,7 +711,7 @@ def ssh_key_problem(text):
         parts = _wire_strings(raw)
         embedded = parts[0].decode("ascii") if parts else ""
     except (ValueError, UnicodeDecodeError):
-        if raw[4:4 + len(key_type)] == key_type.encode():
+        if raw[4 : 4 + len(key_type)] == key_type.encode():
             return f"{key_type} key: the key data is truncated or damaged"
         return f"{key_type} key: the key data is not valid base64 of an OpenSSH key"
     if embedded != key_type:

@@ -14,9 +14,10 @@ Layout under ``cache_dir`` (default /var/lib/minicl, always mode 0700)::
 A commit goes live only if its cluster.json validates and (given a ``check``, as the pillar
 does) this host's highstate renders from it. When the remote is unreachable, the new commit is
 invalid, the disk is full, or anything else goes wrong, the live checkout stays as it is and
-the status says why (also when status.json itself cannot be written: ``last_status``). ``live`` only moves while no other run holds ``runs.lock``, so a
-run's pillar and the SLS files it renders come from the same commit; a valid commit that
-arrives during another run is recorded as pending and goes live on the next run.
+the status says why (also when status.json itself cannot be written: ``last_status``).
+``live`` only moves while no other run holds ``runs.lock``, so a run's pillar and the SLS
+files it renders come from the same commit; a valid commit that arrives during another run is
+recorded as pending and goes live on the next run.
 
     repo = ConfigRepo("/var/lib/minicl", url, branch="main", deploy_key="/etc/minicl/deploy.key")
     status = repo.update()          # never raises for remote or content problems
@@ -150,8 +151,16 @@ _GIT_BOILERPLATE = (
 
 
 # What git says when the mirror itself is damaged (never for a remote or network problem).
-_LOCAL_DAMAGE = ("./objects/", "./packed-refs", "packfile", "is corrupt", "bad object",
-                 "index-pack failed", "not a git repository", "bad config")
+_LOCAL_DAMAGE = (
+    "./objects/",
+    "./packed-refs",
+    "packfile",
+    "is corrupt",
+    "bad object",
+    "index-pack failed",
+    "not a git repository",
+    "bad config",
+)
 _DISK_FULL = ("diskspace", "No space left")
 
 
@@ -160,14 +169,14 @@ def _git_error_text(exc):
     text = getattr(exc, "stderr", "") or str(exc)
     text = text.replace("stderr:", "").strip().strip("'")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    useful = [line for line in lines
-              if not line.startswith(_GIT_BOILERPLATE) and not line.startswith("@")]
+    useful = [line for line in lines if not line.startswith(_GIT_BOILERPLATE) and not line.startswith("@")]
     return " / ".join((useful or lines)[-3:]) or "git failed"
 
 
 class ConfigRepo:
-    def __init__(self, cache_dir, url, branch="main", deploy_key=None, known_hosts=None,
-                 timeout=DEFAULT_TIMEOUT):
+    def __init__(
+        self, cache_dir, url, branch="main", deploy_key=None, known_hosts=None, timeout=DEFAULT_TIMEOUT
+    ):
         self.cache_dir = cache_dir
         self.url = url
         self.branch = branch
@@ -384,7 +393,9 @@ class ConfigRepo:
                 why, detail = "does not render on this host", "\n".join(exc.problems.values())
             else:
                 why, detail = "is invalid", exc.summary() if isinstance(exc, ConfigError) else str(exc)
-            status["error"] = bounded(f"commit {fetched[:12]} {why} and was not applied:\n{detail}", ERROR_CHARS)
+            status["error"] = bounded(
+                f"commit {fetched[:12]} {why} and was not applied:\n{detail}", ERROR_CHARS
+            )
             status["bad_commit"] = fetched
             status["bad_key"] = verdict_key
             return self._save(status)
@@ -427,8 +438,10 @@ class ConfigRepo:
         if known and known.get("key") == key:
             return known["problems"]
         log.debug("minicl: rendering this host's highstate from commit %s", commit[:12])
-        problems = {sls: bounded(text, ERROR_CHARS // 4)
-                    for sls, text in check(os.path.join(self.checkouts_dir, commit), cluster).items()}
+        problems = {
+            sls: bounded(text, ERROR_CHARS // 4)
+            for sls, text in check(os.path.join(self.checkouts_dir, commit), cluster).items()
+        }
         self._record_verdict(commit, render={"key": key, "problems": problems})
         return problems
 
@@ -457,7 +470,8 @@ class ConfigRepo:
             status["error"] = bounded(
                 f"the live commit {live[:12]} has SLS files that do not render on this host; runs "
                 f"leave them out until a commit fixes them:\n" + "\n".join(problems.values()),
-                ERROR_CHARS)
+                ERROR_CHARS,
+            )
 
     def _branch_move(self, live, fetched):
         """A sentence if the branch went back to an ancestor of the live commit, or was rewritten."""
@@ -535,8 +549,13 @@ class ConfigRepo:
         ref = f"refs/remotes/origin/{self.branch}"
         env = {"GIT_SSH_COMMAND": self.ssh_command(accept_new_host_key), "GIT_TERMINAL_PROMPT": "0"}
         with repo.git.custom_environment(**env):
-            repo.git.fetch("--prune", "--no-tags", "origin", f"+refs/heads/{self.branch}:{ref}",
-                           kill_after_timeout=self.timeout * 4)
+            repo.git.fetch(
+                "--prune",
+                "--no-tags",
+                "origin",
+                f"+refs/heads/{self.branch}:{ref}",
+                kill_after_timeout=self.timeout * 4,
+            )
         sha = repo.rev_parse(ref).hexsha
         if sha != self.live_commit():
             for _item in repo.commit(sha).tree.traverse():  # every tree readable (ValueError if not)
@@ -607,10 +626,11 @@ class ConfigRepo:
         self._prune_checkouts(keep=os.path.basename(target))
 
     def _prune_checkouts(self, keep):
-        entries = [os.path.join(self.checkouts_dir, name) for name in os.listdir(self.checkouts_dir)
-                   if name != keep]
+        entries = [
+            os.path.join(self.checkouts_dir, name) for name in os.listdir(self.checkouts_dir) if name != keep
+        ]
         entries.sort(key=os.path.getmtime, reverse=True)
-        for path in entries[KEEP_CHECKOUTS - 1:]:
+        for path in entries[KEEP_CHECKOUTS - 1 :]:
             shutil.rmtree(path, ignore_errors=True)
 
     def _save(self, status):

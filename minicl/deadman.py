@@ -18,9 +18,17 @@ def main(argv=None):
     backup, seconds = (argv or sys.argv[1:])[:2]
     time.sleep(float(seconds))
     result = subprocess.run([NFT, "-f", backup], capture_output=True, text=True, check=False)
-    subprocess.run(["logger", "-t", "minicl", "firewall not confirmed in time: previous ruleset restored"
-                    if result.returncode == 0 else f"firewall restore failed: {result.stderr.strip()}"],
-                   check=False)
+    subprocess.run(
+        [
+            "logger",
+            "-t",
+            "minicl",
+            "firewall not confirmed in time: previous ruleset restored"
+            if result.returncode == 0
+            else f"firewall restore failed: {result.stderr.strip()}",
+        ],
+        check=False,
+    )
     return result.returncode
 
 

@@ -31,9 +31,19 @@ STATE_DIR = "/var/lib/minicl"
 DEADMAN_PIDFILE = "/run/minicl-firewall-deadman.pid"
 BREAK_GLASS_PATH = "/etc/minicl/firewall.off"  # present: minicl leaves the firewall alone
 
-ICMPV6_NEEDED = ("destination-unreachable", "packet-too-big", "time-exceeded", "parameter-problem",
-                 "nd-router-solicit", "nd-router-advert", "nd-neighbor-solicit", "nd-neighbor-advert",
-                 "mld-listener-query", "mld-listener-report", "mld2-listener-report")
+ICMPV6_NEEDED = (
+    "destination-unreachable",
+    "packet-too-big",
+    "time-exceeded",
+    "parameter-problem",
+    "nd-router-solicit",
+    "nd-router-advert",
+    "nd-neighbor-solicit",
+    "nd-neighbor-advert",
+    "mld-listener-query",
+    "mld-listener-report",
+    "mld2-listener-report",
+)
 ICMP_NEEDED = ("destination-unreachable", "time-exceeded", "parameter-problem")
 
 
@@ -55,8 +65,10 @@ class Spec:
 
 def _collapse_networks(texts):
     nets = [ipaddress.ip_network(t, strict=False) for t in texts]
-    return [n.with_prefixlen if n.num_addresses > 1 else str(n.network_address)
-            for n in ipaddress.collapse_addresses(nets)]
+    return [
+        n.with_prefixlen if n.num_addresses > 1 else str(n.network_address)
+        for n in ipaddress.collapse_addresses(nets)
+    ]
 
 
 def _collapse_ports(ranges):
@@ -84,8 +96,14 @@ def host_spec(cluster, host, local_rules="", listening_ssh_ports=()):
         proto, low, high = parse_port_spec(spec)
         ports[proto].append((low, high))
     ssh_ports = sorted({cluster.firewall_option("ssh_port"), *listening_ssh_ports})
-    return Spec(_collapse_networks(v4), _collapse_networks(v6), _collapse_ports(ports["tcp"]),
-                _collapse_ports(ports["udp"]), ssh_ports, local_rules)
+    return Spec(
+        _collapse_networks(v4),
+        _collapse_networks(v6),
+        _collapse_ports(ports["tcp"]),
+        _collapse_ports(ports["udp"]),
+        ssh_ports,
+        local_rules,
+    )
 
 
 def _set(name, kind, elements):
@@ -119,8 +137,8 @@ def render_ruleset(spec):
         "\t\ticmpv6 type echo-request limit rate 20/second accept\n"
         f"\t\ticmp type {{ {', '.join(ICMP_NEEDED)} }} accept\n"
         "\t\ticmp type echo-request limit rate 20/second accept\n"
-        "\t\tip6 saddr fe80::/10 udp dport 546 accept comment \"DHCPv6 replies\"\n"
-        f"\t\ttcp dport {_elements(spec.ssh_ports)} accept comment \"ssh, always\"\n"
+        '\t\tip6 saddr fe80::/10 udp dport 546 accept comment "DHCPv6 replies"\n'
+        f'\t\ttcp dport {_elements(spec.ssh_ports)} accept comment "ssh, always"\n'
         "\t\tip saddr @trusted_v4 accept\n"
         "\t\tip6 saddr @trusted_v6 accept\n"
         "\t\ttcp dport @public_tcp accept\n"
@@ -156,6 +174,7 @@ def _nft_error(result):
 
 def _normalise(json_text):
     """The table's objects without handles and nft's metainfo: what makes two tables equal."""
+
     def strip(value):
         if isinstance(value, dict):
             # Handles and the running values of counters and quotas are not part of the rules.
@@ -178,6 +197,7 @@ def _with_script(text, func):
 
 def canonical(text):
     """(normalised JSON, nft's own listing) of ``text``, loaded in a throwaway network namespace."""
+
     def load(path):
         script = f'{NFT} -f "$1" && {NFT} -j list table inet {TABLE} && {NFT} list table inet {TABLE}'
         result = _run(["unshare", "--net", "sh", "-c", script, "sh", path])
@@ -199,6 +219,7 @@ def live():
 
 def check_script(text):
     """nft -c on this host; raises FirewallError with nft's message."""
+
     def check(path):
         result = _run([NFT, "-c", "-f", path])
         if result.returncode != 0:
@@ -224,8 +245,11 @@ def ssh_ports_open(listing):
     for line in listing.splitlines():
         if 'comment "ssh, always"' in line and "dport" in line:
             spec = line.split("dport", 1)[1].split("accept", 1)[0]
-            return {int(p) for p in spec.replace("{", " ").replace("}", " ").replace(",", " ").split()
-                    if p.isdigit()}
+            return {
+                int(p)
+                for p in spec.replace("{", " ").replace("}", " ").replace(",", " ").split()
+                if p.isdigit()
+            }
     return set()
 
 
@@ -277,9 +301,13 @@ def start_deadman(backup_path, seconds):
     """
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-m", "minicl.deadman", backup_path, str(seconds)],
-                            start_new_session=True, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "minicl.deadman", backup_path, str(seconds)],
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     write_file(DEADMAN_PIDFILE, f"{proc.pid}\n")
     return proc
 

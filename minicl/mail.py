@@ -64,9 +64,11 @@ def render_sasl_passwd(cluster):
 
 def render_aliases(cluster, system_accounts):
     """/etc/aliases: root to admin_email, every system account to root."""
-    lines = ["# Managed by minicl from cluster.json; changes here are overwritten.",
-             f"root: {cluster.data['admin_email']}",
-             "postmaster: root"]
+    lines = [
+        "# Managed by minicl from cluster.json; changes here are overwritten.",
+        f"root: {cluster.data['admin_email']}",
+        "postmaster: root",
+    ]
     lines += [f"{name}: root" for name in sorted(system_accounts) if name not in ("root", "postmaster")]
     return "\n".join(lines) + "\n"
 
@@ -77,7 +79,11 @@ def system_accounts(passwd_path="/etc/passwd"):
     with open(passwd_path, encoding="utf-8", errors="replace") as f:
         for line in f:
             fields = line.split(":")
-            if len(fields) >= 3 and fields[2].isdigit() and (int(fields[2]) < 1000 or int(fields[2]) == 65534):
+            if (
+                len(fields) >= 3
+                and fields[2].isdigit()
+                and (int(fields[2]) < 1000 or int(fields[2]) == 65534)
+            ):
                 names.append(fields[0])
     return names
 
@@ -86,20 +92,27 @@ POSTFIX_PRESEED = "postfix postfix/main_mailer_type select No configuration\n"
 
 
 def package_installed(name):
-    result = subprocess.run(["dpkg-query", "-W", "-f=${Status}", name], capture_output=True, text=True,
-                            check=False)
+    result = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Status}", name], capture_output=True, text=True, check=False
+    )
     return result.returncode == 0 and result.stdout.endswith("ok installed")
 
 
 def preseed_postfix():
     """Tell debconf, before Postfix is installed, to leave mail routing to minicl."""
-    subprocess.run(["debconf-set-selections"], input=POSTFIX_PRESEED, capture_output=True, text=True, check=True)
+    subprocess.run(
+        ["debconf-set-selections"], input=POSTFIX_PRESEED, capture_output=True, text=True, check=True
+    )
 
 
 def ca_trusted(ca_file=CA_CERT, bundle=CA_BUNDLE):
     """Whether the system's CA bundle trusts ``ca_file``."""
-    return subprocess.run(["openssl", "verify", "-CAfile", bundle, ca_file], capture_output=True,
-                          check=False).returncode == 0
+    return (
+        subprocess.run(
+            ["openssl", "verify", "-CAfile", bundle, ca_file], capture_output=True, check=False
+        ).returncode
+        == 0
+    )
 
 
 def trust_cas():
@@ -118,10 +131,16 @@ def queue():
     return {
         "size": len(messages),
         "oldest_age_seconds": int(max(ages)) if ages else None,
-        "messages": [{"queue_id": m["queue_id"], "queue_name": m["queue_name"], "sender": m["sender"],
-                      "recipients": [r["address"] for r in m["recipients"]],
-                      "reason": "; ".join(r.get("delay_reason", "") for r in m["recipients"]).strip("; ")}
-                     for m in messages],
+        "messages": [
+            {
+                "queue_id": m["queue_id"],
+                "queue_name": m["queue_name"],
+                "sender": m["sender"],
+                "recipients": [r["address"] for r in m["recipients"]],
+                "reason": "; ".join(r.get("delay_reason", "") for r in m["recipients"]).strip("; "),
+            }
+            for m in messages
+        ],
     }
 
 
@@ -132,8 +151,9 @@ def send_test_message(to, subject, body, fqdn):
     """Hand a message to Postfix; returns its Message-ID (to follow it in the log)."""
     message_id = f"<minicl-test-{secrets.token_hex(8)}@{fqdn}>"
     message = f"To: {to}\nSubject: {subject}\nMessage-ID: {message_id}\n\n{body}\n"
-    result = subprocess.run(["/usr/sbin/sendmail", "-oi", "-t"], input=message, capture_output=True,
-                            text=True, check=False)
+    result = subprocess.run(
+        ["/usr/sbin/sendmail", "-oi", "-t"], input=message, capture_output=True, text=True, check=False
+    )
     if result.returncode != 0:
         raise RuntimeError(f"sendmail failed: {result.stderr.strip()}")
     return message_id

@@ -59,7 +59,8 @@ def refused_as_concurrent(state_return):
     """Salt refused the run because another state run is in progress: not a run at all."""
     return isinstance(state_return, list) and any(
         isinstance(line, str) and 'The function "state.' in line and "is running as PID" in line
-        for line in state_return)
+        for line in state_return
+    )
 
 
 def run_summary(state_return):
@@ -79,8 +80,10 @@ def run_line(summary, status, applied_commit=None):
     """One line saying how a highstate went, for the system log."""
     commit = (applied_commit or status.get("commit") or "?")[:12]
     total = summary["succeeded"] + summary["failed"]
-    line = (f"highstate {'succeeded' if summary['failed'] == 0 else 'FAILED'} at config commit {commit}: "
-            f"{total} states, {summary['changed']} changed, {summary['failed']} failed")
+    line = (
+        f"highstate {'succeeded' if summary['failed'] == 0 else 'FAILED'} at config commit {commit}: "
+        f"{total} states, {summary['changed']} changed, {summary['failed']} failed"
+    )
     if status.get("error"):
         line += f"; the config repo was not updated: {_one_line(status['error'])}"
     return line
@@ -101,29 +104,39 @@ def write_run(summary, status, applied_commit=None, directory=TEXTFILE_DIR, now=
     def gauge(name, doc, labels=()):
         return Gauge(name, doc, labels, registry=registry)
 
-    gauge("minicl_run_last_timestamp_seconds", "When minicl's last highstate on this host ended.") \
-        .set(now if now is not None else time.time())
-    gauge("minicl_run_success", "1 if every state of the last highstate succeeded.") \
-        .set(1 if summary["failed"] == 0 else 0)
+    gauge("minicl_run_last_timestamp_seconds", "When minicl's last highstate on this host ended.").set(
+        now if now is not None else time.time()
+    )
+    gauge("minicl_run_success", "1 if every state of the last highstate succeeded.").set(
+        1 if summary["failed"] == 0 else 0
+    )
     states = gauge("minicl_run_states", "States of the last highstate, by result.", ["result"])
     for result in ("succeeded", "failed", "changed"):
         states.labels(result).set(summary[result])
 
     commit = applied_commit or status.get("commit")
     if commit:
-        gauge("minicl_config_commit_info", "The config commit the last highstate applied.", ["commit"]) \
-            .labels(commit).set(1)
+        gauge(
+            "minicl_config_commit_info", "The config commit the last highstate applied.", ["commit"]
+        ).labels(commit).set(1)
     if commit and commit == status.get("commit") and status.get("commit_time"):
-        gauge("minicl_config_commit_timestamp_seconds", "Commit time of the applied config commit.") \
-            .set(timestamp(status["commit_time"]))
-    gauge("minicl_config_fetch_ok", "0 if the last fetch or validation of the config repo failed.") \
-        .set(0 if status.get("error") else 1)
+        gauge("minicl_config_commit_timestamp_seconds", "Commit time of the applied config commit.").set(
+            timestamp(status["commit_time"])
+        )
+    gauge("minicl_config_fetch_ok", "0 if the last fetch or validation of the config repo failed.").set(
+        0 if status.get("error") else 1
+    )
     if status.get("error"):
-        gauge("minicl_config_error_info", "Why the config repo was not updated (the host keeps the "
-              "last good commit).", ["error"]).labels(_one_line(status["error"])).set(1)
+        gauge(
+            "minicl_config_error_info",
+            "Why the config repo was not updated (the host keeps the last good commit).",
+            ["error"],
+        ).labels(_one_line(status["error"])).set(1)
     if status.get("last_good_fetch"):
-        gauge("minicl_config_last_good_fetch_timestamp_seconds", "When the config repo was last fetched "
-              "and validated.").set(timestamp(status["last_good_fetch"]))
+        gauge(
+            "minicl_config_last_good_fetch_timestamp_seconds",
+            "When the config repo was last fetched and validated.",
+        ).set(timestamp(status["last_good_fetch"]))
     return _write(registry, directory, RUN_FILE)
 
 
@@ -131,14 +144,19 @@ def write_checks(checks, directory=TEXTFILE_DIR, now=None):
     """Writes minicl_checks.prom from minicl.checks results."""
     registry = CollectorRegistry()
     ok = Gauge("minicl_check_ok", "1 if the minicl check passes.", ["check"], registry=registry)
-    value = Gauge("minicl_check_value", "The figure a minicl check measured (ratio, count or seconds).",
-                  ["check"], registry=registry)
+    value = Gauge(
+        "minicl_check_value",
+        "The figure a minicl check measured (ratio, count or seconds).",
+        ["check"],
+        registry=registry,
+    )
     for check in checks:
         ok.labels(check.name).set(1 if check.ok else 0)
         if check.value is not None:
             value.labels(check.name).set(check.value)
-    Gauge("minicl_checks_last_timestamp_seconds", "When the minicl checks last ran.", registry=registry) \
-        .set(now if now is not None else time.time())
+    Gauge("minicl_checks_last_timestamp_seconds", "When the minicl checks last ran.", registry=registry).set(
+        now if now is not None else time.time()
+    )
     return _write(registry, directory, CHECKS_FILE)
 
 

@@ -43,8 +43,9 @@ class MinionUnitError(Exception):
 
 
 def unit_text(salt_minion, salt_config_dir, python=sys.executable):
-    return UNIT_TEXT.format(salt_minion=salt_minion, salt_config_dir=salt_config_dir, python=python,
-                            stop_timeout=STOP_TIMEOUT)
+    return UNIT_TEXT.format(
+        salt_minion=salt_minion, salt_config_dir=salt_config_dir, python=python, stop_timeout=STOP_TIMEOUT
+    )
 
 
 def systemd_running():
@@ -55,8 +56,11 @@ def install_and_restart(text, write):
     """Write the unit (with ``write(path, text)``), enable it and (re)start it: a restart reads
     a changed minion config."""
     write(UNIT_PATH, text)
-    for command in (["systemctl", "daemon-reload"], ["systemctl", "enable", "--quiet", UNIT_NAME],
-                    ["systemctl", "restart", UNIT_NAME]):
+    for command in (
+        ["systemctl", "daemon-reload"],
+        ["systemctl", "enable", "--quiet", UNIT_NAME],
+        ["systemctl", "restart", UNIT_NAME],
+    ):
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise MinionUnitError(f"{' '.join(command)} failed: {result.stderr.strip()}")

@@ -8,8 +8,21 @@ from pyroute2 import IPRoute
 
 RT_SCOPE_UNIVERSE = 0
 # Interfaces of container runtimes and VMs: their addresses are not the host's own.
-VIRTUAL_PREFIXES = ("docker", "br-", "veth", "virbr", "vnet", "cni", "flannel", "cali", "lxcbr", "lxdbr",
-                    "podman", "kube", "tap")
+VIRTUAL_PREFIXES = (
+    "docker",
+    "br-",
+    "veth",
+    "virbr",
+    "vnet",
+    "cni",
+    "flannel",
+    "cali",
+    "lxcbr",
+    "lxdbr",
+    "podman",
+    "kube",
+    "tap",
+)
 
 
 def global_addresses():

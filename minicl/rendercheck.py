@@ -42,8 +42,9 @@ class RenderCheck:
         """The minion's file_roots with the candidate checkout in place of ``live``."""
         live = os.path.realpath(self.live_path)
         roots = (self.opts.get("file_roots") or {}).get("base") or []
-        swapped = [checkout if os.path.realpath(root) == live or root == self.live_path else root
-                   for root in roots]
+        swapped = [
+            checkout if os.path.realpath(root) == live or root == self.live_path else root for root in roots
+        ]
         return swapped if checkout in swapped else swapped + [checkout]
 
 

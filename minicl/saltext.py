@@ -9,8 +9,13 @@ import sys
 import sysconfig
 
 SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LOADER_FOLDERS = {"modules": "_modules", "states": "_states", "pillar": "_pillar", "grains": "_grains",
-                  "returners": "_returners"}
+LOADER_FOLDERS = {
+    "modules": "_modules",
+    "states": "_states",
+    "pillar": "_pillar",
+    "grains": "_grains",
+    "returners": "_returners",
+}
 
 
 def _share_roots():
@@ -25,7 +30,9 @@ def _find(folder):
         path = os.path.join(root, folder)
         if os.path.isdir(path):
             return path
-    raise FileNotFoundError(f"minicl's {folder}/ folder is not installed (looked under {sys.prefix}/share/minicl)")
+    raise FileNotFoundError(
+        f"minicl's {folder}/ folder is not installed (looked under {sys.prefix}/share/minicl)"
+    )
 
 
 def loader_dirs():

@@ -44,5 +44,7 @@ def jobs(cluster):
 
 
 def render(cluster):
-    return ("# Managed by minicl from cluster.json (schedule); changes here are overwritten.\n" +
-            yaml.safe_dump({"schedule": jobs(cluster)}, default_flow_style=False, sort_keys=True))
+    return (
+        "# Managed by minicl from cluster.json (schedule); changes here are overwritten.\n"
+        + yaml.safe_dump({"schedule": jobs(cluster)}, default_flow_style=False, sort_keys=True)
+    )

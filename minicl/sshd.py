@@ -126,15 +126,18 @@ def check_candidate(text, disable_passwords, port=22, main=MAIN_CONFIG, dropin_d
         settings = _settings(test_main)
     wrong = differences(settings, disable_passwords, port)
     if wrong:
-        raise CheckFailed(f"sshd would run with {'; '.join(wrong)}: another setting wins over minicl's; "
-                          f"look for it in {main} or {dropin_dir}")
+        raise CheckFailed(
+            f"sshd would run with {'; '.join(wrong)}: another setting wins over minicl's; "
+            f"look for it in {main} or {dropin_dir}"
+        )
 
 
 def reload_sshd():
     """Make a running sshd read its configuration; returns what was done."""
     if os.path.isdir("/run/systemd/system"):
-        result = subprocess.run(["systemctl", "reload-or-restart", "ssh"], capture_output=True, text=True,
-                                check=False)
+        result = subprocess.run(
+            ["systemctl", "reload-or-restart", "ssh"], capture_output=True, text=True, check=False
+        )
         if result.returncode != 0:
             raise CheckFailed(f"systemctl reload ssh failed: {result.stderr.strip()}")
         return "sshd reloaded"

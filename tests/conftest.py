@@ -8,10 +8,24 @@ import subprocess
 
 import pytest
 
-WATCHED = ["/etc/passwd", "/etc/group", "/etc/shadow", "/etc/ssh/sshd_config.d", "/var/lib/minicl",
-           "/etc/salt/minion.d", "/etc/minicl", "/run/sshd", "/home", "/etc/nftables.conf", "/etc/nftables.d",
-           "/etc/prometheus", "/etc/default/prometheus", "/etc/default/prometheus-alertmanager",
-           "/var/lib/prometheus/node-exporter", "/etc/postfix/main.cf"]
+WATCHED = [
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/shadow",
+    "/etc/ssh/sshd_config.d",
+    "/var/lib/minicl",
+    "/etc/salt/minion.d",
+    "/etc/minicl",
+    "/run/sshd",
+    "/home",
+    "/etc/nftables.conf",
+    "/etc/nftables.d",
+    "/etc/prometheus",
+    "/etc/default/prometheus",
+    "/etc/default/prometheus-alertmanager",
+    "/var/lib/prometheus/node-exporter",
+    "/etc/postfix/main.cf",
+]
 
 
 def _fingerprint():
@@ -29,8 +43,9 @@ def _fingerprint():
             with open(path, "rb") as f:
                 found[path] = hashlib.sha256(f.read()).hexdigest()
     if shutil.which("nft") and os.geteuid() == 0:
-        found["nft list ruleset"] = subprocess.run(["nft", "list", "ruleset"], capture_output=True,
-                                                   text=True, check=False).stdout
+        found["nft list ruleset"] = subprocess.run(
+            ["nft", "list", "ruleset"], capture_output=True, text=True, check=False
+        ).stdout
     return found
 
 

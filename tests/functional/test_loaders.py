@@ -78,16 +78,19 @@ def test_pillar_is_loaded_through_the_entry_point(loaders, config_repo):
     assert pillar["host"]["name"] == "alpha"
     assert pillar["states"] == ["minicl.base", "roles.web"]
     assert pillar["status"]["ok"] is True
-    head = subprocess.run(["git", "-C", str(config_repo), "rev-parse", "HEAD"], check=True,
-                          capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "-C", str(config_repo), "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()
     assert pillar["status"]["commit"] == head
 
 
 def test_grains(loaders):
     grains = loaders.grains
     assert isinstance(grains["minicl_ipv4"], list) and isinstance(grains["minicl_ipv6"], list)
-    assert not any(ip.startswith(("127.", "fe80:")) or ip == "::1"
-                   for ip in grains["minicl_ipv4"] + grains["minicl_ipv6"])
+    assert not any(
+        ip.startswith(("127.", "fe80:")) or ip == "::1"
+        for ip in grains["minicl_ipv4"] + grains["minicl_ipv6"]
+    )
     assert grains["minicl_shortname"]
 
 
@@ -130,7 +133,9 @@ def test_role_and_applied_record_apply_for_real(loaders, workdir):
 
 def test_returner_records_highstates_for_the_monitor(loaders, workdir, tmp_path, monkeypatch):
     logged = []
-    monkeypatch.setattr(syslog, "syslog", lambda priority, line: logged.append((priority, line)))  # not this machine's log
+    monkeypatch.setattr(
+        syslog, "syslog", lambda priority, line: logged.append((priority, line))
+    )  # not this machine's log
     loaders.refresh_pillar()
     # The checks' metrics go to tmp_path as well, never to this machine's exporter directory.
     opts = dict(loaders.opts, minicl_textfile_dir=str(tmp_path), pillar=loaders.pillar)
@@ -139,13 +144,24 @@ def test_returner_records_highstates_for_the_monitor(loaders, workdir, tmp_path,
     record({"fun": "state.apply", "fun_args": ["test=True"], "return": {}})
     record({"fun": "grains.items", "fun_args": [], "return": {}})
     assert os.listdir(tmp_path) == []
-    record({"fun": "state.apply", "fun_args": [], "return": {
-        "file_|-a_|-a_|-managed": {"result": True, "changes": {"diff": "new"}},
-        "file_|-b_|-b_|-managed": {"result": False, "changes": {}}}})
+    record(
+        {
+            "fun": "state.apply",
+            "fun_args": [],
+            "return": {
+                "file_|-a_|-a_|-managed": {"result": True, "changes": {"diff": "new"}},
+                "file_|-b_|-b_|-managed": {"result": False, "changes": {}},
+            },
+        }
+    )
     run = (tmp_path / "minicl_run.prom").read_text()
     status = json.loads((workdir / "minicl-cache" / "status.json").read_text())
     assert f'minicl_config_commit_info{{commit="{status["commit"]}"}} 1.0' in run
     assert "minicl_run_success 0.0" in run and 'minicl_run_states{result="changed"} 1.0' in run
     assert 'minicl_check_ok{check="ssh"}' in (tmp_path / "minicl_checks.prom").read_text()
-    assert logged == [(syslog.LOG_ERR, f"highstate FAILED at config commit {status['commit'][:12]}: 2 states, "
-                                       "1 changed, 1 failed")]
+    assert logged == [
+        (
+            syslog.LOG_ERR,
+            f"highstate FAILED at config commit {status['commit'][:12]}: 2 states, 1 changed, 1 failed",
+        )
+    ]

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from minicl.testhosts import GitServer, Lab
+from minicl_lab.testhosts import GitServer, Lab
 
 EXAMPLE = pathlib.Path(__file__).parents[2] / "cluster.json.example"
 
@@ -27,8 +27,9 @@ def pytest_collection_modifyitems(items):
 def deploy_key(tmp_path_factory):
     """(private key text, public key text) of a fresh ed25519 deploy key."""
     path = tmp_path_factory.mktemp("deploy") / "deploy.key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "deploy", "-f", str(path)],
-                   check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "deploy", "-f", str(path)], check=True
+    )
     return path.read_text(), path.with_suffix(".key.pub").read_text()
 
 
@@ -62,14 +63,17 @@ def git_server(lab, deploy_key):
 
 def salt_call(host, *args, check=False):
     """Run salt-call --local in ``host``; returns (returncode, parsed JSON or None, raw result)."""
-    result = host.run(["salt-call", "--local", "--out=json", "--retcode-passthrough", *args],
-                      check=False, timeout=600)
+    result = host.run(
+        ["salt-call", "--local", "--out=json", "--retcode-passthrough", *args], check=False, timeout=600
+    )
     try:
         data = json.loads(result.stdout)
     except ValueError:
         data = None
     if check and result.returncode != 0:
-        raise AssertionError(f"salt-call {args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"salt-call {args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+        )
     return result.returncode, data, result
 
 
@@ -79,8 +83,11 @@ def bootstrap_all(hosts, git_server, deploy_key):
 
     def bootstrap(name, host):
         host.write("/root/deploy.key", deploy_key[0], 0o600)
-        results[name] = host.run(["minicl-bootstrap", f"--repo={git_server.url}", "--deploy-key=/root/deploy.key"],
-                                 check=False, timeout=600)
+        results[name] = host.run(
+            ["minicl-bootstrap", f"--repo={git_server.url}", "--deploy-key=/root/deploy.key"],
+            check=False,
+            timeout=600,
+        )
 
     threads = [threading.Thread(target=bootstrap, args=item) for item in hosts.items()]
     for thread in threads:
@@ -100,8 +107,9 @@ def wait_for(what, probe, timeout=60, interval=0.5, explain=None):
         if found:
             return found
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}" +
-                                 (f"\n{explain()}" if explain else ""))
+            raise AssertionError(
+                f"timed out after {timeout} s waiting for {what}" + (f"\n{explain()}" if explain else "")
+            )
         time.sleep(interval)
 
 

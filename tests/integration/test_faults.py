@@ -22,11 +22,14 @@ web-marker:
     - contents: "web role at {{ pillar['minicl']['status']['commit'] }}"
 """
 # Renders unless the host has the grain web_mode=strict (then a runtime Jinja error).
-GRAIN_SENSITIVE_ROLE = """\
+GRAIN_SENSITIVE_ROLE = (
+    """\
 {%- if grains.get('web_mode') == 'strict' %}
 strict: {{ pillar['minicl']['no_such_key']['x'] }}
 {%- endif %}
-""" + WEB_ROLE
+"""
+    + WEB_ROLE
+)
 RUN_PROM = "/var/lib/prometheus/node-exporter/minicl_run.prom"
 
 
@@ -53,8 +56,10 @@ def beta(lab):
 
 @pytest.fixture(scope="module")
 def cluster(git_server, deploy_key, alpha, beta):
-    git_server.commit({"cluster.json": dump(config()), "deploy.key": deploy_key[0],
-                       "roles/web/init.sls": WEB_ROLE}, "first config")
+    git_server.commit(
+        {"cluster.json": dump(config()), "deploy.key": deploy_key[0], "roles/web/init.sls": WEB_ROLE},
+        "first config",
+    )
     bootstrap_all({"alpha": alpha, "beta": beta}, git_server, deploy_key)
     return git_server
 
@@ -79,16 +84,20 @@ def metric(host, name):
 
 def test_a_role_that_does_not_render_is_a_bad_commit_for_its_host(cluster, alpha, beta):
     good = status(alpha)["commit"]
-    broken = cluster.commit({"cluster.json": dump(config(sam=2003)),
-                             "roles/web/init.sls": "{% if %}\n" + WEB_ROLE}, "sam; web role broken")
+    broken = cluster.commit(
+        {"cluster.json": dump(config(sam=2003)), "roles/web/init.sls": "{% if %}\n" + WEB_ROLE},
+        "sam; web role broken",
+    )
 
     code, data, result = apply(alpha)
     assert code == 0, result.stdout + result.stderr  # the last good commit ran, base and web role
     assert alpha.run("getent passwd sam", check=False).returncode == 2
     st = status(alpha)
     assert st["commit"] == good and st["ok"] is False and st["bad_commit"] == broken
-    assert st["error"].startswith(f"commit {broken[:12]} does not render on this host and was not applied:\n"
-                                  "roles/web/init.sls: Rendering SLS 'base:roles.web' failed: Jinja syntax error")
+    assert st["error"].startswith(
+        f"commit {broken[:12]} does not render on this host and was not applied:\n"
+        "roles/web/init.sls: Rendering SLS 'base:roles.web' failed: Jinja syntax error"
+    )
     assert "line 1" in st["error"]
     assert metric(alpha, "minicl_config_fetch_ok") == "minicl_config_fetch_ok 0.0"
     assert "roles/web/init.sls" in metric(alpha, "minicl_config_error_info")
@@ -101,8 +110,9 @@ def test_a_role_that_does_not_render_is_a_bad_commit_for_its_host(cluster, alpha
     assert status(beta)["commit"] == broken and status(beta)["ok"] is True
 
     # A YAML error is the same; the fix then goes live with sam.
-    yaml_broken = cluster.commit({"roles/web/init.sls": "web-marker:\n  file.managed:\n   - name: [x\n"},
-                                 "web role: yaml error")
+    yaml_broken = cluster.commit(
+        {"roles/web/init.sls": "web-marker:\n  file.managed:\n   - name: [x\n"}, "web role: yaml error"
+    )
     apply(alpha)
     st = status(alpha)
     assert st["commit"] == good and st["bad_commit"] == yaml_broken
@@ -178,9 +188,11 @@ def _fill(host, path):
 
 def test_a_full_disk_is_reported_and_cleaned_up(cluster, alpha):
     # /var/lib/minicl on a filesystem of its own, 64 MB, with what it holds now.
-    alpha.run("systemctl stop minicl-minion; cp -a /var/lib/minicl /root/minicl-copy && "
-              "mount -t tmpfs -o size=64m,mode=0700 small /var/lib/minicl && "
-              "cp -a /root/minicl-copy/. /var/lib/minicl/")
+    alpha.run(
+        "systemctl stop minicl-minion; cp -a /var/lib/minicl /root/minicl-copy && "
+        "mount -t tmpfs -o size=64m,mode=0700 small /var/lib/minicl && "
+        "cp -a /root/minicl-copy/. /var/lib/minicl/"
+    )
     try:
         good = status(alpha)["commit"]
         assert status(alpha)["ok"] is True
@@ -190,8 +202,10 @@ def test_a_full_disk_is_reported_and_cleaned_up(cluster, alpha):
         cluster.commit({"notes.txt": "a small change\n"}, "while the disk is full")
         code, _, result = apply(alpha)
         assert code == 0, result.stdout + result.stderr
-        assert metric(alpha, "minicl_config_fetch_ok") == "minicl_config_fetch_ok 0.0", \
-            (result.stderr, alpha.run("df /var/lib/minicl; tail -20 /var/log/salt/minion").stdout)
+        assert metric(alpha, "minicl_config_fetch_ok") == "minicl_config_fetch_ok 0.0", (
+            result.stderr,
+            alpha.run("df /var/lib/minicl; tail -20 /var/log/salt/minion").stdout,
+        )
         assert "Out of diskspace" in metric(alpha, "minicl_config_error_info")
         assert "(/var/lib/minicl/mirror.git: 0.0 MB free)" in status(alpha)["error"]
         assert json.loads(alpha.read("/var/lib/minicl/status.json")).get("error") is None  # could not write
@@ -200,8 +214,10 @@ def test_a_full_disk_is_reported_and_cleaned_up(cluster, alpha):
         # Room for the fetch, not for the export: refused before writing, saying how much is needed.
         blob = "".join(random.choices(string.ascii_letters, k=30 * 2**20))
         big = cluster.commit({"roles/web/big.txt": blob}, "a 30 MB file in a role")
-        alpha.run("mkdir -p /var/lib/minicl/checkouts/0123abcd.tmp && "
-                  "echo left by a killed run > /var/lib/minicl/checkouts/0123abcd.tmp/x")
+        alpha.run(
+            "mkdir -p /var/lib/minicl/checkouts/0123abcd.tmp && "
+            "echo left by a killed run > /var/lib/minicl/checkouts/0123abcd.tmp/x"
+        )
         code, _, result = apply(alpha)
         assert code == 0, result.stdout + result.stderr
         st = status(alpha)
@@ -213,7 +229,9 @@ def test_a_full_disk_is_reported_and_cleaned_up(cluster, alpha):
         assert metric(alpha, "minicl_config_fetch_ok") == "minicl_config_fetch_ok 0.0"
         assert "not enough disk space" in metric(alpha, "minicl_config_error_info")
     finally:
-        alpha.run("umount /var/lib/minicl; rm -rf /root/minicl-copy; systemctl start minicl-minion", check=False)
+        alpha.run(
+            "umount /var/lib/minicl; rm -rf /root/minicl-copy; systemctl start minicl-minion", check=False
+        )
     cluster.commit({}, "big file stays; the host has room again", remove=["roles/web/big.txt"])
     code, _, result = apply(alpha)
     assert code == 0 and status(alpha)["ok"] is True, result.stdout + result.stderr
@@ -221,8 +239,10 @@ def test_a_full_disk_is_reported_and_cleaned_up(cluster, alpha):
 
 def test_a_damaged_mirror_is_repaired_in_one_run(cluster, alpha):
     # A ref git can no longer read, and a lock a killed git left behind.
-    alpha.run("cd /var/lib/minicl/mirror.git && echo garbage > refs/remotes/origin/main && "
-              "touch refs/remotes/origin/main.lock")
+    alpha.run(
+        "cd /var/lib/minicl/mirror.git && echo garbage > refs/remotes/origin/main && "
+        "touch refs/remotes/origin/main.lock"
+    )
     new = cluster.commit({"notes.txt": "after the damage\n"}, "after the damage")
     code, _, result = apply(alpha)
     assert code == 0, result.stdout + result.stderr

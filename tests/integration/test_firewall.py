@@ -18,21 +18,25 @@ FIREWALL = "minicl_firewall_|-minicl-firewall_|-inet minicl_|-applied"
 def config(hosts=("alpha", "beta", "gamma"), **extra):
     entries = {}
     for name in hosts:
-        entries[name] = {"ip": [a.split("/")[0] for a in HOSTS[name]],
-                         "roles": ["base", "web"] if name == "beta" else ["base"]}
+        entries[name] = {
+            "ip": [a.split("/")[0] for a in HOSTS[name]],
+            "roles": ["base", "web"] if name == "beta" else ["base"],
+        }
     entries["alpha"]["public_ports"] = ["8080/tcp"]
     if "gamma" in entries:
         entries["gamma"]["trusted_sources"] = ["203.0.113.0/24"]
-    data = cluster_config(entries, roles={"web": {"public_ports": ["8443/tcp"]}},
-                          firewall={"confirm_seconds": 5})
+    data = cluster_config(
+        entries, roles={"web": {"public_ports": ["8443/tcp"]}}, firewall={"confirm_seconds": 5}
+    )
     data.update(extra)
     return dump(data)
 
 
 @pytest.fixture(scope="module")
 def cluster(lab, git_server, deploy_key):
-    git_server.commit({"cluster.json": config(), "deploy.key": deploy_key[0], "roles/web/init.sls": "{}\n"},
-                      "three hosts")
+    git_server.commit(
+        {"cluster.json": config(), "deploy.key": deploy_key[0], "roles/web/init.sls": "{}\n"}, "three hosts"
+    )
     hosts = {}
     for name, addresses in HOSTS.items():
         host = lab.add_host(name, addresses)
@@ -40,8 +44,11 @@ def cluster(lab, git_server, deploy_key):
         host.write("/root/deploy.key", deploy_key[0], 0o600)
         hosts[name] = host
     for host in hosts.values():
-        result = host.run(["minicl-bootstrap", f"--repo={git_server.url}", "--deploy-key=/root/deploy.key"],
-                          check=False, timeout=600)
+        result = host.run(
+            ["minicl-bootstrap", f"--repo={git_server.url}", "--deploy-key=/root/deploy.key"],
+            check=False,
+            timeout=600,
+        )
         assert result.returncode == 0, result.stdout + result.stderr
     hosts["gamma"].run("ip addr add 203.0.113.53/24 dev eth0")
     return hosts
@@ -70,14 +77,14 @@ def test_peer_reaches_any_port_outsider_does_not(cluster, outsider, family):
 def test_outsider_reaches_ssh_and_public_ports_only(cluster, outsider, family):
     alpha, beta = cluster["alpha"].ips[family], cluster["beta"].ips[family]
     assert outsider.can_connect(alpha, 22)
-    assert outsider.can_connect(alpha, 8080)       # alpha's own public port
-    assert not outsider.can_connect(alpha, 8443)   # the web role's port: alpha is not web
-    assert outsider.can_connect(beta, 8443)        # beta is
+    assert outsider.can_connect(alpha, 8080)  # alpha's own public port
+    assert not outsider.can_connect(alpha, 8443)  # the web role's port: alpha is not web
+    assert outsider.can_connect(beta, 8443)  # beta is
     assert not outsider.can_connect(beta, 8080)
 
 
 def test_extra_trusted_source(cluster, office, outsider):
-    assert office.can_connect("203.0.113.53", 9200)     # gamma trusts 203.0.113.0/24
+    assert office.can_connect("203.0.113.53", 9200)  # gamma trusts 203.0.113.0/24
     assert not outsider.can_connect(cluster["gamma"].ipv4, 9200)
 
 
@@ -106,8 +113,10 @@ def test_persisted_for_boot_and_restored_after_a_reboot(cluster):
 
 def test_other_tools_tables_survive(cluster, git_server):
     alpha = cluster["alpha"]
-    alpha.run("nft add table ip othertool && nft add chain ip othertool prerouting "
-              "'{ type nat hook prerouting priority dstnat; }' && nft add rule ip othertool prerouting tcp dport 1 counter")
+    alpha.run(
+        "nft add table ip othertool && nft add chain ip othertool prerouting "
+        "'{ type nat hook prerouting priority dstnat; }' && nft add rule ip othertool prerouting tcp dport 1 counter"
+    )
     theirs = alpha.run("nft list table ip othertool").stdout
     git_server.commit({"cluster.json": config(firewall={"confirm_seconds": 5, "ssh_port": 22})}, "touch")
     alpha.run("nft add element inet minicl public_tcp '{ 9999 }'")  # drift: minicl must repair it
@@ -119,8 +128,9 @@ def test_other_tools_tables_survive(cluster, git_server):
 
 def test_test_mode_shows_the_diff_without_applying(cluster, git_server):
     alpha = cluster["alpha"]
-    git_server.commit({"cluster.json": config().replace('"8080/tcp"', '"8080/tcp", "9000-9010/tcp"')},
-                      "more ports")
+    git_server.commit(
+        {"cluster.json": config().replace('"8080/tcp"', '"8080/tcp", "9000-9010/tcp"')}, "more ports"
+    )
     code, data, _ = salt_call(alpha, "state.apply", "test=True")
     state = data["local"][FIREWALL]
     assert state["result"] is None
@@ -174,8 +184,10 @@ def test_deadman_restores_when_no_peer_answers(cluster, git_server):
     for name in ("beta", "gamma"):
         cluster[name].stop_sshd()
     try:
-        git_server.commit({"cluster.json": config(hosts=("alpha", "gamma")).replace('"8080/tcp"', '"8081/tcp"')},
-                          "a change nobody can confirm")
+        git_server.commit(
+            {"cluster.json": config(hosts=("alpha", "gamma")).replace('"8080/tcp"', '"8081/tcp"')},
+            "a change nobody can confirm",
+        )
         code, data, _ = salt_call(alpha, "state.apply")
         state = data["local"][FIREWALL]
         assert state["result"] is False
@@ -223,20 +235,29 @@ def test_a_failing_apply_on_the_host_leaves_the_old_rules(cluster, git_server):
     alpha = cluster["alpha"]
     before = alpha.run("nft list ruleset").stdout
     hostns = alpha.run("readlink /proc/self/ns/net").stdout.strip()
-    alpha.write("/root/nft-wrapper", f"""#!/bin/sh
+    alpha.write(
+        "/root/nft-wrapper",
+        f"""#!/bin/sh
 if [ "$(readlink /proc/self/ns/net)" = "{hostns}" ] && [ "$1" = "-f" ]; then
     echo "Error: injected failure on the host" >&2; exit 1
 fi
 exec /root/nft.real "$@"
-""", 0o755)
+""",
+        0o755,
+    )
     alpha.run("cp /usr/sbin/nft /root/nft.real && mount --bind /root/nft-wrapper /usr/sbin/nft")
     try:
-        git_server.commit({"cluster.json": config(hosts=("alpha", "gamma")).replace('"8080/tcp"', '"8090/tcp"')},
-                          "a change the host cannot apply")
+        git_server.commit(
+            {"cluster.json": config(hosts=("alpha", "gamma")).replace('"8080/tcp"', '"8090/tcp"')},
+            "a change the host cannot apply",
+        )
         code, data, _ = salt_call(alpha, "state.apply")
         state = data["local"][FIREWALL]
         assert state["result"] is False
-        assert "nft -f failed, the previous ruleset stays: Error: injected failure on the host" in state["comment"]
+        assert (
+            "nft -f failed, the previous ruleset stays: Error: injected failure on the host"
+            in state["comment"]
+        )
     finally:
         alpha.run("umount /usr/sbin/nft")
     assert alpha.run("nft list ruleset").stdout == before
@@ -248,18 +269,26 @@ def test_watchdog_restores_when_the_run_dies(cluster, git_server):
     before = alpha.run("nft list table inet minicl").stdout
     cluster["gamma"].stop_sshd()  # nobody can confirm: the run waits in its confirmation window
     try:
-        git_server.commit({"cluster.json": config(hosts=("alpha", "gamma")).replace('"8080/tcp"', '"8091/tcp"')},
-                          "a change whose run gets killed")
+        git_server.commit(
+            {"cluster.json": config(hosts=("alpha", "gamma")).replace('"8080/tcp"', '"8091/tcp"')},
+            "a change whose run gets killed",
+        )
         run = alpha.spawn(["salt-call", "--local", "state.apply"])
         # Wait until the new ruleset is live, then kill the run as a crash or Ctrl-C would.
-        alpha.run("for i in $(seq 100); do nft list set inet minicl public_tcp | grep -q 8091 && exit 0; "
-                  "sleep 0.1; done; exit 1", timeout=60)
+        alpha.run(
+            "for i in $(seq 100); do nft list set inet minicl public_tcp | grep -q 8091 && exit 0; "
+            "sleep 0.1; done; exit 1",
+            timeout=60,
+        )
         alpha.run("pkill -KILL -f 'salt-cal[l] --local state.apply'")  # [l]: not this shell itself
         run.wait(30)
         assert "8091" in alpha.run("nft list set inet minicl public_tcp").stdout
         # confirm_seconds (5) + 10 s of grace: the detached watchdog puts the old ruleset back.
-        alpha.run("for i in $(seq 250); do nft list set inet minicl public_tcp | grep -q 8091 || exit 0; "
-                  "sleep 0.1; done; exit 1", timeout=60)
+        alpha.run(
+            "for i in $(seq 250); do nft list set inet minicl public_tcp | grep -q 8091 || exit 0; "
+            "sleep 0.1; done; exit 1",
+            timeout=60,
+        )
         assert alpha.run("nft list table inet minicl").stdout == before
     finally:
         cluster["gamma"].start_sshd()
@@ -267,9 +296,10 @@ def test_watchdog_restores_when_the_run_dies(cluster, git_server):
 
 def test_moving_ssh_to_another_port_never_closes_the_one_in_use(cluster, git_server, outsider):
     alpha = cluster["alpha"]
-    git_server.commit({"cluster.json": config(hosts=("alpha", "gamma"), firewall={"ssh_port": 2222,
-                                                                                    "confirm_seconds": 5})},
-                      "ssh moves to 2222")
+    git_server.commit(
+        {"cluster.json": config(hosts=("alpha", "gamma"), firewall={"ssh_port": 2222, "confirm_seconds": 5})},
+        "ssh moves to 2222",
+    )
     code, data, result = salt_call(alpha, "state.apply")
     assert code == 0, result.stdout
     # First run: the firewall opens 2222 next to 22 (sshd still listens there), then sshd moves.

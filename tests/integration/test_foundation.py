@@ -57,8 +57,11 @@ def assert_no_secrets(*texts):
 
 
 def bootstrap(host, git_server, *extra):
-    return host.run(["minicl-bootstrap", f"--repo={git_server.url}", "--deploy-key=/root/deploy.key",
-                     *extra], check=False, timeout=600)
+    return host.run(
+        ["minicl-bootstrap", f"--repo={git_server.url}", "--deploy-key=/root/deploy.key", *extra],
+        check=False,
+        timeout=600,
+    )
 
 
 def snippet_after(out, marker):
@@ -85,11 +88,11 @@ def test_bootstrap_over_ssh_trusts_repo_key_and_applies(alpha, git_server, deplo
     assert "trusted on first use" in out
     assert git_server.host_key_fingerprint() in out
     assert f"config commit {first_commit[:12]}" in out
-    snippet = snippet_after(out, 'in cluster.json (as alpha is now):')
+    snippet = snippet_after(out, "in cluster.json (as alpha is now):")
     assert snippet == {"alpha": {"ip": ["198.51.100.11", "2001:db8:100::11"], "roles": ["base"]}}
     keys = out.split("SSH host keys of alpha (compare them when you first log in):\n")[1].splitlines()
     fingerprints = own_fingerprints(alpha)
-    assert fingerprints and [line.strip() for line in keys[:len(fingerprints)]] == fingerprints
+    assert fingerprints and [line.strip() for line in keys[: len(fingerprints)]] == fingerprints
     assert any(line.startswith("ED25519 SHA256:") for line in fingerprints)
     assert_no_secrets(out, result.stderr)
 
@@ -100,8 +103,12 @@ def test_bootstrap_over_ssh_trusts_repo_key_and_applies(alpha, git_server, deplo
 
 def test_pillar_shows_the_cluster(alpha, first_commit):
     data = pillar(alpha)
-    assert data["host"] == {"name": "alpha", "fqdn": "alpha.example.org",
-                            "ip": ["198.51.100.11", "2001:db8:100::11"], "roles": ["base"]}
+    assert data["host"] == {
+        "name": "alpha",
+        "fqdn": "alpha.example.org",
+        "ip": ["198.51.100.11", "2001:db8:100::11"],
+        "roles": ["base"],
+    }
     assert data["addresses"] == {"v4": ["198.51.100.11"], "v6": ["2001:db8:100::11"]}
     assert data["states"] == ["minicl.base"]
     assert sorted(data["cluster"]["users"]) == ["alice", "bob"]
@@ -111,8 +118,9 @@ def test_pillar_shows_the_cluster(alpha, first_commit):
 
 
 def test_grains_report_real_addresses(alpha):
-    code, data, _ = salt_call(alpha, "grains.item", "minicl_ipv4", "minicl_ipv6", "minicl_interfaces",
-                              "minicl_shortname")
+    code, data, _ = salt_call(
+        alpha, "grains.item", "minicl_ipv4", "minicl_ipv6", "minicl_interfaces", "minicl_shortname"
+    )
     grains = data["local"]
     assert code == 0
     assert grains["minicl_ipv4"] == ["198.51.100.11"]
@@ -221,8 +229,10 @@ def test_host_not_in_cluster_gets_snippet_then_joins(beta, git_server, deploy_ke
     assert result.returncode == 3, result.stdout + result.stderr
     assert "This host (beta) is not in cluster.json yet" in result.stdout
     snippet = snippet_after(result.stdout, "(it also starts the schedule):")
-    assert f"SSH host keys of beta (compare them when you first log in):\n  {own_fingerprints(beta)[0]}" \
+    assert (
+        f"SSH host keys of beta (compare them when you first log in):\n  {own_fingerprints(beta)[0]}"
         in result.stdout
+    )
     assert snippet == {"beta": {"ip": ["198.51.100.12", "2001:db8:100::12"], "roles": ["base"]}}
     assert "Traceback" not in result.stdout + result.stderr
 
@@ -270,8 +280,10 @@ def test_bootstrap_with_known_hosts_uses_only_that_key(lab, git_server, deploy_k
     git_server.commit({"cluster.json": dump(config)}, "delta only", branch="delta")
 
     # A known_hosts with some other key: refused, nothing trusted behind the admin's back.
-    delta.run("ssh-keygen -q -t ed25519 -N '' -f /root/other && "
-              "echo \"198.51.100.1 $(cut -d' ' -f1,2 /root/other.pub)\" > /root/wrong_known_hosts")
+    delta.run(
+        "ssh-keygen -q -t ed25519 -N '' -f /root/other && "
+        "echo \"198.51.100.1 $(cut -d' ' -f1,2 /root/other.pub)\" > /root/wrong_known_hosts"
+    )
     result = bootstrap(delta, git_server, "--branch=delta", "--known-hosts=/root/wrong_known_hosts")
     assert result.returncode == 1
     assert "Host key verification failed" in result.stderr
@@ -281,8 +293,10 @@ def test_bootstrap_with_known_hosts_uses_only_that_key(lab, git_server, deploy_k
     delta.write("/root/known_hosts", f"198.51.100.1 {' '.join(real_key)}\n")
     result = bootstrap(delta, git_server, "--branch=delta", "--known-hosts=/root/known_hosts")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert (f"repo host key (from --known-hosts): 198.51.100.1 ED25519 {git_server.host_key_fingerprint()}"
-            in result.stdout)
+    assert (
+        f"repo host key (from --known-hosts): 198.51.100.1 ED25519 {git_server.host_key_fingerprint()}"
+        in result.stdout
+    )
     assert pillar(delta)["host"]["name"] == "delta"
 
 
@@ -295,10 +309,16 @@ def test_bootstrap_with_ssh_agent_forwarding_instead_of_a_deploy_key(lab, git_se
     epsilon.write("/root/agent-only.key", deploy_key[0], 0o600)
     agent = epsilon.spawn(["ssh-agent", "-D", "-a", "/root/agent.sock"])
     try:
-        epsilon.run("for i in $(seq 50); do [ -S /root/agent.sock ] && break; sleep 0.1; done; "
-                    "SSH_AUTH_SOCK=/root/agent.sock ssh-add -q /root/agent-only.key && rm /root/agent-only.key")
-        result = epsilon.run(["minicl-bootstrap", f"--repo={git_server.url}", "--branch=agent"], check=False,
-                             timeout=600, env={"SSH_AUTH_SOCK": "/root/agent.sock"})
+        epsilon.run(
+            "for i in $(seq 50); do [ -S /root/agent.sock ] && break; sleep 0.1; done; "
+            "SSH_AUTH_SOCK=/root/agent.sock ssh-add -q /root/agent-only.key && rm /root/agent-only.key"
+        )
+        result = epsilon.run(
+            ["minicl-bootstrap", f"--repo={git_server.url}", "--branch=agent"],
+            check=False,
+            timeout=600,
+            env={"SSH_AUTH_SOCK": "/root/agent.sock"},
+        )
     finally:
         agent.terminate()
         agent.wait(timeout=10)
@@ -316,7 +336,8 @@ def test_bootstrap_with_ssh_agent_forwarding_instead_of_a_deploy_key(lab, git_se
     assert epsilon.run("getent passwd carol", check=False).returncode == 0
 
     # Bootstrap again, with neither agent nor --deploy-key: the installed key serves.
-    result = epsilon.run(["minicl-bootstrap", f"--repo={git_server.url}", "--branch=agent"], check=False,
-                         timeout=600)
+    result = epsilon.run(
+        ["minicl-bootstrap", f"--repo={git_server.url}", "--branch=agent"], check=False, timeout=600
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "WARNING" not in result.stderr

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from minicl import fakerelay
+from minicl_lab import fakerelay
 
 from .conftest import changed_states, cluster_config, dump, salt_call
 
@@ -25,9 +25,13 @@ def relay(lab, tmp_path_factory):
 
 def mail_config(password=PASSWORD, relay="relay.example.org"):
     ips = [a.split("/")[0] for a in ALPHA]
-    return dump(cluster_config({"alpha": {"ip": ips, "roles": ["base"]}},
-                               smtp={"relay": relay, "port": 587, "username": USER, "password": password},
-                               ca_url="http://relay.example.org/ca.crt"))
+    return dump(
+        cluster_config(
+            {"alpha": {"ip": ips, "roles": ["base"]}},
+            smtp={"relay": relay, "port": 587, "username": USER, "password": password},
+            ca_url="http://relay.example.org/ca.crt",
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +41,11 @@ def alpha(lab, relay, git_server, deploy_key):
     host.run("echo '198.51.100.79 untrusted.example.org' >> /etc/hosts")
     git_server.commit({"cluster.json": mail_config(), "deploy.key": deploy_key[0]}, "mail")
     host.write("/root/deploy.key", deploy_key[0], 0o600)
-    result = host.run(["minicl-bootstrap", f"--repo={git_server.url}", "--deploy-key=/root/deploy.key"],
-                      check=False, timeout=600)
+    result = host.run(
+        ["minicl-bootstrap", f"--repo={git_server.url}", "--deploy-key=/root/deploy.key"],
+        check=False,
+        timeout=600,
+    )
     host.bootstrap = result
     SENDER["host"] = host
     return host
@@ -81,10 +88,14 @@ def test_bootstrap_configures_mail_without_showing_the_password(alpha):
     assert alpha.bootstrap.returncode == 0, out
     assert PASSWORD not in out
     assert alpha.read("/etc/mailname") == "alpha.example.org\n"
-    assert alpha.run("stat -c '%a %U' /etc/postfix/sasl_passwd /etc/postfix/sasl_passwd.db").stdout.split("\n")[:2] \
-        == ["600 root", "600 root"]
-    assert alpha.run("postconf -h inet_interfaces relayhost smtp_tls_security_level").stdout.split() == \
-        ["loopback-only", "[relay.example.org]:587", "secure"]
+    assert alpha.run("stat -c '%a %U' /etc/postfix/sasl_passwd /etc/postfix/sasl_passwd.db").stdout.split(
+        "\n"
+    )[:2] == ["600 root", "600 root"]
+    assert alpha.run("postconf -h inet_interfaces relayhost smtp_tls_security_level").stdout.split() == [
+        "loopback-only",
+        "[relay.example.org]:587",
+        "secure",
+    ]
     assert alpha.exists("/usr/local/share/ca-certificates/minicl-cluster-ca.crt")
 
 
@@ -114,7 +125,9 @@ def test_wrong_password_keeps_mail_queued_until_fixed(alpha, relay, git_server):
     code, data, result = salt_call(alpha, "state.apply")
     assert code == 0, result.stdout
     assert "wrong-password" not in result.stdout + result.stderr
-    creds = changed_states(data)["minicl_mail_|-minicl-relay-credentials_|-/etc/postfix/sasl_passwd_|-sasl_passwd"]
+    creds = changed_states(data)[
+        "minicl_mail_|-minicl-relay-credentials_|-/etc/postfix/sasl_passwd_|-sasl_passwd"
+    ]
     assert creds["credentials"] == "for [relay.example.org]:587 (content hidden)"
 
     alpha.run("echo 'while the password is wrong' | mail -s 'queued' root")
@@ -142,7 +155,9 @@ def test_mail_test_function_and_queue(alpha, relay):
 
 
 def test_password_never_in_logs_or_world_readable_files(alpha):
-    found = alpha.run(f"grep -rl '{PASSWORD}' /var/log /etc /var/lib/minicl/applied.json 2>/dev/null || true").stdout.split()
+    found = alpha.run(
+        f"grep -rl '{PASSWORD}' /var/log /etc /var/lib/minicl/applied.json 2>/dev/null || true"
+    ).stdout.split()
     assert all(alpha.run(f"stat -c %a {path}").stdout.strip() == "600" for path in found), found
     assert "/var/log/salt/minion" not in found and "/var/log/postfix.log" not in found
 
@@ -167,7 +182,9 @@ def test_ca_download_failure_fails_clearly_and_keeps_the_previous_ca(alpha, git_
     git_server.commit({"cluster.json": dump(broken)}, "a wrong ca_url")
     code, data, result = salt_call(alpha, "state.apply")
     assert code != 0
-    state = data["local"]["file_|-minicl-cluster-ca_|-/usr/local/share/ca-certificates/minicl-cluster-ca.crt_|-managed"]
+    state = data["local"][
+        "file_|-minicl-cluster-ca_|-/usr/local/share/ca-certificates/minicl-cluster-ca.crt_|-managed"
+    ]
     assert state["result"] is False and "404" in state["comment"]
     assert alpha.read(ca) == before
     git_server.commit({"cluster.json": mail_config()}, "ca_url fixed")
@@ -178,8 +195,12 @@ def test_ca_download_failure_fails_clearly_and_keeps_the_previous_ca(alpha, git_
 def test_a_relay_with_an_untrusted_certificate_gets_nothing(lab, alpha, git_server, tmp_path_factory):
     impostor = lab.add_host("impostor", ["198.51.100.79/24"])
     # Its own CA, which no cluster host trusts; right user and password, right name.
-    fakerelay.start_in(impostor, fakerelay.make_test_ca(tmp_path_factory.mktemp("impostor"),
-                                                        "untrusted.example.org"), USER, PASSWORD)
+    fakerelay.start_in(
+        impostor,
+        fakerelay.make_test_ca(tmp_path_factory.mktemp("impostor"), "untrusted.example.org"),
+        USER,
+        PASSWORD,
+    )
     git_server.commit({"cluster.json": mail_config(relay="untrusted.example.org")}, "another relay")
     code, _, result = salt_call(alpha, "state.apply")
     assert code == 0, result.stdout
@@ -194,8 +215,9 @@ def test_a_relay_with_an_untrusted_certificate_gets_nothing(lab, alpha, git_serv
 
 
 def test_checks_report_and_fail_when_postfix_is_down(alpha):
-    result = alpha.run(["salt-call", "--local", "--out=json", "--retcode-passthrough", "minicl_checks.run"],
-                       check=False)
+    result = alpha.run(
+        ["salt-call", "--local", "--out=json", "--retcode-passthrough", "minicl_checks.run"], check=False
+    )
     report = json.loads(result.stdout)["local"]
     assert result.returncode == 0, report
     assert report["ssh"] == "OK answers on port 22" and report["postfix"] == "OK running"
@@ -203,8 +225,9 @@ def test_checks_report_and_fail_when_postfix_is_down(alpha):
     assert report["load"].startswith("OK ") and report["memory"].startswith("OK ")
     alpha.systemctl("stop", "postfix@-")
     try:
-        result = alpha.run(["salt-call", "--local", "--out=json", "--retcode-passthrough", "minicl_checks.run"],
-                           check=False)
+        result = alpha.run(
+            ["salt-call", "--local", "--out=json", "--retcode-passthrough", "minicl_checks.run"], check=False
+        )
         report = json.loads(result.stdout)["local"]
         assert result.returncode == 1
         assert report["postfix"].startswith("FAIL not running")

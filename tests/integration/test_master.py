@@ -61,8 +61,10 @@ def config_repo(master_host, deploy_key):
     data = cluster_config({"alpha": {"ip": [a.split("/")[0] for a in ALPHA], "roles": ["base"]}})
     data["firewall"]["confirm_seconds"] = 0
     master_host.write("/srv/config/cluster.json", dump(data))
-    master_host.run("cd /srv/config && git init -q -b main && git add -A && "
-                    "git -c user.name=t -c user.email=t@example.org commit -q -m first")
+    master_host.run(
+        "cd /srv/config && git init -q -b main && git add -A && "
+        "git -c user.name=t -c user.email=t@example.org commit -q -m first"
+    )
     return "file:///srv/config"
 
 
@@ -78,8 +80,15 @@ def salt_master(salt_factories, master_host, config_repo, shared_root):
             "interface": "0.0.0.0",
             "auto_accept": True,  # the test minion is new to this master
             "file_roots": {"base": [saltext.states_dir(), f"{cache_dir}/live"]},
-            "ext_pillar": [{"minicl": {"repo": config_repo, "cache_dir": cache_dir,
-                                       "applied_file": "/var/lib/minicl/applied.json"}}],
+            "ext_pillar": [
+                {
+                    "minicl": {
+                        "repo": config_repo,
+                        "cache_dir": cache_dir,
+                        "applied_file": "/var/lib/minicl/applied.json",
+                    }
+                }
+            ],
         },
     )
     with factory.started(start_timeout=120):
@@ -105,7 +114,9 @@ def wait_until_signed_in(minion, master, timeout=120):
     session = os.path.join(master.config["cachedir"], "sessions", minion.id)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if os.path.exists(session) and "Minion is ready to receive requests" in _read(minion.config["log_file"]):
+        if os.path.exists(session) and "Minion is ready to receive requests" in _read(
+            minion.config["log_file"]
+        ):
             return
         time.sleep(0.5)
     pytest.fail(f"the minion did not sign in to the master within {timeout} s\n{log_tails(minion, master)}")
@@ -123,8 +134,11 @@ def log_tails(minion, master, lines=40):
     """The last lines of the daemons' logs (without Salt's trace noise), for a failure message."""
     out = []
     for factory in (master, minion):
-        text = [line for line in _read(factory.config["log_file"]).splitlines()
-                if line.startswith("[") and "[TRACE" not in line and "GARBAGE" not in line]
+        text = [
+            line
+            for line in _read(factory.config["log_file"]).splitlines()
+            if line.startswith("[") and "[TRACE" not in line and "GARBAGE" not in line
+        ]
         out.append(f"--- {factory.config['log_file']}\n" + "\n".join(line[:300] for line in text[-lines:]))
     return "\n".join(out)
 
@@ -132,12 +146,14 @@ def log_tails(minion, master, lines=40):
 @pytest.fixture
 def salt_call(salt_minion, salt_master, alpha):
     """salt-call in alpha, through the master; a hang fails with the daemons' logs."""
+
     def call(*args):
         cli = salt_minion.salt_call_cli(factory_class=in_host(SaltCall, alpha), timeout=300)
         try:
             return cli.run(*args)
         except FactoryTimeout:
             pytest.fail(f"salt-call {' '.join(args)} timed out\n{log_tails(salt_minion, salt_master)}")
+
     return call
 
 

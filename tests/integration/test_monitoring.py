@@ -8,7 +8,7 @@ import email.policy
 
 import pytest
 
-from minicl import fakerelay
+from minicl_lab import fakerelay, probes
 
 from .conftest import bootstrap_all, changed_states, cluster_config, dump, salt_call, wait_for
 
@@ -23,13 +23,17 @@ USER, PASSWORD = "cluster@example.org", "relay-secret-Mon6"
 
 
 def monitoring_config(**overrides):
-    hosts = {name: {"ip": [a.split("/")[0] for a in addresses], "roles": ["base"]}
-             for name, addresses in HOSTS.items()}
+    hosts = {
+        name: {"ip": [a.split("/")[0] for a in addresses], "roles": ["base"]}
+        for name, addresses in HOSTS.items()
+    }
     hosts["watch"]["roles"].append("monitor")
-    data = cluster_config(hosts, smtp={"relay": "relay.example.org", "port": 587, "username": USER,
-                                       "password": PASSWORD},
-                          ca_url="http://relay.example.org/ca.crt",
-                          monitoring={"scrape_interval": "1s", "retention": "1d"})
+    data = cluster_config(
+        hosts,
+        smtp={"relay": "relay.example.org", "port": 587, "username": USER, "password": PASSWORD},
+        ca_url="http://relay.example.org/ca.crt",
+        monitoring={"scrape_interval": "1s", "retention": "1d"},
+    )
     data.update(overrides)
     return dump(data)
 
@@ -43,7 +47,9 @@ def relay(lab, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster(lab, relay, git_server, deploy_key):
-    commit = git_server.commit({"cluster.json": monitoring_config(), "deploy.key": deploy_key[0]}, "monitoring")
+    commit = git_server.commit(
+        {"cluster.json": monitoring_config(), "deploy.key": deploy_key[0]}, "monitoring"
+    )
     hosts = {name: lab.add_host(name, addresses) for name, addresses in HOSTS.items()}
     for host in hosts.values():
         host.run("echo '198.51.100.160 relay.example.org' >> /etc/hosts")
@@ -59,10 +65,12 @@ def outsider(lab):
 
 def monitor_state(watch):
     """What the monitor sees, for failure messages."""
-    return watch.run("python3 -c \"import urllib.request; print(urllib.request.urlopen("
-                     "'http://127.0.0.1:9090/api/v1/targets').read().decode()[:3000])\"; "
-                     "tail -5 /var/log/prometheus/prometheus.log /var/log/prometheus/prometheus-alertmanager.log",
-                     check=False).stdout
+    return watch.run(
+        'python3 -c "import urllib.request; print(urllib.request.urlopen('
+        "'http://127.0.0.1:9090/api/v1/targets').read().decode()[:3000])\"; "
+        "tail -5 /var/log/prometheus/prometheus.log /var/log/prometheus/prometheus-alertmanager.log",
+        check=False,
+    ).stdout
 
 
 def readable(message):
@@ -75,59 +83,91 @@ def readable(message):
 
 def alert_mail(relay, *words, timeout=90):
     """The first message at the relay whose subject or text contains every word."""
+
     def find():
         for message in fakerelay.received(relay):
             if all(word in readable(message) for word in words):
                 return message
         return None
-    return wait_for(f"a mail with {words} at the relay", find, timeout,
-                    explain=lambda: "\n".join(readable(m)[:300] for m in fakerelay.received(relay)))
+
+    return wait_for(
+        f"a mail with {words} at the relay",
+        find,
+        timeout,
+        explain=lambda: "\n".join(readable(m)[:300] for m in fakerelay.received(relay)),
+    )
 
 
 def test_nothing_left_to_do_after_bootstrap(cluster):
     for name in HOSTS:
         code, data, result = salt_call(cluster[name], "state.apply", "test=True")
         assert code == 0, result.stdout
-        pending = {key: (value["comment"], value["changes"]) for key, value in data["local"].items()
-                   if value["result"] is None or value["changes"]}
+        pending = {
+            key: (value["comment"], value["changes"])
+            for key, value in data["local"].items()
+            if value["result"] is None or value["changes"]
+        }
         assert pending == {}, name
 
 
 def test_configs_pass_promtool_and_amtool(cluster):
     watch = cluster["watch"]
-    for command in ("promtool check config /etc/prometheus/prometheus.yml",
-                    "promtool check rules /etc/prometheus/minicl.rules.yml",
-                    "amtool check-config /etc/prometheus/alertmanager.yml"):
+    for command in (
+        "promtool check config /etc/prometheus/prometheus.yml",
+        "promtool check rules /etc/prometheus/minicl.rules.yml",
+        "amtool check-config /etc/prometheus/alertmanager.yml",
+    ):
         result = watch.run(command, check=False)
-        assert result.returncode == 0 and "SUCCESS" in result.stdout + result.stderr, result.stdout + result.stderr
+        assert result.returncode == 0 and "SUCCESS" in result.stdout + result.stderr, (
+            result.stdout + result.stderr
+        )
     assert "--storage.tsdb.retention.time=1d" in watch.read("/etc/default/prometheus")
     assert PASSWORD not in watch.read("/etc/prometheus/alertmanager.yml")
 
 
 def test_monitor_scrapes_every_host_with_run_metrics(cluster):
     watch = cluster["watch"]
-    up = wait_for("every node exporter up", lambda: (
-        found if len(found := [m for m, v in watch.prometheus_query('up{job="node"}') if v == 1]) == 3 else None),
-        explain=lambda: monitor_state(watch))
+    up = wait_for(
+        "every node exporter up",
+        lambda: (
+            found
+            if len(found := [m for m, v in probes.prometheus_query(watch, 'up{job="node"}') if v == 1]) == 3
+            else None
+        ),
+        explain=lambda: monitor_state(watch),
+    )
     assert sorted(m["instance"] for m in up) == ["alpha", "beta", "watch"]
-    commits = wait_for("the commit metric of every host", lambda: (
-        found if len(found := watch.prometheus_query("minicl_config_commit_info")) == 3 else None))
-    assert {m["instance"]: m["commit"] for m, _ in commits} == dict.fromkeys(["alpha", "beta", "watch"],
-                                                                                cluster["commit"])
-    runs = watch.prometheus_query("time() - minicl_run_last_timestamp_seconds")
+    commits = wait_for(
+        "the commit metric of every host",
+        lambda: (
+            found if len(found := probes.prometheus_query(watch, "minicl_config_commit_info")) == 3 else None
+        ),
+    )
+    assert {m["instance"]: m["commit"] for m, _ in commits} == dict.fromkeys(
+        ["alpha", "beta", "watch"], cluster["commit"]
+    )
+    runs = probes.prometheus_query(watch, "time() - minicl_run_last_timestamp_seconds")
     assert len(runs) == 3 and all(0 <= age < 600 for _, age in runs)
-    assert {m["instance"] for m, v in watch.prometheus_query("minicl_run_success") if v == 1} == \
-        {"alpha", "beta", "watch"}
-    assert len(watch.prometheus_query('minicl_check_ok{check="ssh"} == 1')) == 3
-    assert {m["instance"] for m, v in watch.prometheus_query('up{job=~"prometheus|alertmanager"}') if v == 1} == \
-        {"watch"}
+    assert {m["instance"] for m, v in probes.prometheus_query(watch, "minicl_run_success") if v == 1} == {
+        "alpha",
+        "beta",
+        "watch",
+    }
+    assert len(probes.prometheus_query(watch, 'minicl_check_ok{check="ssh"} == 1')) == 3
+    assert {
+        m["instance"]
+        for m, v in probes.prometheus_query(watch, 'up{job=~"prometheus|alertmanager"}')
+        if v == 1
+    } == {"watch"}
 
 
 def test_textfile_metrics_are_readable_by_the_exporter(cluster):
     alpha = cluster["alpha"]
     listing = alpha.run("stat -c '%a %n' /var/lib/prometheus/node-exporter/minicl_*.prom").stdout.split("\n")
-    assert listing[:2] == ["644 /var/lib/prometheus/node-exporter/minicl_checks.prom",
-                           "644 /var/lib/prometheus/node-exporter/minicl_run.prom"]
+    assert listing[:2] == [
+        "644 /var/lib/prometheus/node-exporter/minicl_checks.prom",
+        "644 /var/lib/prometheus/node-exporter/minicl_run.prom",
+    ]
     run = alpha.read("/var/lib/prometheus/node-exporter/minicl_run.prom")
     assert f'minicl_config_commit_info{{commit="{cluster["commit"]}"}} 1.0' in run
     assert "minicl_config_fetch_ok 1.0" in run
@@ -165,8 +205,10 @@ def test_failing_check_mails_its_reason(cluster, relay):
 
 def test_full_filesystem_mails_disk_almost_full(cluster, relay):
     watch = cluster["watch"]
-    watch.run("mkdir -p /srv/full && mount -t tmpfs -o size=1m tmpfs /srv/full && "
-             "dd if=/dev/zero of=/srv/full/fill bs=4k count=250 2>/dev/null || true")
+    watch.run(
+        "mkdir -p /srv/full && mount -t tmpfs -o size=1m tmpfs /srv/full && "
+        "dd if=/dev/zero of=/srv/full/fill bs=4k count=250 2>/dev/null || true"
+    )
     alert_mail(relay, "DiskAlmostFull", "watch: /srv/full is almost full")
 
 

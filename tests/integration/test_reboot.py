@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+from minicl_lab import probes
+
 from .conftest import bootstrap_all, cluster_config, dump, salt_call, wait_for
 
 HOSTS = {
@@ -16,17 +18,27 @@ HOSTS = {
 }
 OUTSIDER = ["198.51.100.210/24"]
 INTERVAL = 30
-EVERY_HOST_UNITS = ("nftables.service", "ssh.service", "postfix@-.service", "prometheus-node-exporter.service",
-                    "minicl-minion.service")
+EVERY_HOST_UNITS = (
+    "nftables.service",
+    "ssh.service",
+    "postfix@-.service",
+    "prometheus-node-exporter.service",
+    "minicl-minion.service",
+)
 MONITOR_UNITS = ("prometheus.service", "prometheus-alertmanager.service")
 
 
 def reboot_config():
-    hosts = {name: {"ip": [a.split("/")[0] for a in addresses], "roles": ["base"]}
-             for name, addresses in HOSTS.items()}
+    hosts = {
+        name: {"ip": [a.split("/")[0] for a in addresses], "roles": ["base"]}
+        for name, addresses in HOSTS.items()
+    }
     hosts["watch"]["roles"].append("monitor")
-    data = cluster_config(hosts, schedule={"interval": f"{INTERVAL}s", "splay": "2s"},
-                          monitoring={"scrape_interval": "1s", "retention": "1d"})
+    data = cluster_config(
+        hosts,
+        schedule={"interval": f"{INTERVAL}s", "splay": "2s"},
+        monitoring={"scrape_interval": "1s", "retention": "1d"},
+    )
     data["firewall"]["confirm_seconds"] = 0
     return dump(data)
 
@@ -45,8 +57,10 @@ def outsider(lab):
 
 
 def accounts_and_keys(host):
-    return host.run("getent passwd alice bob; getent group sudo; cat /home/alice/.ssh/authorized_keys "
-                    "/home/bob/.ssh/authorized_keys; cat /etc/ssh/sshd_config.d/00-minicl.conf").stdout
+    return host.run(
+        "getent passwd alice bob; getent group sudo; cat /home/alice/.ssh/authorized_keys "
+        "/home/bob/.ssh/authorized_keys; cat /etc/ssh/sshd_config.d/00-minicl.conf"
+    ).stdout
 
 
 def monotonic_us(host, unit, prop):
@@ -58,8 +72,10 @@ def test_everything_comes_back_after_a_reboot(cluster, outsider):
     alpha.listen((9200,))
     assert watch.can_connect(alpha.ipv4, 9200)
     assert not outsider.can_connect(alpha.ipv4, 9200)  # the control for the break-glass test below
-    before = {name: (accounts_and_keys(host), host.run("nft list table inet minicl").stdout)
-              for name, host in cluster.items()}
+    before = {
+        name: (accounts_and_keys(host), host.run("nft list table inet minicl").stdout)
+        for name, host in cluster.items()
+    }
 
     booted_at = time.time()
     for host in cluster.values():
@@ -82,12 +98,20 @@ def test_everything_comes_back_after_a_reboot(cluster, outsider):
     assert watch.can_connect(alpha.ipv4, 9200)
     assert not outsider.can_connect(alpha.ipv4, 9200)
     # The monitor scrapes alpha again, and the schedule runs again on both hosts by itself.
-    wait_for("the monitor scraping alpha after the reboot",
-             lambda: any(labels.get("instance") == "alpha" and value == 1
-                         for labels, value in watch.prometheus_query('up{job="node"}')), timeout=60)
+    wait_for(
+        "the monitor scraping alpha after the reboot",
+        lambda: any(
+            labels.get("instance") == "alpha" and value == 1
+            for labels, value in probes.prometheus_query(watch, 'up{job="node"}')
+        ),
+        timeout=60,
+    )
     for host in cluster.values():
-        wait_for(f"a scheduled run on {host.name} after the reboot",
-                 lambda host=host: host.last_minicl_run() > booted_at, timeout=2 * INTERVAL + 60)
+        wait_for(
+            f"a scheduled run on {host.name} after the reboot",
+            lambda host=host: probes.last_minicl_run(host) > booted_at,
+            timeout=2 * INTERVAL + 60,
+        )
 
 
 def test_break_glass_host_stays_open_after_a_reboot(cluster, outsider):

@@ -14,15 +14,23 @@ from .conftest import changed_states, cluster_config, dump, salt_call
 
 ALPHA = ["198.51.100.31/24", "2001:db8:100::31/64"]
 PASSWORDS = {"alice": "alice-correct-horse", "bob": "bob-battery-staple", "carol": "carol-pw"}
-CAROL_STATE = ("getent passwd carol; getent shadow carol; id carol; cat /home/carol/.ssh/authorized_keys; "
-               "stat -c '%U %a' /home/carol /home/carol/.ssh")
-KEY_OWNERS = {"alice-laptop": "alice", "alice-desktop": "alice", "bob": "bob", "carol": "carol",
-              "stranger": None}
+CAROL_STATE = (
+    "getent passwd carol; getent shadow carol; id carol; cat /home/carol/.ssh/authorized_keys; "
+    "stat -c '%U %a' /home/carol /home/carol/.ssh"
+)
+KEY_OWNERS = {
+    "alice-laptop": "alice",
+    "alice-desktop": "alice",
+    "bob": "bob",
+    "carol": "carol",
+    "stranger": None,
+}
 
 
 def crypt(password):
-    return subprocess.run(["openssl", "passwd", "-6", password], check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+        ["openssl", "passwd", "-6", password], check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +40,9 @@ def keys(tmp_path_factory):
     found = {}
     for name in KEY_OWNERS:
         path = directory / name
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(path)], check=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(path)], check=True
+        )
         found[name] = (path.read_text(), path.with_suffix(".pub").read_text().strip())
     return found
 
@@ -53,8 +63,9 @@ def users_config(keys, hashes, names=("alice", "bob", "carol")):
 
 def config_with(keys, hashes, names=("alice", "bob", "carol")):
     ips = [a.split("/")[0] for a in ALPHA]
-    return dump(cluster_config({"alpha": {"ip": ips, "roles": ["base"]}},
-                               users=users_config(keys, hashes, names)))
+    return dump(
+        cluster_config({"alpha": {"ip": ips, "roles": ["base"]}}, users=users_config(keys, hashes, names))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -71,31 +82,51 @@ def workstation(lab, keys):
 def alpha(lab, git_server, deploy_key, keys, hashes):
     host = lab.add_host("alpha", ALPHA)
     # A local account that minicl did not create, with the name of a cluster user.
-    host.run("useradd -m -u 4000 -s /bin/sh carol && echo 'carol:local-pw' | chpasswd && "
-             "mkdir -m 700 /home/carol/.ssh && echo 'ssh-ed25519 AAAA local' > /home/carol/.ssh/authorized_keys")
+    host.run(
+        "useradd -m -u 4000 -s /bin/sh carol && echo 'carol:local-pw' | chpasswd && "
+        "mkdir -m 700 /home/carol/.ssh && echo 'ssh-ed25519 AAAA local' > /home/carol/.ssh/authorized_keys"
+    )
     host.carol_before = host.run(CAROL_STATE).stdout
     # sshd runs from boot with Debian's defaults (password login on) until minicl changes them.
     git_server.commit({"cluster.json": config_with(keys, hashes), "deploy.key": deploy_key[0]}, "users")
     host.write("/root/deploy.key", deploy_key[0], 0o600)
-    result = host.run(["minicl-bootstrap", f"--repo={git_server.url}", "--deploy-key=/root/deploy.key"],
-                      check=False, timeout=600)
+    result = host.run(
+        ["minicl-bootstrap", f"--repo={git_server.url}", "--deploy-key=/root/deploy.key"],
+        check=False,
+        timeout=600,
+    )
     host.bootstrap_output = result.stdout + result.stderr
     return host
 
 
 def ssh(ws, user, key=None, command="id -un", password=None):
-    opts = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=5",
-            "-o", "LogLevel=ERROR"]
+    opts = [
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "ConnectTimeout=5",
+        "-o",
+        "LogLevel=ERROR",
+    ]
     if password is None:
         opts += ["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i", f"/root/keys/{key}"]
         env = None
     else:
         ws.write("/root/password", password + "\n", 0o600)
-        opts += ["-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password,keyboard-interactive",
-                 "-o", "NumberOfPasswordPrompts=1"]
+        opts += [
+            "-o",
+            "PubkeyAuthentication=no",
+            "-o",
+            "PreferredAuthentications=password,keyboard-interactive",
+            "-o",
+            "NumberOfPasswordPrompts=1",
+        ]
         env = {"SSH_ASKPASS": "/root/askpass", "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": "none"}
-    return ws.run(["setsid", "-w", "ssh", *opts, f"{user}@198.51.100.31", command], check=False, env=env,
-                  timeout=60)
+    return ws.run(
+        ["setsid", "-w", "ssh", *opts, f"{user}@198.51.100.31", command], check=False, env=env, timeout=60
+    )
 
 
 def assert_no_secrets(text, keys, hashes):
@@ -114,8 +145,9 @@ def test_bootstrap_reports_the_clash_and_converges_the_others(alpha, keys, hashe
     assert alpha.run("getent passwd alice").stdout.strip() == "alice:x:3001:3001::/home/alice:/bin/bash"
     assert alpha.run("id -nG alice").stdout.split() == ["alice", "sudo"]
     assert alpha.run("getent shadow alice").stdout.split(":")[1] == hashes["alice"]
-    assert alpha.run("stat -c '%U %a' /home/alice/.ssh /home/alice/.ssh/authorized_keys").stdout.split("\n")[:2] \
-        == ["alice 700", "alice 600"]
+    assert alpha.run("stat -c '%U %a' /home/alice/.ssh /home/alice/.ssh/authorized_keys").stdout.split("\n")[
+        :2
+    ] == ["alice 700", "alice 600"]
 
 
 @pytest.mark.parametrize("key, user", [("alice-laptop", "alice"), ("alice-desktop", "alice"), ("bob", "bob")])
@@ -136,8 +168,9 @@ def test_a_key_added_by_hand_is_removed_on_the_next_run(alpha, workstation, keys
     assert ssh(workstation, "alice", "stranger").returncode == 0  # the probe can succeed
     code, data, result = salt_call(alpha, "state.apply")
     assert changed_states(data)["minicl_users_|-minicl-users_|-cluster users_|-managed"]["alice"] == {
-        "authorized_keys": "2 key(s): " + ", ".join(
-            key_fingerprint(keys[k][1]) for k in ("alice-laptop", "alice-desktop"))}
+        "authorized_keys": "2 key(s): "
+        + ", ".join(key_fingerprint(keys[k][1]) for k in ("alice-laptop", "alice-desktop"))
+    }
     assert ssh(workstation, "alice", "stranger").returncode == 255
 
 
@@ -183,8 +216,10 @@ def test_removed_user_loses_access_keeps_home_and_comes_back(alpha, workstation,
 
     git_server.commit({"cluster.json": config_with(keys, hashes)}, "bob is back")
     code, data, result = salt_call(alpha, "state.apply")
-    assert changed_states(data)["minicl_users_|-minicl-users_|-cluster users_|-managed"]["bob"]["password"] \
+    assert (
+        changed_states(data)["minicl_users_|-minicl-users_|-cluster users_|-managed"]["bob"]["password"]
         == "unlocked (hash hidden)"
+    )
     assert ssh(workstation, "bob", "bob").returncode == 0
     assert alpha.run("getent shadow bob").stdout.split(":")[1] == hashes["bob"]
     assert_no_secrets(result.stdout, keys, hashes)
@@ -197,10 +232,13 @@ def test_lockout_guard_keeps_password_login(alpha, workstation, git_server, keys
     code, data, result = salt_call(alpha, "state.apply")
     sshd_state = data["local"]["minicl_sshd_|-minicl-sshd_|-/etc/ssh/sshd_config.d/00-minicl.conf_|-hardened"]
     assert sshd_state["result"] is False
-    assert "Refusing to disable password login: no cluster user could log in with a key and use sudo" \
+    assert (
+        "Refusing to disable password login: no cluster user could log in with a key and use sudo"
         in sshd_state["comment"]
+    )
     assert "PasswordAuthentication" not in alpha.read("/etc/ssh/sshd_config.d/00-minicl.conf").replace(
-        "# Password login is NOT disabled", "")
+        "# Password login is NOT disabled", ""
+    )
     git_server.commit({"cluster.json": config_with(keys, hashes)}, "everyone back")
     salt_call(alpha, "state.apply")
     assert "PasswordAuthentication no" in alpha.read("/etc/ssh/sshd_config.d/00-minicl.conf")
@@ -218,10 +256,14 @@ def test_password_probe_can_succeed(alpha, workstation):
 
 
 def test_broken_sshd_config_is_never_installed(alpha):
-    alpha.run("rm /etc/ssh/sshd_config.d/00-minicl.conf && echo 'NoSuchOption yes' > /etc/ssh/sshd_config.d/10-broken.conf")
+    alpha.run(
+        "rm /etc/ssh/sshd_config.d/00-minicl.conf && echo 'NoSuchOption yes' > /etc/ssh/sshd_config.d/10-broken.conf"
+    )
     try:
         code, data, _ = salt_call(alpha, "state.apply")
-        sshd_state = data["local"]["minicl_sshd_|-minicl-sshd_|-/etc/ssh/sshd_config.d/00-minicl.conf_|-hardened"]
+        sshd_state = data["local"][
+            "minicl_sshd_|-minicl-sshd_|-/etc/ssh/sshd_config.d/00-minicl.conf_|-hardened"
+        ]
         assert sshd_state["result"] is False
         assert "sshd -t rejects the configuration" in sshd_state["comment"]
         assert "NoSuchOption" in sshd_state["comment"]

@@ -19,8 +19,21 @@ import pytest
 
 from minicl import accounts
 from minicl.accounts import (
-    KEYS_HEADER, LOGIN_SHELL, NOLOGIN_SHELL, REMOVED_KEYS, ApplyError, Registry, Snapshot, apply_plan,
-    key_fingerprint, keys_file_text, plan_all, plan_present, plan_removed, usable_admins, write_keys_file,
+    KEYS_HEADER,
+    LOGIN_SHELL,
+    NOLOGIN_SHELL,
+    REMOVED_KEYS,
+    ApplyError,
+    Registry,
+    Snapshot,
+    apply_plan,
+    key_fingerprint,
+    keys_file_text,
+    plan_all,
+    plan_present,
+    plan_removed,
+    usable_admins,
+    write_keys_file,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -43,11 +56,19 @@ def keys(tmp_path_factory):
     found = {}
     for n in ("1", "2"):
         path = directory / f"id_ed25519_{n}"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"user{n}@test", "-f", str(path)],
-                       check=True, stdin=subprocess.DEVNULL, capture_output=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"user{n}@test", "-f", str(path)],
+            check=True,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+        )
         line = path.with_suffix(".pub").read_text().strip()
-        listing = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", str(path.with_suffix(".pub"))],
-                                 check=True, capture_output=True, text=True).stdout.split()
+        listing = subprocess.run(
+            ["ssh-keygen", "-l", "-E", "sha256", "-f", str(path.with_suffix(".pub"))],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
         found["k" + n] = line
         found["blob" + n] = line.split()[1]
         found["fp" + n] = listing[1]
@@ -67,8 +88,9 @@ class FakeSystem:
         self.groups = {"root": (0, []), "daemon": (1, []), "sudo": (27, ["carol"]), "carol": (1000, [])}
         self.shadow = {"root": ("*", ""), "daemon": ("*", ""), "carol": (H_LOCAL, "")}
 
-    def add_user(self, name, uid, gid=None, shell=LOGIN_SHELL, home=None, passwd=H1, expire="",
-                 group=True, admin=True):
+    def add_user(
+        self, name, uid, gid=None, shell=LOGIN_SHELL, home=None, passwd=H1, expire="", group=True, admin=True
+    ):
         gid = uid if gid is None else gid
         self.passwd[name] = (uid, gid, home or f"/home/{name}", shell)
         self.shadow[name] = (passwd, expire)
@@ -97,12 +119,19 @@ class FakeSystem:
     def snapshot(self):
         etc = self.root / "etc"
         etc.mkdir(parents=True, exist_ok=True)
-        (etc / "passwd").write_text("".join(
-            f"{n}:x:{uid}:{gid}:{n}:{home}:{shell}\n" for n, (uid, gid, home, shell) in self.passwd.items()))
-        (etc / "group").write_text("# a comment line\n" + "".join(
-            f"{n}:x:{gid}:{','.join(members)}\n" for n, (gid, members) in self.groups.items()))
-        (etc / "shadow").write_text("".join(
-            f"{n}:{h}:19000:0:99999:7::{expire}:\n" for n, (h, expire) in self.shadow.items()))
+        (etc / "passwd").write_text(
+            "".join(
+                f"{n}:x:{uid}:{gid}:{n}:{home}:{shell}\n"
+                for n, (uid, gid, home, shell) in self.passwd.items()
+            )
+        )
+        (etc / "group").write_text(
+            "# a comment line\n"
+            + "".join(f"{n}:x:{gid}:{','.join(members)}\n" for n, (gid, members) in self.groups.items())
+        )
+        (etc / "shadow").write_text(
+            "".join(f"{n}:{h}:19000:0:99999:7::{expire}:\n" for n, (h, expire) in self.shadow.items())
+        )
         return Snapshot.read(root=str(self.root))
 
 
@@ -195,7 +224,10 @@ def test_key_fingerprint_matches_ssh_keygen(keys):
 
 
 def test_keys_file_text(keys):
-    assert keys_file_text([keys["k1"], "  " + keys["k2"] + "  \n"]) == KEYS_HEADER + keys["k1"] + "\n" + keys["k2"] + "\n"
+    assert (
+        keys_file_text([keys["k1"], "  " + keys["k2"] + "  \n"])
+        == KEYS_HEADER + keys["k1"] + "\n" + keys["k2"] + "\n"
+    )
     assert keys_file_text([]) == KEYS_HEADER
     assert keys_file_text(None) == REMOVED_KEYS
 
@@ -242,8 +274,24 @@ def test_new_user_is_created(system, registry_path, keys):
     assert plan.uid == 1001 and plan.gid == 1001
     assert plan.commands == [
         (["groupadd", "-g", "1001", "alice"], None),
-        (["useradd", "-u", "1001", "-g", "1001", "-m", "-d", "/home/alice", "-s", "/bin/bash", "-G", "sudo",
-          "alice"], None),
+        (
+            [
+                "useradd",
+                "-u",
+                "1001",
+                "-g",
+                "1001",
+                "-m",
+                "-d",
+                "/home/alice",
+                "-s",
+                "/bin/bash",
+                "-G",
+                "sudo",
+                "alice",
+            ],
+            None,
+        ),
         (["chpasswd", "-e"], f"alice:{H1}\n"),
     ]
     assert plan.record is True
@@ -262,8 +310,9 @@ def test_new_user_is_created(system, registry_path, keys):
 def test_new_user_with_two_keys_and_other_admin_group(system, registry_path, keys):
     system.groups["wheel"] = (10, [])
     snap = system.snapshot()
-    plan = plan_present("alice", spec(1001, [keys["k1"], keys["k2"]]), snap, Registry(path=registry_path),
-                        admin_group="wheel")
+    plan = plan_present(
+        "alice", spec(1001, [keys["k1"], keys["k2"]]), snap, Registry(path=registry_path), admin_group="wheel"
+    )
     assert plan.commands[1][0][-3:] == ["-G", "wheel", "alice"]
     assert plan.keys_text == KEYS_HEADER + keys["k1"] + "\n" + keys["k2"] + "\n"
     assert plan.changes["authorized_keys"] == f"2 key(s): {keys['fp1']}, {keys['fp2']}"
@@ -277,14 +326,32 @@ def test_new_user_existing_group_with_right_gid_no_groupadd(system, registry_pat
     plan = plan_present("alice", spec(1001, keys["k1"]), snap, Registry(path=registry_path))
     assert plan.conflict is None
     assert [argv[0] for argv, _ in plan.commands] == ["useradd", "chpasswd"]
-    assert plan.commands[0] == (["useradd", "-u", "1001", "-g", "1001", "-m", "-d", "/home/alice", "-s",
-                                 "/bin/bash", "-G", "sudo", "alice"], None)
+    assert plan.commands[0] == (
+        [
+            "useradd",
+            "-u",
+            "1001",
+            "-g",
+            "1001",
+            "-m",
+            "-d",
+            "/home/alice",
+            "-s",
+            "/bin/bash",
+            "-G",
+            "sudo",
+            "alice",
+        ],
+        None,
+    )
     assert plan.commands[1] == (["chpasswd", "-e"], f"alice:{H1}\n")
 
 
 def test_registry_user_deleted_by_hand_is_recreated(system, registry_path, keys):
     snap = system.snapshot()
-    plan = plan_present("alice", spec(1001, keys["k1"]), snap, Registry(registry_path, {"alice": {"uid": 1001}}))
+    plan = plan_present(
+        "alice", spec(1001, keys["k1"]), snap, Registry(registry_path, {"alice": {"uid": 1001}})
+    )
     assert plan.conflict is None
     assert plan.record is False  # already known with this uid
     assert [argv[0] for argv, _ in plan.commands] == ["groupadd", "useradd", "chpasswd"]
@@ -309,8 +376,14 @@ def test_converged_user_is_a_noop(system, registry_path, keys, monkeypatch):
 def test_converged_user_with_two_keys_is_a_noop(system, registry_path, keys):
     system.add_user("alice", 1001)
     system.write_keys("alice", keys_file_text([keys["k1"], keys["k2"]]))
-    assert plan_all({"alice": spec(1001, [keys["k1"], keys["k2"]])}, system.snapshot(),
-                    Registry(registry_path, {"alice": {"uid": 1001}})) == []
+    assert (
+        plan_all(
+            {"alice": spec(1001, [keys["k1"], keys["k2"]])},
+            system.snapshot(),
+            Registry(registry_path, {"alice": {"uid": 1001}}),
+        )
+        == []
+    )
 
 
 def test_converged_root_owned_uid0_style_account_is_a_noop(system, registry_path, keys):
@@ -460,10 +533,21 @@ def _break_edited(system, keys):
     system.write_keys("alice", keys["k1"] + "\n")  # header removed by hand
 
 
-@pytest.mark.parametrize("breakage", [
-    _break_extra_key, _break_file_mode, _break_file_owner, _break_dir_owner, _break_dir_mode,
-    _break_symlink, _break_missing, _break_ssh_symlink, _break_edited,
-], ids=lambda f: f.__name__[len("_break_"):])
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        _break_extra_key,
+        _break_file_mode,
+        _break_file_owner,
+        _break_dir_owner,
+        _break_dir_mode,
+        _break_symlink,
+        _break_missing,
+        _break_ssh_symlink,
+        _break_edited,
+    ],
+    ids=lambda f: f.__name__[len("_break_") :],
+)
 def test_drift_authorized_keys(system, registry_path, keys, breakage):
     users, owned = converged(system, keys)
     breakage(system, keys)
@@ -485,7 +569,8 @@ def test_fifo_authorized_keys_does_not_hang_the_planner(system, registry_path, k
     snap = system.snapshot()
     result = {}
     worker = threading.Thread(
-        target=lambda: result.update(plans=plan_all(users, snap, Registry(registry_path, owned))), daemon=True)
+        target=lambda: result.update(plans=plan_all(users, snap, Registry(registry_path, owned))), daemon=True
+    )
     worker.start()
     worker.join(0.5)
     hung = worker.is_alive()
@@ -515,8 +600,10 @@ def _conflict_plan(system, registry_path, users, owned=None):
 
 def test_conflict_local_account_with_the_name(system, registry_path, keys):
     plan = _conflict_plan(system, registry_path, {"carol": spec(1000, keys["k1"])})
-    assert plan.conflict == ("a local account carol (uid 1000) exists that minicl did not create; minicl leaves "
-                             "it alone: rename or remove it, or rename the user in cluster.json")
+    assert plan.conflict == (
+        "a local account carol (uid 1000) exists that minicl did not create; minicl leaves "
+        "it alone: rename or remove it, or rename the user in cluster.json"
+    )
 
 
 def test_conflict_converged_looking_account_not_in_registry(system, registry_path, keys):
@@ -533,8 +620,9 @@ def test_conflict_uid_of_another_account(system, registry_path, keys):
 def test_conflict_group_name_with_other_gid(system, registry_path, keys):
     system.groups["alice"] = (2000, [])
     plan = _conflict_plan(system, registry_path, {"alice": spec(1001, keys["k1"])})
-    assert plan.conflict == ("a group alice exists with gid 2000 (minicl needs gid 1001): rename or remove that "
-                             "group")
+    assert plan.conflict == (
+        "a group alice exists with gid 2000 (minicl needs gid 1001): rename or remove that group"
+    )
 
 
 def test_conflict_gid_of_another_group(system, registry_path, keys):
@@ -547,9 +635,11 @@ def test_conflict_registry_account_uid_differs_from_cluster_json(system, registr
     users, owned = converged(system, keys)
     users["alice"]["uid"] = 1002
     plan = _conflict_plan(system, registry_path, users, owned)
-    assert plan.conflict == ("account alice has uid 1001, cluster.json says 1002; minicl does not renumber "
-                             "accounts (file owners would change): set the uid back, or migrate the account by "
-                             "hand")
+    assert plan.conflict == (
+        "account alice has uid 1001, cluster.json says 1002; minicl does not renumber "
+        "accounts (file owners would change): set the uid back, or migrate the account by "
+        "hand"
+    )
 
 
 def test_conflict_fails_alone(system, registry_path, keys):
@@ -599,8 +689,10 @@ def test_removed_user_partly_locked_out(system, registry_path, keys):
     plan = plan_removed("bob", system.snapshot(), Registry(registry_path, {"bob": {"uid": 1002}}))
     assert plan.commands == [(["usermod", "-s", "/usr/sbin/nologin", "bob"], None)]
     assert plan.keys_text is None
-    assert plan.changes == {"shell": "/bin/bash -> /usr/sbin/nologin",
-                            "account": "locked: removed from cluster.json (home and files kept)"}
+    assert plan.changes == {
+        "shell": "/bin/bash -> /usr/sbin/nologin",
+        "account": "locked: removed from cluster.json (home and files kept)",
+    }
 
 
 def test_removed_user_already_locked_out_has_no_plan(system, registry_path, keys):
@@ -626,8 +718,9 @@ def test_removed_user_whose_uid_changed_is_a_conflict(system, registry_path, key
     system.write_keys("bob", keys_file_text([keys["k2"]]))
     plans = plan_all({}, system.snapshot(), Registry(registry_path, {"bob": {"uid": 1002}}))
     assert len(plans) == 1
-    assert plans[0].conflict == ("account bob now has uid 1500, not the uid 1002 minicl created it with; minicl "
-                                 "leaves it alone")
+    assert plans[0].conflict == (
+        "account bob now has uid 1500, not the uid 1002 minicl created it with; minicl leaves it alone"
+    )
     assert plans[0].commands == [] and plans[0].keys_text is None and plans[0].changes == {}
 
 
@@ -645,9 +738,17 @@ def test_plan_all_leaves_unmanaged_accounts_alone(system, registry_path, keys):
 def test_plan_all_order_present_then_removed(system, registry_path, keys):
     system.add_user("bob", 1002)
     system.add_user("zed", 1009)
-    plans = plan_all({"zoe": spec(1004, keys["k1"]), "amy": spec(1003, keys["k2"])}, system.snapshot(),
-                     Registry(registry_path, {"zed": {"uid": 1009}, "bob": {"uid": 1002}}))
-    assert [(p.name, p.present) for p in plans] == [("amy", True), ("zoe", True), ("bob", False), ("zed", False)]
+    plans = plan_all(
+        {"zoe": spec(1004, keys["k1"]), "amy": spec(1003, keys["k2"])},
+        system.snapshot(),
+        Registry(registry_path, {"zed": {"uid": 1009}, "bob": {"uid": 1002}}),
+    )
+    assert [(p.name, p.present) for p in plans] == [
+        ("amy", True),
+        ("zoe", True),
+        ("bob", False),
+        ("zed", False),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -831,7 +932,9 @@ def test_usable_admins(keys):
     }
     plans = {
         "conflicted": accounts.Plan("conflicted", True, 1009, conflict="uid 1009 belongs to ..."),
-        "planned": accounts.Plan("planned", True, 1010, commands=[(["usermod", "-s", LOGIN_SHELL, "planned"], None)]),
+        "planned": accounts.Plan(
+            "planned", True, 1010, commands=[(["usermod", "-s", LOGIN_SHELL, "planned"], None)]
+        ),
     }
     assert usable_admins(users, plans) == ["good", "planned", "twokeys"]
     assert usable_admins({}, {}) == []
@@ -848,7 +951,9 @@ def test_usable_admins_from_real_plans(system, registry_path, keys):
 
 
 def _load_state(opts_test):
-    spec_ = importlib.util.spec_from_file_location("minicl_users_under_test", REPO_ROOT / "_states" / "minicl_users.py")
+    spec_ = importlib.util.spec_from_file_location(
+        "minicl_users_under_test", REPO_ROOT / "_states" / "minicl_users.py"
+    )
     module = importlib.util.module_from_spec(spec_)
     spec_.loader.exec_module(module)
     module.__opts__ = {"test": opts_test}
@@ -911,5 +1016,5 @@ def test_usable_admins_after_the_run_counts_only_what_converged(keys):
 
     users = {"alice": spec(1001, keys["k1"]), "bob": spec(1002, keys["k2"])}
     failed = {"alice": Plan("alice", True, 1001, changes={"account": "created"})}  # useradd failed
-    assert usable_admins(users, failed) == ["alice", "bob"]            # test=True: the plan counts
-    assert usable_admins(users, failed, converged=True) == ["bob"]     # after the run: only bob is real
+    assert usable_admins(users, failed) == ["alice", "bob"]  # test=True: the plan counts
+    assert usable_admins(users, failed, converged=True) == ["bob"]  # after the run: only bob is real

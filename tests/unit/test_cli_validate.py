@@ -17,7 +17,9 @@ HOOK = REPO_ROOT / "pre-commit-hook"
 # The console script installed next to the interpreter running the tests (pip install -e .).
 MINICL_BIN = Path(sys.executable).parent / "minicl"
 
-ROLE_WEB_MISSING = 'hosts.alpha.roles[1]: role "web" has no roles/web/init.sls in the config repo (add it, or fix the name)'
+ROLE_WEB_MISSING = (
+    'hosts.alpha.roles[1]: role "web" has no roles/web/init.sls in the config repo (add it, or fix the name)'
+)
 REFUSED = "minicl: commit refused; fix the above (or bypass with git commit --no-verify)"
 NO_DEPLOY_KEY = (
     "deploy.key: missing from the commit; the hosts read the repo with it "
@@ -159,7 +161,9 @@ def test_empty_file(tmp_path, capsys):
     path = tmp_path / "cluster.json"
     path.write_text("")
     assert run_main(capsys, "validate", str(path)) == (
-        1, f"{path}: line 1, column 1: invalid JSON: Expecting value\n", ""
+        1,
+        f"{path}: line 1, column 1: invalid JSON: Expecting value\n",
+        "",
     )
 
 
@@ -220,7 +224,9 @@ def test_installed_console_script(tmp_path, good_text, bad_text):
     broken.write_text('{\n "a" 1}\n')
 
     def run(*args):
-        return subprocess.run([str(MINICL_BIN), *args], capture_output=True, text=True, timeout=60, check=False)
+        return subprocess.run(
+            [str(MINICL_BIN), *args], capture_output=True, text=True, timeout=60, check=False
+        )
 
     done = run("validate", str(good))
     assert (done.returncode, done.stdout, done.stderr) == (0, f"{good}: valid\n", "")
@@ -348,7 +354,10 @@ def test_staged_syntax_error(repo, capsys, monkeypatch):
     stage(repo, {"cluster.json": '{\n "a" 1}\n', "deploy.key": "dummy deploy key\n"})
     code, out, err = staged(capsys, repo, monkeypatch)
     assert code == 1
-    assert err.splitlines() == ["cluster.json: line 2, column 6: invalid JSON: Expecting ':' delimiter", REFUSED]
+    assert err.splitlines() == [
+        "cluster.json: line 2, column 6: invalid JSON: Expecting ':' delimiter",
+        REFUSED,
+    ]
     assert "Traceback" not in out + err
 
 
@@ -428,7 +437,10 @@ def test_hook_refuses_a_bad_commit_after_a_good_one(hooked_repo, good_text, bad_
     stage(repo, {"cluster.json": bad_text})
     done = git(repo, "commit", "-q", "-m", "bad", env=env, check=False)
     assert done.returncode != 0
-    assert "cluster.json: users.bob.uid: 500 is in the system range (must be >= 1000)" in done.stderr.splitlines()
+    assert (
+        "cluster.json: users.bob.uid: 500 is in the system range (must be >= 1000)"
+        in done.stderr.splitlines()
+    )
     assert git(repo, "rev-parse", "HEAD", env=env).stdout == head
 
 
@@ -448,7 +460,10 @@ def test_hook_checks_what_commit_all_is_about_to_record(hooked_repo, good_text, 
     (repo / "cluster.json").write_text(bad_text)  # not staged: commit -a stages it itself
     done = git(repo, "commit", "-q", "-a", "-m", "bad via -a", env=env, check=False)
     assert done.returncode != 0
-    assert "cluster.json: users.bob.uid: 500 is in the system range (must be >= 1000)" in done.stderr.splitlines()
+    assert (
+        "cluster.json: users.bob.uid: 500 is in the system range (must be >= 1000)"
+        in done.stderr.splitlines()
+    )
     assert commit_count(repo, env) == 1
 
 

@@ -28,12 +28,14 @@ KEY_TYPES = (
     "ecdsa-sha2-nistp256, ecdsa-sha2-nistp384, ecdsa-sha2-nistp521, "
     "sk-ecdsa-sha2-nistp256@openssh.com, sk-ssh-ed25519@openssh.com, ssh-ed25519, ssh-rsa"
 )
-USER_NAME_RULE = "is not a valid user name (lower-case letters, digits, _ and -, starting with a letter or _, at most 32)"
+USER_NAME_RULE = (
+    "is not a valid user name (lower-case letters, digits, _ and -, starting with a letter or _, at most 32)"
+)
 HOST_NAME_RULE = "is not a valid host name (one DNS label: a-z, 0-9 and -, at most 63)"
 DNS_NAME_RULE = "is not a valid DNS name (lower-case labels a-z, 0-9, - separated by dots)"
 NOT_A_HASH = "is not a crypt hash ($y$, $6$, $5$, $2b$, ...) or a lock marker (! or *) (value hidden)"
 WEAK_MD5 = "is a weak MD5-crypt hash: use yescrypt ($y$) or sha512crypt ($6$) (value hidden)"
-NO_BASE = "must contain \"base\" (minicl's own role, on every host)"
+NO_BASE = 'must contain "base" (minicl\'s own role, on every host)'
 
 
 def renamed(mapping, old, new):
@@ -53,9 +55,21 @@ def test_example_is_valid(example_data, problems):
     "where, field, expected",
     [
         ((), "extra", f"cluster.json: extra: unknown field (allowed here: {TOP_FIELDS})"),
-        (("smtp",), "tls", "cluster.json: smtp.tls: unknown field (allowed here: password, port, relay, username)"),
-        (("users", "bob"), "shell", "cluster.json: users.bob.shell: unknown field (allowed here: passwd, ssh_key, uid)"),
-        (("hosts", "alpha"), "os", "cluster.json: hosts.alpha.os: unknown field (allowed here: ip, public_ports, roles, trusted_sources)"),
+        (
+            ("smtp",),
+            "tls",
+            "cluster.json: smtp.tls: unknown field (allowed here: password, port, relay, username)",
+        ),
+        (
+            ("users", "bob"),
+            "shell",
+            "cluster.json: users.bob.shell: unknown field (allowed here: passwd, ssh_key, uid)",
+        ),
+        (
+            ("hosts", "alpha"),
+            "os",
+            "cluster.json: hosts.alpha.os: unknown field (allowed here: ip, public_ports, roles, trusted_sources)",
+        ),
     ],
 )
 def test_unknown_field_is_reported(example_data, problems, where, field, expected):
@@ -143,7 +157,10 @@ def test_all_missing_top_level_fields_are_reported(problems):
 
 @pytest.mark.parametrize(
     "data, expected",
-    [([], "cluster.json: must be an object, not a list"), (None, "cluster.json: must be an object, not null")],
+    [
+        ([], "cluster.json: must be an object, not a list"),
+        (None, "cluster.json: must be an object, not null"),
+    ],
 )
 def test_top_level_must_be_an_object(problems, data, expected):
     assert problems(data) == [expected]
@@ -158,20 +175,36 @@ def test_top_level_must_be_an_object(problems, data, expected):
         (("users", "bob", "uid"), "2002", "cluster.json: users.bob.uid: must be an integer, not a string"),
         (("users", "bob", "uid"), True, "cluster.json: users.bob.uid: must be an integer, not true or false"),
         (("users", "bob", "uid"), 2002.5, "cluster.json: users.bob.uid: must be an integer, not a number"),
-        (("users", "bob", "ssh_key"), 5, "cluster.json: users.bob.ssh_key: must be a string or a list of strings, not 5"),
+        (
+            ("users", "bob", "ssh_key"),
+            5,
+            "cluster.json: users.bob.ssh_key: must be a string or a list of strings, not 5",
+        ),
         (
             ("users", "bob", "ssh_key"),
             [5],
             "cluster.json: users.bob.ssh_key: must be a string or a list of strings, not [5]",
         ),
-        (("hosts", "alpha", "ip"), 5, "cluster.json: hosts.alpha.ip: must be a string or a list of strings, not 5"),
+        (
+            ("hosts", "alpha", "ip"),
+            5,
+            "cluster.json: hosts.alpha.ip: must be a string or a list of strings, not 5",
+        ),
         (
             ("hosts", "alpha", "ip"),
             ["198.51.100.11", None],
             'cluster.json: hosts.alpha.ip: must be a string or a list of strings, not ["198.51.100.11", null]',
         ),
-        (("hosts", "alpha", "roles"), "base", "cluster.json: hosts.alpha.roles: must be a list, not a string"),
-        (("hosts", "alpha", "roles"), ["base", 7], "cluster.json: hosts.alpha.roles[1]: must be a string, not an integer"),
+        (
+            ("hosts", "alpha", "roles"),
+            "base",
+            "cluster.json: hosts.alpha.roles: must be a list, not a string",
+        ),
+        (
+            ("hosts", "alpha", "roles"),
+            ["base", 7],
+            "cluster.json: hosts.alpha.roles[1]: must be a string, not an integer",
+        ),
         (("domain",), 5, "cluster.json: domain: must be a string, not an integer"),
         (("smtp",), "mail.example.org", "cluster.json: smtp: must be an object, not a string"),
         (("users",), [], "cluster.json: users: must be an object, not a list"),
@@ -278,15 +311,19 @@ def test_smtp_relay_must_be_a_name_for_tls(example_data, problems, relay):
     example_data["smtp"]["relay"] = relay
     assert problems(example_data) == [
         f'cluster.json: smtp.relay: "{relay}" is an address: give the relay\'s host name, the name on its '
-        "TLS certificate (Postfix checks the certificate against it)"]
+        "TLS certificate (Postfix checks the certificate against it)"
+    ]
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("username", "user name", '"user name" must not contain spaces, line breaks or ":"'),
-    ("username", "user:x", '"user:x" must not contain spaces, line breaks or ":"'),
-    ("password", " secret", "must not begin or end with spaces or contain line breaks (value hidden)"),
-    ("password", "sec\nret", "must not begin or end with spaces or contain line breaks (value hidden)"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("username", "user name", '"user name" must not contain spaces, line breaks or ":"'),
+        ("username", "user:x", '"user:x" must not contain spaces, line breaks or ":"'),
+        ("password", " secret", "must not begin or end with spaces or contain line breaks (value hidden)"),
+        ("password", "sec\nret", "must not begin or end with spaces or contain line breaks (value hidden)"),
+    ],
+)
 def test_smtp_credentials_fit_the_password_map(example_data, problems, field, value, message):
     example_data["smtp"][field] = value
     found = problems(example_data)
@@ -325,23 +362,31 @@ def test_uid_accepted(example_data, problems, uid):
 @pytest.mark.parametrize("uid", [500, 0, 999, -1])
 def test_uid_in_system_range(example_data, problems, uid):
     example_data["users"]["bob"]["uid"] = uid
-    assert problems(example_data) == [f"cluster.json: users.bob.uid: {uid} is in the system range (must be >= 1000)"]
+    assert problems(example_data) == [
+        f"cluster.json: users.bob.uid: {uid} is in the system range (must be >= 1000)"
+    ]
 
 
 def test_uid_500_message_exactly(example_data, problems):
     example_data["users"]["bob"]["uid"] = 500
-    assert problems(example_data) == ["cluster.json: users.bob.uid: 500 is in the system range (must be >= 1000)"]
+    assert problems(example_data) == [
+        "cluster.json: users.bob.uid: 500 is in the system range (must be >= 1000)"
+    ]
 
 
 def test_uid_of_nobody(example_data, problems):
     example_data["users"]["bob"]["uid"] = 65534
-    assert problems(example_data) == ["cluster.json: users.bob.uid: 65534 is the uid of nobody (choose another)"]
+    assert problems(example_data) == [
+        "cluster.json: users.bob.uid: 65534 is the uid of nobody (choose another)"
+    ]
 
 
 @pytest.mark.parametrize("uid", [2**32 - 1, 2**32, 2**40])
 def test_uid_too_large(example_data, problems, uid):
     example_data["users"]["bob"]["uid"] = uid
-    assert problems(example_data) == [f"cluster.json: users.bob.uid: {uid} is too large (must be < 4294967295)"]
+    assert problems(example_data) == [
+        f"cluster.json: users.bob.uid: {uid} is too large (must be < 4294967295)"
+    ]
 
 
 def test_duplicate_uid(example_data, problems):
@@ -398,13 +443,30 @@ def test_names_with_newlines_stay_on_one_line(example_data, problems):
     assert 'cluster.json: users."bob\\nroot": "bob\\nroot" is not a valid user name' in found[1]
 
 
-@pytest.mark.parametrize("name", ["Bob", "bOb", "1bob", "9", "-bob", "a" * 33, "bob smith", "bob.smith", "bob@x", "", "böb"])
+@pytest.mark.parametrize(
+    "name", ["Bob", "bOb", "1bob", "9", "-bob", "a" * 33, "bob smith", "bob.smith", "bob@x", "", "böb"]
+)
 def test_invalid_user_name(example_data, problems, name):
     example_data["users"] = renamed(example_data["users"], "bob", name)
     assert problems(example_data) == [f'cluster.json: users.{key_in_path(name)}: "{name}" {USER_NAME_RULE}']
 
 
-@pytest.mark.parametrize("name", ["root", "daemon", "sudo", "nobody", "www-data", "sshd", "admin", "systemd-x", "systemd-network", "_apt", "_x"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "root",
+        "daemon",
+        "sudo",
+        "nobody",
+        "www-data",
+        "sshd",
+        "admin",
+        "systemd-x",
+        "systemd-network",
+        "_apt",
+        "_x",
+    ],
+)
 def test_system_user_name(example_data, problems, name):
     example_data["users"] = renamed(example_data["users"], "bob", name)
     assert problems(example_data) == [
@@ -430,8 +492,19 @@ def test_system_user_name(example_data, problems, name):
         "!" + SHA512,
         "!" + YESCRYPT,
     ],
-    ids=["sha512", "sha256", "yescrypt", "bcrypt-2b", "bcrypt-2a", "bcrypt-2y", "sha512-rounds",
-         "lock-!", "lock-*", "locked-sha512", "locked-yescrypt"],
+    ids=[
+        "sha512",
+        "sha256",
+        "yescrypt",
+        "bcrypt-2b",
+        "bcrypt-2a",
+        "bcrypt-2y",
+        "sha512-rounds",
+        "lock-!",
+        "lock-*",
+        "locked-sha512",
+        "locked-yescrypt",
+    ],
 )
 def test_passwd_accepted(example_data, problems, passwd):
     example_data["users"]["bob"]["passwd"] = passwd
@@ -460,14 +533,22 @@ def test_passwd_made_by_openssl_is_accepted(example_data, problems, scheme):
         (MD5, WEAK_MD5),
         ("!" + MD5, WEAK_MD5),
         ("$md5$abcdefgh$IQtUouv7y7Q9dRWkQEPCc.", WEAK_MD5),
-        ("$3$$8846f7eaee8fb117ad06bdd830b7586c",
-         "is a weak NT hash: use yescrypt ($y$) or sha512crypt ($6$) (value hidden)"),
-        ("$sha1$40000$abcdefgh$Qx4VQ6mC8a8QuQJX3hZ6r0ZqQq1x",
-         "is a weak SHA1-crypt hash: use yescrypt ($y$) or sha512crypt ($6$) (value hidden)"),
-        ("$9$abcdefgh$notarealschemevalue",
-         'has an unknown crypt scheme (use $y$, $6$, $5$, $2b$, ...) (value hidden)'),
-        ("$argon2id$v=19$m=65536$secretvalue",
-         'has an unknown crypt scheme (use $y$, $6$, $5$, $2b$, ...) (value hidden)'),
+        (
+            "$3$$8846f7eaee8fb117ad06bdd830b7586c",
+            "is a weak NT hash: use yescrypt ($y$) or sha512crypt ($6$) (value hidden)",
+        ),
+        (
+            "$sha1$40000$abcdefgh$Qx4VQ6mC8a8QuQJX3hZ6r0ZqQq1x",
+            "is a weak SHA1-crypt hash: use yescrypt ($y$) or sha512crypt ($6$) (value hidden)",
+        ),
+        (
+            "$9$abcdefgh$notarealschemevalue",
+            "has an unknown crypt scheme (use $y$, $6$, $5$, $2b$, ...) (value hidden)",
+        ),
+        (
+            "$argon2id$v=19$m=65536$secretvalue",
+            "has an unknown crypt scheme (use $y$, $6$, $5$, $2b$, ...) (value hidden)",
+        ),
         ("$6$abcdefgh$tooShortHashValue", "is not a well-formed sha512crypt hash (value hidden)"),
         (SHA512[:-1], "is not a well-formed sha512crypt hash (value hidden)"),
         (SHA512 + "x", "is not a well-formed sha512crypt hash (value hidden)"),
@@ -477,9 +558,27 @@ def test_passwd_made_by_openssl_is_accepted(example_data, problems, scheme):
         (YESCRYPT[:-3], "is not a well-formed yescrypt hash (value hidden)"),
         (BCRYPT[:-1], "is not a well-formed bcrypt hash (value hidden)"),
     ],
-    ids=["plaintext", "passphrase", "locked-plaintext", "empty", "md5", "locked-md5", "md5-sun", "nthash",
-         "sha1", "unknown-9", "argon2", "sha512-short", "sha512-minus-1", "sha512-plus-1", "sha512-bad-salt",
-         "sha512-long-salt", "sha256-short", "yescrypt-short", "bcrypt-short"],
+    ids=[
+        "plaintext",
+        "passphrase",
+        "locked-plaintext",
+        "empty",
+        "md5",
+        "locked-md5",
+        "md5-sun",
+        "nthash",
+        "sha1",
+        "unknown-9",
+        "argon2",
+        "sha512-short",
+        "sha512-minus-1",
+        "sha512-plus-1",
+        "sha512-bad-salt",
+        "sha512-long-salt",
+        "sha256-short",
+        "yescrypt-short",
+        "bcrypt-short",
+    ],
 )
 def test_passwd_rejected_without_showing_it(example_data, problems, passwd, message):
     example_data["users"]["bob"]["passwd"] = passwd
@@ -503,7 +602,9 @@ def test_passwd_problems_of_several_users_hide_every_value(example_data, problem
     example_data["users"]["alice"]["passwd"] = "alice-secret-pw"
     example_data["users"]["bob"]["passwd"] = MD5
     found = "\n".join(problems(example_data))
-    assert found == (f"cluster.json: users.alice.passwd: {NOT_A_HASH}\n" f"cluster.json: users.bob.passwd: {WEAK_MD5}")
+    assert found == (
+        f"cluster.json: users.alice.passwd: {NOT_A_HASH}\ncluster.json: users.bob.passwd: {WEAK_MD5}"
+    )
     assert "alice-secret-pw" not in found and MD5 not in found
 
 
@@ -548,17 +649,36 @@ def test_ssh_key_empty_list(example_data, problems):
     [
         (f"ssh-foo {ED25519_BOB}", f'has unknown key type "ssh-foo" (expected one of {KEY_TYPES})'),
         (f"ed25519 {ED25519_BOB}", f'has unknown key type "ed25519" (expected one of {KEY_TYPES})'),
-        (f'from="10.0.0.1" ssh-ed25519 {ED25519_BOB}', f'has unknown key type "from="10.0.0.1"" (expected one of {KEY_TYPES})'),
-        ("ssh-ed25519 !!!notbase64!!! bob", "ssh-ed25519 key: the key data is not valid base64 of an OpenSSH key"),
+        (
+            f'from="10.0.0.1" ssh-ed25519 {ED25519_BOB}',
+            f'has unknown key type "from="10.0.0.1"" (expected one of {KEY_TYPES})',
+        ),
+        (
+            "ssh-ed25519 !!!notbase64!!! bob",
+            "ssh-ed25519 key: the key data is not valid base64 of an OpenSSH key",
+        ),
         ("ssh-ed25519 AAAA bob", "ssh-ed25519 key: the key data is not valid base64 of an OpenSSH key"),
         ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5", "ssh-ed25519 key: the key data is truncated or damaged"),
         (f"ssh-rsa {ED25519_BOB}", 'ssh-rsa key: the key data is of type "ssh-ed25519"'),
         ("ssh-ed25519", "is not an OpenSSH public key (expected: TYPE BASE64 [COMMENT])"),
         ("", "is not an OpenSSH public key (expected: TYPE BASE64 [COMMENT])"),
-        ("ssh-dss AAAAB3NzaC1kc3MAAACBAP bob", "is a DSA key, which OpenSSH no longer accepts: use ssh-ed25519"),
+        (
+            "ssh-dss AAAAB3NzaC1kc3MAAACBAP bob",
+            "is a DSA key, which OpenSSH no longer accepts: use ssh-ed25519",
+        ),
     ],
-    ids=["unknown-type", "type-without-prefix", "with-options", "base64-garbage", "too-short", "truncated",
-         "declared-rsa-is-ed25519", "no-blob", "empty", "dsa"],
+    ids=[
+        "unknown-type",
+        "type-without-prefix",
+        "with-options",
+        "base64-garbage",
+        "too-short",
+        "truncated",
+        "declared-rsa-is-ed25519",
+        "no-blob",
+        "empty",
+        "dsa",
+    ],
 )
 def test_ssh_key_rejected(example_data, problems, key, message):
     example_data["users"]["bob"]["ssh_key"] = key
@@ -605,7 +725,9 @@ def test_private_key_in_a_list_rejected_and_not_shown(example_data, problems, ec
     assert ecdsa_key["private"].splitlines()[1] not in str(caught.value)
 
 
-@pytest.mark.parametrize("second", [f"ssh-ed25519 {ED25519_ALICE} alice-laptop", f"ssh-ed25519 {ED25519_ALICE} other-comment"])
+@pytest.mark.parametrize(
+    "second", [f"ssh-ed25519 {ED25519_ALICE} alice-laptop", f"ssh-ed25519 {ED25519_ALICE} other-comment"]
+)
 def test_duplicate_key_within_a_user(example_data, problems, second):
     example_data["users"]["alice"]["ssh_key"][1] = second
     assert problems(example_data) == ["cluster.json: users.alice.ssh_key[1]: repeats a key listed before"]
@@ -617,7 +739,7 @@ def test_same_key_for_two_users_is_not_a_duplicate_within_a_user(example_data, p
 
 
 def test_ssh_key_with_embedded_newline_is_rejected(example_data, problems):
-    example_data["users"]["bob"]["ssh_key"] = f"ssh-ed25519 {ED25519_BOB} bob\ncommand=\"/bin/sh\" ssh-dss AAAA"
+    example_data["users"]["bob"]["ssh_key"] = f'ssh-ed25519 {ED25519_BOB} bob\ncommand="/bin/sh" ssh-dss AAAA'
     assert problems(example_data) != []
 
 
@@ -626,7 +748,15 @@ def test_ssh_key_with_embedded_newline_is_rejected(example_data, problems):
 
 @pytest.mark.parametrize(
     "ip",
-    ["198.51.100.30", "10.0.0.1", "192.168.1.10", "2001:db8::30", "fd00::30", ["198.51.100.30"], ["2001:db8::30", "198.51.100.30"]],
+    [
+        "198.51.100.30",
+        "10.0.0.1",
+        "192.168.1.10",
+        "2001:db8::30",
+        "fd00::30",
+        ["198.51.100.30"],
+        ["2001:db8::30", "198.51.100.30"],
+    ],
 )
 def test_host_ip_accepted(example_data, problems, ip):
     example_data["hosts"]["alpha"]["ip"] = ip
@@ -679,7 +809,9 @@ def test_canonical_form_rule(example_data):
 
 def test_duplicate_ip_across_hosts(example_data, problems):
     example_data["hosts"]["beta"]["ip"][0] = "198.51.100.11"
-    assert problems(example_data) == ["cluster.json: hosts.beta.ip[0]: 198.51.100.11 is already an address of host alpha"]
+    assert problems(example_data) == [
+        "cluster.json: hosts.beta.ip[0]: 198.51.100.11 is already an address of host alpha"
+    ]
 
 
 def test_duplicate_ip_across_hosts_written_differently(example_data, problems):
@@ -713,7 +845,9 @@ def test_valid_host_name(example_data, problems, name):
     assert problems(example_data) == []
 
 
-@pytest.mark.parametrize("name", ["Alpha", "ALPHA", "web_1", "a" * 64, "-web", "web-", "web.example.org", "web 1", ""])
+@pytest.mark.parametrize(
+    "name", ["Alpha", "ALPHA", "web_1", "a" * 64, "-web", "web-", "web.example.org", "web 1", ""]
+)
 def test_invalid_host_name(example_data, problems, name):
     example_data["hosts"] = renamed(example_data["hosts"], "alpha", name)
     assert problems(example_data) == [f'cluster.json: hosts.{key_in_path(name)}: "{name}" {HOST_NAME_RULE}']
@@ -722,7 +856,9 @@ def test_invalid_host_name(example_data, problems, name):
 # --- domain -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("domain", ["example.org", "cluster.example.co.uk", "localdomain", "x-1.example", "a" * 63 + ".org"])
+@pytest.mark.parametrize(
+    "domain", ["example.org", "cluster.example.co.uk", "localdomain", "x-1.example", "a" * 63 + ".org"]
+)
 def test_valid_domain(example_data, problems, domain):
     example_data["domain"] = domain
     assert problems(example_data) == []
@@ -730,8 +866,17 @@ def test_valid_domain(example_data, problems, domain):
 
 @pytest.mark.parametrize(
     "domain",
-    ["example_org.net", "example.org.", "example..org", ".example.org", "Example.org", "exa mple.org", "-example.org", "a" * 64 + ".org",
-     ".".join(["abcdefghi"] * 26)],
+    [
+        "example_org.net",
+        "example.org.",
+        "example..org",
+        ".example.org",
+        "Example.org",
+        "exa mple.org",
+        "-example.org",
+        "a" * 64 + ".org",
+        ".".join(["abcdefghi"] * 26),
+    ],
 )
 def test_invalid_domain(example_data, problems, domain):
     example_data["domain"] = domain
@@ -741,34 +886,61 @@ def test_invalid_domain(example_data, problems, domain):
 # --- admin_email --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("email", ["admins@example.org", "first.last+tag@mail.example.org", "root@Example.ORG", "a@localhost"])
+@pytest.mark.parametrize(
+    "email", ["admins@example.org", "first.last+tag@mail.example.org", "root@Example.ORG", "a@localhost"]
+)
 def test_valid_admin_email(example_data, problems, email):
     example_data["admin_email"] = email
     assert problems(example_data) == []
 
 
 @pytest.mark.parametrize(
-    "email", ["admins.example.org", "admins@", "@example.org", "admins@exa_mple.org", "a@b@example.org", "ad mins@example.org",
-              "admins@example.org.", "admins@example..org"]
+    "email",
+    [
+        "admins.example.org",
+        "admins@",
+        "@example.org",
+        "admins@exa_mple.org",
+        "a@b@example.org",
+        "ad mins@example.org",
+        "admins@example.org.",
+        "admins@example..org",
+    ],
 )
 def test_invalid_admin_email(example_data, problems, email):
     example_data["admin_email"] = email
-    assert problems(example_data) == [f"cluster.json: admin_email: {json.dumps(email)} is not an e-mail address (user@domain)"]
+    assert problems(example_data) == [
+        f"cluster.json: admin_email: {json.dumps(email)} is not an e-mail address (user@domain)"
+    ]
 
 
 # --- ca_url -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("url", ["http://ca.example.org/root.crt", "https://ca.example.org/root.crt", "https://198.51.100.5:8443/ca.pem"])
+@pytest.mark.parametrize(
+    "url",
+    ["http://ca.example.org/root.crt", "https://ca.example.org/root.crt", "https://198.51.100.5:8443/ca.pem"],
+)
 def test_valid_ca_url(example_data, problems, url):
     example_data["ca_url"] = url
     assert problems(example_data) == []
 
 
-@pytest.mark.parametrize("url", ["ftp://ca.example.org/root.crt", "not a url", "https://", "ca.example.org/root.crt", "file:///etc/ssl/ca.pem"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://ca.example.org/root.crt",
+        "not a url",
+        "https://",
+        "ca.example.org/root.crt",
+        "file:///etc/ssl/ca.pem",
+    ],
+)
 def test_invalid_ca_url(example_data, problems, url):
     example_data["ca_url"] = url
-    assert problems(example_data) == [f"cluster.json: ca_url: {json.dumps(url)} is not an http:// or https:// URL"]
+    assert problems(example_data) == [
+        f"cluster.json: ca_url: {json.dumps(url)} is not an http:// or https:// URL"
+    ]
 
 
 # --- roles --------------------------------------------------------------------------------
@@ -817,7 +989,9 @@ def test_role_without_init_sls(example_data, problems):
         'cluster.json: hosts.alpha.roles[1]: role "web" has no roles/web/init.sls in the config repo (add it, or fix the name)'
     ]
     assert problems(example_data, repo_files=[]) == expected
-    assert problems(example_data, repo_files=["roles/web/web.sls", "roles/web.sls", "web/init.sls"]) == expected
+    assert (
+        problems(example_data, repo_files=["roles/web/web.sls", "roles/web.sls", "web/init.sls"]) == expected
+    )
     assert problems(example_data, repo_files=["roles/db/init.sls"]) == expected
 
 
@@ -850,7 +1024,9 @@ def test_missing_role_files_are_reported_per_host(example_data, problems):
 # --- trailing newline slips past the ^...$ patterns -----------------------------------------
 
 
-@pytest.mark.parametrize("what", ["user name", "host name", "domain", "admin_email", "passwd", "role", "smtp.relay"])
+@pytest.mark.parametrize(
+    "what", ["user name", "host name", "domain", "admin_email", "passwd", "role", "smtp.relay"]
+)
 def test_value_with_trailing_newline_is_rejected(example_data, problems, what):
     if what == "user name":
         example_data["users"] = renamed(example_data["users"], "bob", "bob\n")
@@ -877,7 +1053,10 @@ def test_value_with_trailing_newline_is_rejected(example_data, problems, what):
     [
         ('{\n "a" 1}', "cluster.json: line 2, column 6: invalid JSON: Expecting ':' delimiter"),
         ("", "cluster.json: line 1, column 1: invalid JSON: Expecting value"),
-        ("{\n\n  'domain': 1}", "cluster.json: line 3, column 3: invalid JSON: Expecting property name enclosed in double quotes"),
+        (
+            "{\n\n  'domain': 1}",
+            "cluster.json: line 3, column 3: invalid JSON: Expecting property name enclosed in double quotes",
+        ),
         ('{"a": 1}\n{"b": 2}', "cluster.json: line 2, column 1: invalid JSON: Extra data"),
     ],
 )
@@ -906,24 +1085,32 @@ def test_json_syntax_error_uses_the_source_name():
 
 
 def test_duplicate_key_is_reported(example_text):
-    text = example_text.replace('"domain": "example.org",', '"domain": "example.org",\n  "domain": "example.net",', 1)
+    text = example_text.replace(
+        '"domain": "example.org",', '"domain": "example.org",\n  "domain": "example.net",', 1
+    )
     with pytest.raises(config.ConfigError) as caught:
         config.load_cluster(text)
-    assert [str(p) for p in caught.value.problems] == ['cluster.json: key "domain" appears more than once in one object']
+    assert [str(p) for p in caught.value.problems] == [
+        'cluster.json: key "domain" appears more than once in one object'
+    ]
 
 
 def test_duplicate_key_in_a_nested_object_is_reported(example_text):
     text = example_text.replace('"uid": 2002,', '"uid": 2002,\n      "uid": 2003,', 1)
     with pytest.raises(config.ConfigError) as caught:
         config.load_cluster(text)
-    assert [str(p) for p in caught.value.problems] == ['cluster.json: key "uid" appears more than once in one object']
+    assert [str(p) for p in caught.value.problems] == [
+        'cluster.json: key "uid" appears more than once in one object'
+    ]
 
 
 def test_duplicate_host_is_reported(example_text):
     text = example_text.replace('"beta": {', '"alpha": {', 1)
     with pytest.raises(config.ConfigError) as caught:
         config.load_cluster(text)
-    assert [str(p) for p in caught.value.problems] == ['cluster.json: key "alpha" appears more than once in one object']
+    assert [str(p) for p in caught.value.problems] == [
+        'cluster.json: key "alpha" appears more than once in one object'
+    ]
 
 
 def test_same_key_in_different_objects_is_fine():
@@ -1030,10 +1217,13 @@ def test_lock_markers_written_by_usermod_are_accepted(example_data, problems, pa
     assert problems(example_data) == []
 
 
-@pytest.mark.parametrize("ip, message", [
-    ("::ffff:198.51.100.99", "::ffff:198.51.100.99 is an IPv4-mapped address: write 198.51.100.99"),
-    ("255.255.255.255", "255.255.255.255 is the broadcast address, not a host address"),
-])
+@pytest.mark.parametrize(
+    "ip, message",
+    [
+        ("::ffff:198.51.100.99", "::ffff:198.51.100.99 is an IPv4-mapped address: write 198.51.100.99"),
+        ("255.255.255.255", "255.255.255.255 is the broadcast address, not a host address"),
+    ],
+)
 def test_special_addresses_are_rejected(example_data, problems, ip, message):
     example_data["hosts"]["beta"]["ip"] = ip
     assert problems(example_data) == [f"cluster.json: hosts.beta.ip: {message}"]
@@ -1051,7 +1241,8 @@ def test_ed25519_key_with_its_end_cut_off_is_rejected(example_data, problems):
     blob = base64.b64decode(key.split()[1])
     example_data["users"]["bob"]["ssh_key"] = "ssh-ed25519 " + base64.b64encode(blob[:-3]).decode()
     assert problems(example_data) == [
-        "cluster.json: users.bob.ssh_key: ssh-ed25519 key: the key data is truncated or damaged"]
+        "cluster.json: users.bob.ssh_key: ssh-ed25519 key: the key data is truncated or damaged"
+    ]
 
 
 # -- firewall: public ports, trusted sources, options ----------------------------------------
@@ -1064,18 +1255,23 @@ def test_public_ports_accepted(example_data, problems, ports):
     assert problems(example_data) == []
 
 
-@pytest.mark.parametrize("port, message", [
-    ("80", '"80" is not a port like "443/tcp", "51820/udp" or "60000-61000/udp"'),
-    ("80/icmp", '"80/icmp" is not a port like "443/tcp", "51820/udp" or "60000-61000/udp"'),
-    ("0/tcp", '"0/tcp": ports are 1-65535'),
-    ("70000/udp", '"70000/udp": ports are 1-65535'),
-    ("90-80/tcp", '"90-80/tcp": the range is backwards'),
-])
+@pytest.mark.parametrize(
+    "port, message",
+    [
+        ("80", '"80" is not a port like "443/tcp", "51820/udp" or "60000-61000/udp"'),
+        ("80/icmp", '"80/icmp" is not a port like "443/tcp", "51820/udp" or "60000-61000/udp"'),
+        ("0/tcp", '"0/tcp": ports are 1-65535'),
+        ("70000/udp", '"70000/udp": ports are 1-65535'),
+        ("90-80/tcp", '"90-80/tcp": the range is backwards'),
+    ],
+)
 def test_public_ports_rejected(example_data, problems, port, message):
     example_data["hosts"]["alpha"]["public_ports"] = [port]
     example_data["roles"] = {"web": {"public_ports": [port]}}
-    assert problems(example_data) == [f"cluster.json: hosts.alpha.public_ports[0]: {message}",
-                                      f"cluster.json: roles.web.public_ports[0]: {message}"]
+    assert problems(example_data) == [
+        f"cluster.json: hosts.alpha.public_ports[0]: {message}",
+        f"cluster.json: roles.web.public_ports[0]: {message}",
+    ]
 
 
 def test_public_ports_must_be_unique(example_data, problems):
@@ -1089,12 +1285,15 @@ def test_trusted_sources_accepted(example_data, problems, cidr):
     assert problems(example_data) == []
 
 
-@pytest.mark.parametrize("cidr, message", [
-    ("203.0.113.5/24", '"203.0.113.5/24" has host bits set (write 203.0.113.0/24)'),
-    ("0.0.0.0/0", '"0.0.0.0/0" is the whole Internet: use public_ports for services open to everyone'),
-    ("::/0", '"::/0" is the whole Internet: use public_ports for services open to everyone'),
-    ("office", '"office" is not an IPv4 or IPv6 network (CIDR, e.g. 203.0.113.0/24)'),
-])
+@pytest.mark.parametrize(
+    "cidr, message",
+    [
+        ("203.0.113.5/24", '"203.0.113.5/24" has host bits set (write 203.0.113.0/24)'),
+        ("0.0.0.0/0", '"0.0.0.0/0" is the whole Internet: use public_ports for services open to everyone'),
+        ("::/0", '"::/0" is the whole Internet: use public_ports for services open to everyone'),
+        ("office", '"office" is not an IPv4 or IPv6 network (CIDR, e.g. 203.0.113.0/24)'),
+    ],
+)
 def test_trusted_sources_rejected(example_data, problems, cidr, message):
     example_data["hosts"]["alpha"]["trusted_sources"] = [cidr]
     assert problems(example_data) == [f"cluster.json: hosts.alpha.trusted_sources[0]: {message}"]
@@ -1116,28 +1315,59 @@ def test_schedule_and_monitoring_options(example_data, problems):
     example_data["monitoring"] = {"scrape_interval": "15s", "retention": "2w"}
     assert problems(example_data) == []
     cluster = config.Cluster(example_data)
-    assert (cluster.seconds("schedule", "interval"), cluster.seconds("monitoring", "scrape_interval")) == (3600, 15)
+    assert (cluster.seconds("schedule", "interval"), cluster.seconds("monitoring", "scrape_interval")) == (
+        3600,
+        15,
+    )
     del example_data["schedule"], example_data["monitoring"]
     cluster = config.Cluster(example_data)
-    assert (cluster.duration("schedule", "interval"), cluster.duration("schedule", "splay"),
-            cluster.duration("monitoring", "scrape_interval"), cluster.duration("monitoring", "retention")) == \
-        ("15m", "2m", "30s", "30d")
+    assert (
+        cluster.duration("schedule", "interval"),
+        cluster.duration("schedule", "splay"),
+        cluster.duration("monitoring", "scrape_interval"),
+        cluster.duration("monitoring", "retention"),
+    ) == ("15m", "2m", "30s", "30d")
 
 
-@pytest.mark.parametrize("section, value, expected", [
-    ("schedule", {"interval": "15 min"}, 'schedule.interval: "15 min" is not a duration (a whole number and a unit: '
-                                         's, m, h, d or w ("30s", "15m", "30d"))'),
-    ("schedule", {"interval": "0m"}, 'schedule.interval: "0m" is not a duration'),
-    ("schedule", {"interval": 900}, "schedule.interval: must be a string, not an integer"),
-    ("schedule", {"interval": "20s", "splay": "5s"}, "schedule.interval: must be at least 30s (a run takes a while)"),
-    ("schedule", {"interval": "10m", "splay": "10m"},
-     "schedule.splay: must be shorter than schedule.interval (600 s is not less than 600 s)"),
-    ("schedule", {"splay": "1h"}, "schedule.splay: must be shorter than schedule.interval (3600 s is not less than 900 s)"),
-    ("monitoring", {"scrape_interval": "10m"},
-     "monitoring.scrape_interval: must be at most 2m (Prometheus treats samples older than 5m as gone)"),
-    ("monitoring", {"retention": "30m"}, "monitoring.retention: must be at least 1h"),
-    ("monitoring", {"alert_to": "x"}, "monitoring.alert_to: unknown field (allowed here: retention, scrape_interval)"),
-])
+@pytest.mark.parametrize(
+    "section, value, expected",
+    [
+        (
+            "schedule",
+            {"interval": "15 min"},
+            'schedule.interval: "15 min" is not a duration (a whole number and a unit: '
+            's, m, h, d or w ("30s", "15m", "30d"))',
+        ),
+        ("schedule", {"interval": "0m"}, 'schedule.interval: "0m" is not a duration'),
+        ("schedule", {"interval": 900}, "schedule.interval: must be a string, not an integer"),
+        (
+            "schedule",
+            {"interval": "20s", "splay": "5s"},
+            "schedule.interval: must be at least 30s (a run takes a while)",
+        ),
+        (
+            "schedule",
+            {"interval": "10m", "splay": "10m"},
+            "schedule.splay: must be shorter than schedule.interval (600 s is not less than 600 s)",
+        ),
+        (
+            "schedule",
+            {"splay": "1h"},
+            "schedule.splay: must be shorter than schedule.interval (3600 s is not less than 900 s)",
+        ),
+        (
+            "monitoring",
+            {"scrape_interval": "10m"},
+            "monitoring.scrape_interval: must be at most 2m (Prometheus treats samples older than 5m as gone)",
+        ),
+        ("monitoring", {"retention": "30m"}, "monitoring.retention: must be at least 1h"),
+        (
+            "monitoring",
+            {"alert_to": "x"},
+            "monitoring.alert_to: unknown field (allowed here: retention, scrape_interval)",
+        ),
+    ],
+)
 def test_schedule_and_monitoring_rejected(example_data, problems, section, value, expected):
     example_data[section] = value
     found = problems(example_data)
@@ -1152,11 +1382,23 @@ def test_roles_settings(example_data, problems):
     ]
 
 
-@pytest.mark.parametrize("cidr, message", [
-    ("0.0.0.0/1", '"0.0.0.0/1" is a large part of the Internet (shorter than /8): use public_ports for services open to everyone'),
-    ("2000::/3", '"2000::/3" is a large part of the Internet (shorter than /16): use public_ports for services open to everyone'),
-    ("::ffff:203.0.113.0/120", '"::ffff:203.0.113.0/120" is IPv4-mapped and matches nothing: write the IPv4 network'),
-])
+@pytest.mark.parametrize(
+    "cidr, message",
+    [
+        (
+            "0.0.0.0/1",
+            '"0.0.0.0/1" is a large part of the Internet (shorter than /8): use public_ports for services open to everyone',
+        ),
+        (
+            "2000::/3",
+            '"2000::/3" is a large part of the Internet (shorter than /16): use public_ports for services open to everyone',
+        ),
+        (
+            "::ffff:203.0.113.0/120",
+            '"::ffff:203.0.113.0/120" is IPv4-mapped and matches nothing: write the IPv4 network',
+        ),
+    ],
+)
 def test_trusted_sources_too_broad_or_mapped(example_data, problems, cidr, message):
     example_data["hosts"]["alpha"]["trusted_sources"] = [cidr]
     assert problems(example_data) == [f"cluster.json: hosts.alpha.trusted_sources[0]: {message}"]

@@ -14,8 +14,9 @@ EXAMPLE = pathlib.Path(__file__).parents[2] / "cluster.json.example"
 
 
 def git(repo, *args):
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 @pytest.fixture
@@ -238,9 +239,15 @@ def test_live_does_not_move_under_another_run(repo, remote):
 
 
 def test_tree_is_exported_exactly(repo, remote):
-    commit(remote, {"cluster.json": example(), "roles/web/init.sls": "x: {}\n",
-                    ".gitattributes": "roles/** export-ignore\n*.sls text eol=crlf\n",
-                    "roles/web/run.sh": "#!/bin/sh\n"})
+    commit(
+        remote,
+        {
+            "cluster.json": example(),
+            "roles/web/init.sls": "x: {}\n",
+            ".gitattributes": "roles/** export-ignore\n*.sls text eol=crlf\n",
+            "roles/web/run.sh": "#!/bin/sh\n",
+        },
+    )
     (remote / "roles/web/run.sh").chmod(0o755)
     os.symlink("init.sls", remote / "roles/web/alias.sls")
     sha = commit(remote, {})
@@ -321,8 +328,10 @@ def test_a_commit_that_does_not_render_here_is_a_bad_commit(repo, remote):
     check = FakeCheck({"roles.web": "roles/web/init.sls: Rendering SLS 'base:roles.web' failed: line 1"})
     status = repo.update(check=check)
     assert repo.live_commit() == good and status["bad_commit"] == bad
-    assert status["error"] == (f"commit {bad[:12]} does not render on this host and was not applied:\n"
-                               "roles/web/init.sls: Rendering SLS 'base:roles.web' failed: line 1")
+    assert status["error"] == (
+        f"commit {bad[:12]} does not render on this host and was not applied:\n"
+        "roles/web/init.sls: Rendering SLS 'base:roles.web' failed: line 1"
+    )
     assert check.calls == [(bad, bad)]
     # Judged once: the next runs neither validate nor render it again, and keep saying why.
     again = repo.update(check=check)
@@ -384,7 +393,8 @@ def test_a_flood_of_problems_is_bounded(repo, remote):
     lines = status["error"].splitlines()
     assert len(lines) == 22  # the headline, 20 problems, the count of the rest
     assert lines[-1].startswith("... and ") and lines[-1].endswith(
-        "more problems ('minicl validate cluster.json' in a checkout lists them all)")
+        "more problems ('minicl validate cluster.json' in a checkout lists them all)"
+    )
 
 
 def test_no_room_for_an_export_is_refused_before_writing(repo, remote, monkeypatch):
@@ -401,7 +411,8 @@ def test_no_room_for_an_export_is_refused_before_writing(repo, remote, monkeypat
     assert repo.live_commit() == good and "bad_commit" not in status
     assert status["error"].startswith(
         f"updating the config repo failed: not enough disk space to write commit {big[:12]} to "
-        f"{repo.checkouts_dir}: its files need 1.0 MB and 32.0 MB are kept free, but only 32.5 MB are free")
+        f"{repo.checkouts_dir}: its files need 1.0 MB and 32.0 MB are kept free, but only 32.5 MB are free"
+    )
     assert sorted(os.listdir(repo.checkouts_dir)) == [good]
 
 
@@ -464,8 +475,9 @@ def test_a_branch_moved_back_is_applied_and_said(repo, remote):
     other = commit(remote, {"cluster.json": example()})
     git(remote, "branch", "-q", "-f", "main", other)
     status = repo.update()
-    assert status["notice"] == (f"branch main was rewritten (force-push) from {rewritten[:12]} to "
-                                f"{other[:12]}; applied {other[:12]}")
+    assert status["notice"] == (
+        f"branch main was rewritten (force-push) from {rewritten[:12]} to {other[:12]}; applied {other[:12]}"
+    )
 
 
 def test_a_damaged_mirror_is_recreated_in_the_same_run(repo, remote, caplog):

@@ -28,7 +28,8 @@ def alpha_cluster():
     data["hosts"]["alpha"].update(
         public_ports=["443/tcp", "80/tcp", "51820/udp", "8000-8100/tcp", "8050/tcp"],
         trusted_sources=["203.0.113.0/24", "198.51.100.0/28", "2001:db8:ffff::/48"],
-        roles=["base", "web"])
+        roles=["base", "web"],
+    )
     data["roles"] = {"web": {"public_ports": ["443/tcp", "8443/tcp"]}}
     data["firewall"] = {"ssh_port": 2222}
     return config.Cluster(data)
@@ -47,7 +48,12 @@ def test_golden_watch_defaults():
 def test_spec_collapses_networks_and_ports():
     spec = firewall.host_spec(alpha_cluster(), "alpha")
     assert spec.trusted_v4 == ["198.51.100.0/28", "198.51.100.20", "203.0.113.0/24"]
-    assert spec.trusted_v6 == ["2001:db8:100::11", "2001:db8:100::12", "2001:db8:100::20", "2001:db8:ffff::/48"]
+    assert spec.trusted_v6 == [
+        "2001:db8:100::11",
+        "2001:db8:100::12",
+        "2001:db8:100::20",
+        "2001:db8:ffff::/48",
+    ]
     assert spec.public_tcp == ["80", "443", "8000-8100", "8443"]
     assert spec.public_udp == ["51820"]
     assert spec.ssh_ports == [2222]
@@ -60,13 +66,16 @@ def test_the_port_sshd_still_listens_on_stays_open():
     assert firewall.ssh_ports_open(firewall.render_ruleset(spec)) == {22, 2222}
 
 
-@pytest.mark.parametrize("text, problem", [
-    ("tcp dport 9100 accept\n", None),
-    ("tcp dport { 80, 443 } accept\n", None),
-    ("}\nchain evil { type filter hook input priority -1; policy drop; }\n{", '"chain" is not allowed'),
-    ("accept }\n", "its braces { } do not balance"),
-    ("flush ruleset\n", '"flush" is not allowed'),
-])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("tcp dport 9100 accept\n", None),
+        ("tcp dport { 80, 443 } accept\n", None),
+        ("}\nchain evil { type filter hook input priority -1; policy drop; }\n{", '"chain" is not allowed'),
+        ("accept }\n", "its braces { } do not balance"),
+        ("flush ruleset\n", '"flush" is not allowed'),
+    ],
+)
 def test_local_rules_stay_in_the_input_chain(text, problem):
     found = firewall.local_rules_problem(text)
     assert (found is None) if problem is None else (problem in found)
@@ -95,8 +104,11 @@ def test_empty_sets_have_no_elements_line():
 
 def _rules(text):
     chain = text.split("chain input {")[1]
-    return [line.strip() for line in chain.splitlines()
-            if line.strip() and not line.strip().startswith(("#", "}", "type "))]
+    return [
+        line.strip()
+        for line in chain.splitlines()
+        if line.strip() and not line.strip().startswith(("#", "}", "type "))
+    ]
 
 
 @pytest.mark.parametrize("count", [10, 1000, 10000])
@@ -109,8 +121,9 @@ def test_rule_count_is_constant(count):
 
 @pytest.mark.parametrize("port", [22, 2222, 65535])
 def test_ssh_is_always_open_before_anything_can_drop(port):
-    text = firewall.render_ruleset(firewall.host_spec(cluster(firewall={"ssh_port": port}), "alpha",
-                                                      "drop\n"))
+    text = firewall.render_ruleset(
+        firewall.host_spec(cluster(firewall={"ssh_port": port}), "alpha", "drop\n")
+    )
     rules = _rules(text)
     ssh = rules.index(f'tcp dport {port} accept comment "ssh, always"')
     assert firewall.local_rules_problem("drop\n") is None
@@ -120,7 +133,9 @@ def test_ssh_is_always_open_before_anything_can_drop(port):
 def test_only_table_inet_minicl_is_touched():
     text = firewall.render_ruleset(firewall.host_spec(alpha_cluster(), "alpha"))
     assert "flush ruleset" not in text
-    tables = {line.split("{")[0].strip() for line in text.splitlines() if line.startswith(("table", "delete"))}
+    tables = {
+        line.split("{")[0].strip() for line in text.splitlines() if line.startswith(("table", "delete"))
+    }
     assert tables == {"table inet minicl", "delete table inet minicl"}
 
 
@@ -139,16 +154,22 @@ def test_normalise_ignores_handles_and_metainfo():
     assert firewall._normalise(a) == firewall._normalise(b) == [{"table": {"name": "minicl"}}]
 
 
-needs_nft = pytest.mark.skipif(not (shutil.which("nft") and shutil.which("unshare") and os.geteuid() == 0),
-                               reason="needs nft and root (checks run in a throwaway network namespace)")
+needs_nft = pytest.mark.skipif(
+    not (shutil.which("nft") and shutil.which("unshare") and os.geteuid() == 0),
+    reason="needs nft and root (checks run in a throwaway network namespace)",
+)
 
 
 @needs_nft
 @pytest.mark.parametrize("golden", ["alpha.nft", "watch.nft"])
 def test_nft_accepts_the_goldens(golden):
     # nft -c in a fresh network namespace: nothing on this machine can change.
-    result = subprocess.run(["unshare", "--net", "nft", "-c", "-f", str(GOLDEN / golden)],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        ["unshare", "--net", "nft", "-c", "-f", str(GOLDEN / golden)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
 
 

@@ -20,7 +20,9 @@ def cluster(**smtp):
 
 
 def settings(text):
-    return dict(line.split(" = ", 1) for line in text.splitlines() if " = " in line and not line.startswith("#"))
+    return dict(
+        line.split(" = ", 1) for line in text.splitlines() if " = " in line and not line.startswith("#")
+    )
 
 
 def test_main_cf_is_a_verified_tls_null_client():
@@ -51,22 +53,31 @@ def test_default_port_is_587():
 def test_sasl_passwd_key_matches_relayhost_exactly():
     line = mail.render_sasl_passwd(cluster(relay="relay.example.org", port=2525))
     assert line == "[relay.example.org]:2525 cluster@example.org:change-me-smtp-password\n"
-    assert line.split()[0] == settings(mail.render_main_cf(cluster(relay="relay.example.org", port=2525),
-                                                         "alpha"))["relayhost"]
+    assert (
+        line.split()[0]
+        == settings(mail.render_main_cf(cluster(relay="relay.example.org", port=2525), "alpha"))["relayhost"]
+    )
 
 
 def test_aliases_send_root_to_admin_and_system_accounts_to_root():
     text = mail.render_aliases(cluster(), ["root", "daemon", "www-data", "nobody"])
     lines = [line for line in text.splitlines() if not line.startswith("#")]
-    assert lines == ["root: admins@example.org", "postmaster: root", "daemon: root", "nobody: root",
-                     "www-data: root"]
+    assert lines == [
+        "root: admins@example.org",
+        "postmaster: root",
+        "daemon: root",
+        "nobody: root",
+        "www-data: root",
+    ]
 
 
 def test_system_accounts(tmp_path):
     passwd = tmp_path / "passwd"
-    passwd.write_text("root:x:0:0::/root:/bin/bash\ndaemon:x:1:1::/:/usr/sbin/nologin\n"
-                      "alice:x:2001:2001::/home/alice:/bin/bash\nnobody:x:65534:65534::/:/usr/sbin/nologin\n"
-                      "+nis::::::\n")
+    passwd.write_text(
+        "root:x:0:0::/root:/bin/bash\ndaemon:x:1:1::/:/usr/sbin/nologin\n"
+        "alice:x:2001:2001::/home/alice:/bin/bash\nnobody:x:65534:65534::/:/usr/sbin/nologin\n"
+        "+nis::::::\n"
+    )
     assert mail.system_accounts(str(passwd)) == ["root", "daemon", "nobody"]
 
 
@@ -82,7 +93,10 @@ Nov 22 06:18:50 alpha postfix/smtp[1475]: 99FD915B: to=<admins@example.org>, rel
 
 def test_delivery_status_follows_one_message():
     lines = LOG.splitlines()
-    assert mail.delivery_status("<minicl-test-ab@alpha.example.org>", lines) == ("sent", "250 OK queued by the fake relay")
+    assert mail.delivery_status("<minicl-test-ab@alpha.example.org>", lines) == (
+        "sent",
+        "250 OK queued by the fake relay",
+    )
     assert mail.delivery_status("<other@alpha.example.org>", lines) == ("deferred", "connect refused")
     assert mail.delivery_status("<unknown@x>", lines) == (None, "")
 
@@ -107,8 +121,12 @@ def test_postfix_is_preseeded_only_before_it_is_installed(monkeypatch, test):
     assert done == ([] if test else ["preseed"])
     monkeypatch.setattr(mail, "package_installed", lambda name: name == "postfix")
     ret = _load_state(test).postfix_preseeded()
-    assert ret == {"name": "postfix", "result": True, "changes": {},
-                   "comment": "postfix is installed: nothing to preseed"}
+    assert ret == {
+        "name": "postfix",
+        "result": True,
+        "changes": {},
+        "comment": "postfix is installed: nothing to preseed",
+    }
     assert done == ([] if test else ["preseed"])
 
 
@@ -131,4 +149,9 @@ def test_a_failing_step_fails_the_state_with_the_reason(monkeypatch):
     monkeypatch.setattr(mail, "ca_trusted", lambda path: False)
     monkeypatch.setattr(mail, "trust_cas", fail)
     ret = _load_state(False).ca_trusted("/x.crt")
-    assert ret == {"name": "/x.crt", "result": False, "changes": {}, "comment": "trusting /x.crt failed: no space left"}
+    assert ret == {
+        "name": "/x.crt",
+        "result": False,
+        "changes": {},
+        "comment": "trusting /x.crt failed: no space left",
+    }

@@ -28,7 +28,8 @@ def test_targets_are_every_host_by_name(data):
         {"targets": ["198.51.100.20:9100"], "labels": {"instance": "watch", "roles": "base,monitor"}},
     ]
     assert json.loads(monitor.render_monitor_targets(config.Cluster(data))) == [
-        {"targets": ["198.51.100.20:9090"], "labels": {"instance": "watch", "roles": "base,monitor"}}]
+        {"targets": ["198.51.100.20:9090"], "labels": {"instance": "watch", "roles": "base,monitor"}}
+    ]
 
 
 def test_prometheus_config(data):
@@ -37,8 +38,11 @@ def test_prometheus_config(data):
     text = monitor.render_prometheus(cluster, "watch")
     assert text.startswith("# Prometheus on watch.example.org")
     parsed = yaml.safe_load(text)
-    assert parsed["global"] == {"scrape_interval": "15s", "evaluation_interval": "15s",
-                                "external_labels": {"monitor": "watch"}}
+    assert parsed["global"] == {
+        "scrape_interval": "15s",
+        "evaluation_interval": "15s",
+        "external_labels": {"monitor": "watch"},
+    }
     assert [job["job_name"] for job in parsed["scrape_configs"]] == ["node", "prometheus", "alertmanager"]
     assert parsed["scrape_configs"][0]["file_sd_configs"] == [{"files": [monitor.NODE_TARGETS_FILE]}]
     assert parsed["rule_files"] == [monitor.RULES_FILE]
@@ -56,8 +60,17 @@ def test_alert_timing_follows_the_config(data):
 
 def test_every_alert_the_issue_names_exists(data):
     names = {rule["alert"] for rule in monitor.alert_rules(config.Cluster(data))}
-    assert {"HostDown", "DiskAlmostFull", "InodesAlmostFull", "StateRunStale", "StateRunFailed", "ConfigError",
-            "MailQueueStuck", "CheckFailing", "Watchdog"} <= names
+    assert {
+        "HostDown",
+        "DiskAlmostFull",
+        "InodesAlmostFull",
+        "StateRunStale",
+        "StateRunFailed",
+        "ConfigError",
+        "MailQueueStuck",
+        "CheckFailing",
+        "Watchdog",
+    } <= names
 
 
 def test_alertmanager_mails_admin_email_through_local_postfix(data):
@@ -74,12 +87,16 @@ def test_alertmanager_mails_admin_email_through_local_postfix(data):
     assert "--cluster.listen-address= " in monitor.render_alertmanager_defaults()
 
 
-@pytest.mark.skipif(not shutil.which("promtool") or not shutil.which("amtool"),
-                    reason="promtool and amtool come with Debian's prometheus packages")
+@pytest.mark.skipif(
+    not shutil.which("promtool") or not shutil.which("amtool"),
+    reason="promtool and amtool come with Debian's prometheus packages",
+)
 def test_configs_pass_promtool_and_amtool(data, tmp_path):
     cluster = config.Cluster(data)
     files = {
-        "prometheus.yml": monitor.render_prometheus(cluster, "watch").replace(monitor.CONFIG_DIR, str(tmp_path)),
+        "prometheus.yml": monitor.render_prometheus(cluster, "watch").replace(
+            monitor.CONFIG_DIR, str(tmp_path)
+        ),
         "minicl.rules.yml": monitor.render_rules(cluster),
         "alertmanager.yml": monitor.render_alertmanager(cluster, "watch"),
         "minicl-nodes.json": monitor.render_node_targets(cluster),
@@ -87,7 +104,10 @@ def test_configs_pass_promtool_and_amtool(data, tmp_path):
     }
     for name, text in files.items():
         (tmp_path / name).write_text(text)
-    for command in (["promtool", "check", "config", "prometheus.yml"], ["amtool", "check-config", "alertmanager.yml"]):
+    for command in (
+        ["promtool", "check", "config", "prometheus.yml"],
+        ["amtool", "check-config", "alertmanager.yml"],
+    ):
         result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, check=False)
         assert result.returncode == 0, result.stdout + result.stderr
 
@@ -101,63 +121,145 @@ def test_alert_rules_fire_as_intended(data, tmp_path):
     tests = {
         "rule_files": ["rules.yml"],
         "evaluation_interval": "1m",
-        "tests": [{
-            "interval": "1m",
-            "input_series": [
-                {"series": 'up{job="node",instance="alpha"}', "values": "1 0 0 0 0 0"},
-                {"series": 'up{job="node",instance="beta"}', "values": "1x12"},
-                {"series": 'minicl_run_last_timestamp_seconds{job="node",instance="beta"}', "values": "0x12"},
-                {"series": 'minicl_check_ok{job="node",instance="beta",check="postfix"}', "values": "1 0 0 0 0 0"},
-                {"series": 'minicl_check_ok{job="node",instance="beta",check="mail queue age"}',
-                 "values": "0 0 0 0 0 0"},
-                {"series": 'minicl_check_ok{job="node",instance="beta",check="disk /"}', "values": "0 0 0 0 0 0"},
-                {"series": 'node_filesystem_avail_bytes{job="node",instance="beta",mountpoint="/",fstype="ext4",'
-                           'device="sda1"}', "values": "5 5 5 5 5 5"},
-                {"series": 'node_filesystem_size_bytes{job="node",instance="beta",mountpoint="/",fstype="ext4",'
-                           'device="sda1"}', "values": "100 100 100 100 100 100"},
-                {"series": 'node_filesystem_readonly{job="node",instance="beta",mountpoint="/",fstype="ext4",'
-                           'device="sda1"}', "values": "0 0 0 0 0 0"},
-            ],
-            "alert_rule_test": [
-                {"eval_time": "2m", "alertname": "HostDown", "exp_alerts": []},
-                {"eval_time": "5m", "alertname": "HostDown", "exp_alerts": [{
-                    "exp_labels": {"severity": "critical", "job": "node", "instance": "alpha"},
-                    "exp_annotations": {
-                        "summary": "alpha is down",
-                        "description": "The monitor has not reached the node exporter of alpha (port 9100) for "
-                                       "240s: the host is off, off the network, or prometheus-node-exporter "
-                                       "stopped. Log in and check 'systemctl status prometheus-node-exporter'."}}]},
-                {"eval_time": "1m", "alertname": "CheckFailing", "exp_alerts": [{
-                    "exp_labels": {"severity": "critical", "job": "node", "instance": "beta", "check": "postfix"},
-                    "exp_annotations": {
-                        "summary": "beta: check postfix fails",
-                        "description": "'salt-call --local minicl_checks.run' on beta gives the reason."}}]},
-                {"eval_time": "1m", "alertname": "MailQueueStuck", "exp_alerts": [{
-                    "exp_labels": {"severity": "critical", "job": "node", "instance": "beta",
-                                   "check": "mail queue age"},
-                    "exp_annotations": {
-                        "summary": "beta: mail is stuck in the queue",
-                        "description": "The mail queue age check fails on beta: 'salt-call --local minicl_mail.queue' "
-                                       "there says why the relay does not take the mail."}}]},
-                {"eval_time": "5m", "alertname": "DiskAlmostFull", "exp_alerts": [{
-                    "exp_labels": {"severity": "warning", "job": "node", "instance": "beta", "mountpoint": "/",
-                                   "fstype": "ext4", "device": "sda1"},
-                    "exp_annotations": {
-                        "summary": "beta: / is almost full",
-                        "description": "Less than 10% of / (sda1) on beta is free (5%). Free space there before "
-                                       "writes fail."}}]},
-                {"eval_time": "7m", "alertname": "StateRunStale", "exp_alerts": []},  # stale from 4m, for 4m
-                {"eval_time": "9m", "alertname": "StateRunStale", "exp_alerts": [{
-                    "exp_labels": {"severity": "critical", "job": "node", "instance": "beta"},
-                    "exp_annotations": {
-                        "summary": "beta has not converged recently",
-                        "description": "minicl's last highstate on beta ended more than 210 s ago (3 schedule "
-                                       "intervals plus the splay), or never was recorded. Is the minion's schedule "
-                                       "running? Run 'salt-call --local state.apply' there and read its output."}}]},
-            ],
-        }],
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": 'up{job="node",instance="alpha"}', "values": "1 0 0 0 0 0"},
+                    {"series": 'up{job="node",instance="beta"}', "values": "1x12"},
+                    {
+                        "series": 'minicl_run_last_timestamp_seconds{job="node",instance="beta"}',
+                        "values": "0x12",
+                    },
+                    {
+                        "series": 'minicl_check_ok{job="node",instance="beta",check="postfix"}',
+                        "values": "1 0 0 0 0 0",
+                    },
+                    {
+                        "series": 'minicl_check_ok{job="node",instance="beta",check="mail queue age"}',
+                        "values": "0 0 0 0 0 0",
+                    },
+                    {
+                        "series": 'minicl_check_ok{job="node",instance="beta",check="disk /"}',
+                        "values": "0 0 0 0 0 0",
+                    },
+                    {
+                        "series": 'node_filesystem_avail_bytes{job="node",instance="beta",mountpoint="/",fstype="ext4",'
+                        'device="sda1"}',
+                        "values": "5 5 5 5 5 5",
+                    },
+                    {
+                        "series": 'node_filesystem_size_bytes{job="node",instance="beta",mountpoint="/",fstype="ext4",'
+                        'device="sda1"}',
+                        "values": "100 100 100 100 100 100",
+                    },
+                    {
+                        "series": 'node_filesystem_readonly{job="node",instance="beta",mountpoint="/",fstype="ext4",'
+                        'device="sda1"}',
+                        "values": "0 0 0 0 0 0",
+                    },
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "2m", "alertname": "HostDown", "exp_alerts": []},
+                    {
+                        "eval_time": "5m",
+                        "alertname": "HostDown",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {"severity": "critical", "job": "node", "instance": "alpha"},
+                                "exp_annotations": {
+                                    "summary": "alpha is down",
+                                    "description": "The monitor has not reached the node exporter of alpha (port 9100) for "
+                                    "240s: the host is off, off the network, or prometheus-node-exporter "
+                                    "stopped. Log in and check 'systemctl status prometheus-node-exporter'.",
+                                },
+                            }
+                        ],
+                    },
+                    {
+                        "eval_time": "1m",
+                        "alertname": "CheckFailing",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {
+                                    "severity": "critical",
+                                    "job": "node",
+                                    "instance": "beta",
+                                    "check": "postfix",
+                                },
+                                "exp_annotations": {
+                                    "summary": "beta: check postfix fails",
+                                    "description": "'salt-call --local minicl_checks.run' on beta gives the reason.",
+                                },
+                            }
+                        ],
+                    },
+                    {
+                        "eval_time": "1m",
+                        "alertname": "MailQueueStuck",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {
+                                    "severity": "critical",
+                                    "job": "node",
+                                    "instance": "beta",
+                                    "check": "mail queue age",
+                                },
+                                "exp_annotations": {
+                                    "summary": "beta: mail is stuck in the queue",
+                                    "description": "The mail queue age check fails on beta: 'salt-call --local minicl_mail.queue' "
+                                    "there says why the relay does not take the mail.",
+                                },
+                            }
+                        ],
+                    },
+                    {
+                        "eval_time": "5m",
+                        "alertname": "DiskAlmostFull",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {
+                                    "severity": "warning",
+                                    "job": "node",
+                                    "instance": "beta",
+                                    "mountpoint": "/",
+                                    "fstype": "ext4",
+                                    "device": "sda1",
+                                },
+                                "exp_annotations": {
+                                    "summary": "beta: / is almost full",
+                                    "description": "Less than 10% of / (sda1) on beta is free (5%). Free space there before "
+                                    "writes fail.",
+                                },
+                            }
+                        ],
+                    },
+                    {
+                        "eval_time": "7m",
+                        "alertname": "StateRunStale",
+                        "exp_alerts": [],
+                    },  # stale from 4m, for 4m
+                    {
+                        "eval_time": "9m",
+                        "alertname": "StateRunStale",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {"severity": "critical", "job": "node", "instance": "beta"},
+                                "exp_annotations": {
+                                    "summary": "beta has not converged recently",
+                                    "description": "minicl's last highstate on beta ended more than 210 s ago (3 schedule "
+                                    "intervals plus the splay), or never was recorded. Is the minion's schedule "
+                                    "running? Run 'salt-call --local state.apply' there and read its output.",
+                                },
+                            }
+                        ],
+                    },
+                ],
+            }
+        ],
     }
     (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests))
-    result = subprocess.run(["promtool", "test", "rules", "tests.yml"], cwd=tmp_path, capture_output=True,
-                            text=True, check=False)
+    result = subprocess.run(
+        ["promtool", "test", "rules", "tests.yml"], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -14,8 +14,10 @@ GOOD = "web-marker:\n  test.nop:\n    - name: {{ pillar['minicl']['host']['name'
 @pytest.fixture
 def opts(tmp_path):
     conf = tmp_path / "minion"
-    conf.write_text(f"file_client: local\nroot_dir: {tmp_path}\ncachedir: {tmp_path}/cache\n"
-                    f"log_file: {tmp_path}/log\nautoload_dynamic_modules: False\n")
+    conf.write_text(
+        f"file_client: local\nroot_dir: {tmp_path}\ncachedir: {tmp_path}/cache\n"
+        f"log_file: {tmp_path}/log\nautoload_dynamic_modules: False\n"
+    )
     options = salt.config.minion_config(str(conf))
     options["grains"] = {"id": "alpha", "os_family": "Debian"}
     return options
@@ -40,32 +42,51 @@ def problems(opts, tmp_path, files, states):
 
 
 def test_roles_that_render_have_no_problems(opts, tmp_path):
-    assert problems(opts, tmp_path, {"roles/web/init.sls": GOOD, "roles/db.sls": "x:\n  test.nop: []\n"},
-                    ["roles.web", "roles.db"]) == {}
+    assert (
+        problems(
+            opts,
+            tmp_path,
+            {"roles/web/init.sls": GOOD, "roles/db.sls": "x:\n  test.nop: []\n"},
+            ["roles.web", "roles.db"],
+        )
+        == {}
+    )
 
 
 def test_a_jinja_error_names_the_file_and_line(opts, tmp_path):
-    found = problems(opts, tmp_path, {"roles/web/init.sls": "{% if %}\n" + GOOD, "roles/db.sls": GOOD},
-                     ["roles.web", "roles.db"])
+    found = problems(
+        opts,
+        tmp_path,
+        {"roles/web/init.sls": "{% if %}\n" + GOOD, "roles/db.sls": GOOD},
+        ["roles.web", "roles.db"],
+    )
     assert list(found) == ["roles.web"]
-    assert found["roles.web"].startswith("roles/web/init.sls: Rendering SLS 'base:roles.web' failed: "
-                                         "Jinja syntax error")
+    assert found["roles.web"].startswith(
+        "roles/web/init.sls: Rendering SLS 'base:roles.web' failed: Jinja syntax error"
+    )
     assert "line 1" in found["roles.web"]
     assert len(found["roles.web"].splitlines()) <= 8
 
 
 def test_a_yaml_error_and_a_missing_pillar_key(opts, tmp_path):
-    found = problems(opts, tmp_path, {"roles/a.sls": "x:\n  test.nop:\n   - name: [x\n",
-                                      "roles/b.sls": "x{{ pillar['minicl']['nope']['x'] }}:\n  test.nop: []\n"},
-                     ["roles.a", "roles.b"])
+    found = problems(
+        opts,
+        tmp_path,
+        {
+            "roles/a.sls": "x:\n  test.nop:\n   - name: [x\n",
+            "roles/b.sls": "x{{ pillar['minicl']['nope']['x'] }}:\n  test.nop: []\n",
+        },
+        ["roles.a", "roles.b"],
+    )
     assert found["roles.a"].startswith("roles/a.sls: Rendering SLS 'base:roles.a' failed")
     assert found["roles.b"].startswith("roles/b.sls: Rendering SLS 'base:roles.b' failed")
     assert "nope" in found["roles.b"]
 
 
 def test_a_missing_role_file_and_a_malformed_state(opts, tmp_path):
-    found = problems(opts, tmp_path, {"roles/bad.sls": "x:\n  test.nop: just a string\n"},
-                     ["roles.gone", "roles.bad"])
+    found = problems(
+        opts, tmp_path, {"roles/bad.sls": "x:\n  test.nop: just a string\n"}, ["roles.gone", "roles.bad"]
+    )
     assert "roles.gone" in found and found["roles.gone"].startswith("SLS roles.gone: ")
     assert found["roles.bad"].startswith("roles/bad.sls")
 

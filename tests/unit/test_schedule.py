@@ -16,10 +16,21 @@ def test_jobs_follow_the_schedule_of_cluster_json():
     text = schedule.render(config.Cluster(data))
     assert text.startswith("# Managed by minicl")
     jobs = yaml.safe_load(text)["schedule"]
-    assert jobs["minicl-highstate"] == {"function": "state.apply", "seconds": 3600, "splay": 300, "maxrunning": 1, "run_on_start": False,
-                                        "returner": "minicl", "return_job": False}
-    assert jobs["minicl-checks"] == {"function": "minicl_checks.run", "seconds": schedule.CHECKS_INTERVAL,
-                                     "maxrunning": 1, "return_job": False}
+    assert jobs["minicl-highstate"] == {
+        "function": "state.apply",
+        "seconds": 3600,
+        "splay": 300,
+        "maxrunning": 1,
+        "run_on_start": False,
+        "returner": "minicl",
+        "return_job": False,
+    }
+    assert jobs["minicl-checks"] == {
+        "function": "minicl_checks.run",
+        "seconds": schedule.CHECKS_INTERVAL,
+        "maxrunning": 1,
+        "return_job": False,
+    }
 
 
 def test_defaults():

@@ -1,6 +1,6 @@
 """A fake authenticated SMTP relay for test hosts and the demo (aiosmtpd).
 
-    python -m minicl.fakerelay --cert relay.crt --key relay.key --user U --password P \
+    python -m minicl_lab.fakerelay --cert relay.crt --key relay.key --user U --password P \
         --spool /srv/relay --ca-file ca.crt
 
 Listens on port 587 with STARTTLS and AUTH (PLAIN, LOGIN) both required, and on port 80 serves
@@ -23,17 +23,56 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 def make_test_ca(directory, name="relay.example.org"):
     """A throwaway CA and a certificate for ``name`` signed by it; returns {file: text}."""
+
     def openssl(*args):
         subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
 
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-            "-days", "2", "-subj", "/CN=minicl test CA")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "relay.key", "-out", "relay.csr",
-            "-subj", f"/CN={name}")
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=minicl test CA",
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "relay.key",
+        "-out",
+        "relay.csr",
+        "-subj",
+        f"/CN={name}",
+    )
     with open(os.path.join(directory, "ext"), "w", encoding="ascii") as f:
         f.write(f"subjectAltName=DNS:{name}\nextendedKeyUsage=serverAuth\n")
-    openssl("x509", "-req", "-in", "relay.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", "relay.crt", "-days", "2", "-extfile", "ext")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "relay.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "relay.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    )
     files = {}
     for item in ("ca.crt", "relay.crt", "relay.key"):
         with open(os.path.join(directory, item), encoding="ascii") as f:
@@ -47,9 +86,24 @@ def start_in(host, files, user, password):
 
     for item, text in files.items():
         host.write(f"/srv/tls/{item}", text, 0o600)
-    proc = host.spawn([sys.executable, "-m", "minicl.fakerelay", "--cert", "/srv/tls/relay.crt",
-                       "--key", "/srv/tls/relay.key", "--user", user, "--password", password,
-                       "--spool", "/srv/relay", "--ca-file", "/srv/tls/ca.crt"])
+    proc = host.spawn(
+        [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--cert",
+            "/srv/tls/relay.crt",
+            "--key",
+            "/srv/tls/relay.key",
+            "--user",
+            user,
+            "--password",
+            password,
+            "--spool",
+            "/srv/relay",
+            "--ca-file",
+            "/srv/tls/ca.crt",
+        ]
+    )
     if proc.stdout.readline().strip() != "ready":
         raise RuntimeError(f"the fake relay did not start: {proc.stderr.read()}")
     return proc
@@ -92,8 +146,11 @@ class Authenticator:
         self.user, self.password = user, password
 
     def __call__(self, server, session, envelope, mechanism, auth_data):
-        ok = (isinstance(auth_data, LoginPassword) and auth_data.login.decode() == self.user
-              and auth_data.password.decode() == self.password)
+        ok = (
+            isinstance(auth_data, LoginPassword)
+            and auth_data.login.decode() == self.user
+            and auth_data.password.decode() == self.password
+        )
         # handled=False: aiosmtpd answers (535 on failure; otherwise the client hangs);
         # auth_data is what the session keeps, so the spool can say who logged in.
         return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
@@ -139,7 +196,7 @@ def serve_ca(ca_file, port):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="minicl.fakerelay")
+    parser = argparse.ArgumentParser(prog="minicl_lab.fakerelay")
     parser.add_argument("--cert", required=True)
     parser.add_argument("--key", required=True)
     parser.add_argument("--user", required=True)
@@ -156,9 +213,15 @@ def main(argv=None):
     # asyncio makes "::" IPv6-only: one listener per address family.
     for address in ("0.0.0.0", "::"):
         RelayController(
-            handler, hostname=address, port=args.port,
-            tls_context=context, require_starttls=True, auth_required=True, auth_require_tls=True,
-            authenticator=Authenticator(args.user, args.password), server_hostname="relay.example.org",
+            handler,
+            hostname=address,
+            port=args.port,
+            tls_context=context,
+            require_starttls=True,
+            auth_required=True,
+            auth_require_tls=True,
+            authenticator=Authenticator(args.user, args.password),
+            server_hostname="relay.example.org",
         ).start()
     if args.ca_file:
         serve_ca(args.ca_file, args.http_port)

@@ -20,7 +20,6 @@ Teardown kills each host's PID 1 (and so everything in its PID namespace) and no
 the mounts and links go away with the namespaces, then the host's cgroups are removed.
 """
 
-import json
 import os
 import shlex
 import shutil
@@ -30,16 +29,19 @@ import sys
 import tempfile
 import time
 
-from minicl import metrics
-
 SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Units a freshly installed Debian server runs, if their package is on this machine. Every other
 # unit this machine's packages enabled is disabled in a test host: services minicl manages
 # (nftables, postfix, the Prometheus exporters, ...) wait for minicl's states, and the periodic
 # maintenance timers (apt, man-db, fstrim) would reach for the network or hold the dpkg lock.
-FRESH_HOST_UNITS = ("ssh.service", "cron.service", "rsyslog.service", "systemd-pstore.service",
-                    "remote-fs.target")
+FRESH_HOST_UNITS = (
+    "ssh.service",
+    "cron.service",
+    "rsyslog.service",
+    "systemd-pstore.service",
+    "remote-fs.target",
+)
 
 # PID 1 of a namespace that only holds mounts or links: reaps orphans, exits on SIGTERM.
 REAPER = r"""
@@ -89,7 +91,8 @@ mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts "$R/dev/pts"
 ln -s pts/ptmx "$R/dev/ptmx"
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/dev/shm"
 ln -s /proc/self/fd "$R/dev/fd"
-ln -s /proc/self/fd/0 "$R/dev/stdin"; ln -s /proc/self/fd/1 "$R/dev/stdout"; ln -s /proc/self/fd/2 "$R/dev/stderr"
+ln -s /proc/self/fd/0 "$R/dev/stdin"; ln -s /proc/self/fd/1 "$R/dev/stdout"
+ln -s /proc/self/fd/2 "$R/dev/stderr"
 # Empty at every boot, as Debian's tmp.conf makes it; the machine's /tmp and /run stay outside.
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/tmp"
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$R/run"
@@ -103,7 +106,8 @@ hostname "$NAME"
 if [ ! -e "$D/installed" ]; then
     # First boot: what the Debian installer leaves behind that is this host's own.
     echo "$NAME" > "$R/etc/hostname"
-    printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' "$NAME" > "$R/etc/hosts"
+    printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' "$NAME" \
+        > "$R/etc/hosts"
     systemd-id128 new > "$R/etc/machine-id"
     rm -f "$R"/etc/ssh/ssh_host_*
     ssh-keygen -A -f "$R" -q >/dev/null
@@ -113,7 +117,8 @@ if [ ! -e "$D/installed" ]; then
     for unit in $enabled; do
         case " $FRESH_HOST_UNITS " in
             *" $unit "*) ;;
-            *) systemctl --root="$R" --quiet disable "$unit" 2>/dev/null || rm -f "$R"/etc/systemd/system/*.wants/"$unit" ;;
+            *) systemctl --root="$R" --quiet disable "$unit" 2>/dev/null \
+                   || rm -f "$R"/etc/systemd/system/*.wants/"$unit" ;;
         esac
     done
     systemctl --root="$R" --quiet enable ssh.service
@@ -133,8 +138,10 @@ exec env -i container=minicl-testhost /lib/systemd/systemd --system --unit=multi
 
 class CommandFailed(subprocess.CalledProcessError):
     def __str__(self):
-        return (f"{shlex.join(self.cmd)} exited {self.returncode}\n"
-                f"--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}")
+        return (
+            f"{shlex.join(self.cmd)} exited {self.returncode}\n"
+            f"--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
+        )
 
 
 def _children(pid):
@@ -186,7 +193,11 @@ class _Namespace:
     def __init__(self, unshare_args, setup_cmd, prefix=(), stdin=subprocess.DEVNULL, preexec_fn=None):
         self.proc = subprocess.Popen(
             [*prefix, "unshare", *unshare_args, "--fork", "--kill-child", *setup_cmd],
-            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn,
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=preexec_fn,
         )
         line = self.proc.stdout.readline()
         if line.strip() != "ready":
@@ -241,12 +252,23 @@ class Host:
         self.binds = list(binds)
         self.dir = os.path.join(lab.dir, name)  # a tmpfs, seen only from the holder's mount namespace
         self.cgroup = os.path.join(cgroup2_root(), f"{os.path.basename(lab.dir)}-{name}")
-        self.path = os.pathsep.join([os.path.dirname(sys.executable), "/usr/local/sbin",
-                                     "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"])
+        self.path = os.pathsep.join(
+            [
+                os.path.dirname(sys.executable),
+                "/usr/local/sbin",
+                "/usr/local/bin",
+                "/usr/sbin",
+                "/usr/bin",
+                "/sbin",
+                "/bin",
+            ]
+        )
         self.boots = 0
         self._spawned = []  # Popens of spawn(): their nsenter parent lives outside the host
-        self._holder = _Namespace(["--mount", "--propagation", "private"],
-                                  ["sh", "-c", HOLD, "minicl-hold", self.dir, "/usr/bin/python3", REAPER])
+        self._holder = _Namespace(
+            ["--mount", "--propagation", "private"],
+            ["sh", "-c", HOLD, "minicl-hold", self.dir, "/usr/bin/python3", REAPER],
+        )
         self.ns = None
         try:
             self.boot()
@@ -265,20 +287,35 @@ class Host:
 
         self.ns = _Namespace(
             ["--mount", "--uts", "--net", "--pid", "--ipc", "--cgroup", "--propagation", "private"],
-            ["env", f"FRESH_HOST_UNITS={' '.join(FRESH_HOST_UNITS)}", "sh", "-c", BOOT, "minicl-boot",
-             self.dir, self.name, *self.binds],
-            prefix=self._holder.nsenter("-m"), stdin=subprocess.PIPE, preexec_fn=into_own_cgroup,
+            [
+                "env",
+                f"FRESH_HOST_UNITS={' '.join(FRESH_HOST_UNITS)}",
+                "sh",
+                "-c",
+                BOOT,
+                "minicl-boot",
+                self.dir,
+                self.name,
+                *self.binds,
+            ],
+            prefix=self._holder.nsenter("-m"),
+            stdin=subprocess.PIPE,
+            preexec_fn=into_own_cgroup,
         )
         self.boots += 1
         self.lab._link(self)  # the NIC is up with its addresses before PID 1 starts, as on a real host
         self.ns.proc.stdin.write("go\n")
         self.ns.proc.stdin.close()
         deadline = time.monotonic() + timeout
-        while _comm(self.pid) != "systemd" or not os.path.exists(f"/proc/{self.pid}/root/run/systemd/private"):
+        while _comm(self.pid) != "systemd" or not os.path.exists(
+            f"/proc/{self.pid}/root/run/systemd/private"
+        ):
             if self.ns.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{self.name} did not boot systemd: {self.ns.proc.stderr.read()}")
             time.sleep(0.05)
-        state = self.run(["systemctl", "is-system-running", "--wait"], check=False, timeout=timeout).stdout.strip()
+        state = self.run(
+            ["systemctl", "is-system-running", "--wait"], check=False, timeout=timeout
+        ).stdout.strip()
         if self.boots == 1 and state != "running":
             failed = self.run(["systemctl", "--failed", "--no-legend", "--plain"], check=False).stdout
             raise RuntimeError(f"{self.name} booted {state!r}, failed units:\n{failed}")
@@ -327,10 +364,25 @@ class Host:
         ``systemd-run --scope`` (Salt's service module) can move it like any process of the host.
         """
         enter = os.path.join(self.cgroup, "minicl-enter")
-        env = ["env", "-i", f"PATH={self.path}", "HOME=/root", "LANG=C.UTF-8", "USER=root",
-               "LOGNAME=root", "SHELL=/bin/sh"]
-        return ["sh", "-c", 'mkdir -p "$0" && echo $$ > "$0/cgroup.procs" && exec "$@"', enter,
-                *self.ns.nsenter("-a", "-r", "-w"), *env, *cmd]
+        env = [
+            "env",
+            "-i",
+            f"PATH={self.path}",
+            "HOME=/root",
+            "LANG=C.UTF-8",
+            "USER=root",
+            "LOGNAME=root",
+            "SHELL=/bin/sh",
+        ]
+        return [
+            "sh",
+            "-c",
+            'mkdir -p "$0" && echo $$ > "$0/cgroup.procs" && exec "$@"',
+            enter,
+            *self.ns.nsenter("-a", "-r", "-w"),
+            *env,
+            *cmd,
+        ]
 
     def shell_hint(self):
         """How a person enters this host from this machine."""
@@ -342,8 +394,9 @@ class Host:
             cmd = ["sh", "-c", cmd]
         if env:
             cmd = ["env", *[f"{k}={v}" for k, v in env.items()], *cmd]
-        result = subprocess.run(self.command(cmd), input=input, capture_output=True, text=True,
-                                timeout=timeout, check=False)
+        result = subprocess.run(
+            self.command(cmd), input=input, capture_output=True, text=True, timeout=timeout, check=False
+        )
         if check and result.returncode != 0:
             raise CommandFailed(result.returncode, cmd, result.stdout, result.stderr)
         return result
@@ -368,8 +421,17 @@ class Host:
         self._spawned.clear()
 
     def write(self, path, content, mode=0o644):
-        self.run(["sh", "-c", 'mkdir -p "$(dirname "$1")" && umask 077 && cat > "$1" && chmod "$2" "$1"',
-                  "write", path, oct(mode)[2:]], input=content)
+        self.run(
+            [
+                "sh",
+                "-c",
+                'mkdir -p "$(dirname "$1")" && umask 077 && cat > "$1" && chmod "$2" "$1"',
+                "write",
+                path,
+                oct(mode)[2:],
+            ],
+            input=content,
+        )
 
     def read(self, path):
         return self.run(["cat", path]).stdout
@@ -392,15 +454,17 @@ class Host:
 
     def listen(self, ports):
         """Accept (and close) TCP connections on ``ports``, IPv4 and IPv6, until the host ends."""
-        code = ("import socket, threading\n"
-                "def serve(port):\n"
-                "    s = socket.create_server(('::', port), family=socket.AF_INET6, dualstack_ipv6=True)\n"
-                "    while True:\n"
-                "        s.accept()[0].close()\n"
-                f"for port in {tuple(ports)!r}:\n"
-                "    threading.Thread(target=serve, args=(port,), daemon=True).start()\n"
-                "print('ready', flush=True)\n"
-                "threading.Event().wait()\n")
+        code = (
+            "import socket, threading\n"
+            "def serve(port):\n"
+            "    s = socket.create_server(('::', port), family=socket.AF_INET6, dualstack_ipv6=True)\n"
+            "    while True:\n"
+            "        s.accept()[0].close()\n"
+            f"for port in {tuple(ports)!r}:\n"
+            "    threading.Thread(target=serve, args=(port,), daemon=True).start()\n"
+            "print('ready', flush=True)\n"
+            "threading.Event().wait()\n"
+        )
         proc = self.spawn(["python3", "-c", code])
         if proc.stdout.readline().strip() != "ready":
             raise RuntimeError(f"listener on {self.name} did not start: {proc.stderr.read()}")
@@ -408,26 +472,11 @@ class Host:
 
     def can_connect(self, ip, port, timeout=1.5):
         """True if a TCP connection from this host to ``ip``:``port`` succeeds."""
-        code = (f"import socket\ntry:\n socket.create_connection(({ip!r}, {port}), timeout={timeout}).close()\n"
-                "except OSError:\n raise SystemExit(1)")
+        code = (
+            f"import socket\ntry:\n socket.create_connection(({ip!r}, {port}), timeout={timeout}).close()\n"
+            "except OSError:\n raise SystemExit(1)"
+        )
         return self.run(["python3", "-c", code], check=False).returncode == 0
-
-    def salt_jobs_running(self):
-        """Whether a Salt job runs in this host (salt-call and salt-minion record them in one folder)."""
-        return bool(self.run("ls /var/cache/salt/minion/proc", check=False).stdout.strip())
-
-    def last_minicl_run(self):
-        """When minicl last recorded a highstate here (its textfile metric), 0 if never."""
-        path = os.path.join(metrics.TEXTFILE_DIR, metrics.RUN_FILE)
-        return metrics.last_run_timestamp(self.read(path)) if self.exists(path) else 0.0
-
-    def prometheus_query(self, expr, port=9090):
-        """The result vector of a PromQL query to the Prometheus on this host: [(labels, value)]."""
-        code = ("import json, sys, urllib.parse, urllib.request\n"
-                f"url = 'http://127.0.0.1:{port}/api/v1/query?query=' + urllib.parse.quote(sys.argv[1])\n"
-                "print(urllib.request.urlopen(url, timeout=10).read().decode())")
-        data = json.loads(self.run(["python3", "-c", code, expr]).stdout)
-        return [(item["metric"], float(item["value"][1])) for item in data["data"]["result"]]
 
     def start_sshd(self):
         """sshd runs from boot (ssh.service, as on a fresh Debian host); this starts it again."""
@@ -479,13 +528,37 @@ class Lab:
         host_net = ["nsenter", "-t", str(host.pid), "-n", "--"]
         # The same MAC address at every boot, as a real NIC has: peers' neighbour caches stay right.
         mac = f"02:00:00:00:{host.index // 256:02x}:{host.index % 256:02x}"
-        subprocess.run(["ip", "link", "add", "eth0", "address", mac, "netns", str(host.pid), "type", "veth",
-                        "peer", "name", port, "netns", str(self._switch.pid)],
-                       check=True, capture_output=True, text=True)
+        subprocess.run(
+            [
+                "ip",
+                "link",
+                "add",
+                "eth0",
+                "address",
+                mac,
+                "netns",
+                str(host.pid),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                port,
+                "netns",
+                str(self._switch.pid),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         self._in_switch(["ip", "link", "set", port, "master", "br0", "up"])
-        for cmd in (["ip", "link", "set", "lo", "up"], ["ip", "link", "set", "eth0", "up"],
-                    *(["ip", "addr", "add", a, "dev", "eth0", *(["nodad"] if ":" in a else [])]
-                      for a in host.addresses)):
+        for cmd in (
+            ["ip", "link", "set", "lo", "up"],
+            ["ip", "link", "set", "eth0", "up"],
+            *(
+                ["ip", "addr", "add", a, "dev", "eth0", *(["nodad"] if ":" in a else [])]
+                for a in host.addresses
+            ),
+        ):
             subprocess.run([*host_net, *cmd], check=True, capture_output=True, text=True)
 
     def remove_host(self, name):
@@ -550,7 +623,9 @@ class GitServer:
 
     def commit(self, files, message, branch="main", remove=()):
         """Write ``files`` ({path: text}) into the work tree, commit and push; returns the sha."""
-        self.host.run(f"cd {self.WORK} && (git checkout -q {branch} 2>/dev/null || git checkout -q -b {branch})")
+        self.host.run(
+            f"cd {self.WORK} && (git checkout -q {branch} 2>/dev/null || git checkout -q -b {branch})"
+        )
         for path, text in files.items():
             self.host.write(f"{self.WORK}/{path}", text, 0o600)
         for path in remove:

@@ -1,6 +1,6 @@
 """The demo cluster: cluster.json.example brought to life in test hosts on this machine.
 
-    sudo ./demo.sh            # or: .venv/bin/python -m minicl.demo [--keep]
+    sudo ./demo.sh            # or: .venv/bin/python -m minicl_lab.demo [--keep]
 
 A config repo host serves the example over SSH; every host of the example is started as a
 test host (Linux namespaces, overlay root: this machine's users, firewall and services are
@@ -21,8 +21,8 @@ import sys
 import tempfile
 import time
 
-from minicl import fakerelay
-from minicl.testhosts import GitServer, Lab
+from minicl_lab import fakerelay, probes
+from minicl_lab.testhosts import GitServer, Lab
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "cluster.json.example"
@@ -53,8 +53,7 @@ class Report:
             for text in failed:
                 print(f"  - {text}")
         else:
-            print(f"demo: all {len(self.checks)} checks passed "
-                  f"in {time.monotonic() - self.started:.0f} s")
+            print(f"demo: all {len(self.checks)} checks passed in {time.monotonic() - self.started:.0f} s")
         return not failed
 
 
@@ -89,8 +88,9 @@ def demo_config(workdir):
     private = {}
     for user, spec in config["users"].items():
         private[user], spec["ssh_key"] = make_key(workdir, f"{user}-demo")
-        spec["passwd"] = subprocess.run(["openssl", "passwd", "-6", f"{user}-demo"], check=True,
-                                        capture_output=True, text=True).stdout.strip()
+        spec["passwd"] = subprocess.run(
+            ["openssl", "passwd", "-6", f"{user}-demo"], check=True, capture_output=True, text=True
+        ).stdout.strip()
     return json.dumps(config, indent=2) + "\n", private
 
 
@@ -100,9 +100,28 @@ LISTEN_PORTS = (80, 443)  # stand-ins for web servers; 9100 is the real node exp
 
 def ssh_as(workstation, user, ip, command):
     return workstation.run(
-        ["ssh", "-i", f"/root/keys/{user}", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
-         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-         "-o", "ConnectTimeout=5", f"{user}@{ip}", command], check=False, timeout=60)
+        [
+            "ssh",
+            "-i",
+            f"/root/keys/{user}",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "ConnectTimeout=5",
+            f"{user}@{ip}",
+            command,
+        ],
+        check=False,
+        timeout=60,
+    )
 
 
 def run_demo(lab, report, workdir):
@@ -112,8 +131,10 @@ def run_demo(lab, report, workdir):
 
     report.step("starting the config repo host 'git' (sshd, git user, bare repo)")
     git = GitServer(lab.add_host("git", GIT_HOST), public_key)
-    first = git.commit({"cluster.json": config_text, "deploy.key": private_key},
-                       "cluster.json.example, with demo keys and passwords")
+    first = git.commit(
+        {"cluster.json": config_text, "deploy.key": private_key},
+        "cluster.json.example, with demo keys and passwords",
+    )
     report.step(f"pushed cluster.json.example (users get demo keys) as commit {first[:12]} to {git.url}")
 
     smtp = config["smtp"]
@@ -128,8 +149,11 @@ def run_demo(lab, report, workdir):
         host = lab.add_host(name, [cidr(ip) for ip in ips])
         host.run(f"echo '{RELAY_HOST[0].split('/')[0]} {RELAY_NAME}' >> /etc/hosts")  # the relay's DNS name
         host.write("/root/deploy.key", private_key, 0o600)
-        result = host.run(["minicl-bootstrap", f"--repo={git.url}", "--deploy-key=/root/deploy.key"],
-                          check=False, timeout=600)
+        result = host.run(
+            ["minicl-bootstrap", f"--repo={git.url}", "--deploy-key=/root/deploy.key"],
+            check=False,
+            timeout=600,
+        )
         report.check(result.returncode == 0, f"{name}: minicl-bootstrap exited {result.returncode}")
         if result.returncode != 0:
             print(result.stdout + result.stderr)
@@ -142,9 +166,11 @@ def run_demo(lab, report, workdir):
         code, planned = salt_json(host, "state.apply", "test=True")
         pending = [k for k, v in (planned or {}).items() if v.get("changes") or v.get("result") is None]
         applied = json.loads(host.read("/var/lib/minicl/applied.json"))
-        print(f"        {name}: roles {pillar['host']['roles']} -> states {pillar['states']}; "
-              f"addresses {grains['minicl_ipv4'] + grains['minicl_ipv6']}; "
-              f"users {sorted(pillar['cluster']['users'])}; applied commit {applied['commit'][:12]}")
+        print(
+            f"        {name}: roles {pillar['host']['roles']} -> states {pillar['states']}; "
+            f"addresses {grains['minicl_ipv4'] + grains['minicl_ipv6']}; "
+            f"users {sorted(pillar['cluster']['users'])}; applied commit {applied['commit'][:12]}"
+        )
         report.check(applied["commit"] == first, f"{name}: converged to commit {first[:12]}")
         report.check(code == 0 and not pending, f"{name}: state.apply test=True plans no change")
         for key in pending:
@@ -159,18 +185,41 @@ def run_demo(lab, report, workdir):
         ip = entry["ip"] if isinstance(entry["ip"], str) else entry["ip"][0]
         for user in user_keys:
             result = ssh_as(workstation, user, ip, f"echo {user}-demo | sudo -S -k -p '' id -un")
-            report.check(result.returncode == 0 and result.stdout.strip() == "root",
-                         f"{user} logs in to {name} with a key and becomes root with sudo")
+            report.check(
+                result.returncode == 0 and result.stdout.strip() == "root",
+                f"{user} logs in to {name} with a key and becomes root with sudo",
+            )
         workstation.write("/root/password", f"{next(iter(user_keys))}-demo\n", 0o600)
         result = workstation.run(
-            ["setsid", "-w", "ssh", "-o", "PubkeyAuthentication=no", "-o", "StrictHostKeyChecking=no",
-             "-o", "UserKnownHostsFile=/dev/null", "-o", "NumberOfPasswordPrompts=1", "-o", "LogLevel=ERROR",
-             f"{next(iter(user_keys))}@{ip}", "true"], check=False, timeout=60,
-            env={"SSH_ASKPASS": "/root/askpass", "SSH_ASKPASS_REQUIRE": "force"})
-        report.check(result.returncode == 255, f"password login to {name} is refused, even with the right password")
+            [
+                "setsid",
+                "-w",
+                "ssh",
+                "-o",
+                "PubkeyAuthentication=no",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "NumberOfPasswordPrompts=1",
+                "-o",
+                "LogLevel=ERROR",
+                f"{next(iter(user_keys))}@{ip}",
+                "true",
+            ],
+            check=False,
+            timeout=60,
+            env={"SSH_ASKPASS": "/root/askpass", "SSH_ASKPASS_REQUIRE": "force"},
+        )
+        report.check(
+            result.returncode == 255, f"password login to {name} is refused, even with the right password"
+        )
 
-    report.step("firewall: the node exporter (9100, cluster only) and the public ports, from a peer and from the "
-                "workstation (not in cluster.json)")
+    report.step(
+        "firewall: the node exporter (9100, cluster only) and the public ports, from a peer and from the "
+        "workstation (not in cluster.json)"
+    )
     for host in hosts.values():
         host.listen(LISTEN_PORTS)
     names = list(hosts)
@@ -182,7 +231,9 @@ def run_demo(lab, report, workdir):
         for spec in entry.get("public_ports", []):
             port = int(spec.split("/")[0].split("-")[0])
             if spec.endswith("/tcp") and port in LISTEN_PORTS:
-                report.check(workstation.can_connect(ip, port), f"the workstation reaches {name}:{port} (public)")
+                report.check(
+                    workstation.can_connect(ip, port), f"the workstation reaches {name}:{port} (public)"
+                )
 
     report.step("root mail from every host: echo ... | mail -s ... root, then look at the relay")
     for name, host in hosts.items():
@@ -190,30 +241,43 @@ def run_demo(lab, report, workdir):
     deadline = time.monotonic() + 30
     while len(fakerelay.received(relay)) < len(hosts) and time.monotonic() < deadline:
         time.sleep(0.3)
-    got = {m["data"].split("demo: root mail from ")[1].split()[0]: m for m in fakerelay.received(relay)
-           if "demo: root mail from " in m["data"]}
+    got = {
+        m["data"].split("demo: root mail from ")[1].split()[0]: m
+        for m in fakerelay.received(relay)
+        if "demo: root mail from " in m["data"]
+    }
     for name in hosts:
         message = got.get(name)
-        report.check(bool(message) and message["rcpt_tos"] == [config["admin_email"]] and message["tls"]
-                     and message["login"] == smtp["username"],
-                     f"{name}: root's mail reached the relay for {config['admin_email']}, over TLS, "
-                     f"after AUTH as {smtp['username']}")
+        report.check(
+            bool(message)
+            and message["rcpt_tos"] == [config["admin_email"]]
+            and message["tls"]
+            and message["login"] == smtp["username"],
+            f"{name}: root's mail reached the relay for {config['admin_email']}, over TLS, "
+            f"after AUTH as {smtp['username']}",
+        )
 
     monitors = [name for name, entry in config["hosts"].items() if "monitor" in entry["roles"]]
     for monitor_name in monitors:
-        report.step(f"monitoring: {monitor_name}'s Prometheus scrapes every node exporter "
-                    "(up, and the config commit each host applied)")
+        report.step(
+            f"monitoring: {monitor_name}'s Prometheus scrapes every node exporter "
+            "(up, and the config commit each host applied)"
+        )
         scraped = {}
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            scraped = {labels["instance"]: labels["commit"]
-                       for labels, _ in hosts[monitor_name].prometheus_query("minicl_config_commit_info")}
+            scraped = {
+                labels["instance"]: labels["commit"]
+                for labels, _ in probes.prometheus_query(hosts[monitor_name], "minicl_config_commit_info")
+            }
             if len(scraped) == len(hosts):
                 break
             time.sleep(1)
         for name in hosts:
-            report.check(scraped.get(name) == first, f"{monitor_name} scrapes {name}: commit "
-                         f"{(scraped.get(name) or 'nothing')[:12]}")
+            report.check(
+                scraped.get(name) == first,
+                f"{monitor_name} scrapes {name}: commit {(scraped.get(name) or 'nothing')[:12]}",
+            )
 
     name, host = next(iter(hosts.items()))
     report.step(f"pushing a bad commit (a uid in the system range), then state.apply on {name}")
@@ -224,23 +288,29 @@ def run_demo(lab, report, workdir):
     code, _ = salt_json(host, "state.apply")
     _, pillar = salt_json(host, "pillar.get", "minicl:status", "unmask=True")
     print(f"        {name}: status error: {pillar.get('error', '(none)').splitlines()[-1]}")
-    report.check(code == 0 and pillar.get("commit") == first and pillar.get("bad_commit") == bad,
-                 f"{name}: kept serving the last good commit {first[:12]}, reported bad commit {bad[:12]}")
+    report.check(
+        code == 0 and pillar.get("commit") == first and pillar.get("bad_commit") == bad,
+        f"{name}: kept serving the last good commit {first[:12]}, reported bad commit {bad[:12]}",
+    )
 
     report.step("pushing the fix")
     fixed = git.commit({"cluster.json": config_text}, "fix the uid")
     code, _ = salt_json(host, "state.apply")
     _, pillar = salt_json(host, "pillar.get", "minicl:status", "unmask=True")
-    report.check(code == 0 and pillar.get("commit") == fixed and pillar.get("ok"),
-                 f"{name}: picked up the fixed commit {fixed[:12]}")
+    report.check(
+        code == 0 and pillar.get("commit") == fixed and pillar.get("ok"),
+        f"{name}: picked up the fixed commit {fixed[:12]}",
+    )
 
     show_schedule(report, git, hosts, workstation, workdir, json.loads(config_text))
     return hosts
 
 
 def show_schedule(report, git, hosts, workstation, workdir, config):
-    report.step(f"scheduled runs: minicl-minion.service (salt-minion under systemd, started by minicl-bootstrap) "
-                f"on every host, schedule {DEMO_SCHEDULE['interval']} ± {DEMO_SCHEDULE['splay']}")
+    report.step(
+        f"scheduled runs: minicl-minion.service (salt-minion under systemd, started by minicl-bootstrap) "
+        f"on every host, schedule {DEMO_SCHEDULE['interval']} ± {DEMO_SCHEDULE['splay']}"
+    )
     for name, host in hosts.items():
         state = host.unit_state("minicl-minion.service")
         report.check(state == "active", f"{name}: minicl-minion.service is {state}")
@@ -258,9 +328,11 @@ def show_schedule(report, git, hosts, workstation, workdir, config):
             if host.run(["getent", "passwd", "carol"], check=False).returncode == 0:
                 ip = config["hosts"][name]["ip"][0]
                 login = ssh_as(workstation, "carol", ip, "id -un")
-                report.check(login.returncode == 0 and login.stdout.strip() == "carol",
-                             f"{name}: carol logs in with her key, {time.monotonic() - pushed_at:.0f} s after "
-                             "the push, by the schedule alone")
+                report.check(
+                    login.returncode == 0 and login.stdout.strip() == "carol",
+                    f"{name}: carol logs in with her key, {time.monotonic() - pushed_at:.0f} s after "
+                    "the push, by the schedule alone",
+                )
                 del pending[name]
         time.sleep(1)
     for name in pending:
@@ -268,9 +340,10 @@ def show_schedule(report, git, hosts, workstation, workdir, config):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="minicl.demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the test hosts up until Ctrl-C, to look around in them")
+    parser = argparse.ArgumentParser(prog="minicl_lab.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the test hosts up until Ctrl-C, to look around in them"
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("demo: run as root (test hosts are Linux namespaces)", file=sys.stderr)
