@@ -23,6 +23,7 @@ import stat
 import subprocess
 from dataclasses import dataclass, field
 
+from minicl.errors import MiniclError
 from minicl.files import write_file
 
 ADMIN_GROUP = "sudo"
@@ -85,7 +86,7 @@ class Snapshot:
         return name in self.groups.get(admin_group, (None, []))[1]
 
 
-class AccountsError(Exception):
+class AccountsError(MiniclError):
     """The account data minicl relies on cannot be read."""
 
 
@@ -346,7 +347,7 @@ def write_keys_file(home, uid, gid, text):
         os.close(ssh_fd)
 
 
-class ApplyError(Exception):
+class ApplyError(MiniclError):
     pass
 
 

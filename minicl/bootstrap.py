@@ -30,6 +30,7 @@ import yaml
 
 from minicl import config, minion, netinfo, saltext, schedule
 from minicl.configrepo import ConfigRepo, NoGoodCommit, safe_url
+from minicl.errors import MiniclError
 from minicl.files import write_file
 
 ETC_DIR = "/etc/minicl"
@@ -40,7 +41,7 @@ EXIT_FAILED = 1
 EXIT_NOT_IN_CLUSTER = 3
 
 
-class BootstrapError(Exception):
+class BootstrapError(MiniclError):
     pass
 
 

@@ -20,6 +20,8 @@ from urllib.parse import urlparse
 
 import jsonschema
 
+from minicl.errors import MiniclError
+
 SOURCE = "cluster.json"
 MIN_UID = 1000
 NOBODY_UID = 65534
@@ -104,7 +106,7 @@ class Problem:
         return hash(str(self))
 
 
-class ConfigError(Exception):
+class ConfigError(MiniclError):
     """cluster.json is not usable; ``problems`` lists every reason."""
 
     def __init__(self, problems):

@@ -41,6 +41,7 @@ import git
 
 from minicl import release
 from minicl.config import Cluster, ConfigError, Problem, bounded, load_cluster, parse_json
+from minicl.errors import MiniclError
 from minicl.files import write_file
 
 log = logging.getLogger(__name__)
@@ -89,15 +90,15 @@ def lock_holders(path):
     return sorted(pids)
 
 
-class NoGoodCommit(Exception):
+class NoGoodCommit(MiniclError):
     """No commit of the config repo has ever passed validation on this host."""
 
 
-class UnsafeTree(Exception):
+class UnsafeTree(MiniclError):
     """The commit's tree holds something that must not be written out (path or link escape)."""
 
 
-class DoesNotRender(Exception):
+class DoesNotRender(MiniclError):
     """This host's highstate does not render from the commit; ``problems``: {sls: error}."""
 
     def __init__(self, problems):
@@ -105,7 +106,7 @@ class DoesNotRender(Exception):
         super().__init__("\n".join(problems.values()))
 
 
-class NoRoom(OSError):
+class NoRoom(MiniclError, OSError):
     """Not enough free space to write a commit's files (checked before writing any)."""
 
 

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 
 from minicl.config import parse_port_spec
+from minicl.errors import MiniclError
 from minicl.files import write_file
 
 NFT = "/usr/sbin/nft"
@@ -47,7 +48,7 @@ ICMPV6_NEEDED = (
 ICMP_NEEDED = ("destination-unreachable", "time-exceeded", "parameter-problem")
 
 
-class FirewallError(Exception):
+class FirewallError(MiniclError):
     pass
 
 

@@ -13,6 +13,8 @@ import subprocess
 import sys
 import time
 
+from minicl.errors import MiniclError
+
 UNIT_NAME = "minicl-minion.service"
 UNIT_PATH = f"/etc/systemd/system/{UNIT_NAME}"
 STOP_TIMEOUT = 600
@@ -38,7 +40,7 @@ WantedBy=multi-user.target
 """
 
 
-class MinionUnitError(Exception):
+class MinionUnitError(MiniclError):
     pass
 
 

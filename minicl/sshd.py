@@ -16,6 +16,8 @@ import subprocess
 import tempfile
 from contextlib import contextmanager
 
+from minicl.errors import MiniclError
+
 SSHD = "/usr/sbin/sshd"
 MAIN_CONFIG = "/etc/ssh/sshd_config"
 DROPIN_DIR = "/etc/ssh/sshd_config.d"
@@ -48,7 +50,7 @@ def wanted_settings(disable_passwords):
     return {"permitrootlogin": HARDENED["permitrootlogin"]}
 
 
-class CheckFailed(Exception):
+class CheckFailed(MiniclError):
     pass
 
 
