@@ -10,6 +10,7 @@ import os
 
 try:
     from minicl import cli, config, schedule
+    from minicl import paths as minicl_paths
 
     HAS_MINICL = True
 except ImportError as exc:  # pragma: no cover
@@ -34,6 +35,14 @@ def status():
     return json.loads(json.dumps(__pillar__.get("minicl", {}).get("status", {})))
 
 
+def paths():
+    """Where minicl keeps things on this host, by name (what the SLS files use).
+
+    CLI Example: ``salt-call --local minicl.paths``
+    """
+    return minicl_paths.as_dict()
+
+
 def validate(path):
     """Validate a cluster.json file (roles against the roles/ folder beside it), as
     ``minicl validate`` does; returns {"valid": bool, "problems": [...]}.
@@ -45,10 +54,16 @@ def validate(path):
 
 
 def schedule_file():
-    """Where the base role writes the minion's schedule: minion.d beside the minion config."""
+    """Where the base role writes the minion's schedule: minion.d beside the minion config.
+
+    CLI Example: ``salt-call --local minicl.schedule_file``
+    """
     return schedule.config_path(os.path.dirname(__opts__["conf_file"]))
 
 
 def schedule_config():
-    """The minion config file with the scheduled jobs (highstate, checks) of cluster.json."""
+    """The minion config file with the scheduled jobs (highstate, checks) of cluster.json.
+
+    CLI Example: ``salt-call --local minicl.schedule_config``
+    """
     return schedule.render(config.Cluster(__pillar__["minicl"]["cluster"]))

@@ -33,12 +33,19 @@ def main_cf():
 
 
 def aliases():
-    """/etc/aliases for this host: root to admin_email, system accounts to root."""
+    """/etc/aliases for this host: root to admin_email, system accounts to root.
+
+    CLI Example: ``salt-call --local minicl_mail.aliases``
+    """
     cluster, _ = _cluster()
     return mail.render_aliases(cluster, mail.system_accounts())
 
 
 def mailname():
+    """/etc/mailname for this host: its FQDN in the cluster's domain.
+
+    CLI Example: ``salt-call --local minicl_mail.mailname``
+    """
     cluster, host = _cluster()
     return cluster.fqdn(host) + "\n"
 

@@ -29,40 +29,62 @@ def _cluster():
 
 
 def prometheus_config():
-    """prometheus.yml for this monitor host."""
+    """prometheus.yml for this monitor host.
+
+    CLI Example: ``salt-call --local minicl_monitor.prometheus_config``
+    """
     cluster, host = _cluster()
     return monitor.render_prometheus(cluster, host)
 
 
 def rules():
-    """minicl's alert rules, with the timing of cluster.json."""
+    """minicl's alert rules, with the timing of cluster.json.
+
+    CLI Example: ``salt-call --local minicl_monitor.rules``
+    """
     cluster, _ = _cluster()
     return monitor.render_rules(cluster)
 
 
 def node_targets():
-    """The node exporters of every host (file_sd JSON)."""
+    """The node exporters of every host (file_sd JSON).
+
+    CLI Example: ``salt-call --local minicl_monitor.node_targets``
+    """
     cluster, _ = _cluster()
     return monitor.render_node_targets(cluster)
 
 
 def monitor_targets():
-    """The Prometheus servers of every monitor host (file_sd JSON): monitors watch each other."""
+    """The Prometheus servers of every monitor host (file_sd JSON): monitors watch each other.
+
+    CLI Example: ``salt-call --local minicl_monitor.monitor_targets``
+    """
     cluster, _ = _cluster()
     return monitor.render_monitor_targets(cluster)
 
 
 def prometheus_defaults():
-    """/etc/default/prometheus: the retention from cluster.json."""
+    """/etc/default/prometheus: the retention from cluster.json.
+
+    CLI Example: ``salt-call --local minicl_monitor.prometheus_defaults``
+    """
     cluster, _ = _cluster()
     return monitor.render_prometheus_defaults(cluster)
 
 
 def alertmanager_config():
-    """alertmanager.yml: every alert to admin_email through this host's Postfix."""
+    """alertmanager.yml: every alert to admin_email through this host's Postfix.
+
+    CLI Example: ``salt-call --local minicl_monitor.alertmanager_config``
+    """
     cluster, host = _cluster()
     return monitor.render_alertmanager(cluster, host)
 
 
 def alertmanager_defaults():
+    """/etc/default/prometheus-alertmanager: the options minicl's Alertmanager runs with.
+
+    CLI Example: ``salt-call --local minicl_monitor.alertmanager_defaults``
+    """
     return monitor.render_alertmanager_defaults()

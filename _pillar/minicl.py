@@ -38,6 +38,7 @@ import multiprocessing
 import os
 
 try:
+    from minicl import paths
     from minicl.config import ConfigError, host_snippet
     from minicl.configrepo import ConfigRepo, NoGoodCommit
     from minicl.rendercheck import RenderCheck
@@ -74,10 +75,11 @@ def ext_pillar(
     branch="main",
     deploy_key=None,
     known_hosts=None,
-    cache_dir="/var/lib/minicl",
+    cache_dir=None,
     timeout=30,
     applied_file=None,
 ):  # pylint: disable=unused-argument
+    cache_dir = cache_dir or paths.STATE_DIR
     config_repo = ConfigRepo(
         cache_dir, repo, branch=branch, deploy_key=deploy_key, known_hosts=known_hosts, timeout=timeout
     )

@@ -11,18 +11,20 @@ table with postmap only when it changed. Neither the password nor a diff ever ap
 state's output; the credentials are read from the pillar here, so they are not in the SLS data.
 """
 
-import difflib
 import os
 import subprocess
 
 try:
-    from minicl import config, mail
+    from minicl import config, mail, paths, statekit
     from minicl.files import read_file, write_file
 
     HAS_MINICL = True
 except ImportError as exc:  # pragma: no cover
     HAS_MINICL = False
     IMPORT_ERROR = str(exc)
+
+# Unavailable without minicl (see __virtual__), but the module must still load to say why.
+_guarded = statekit.guarded if HAS_MINICL else (lambda func: func)
 
 __virtualname__ = "minicl_mail"
 
@@ -33,10 +35,12 @@ def __virtual__():
     return __virtualname__
 
 
-def aliases(name="/etc/aliases"):
+@_guarded
+def aliases(name=None):
     """/etc/aliases from cluster.json and this host's system accounts, read when the state runs
     (after packages have added theirs), and ``newaliases`` whenever the map is older than it."""
-    ret = {"name": name, "result": True, "changes": {}, "comment": ""}
+    name = name or paths.ALIASES
+    ret = statekit.new_ret(name)
     cluster = config.Cluster(__pillar__["minicl"]["cluster"])
     wanted = mail.render_aliases(cluster, mail.system_accounts())
     current = read_file(name)
@@ -47,9 +51,7 @@ def aliases(name="/etc/aliases"):
         return ret
     changes = {}
     if current != wanted:
-        changes["diff"] = "".join(
-            difflib.unified_diff(current.splitlines(True), wanted.splitlines(True), name, name)
-        )
+        changes["diff"] = statekit.diff(current, wanted, name, name)
     changes["newaliases"] = f"{db} rebuilt"
     if __opts__["test"]:
         ret["result"], ret["changes"], ret["comment"] = None, changes, f"{name} would be updated"
@@ -68,7 +70,8 @@ def _step(name, done, comment_done, change, comment_todo, act):
     """A state that acts only while ``done()`` is false. Python checks, not a cmd state's
     ``unless``: Salt looks up a ``mod_run_check`` for that, which cmd lacks, and the miss makes
     it load every state and execution module once per run (about 1.5 s)."""
-    ret = {"name": name, "result": True, "changes": {}, "comment": comment_done}
+    ret = statekit.new_ret(name)
+    ret["comment"] = comment_done
     if done():
         return ret
     ret["changes"], ret["comment"] = change, comment_todo
@@ -78,8 +81,8 @@ def _step(name, done, comment_done, change, comment_todo, act):
     try:
         act()
     except (OSError, subprocess.CalledProcessError) as exc:
-        detail = getattr(exc, "stderr", None) or str(exc)
-        ret["result"], ret["changes"], ret["comment"] = False, {}, f"{comment_todo} failed: {detail.strip()}"
+        ret["result"], ret["changes"] = False, {}
+        ret["comment"] = f"{comment_todo} failed: {statekit.failure(exc)}"
     return ret
 
 
@@ -117,8 +120,10 @@ def _owner_mode(path):
     return info.st_uid, info.st_mode & 0o777
 
 
+@_guarded
 def sasl_passwd(name):
-    ret = {"name": name, "result": True, "changes": {}, "comment": ""}
+    """The relay credentials file ``name`` and its postmap table (see above)."""
+    ret = statekit.new_ret(name)
     cluster = config.Cluster(__pillar__["minicl"]["cluster"])
     wanted = mail.render_sasl_passwd(cluster)
     db = name + ".db"

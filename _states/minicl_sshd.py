@@ -14,17 +14,19 @@ firewall does not open yet. When the file is already right, it checks that sshd 
 with these settings.
 """
 
-import difflib
 import os
 
 try:
-    from minicl import accounts, config, firewall, sshd
+    from minicl import accounts, config, firewall, sshd, statekit
     from minicl.files import read_file, write_file
 
     HAS_MINICL = True
 except ImportError as exc:  # pragma: no cover
     HAS_MINICL = False
     IMPORT_ERROR = str(exc)
+
+# Unavailable without minicl (see __virtual__), but the module must still load to say why.
+_guarded = statekit.guarded if HAS_MINICL else (lambda func: func)
 
 __virtualname__ = "minicl_sshd"
 
@@ -37,31 +39,25 @@ def __virtual__():
     return __virtualname__
 
 
+@_guarded
 def hardened(name, users=None, admin_group=None):
-    ret = {"name": name, "result": True, "changes": {}, "comment": ""}
+    """The drop-in ``name`` as described above. ``users`` (default: the pillar's) and
+    ``admin_group`` (default sudo) are for tests and special hosts."""
+    ret = statekit.new_ret(name)
     cluster = config.Cluster(__pillar__["minicl"]["cluster"])
     users = cluster.users if users is None else users
     port = cluster.firewall_option("ssh_port")
     try:
-        plans = accounts.plan_all(
-            users, accounts.Snapshot.read(), accounts.Registry.load(), admin_group or accounts.ADMIN_GROUP
-        )
+        admins, guard = sshd.login_guard(users, admin_group or accounts.ADMIN_GROUP, not __opts__["test"])
     except accounts.AccountsError as exc:
         ret["result"], ret["comment"] = False, f"{name} not changed: {exc}"
         return ret
-    # After minicl_users ran, only accounts that really converged count; test=True can only plan.
-    admins = accounts.usable_admins(users, {p.name: p for p in plans}, converged=not __opts__["test"])
-    reason = (
-        "no cluster user could log in with a key and use sudo (each is missing a key, has a "
-        "locked password, is in conflict with a local account, or failed to converge); fix that first"
-    )
-    guard = "" if admins else f"Refusing to disable password login: {reason}. "
-    text = sshd.render_dropin(bool(admins), reason, port)
+    text = sshd.render_dropin(admins, sshd.NO_ADMIN, port)
     current = read_file(name)
 
     if current == text:
         try:
-            wrong = sshd.differences(sshd.live_settings(), bool(admins), port)
+            wrong = sshd.differences(sshd.live_settings(), admins, port)
         except (sshd.CheckFailed, OSError) as exc:
             wrong = [str(exc)]
         ret["result"] = not guard and not wrong
@@ -74,17 +70,16 @@ def hardened(name, users=None, admin_group=None):
 
     listening = sshd.listening_ports()
     table = firewall.live()[1]
-    if port not in listening and table and port not in firewall.ssh_ports_open(table):
-        ret["result"] = False
-        ret["comment"] = (
-            guard + f"{name} not changed: sshd stays on port {listening} until the firewall "
-            f"(table inet minicl) opens port {port}"
-        )
+    blocked = sshd.port_move_blocked(
+        port, listening, table, firewall.ssh_ports_open(table) if table else set()
+    )
+    if blocked:
+        ret["result"], ret["comment"] = False, guard + f"{name} not changed: {blocked}"
         return ret
 
-    diff = "".join(difflib.unified_diff(current.splitlines(True), text.splitlines(True), name, name))
+    diff = statekit.diff(current, text, name, name)
     try:
-        sshd.check_candidate(text, bool(admins), port, dropin_dir=os.path.dirname(name))
+        sshd.check_candidate(text, admins, port, dropin_dir=os.path.dirname(name))
     except (sshd.CheckFailed, OSError) as exc:
         ret["result"], ret["comment"] = False, guard + f"{name} not changed: {exc}"
         return ret

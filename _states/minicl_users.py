@@ -13,7 +13,7 @@ never shown: changes name what changed and the keys' fingerprints.
 """
 
 try:
-    from minicl import accounts
+    from minicl import accounts, statekit
 
     HAS_MINICL = True
 except ImportError as exc:  # pragma: no cover
@@ -35,7 +35,7 @@ def managed(name, users=None, admin_group=None, registry=None):
     if users is None:
         users = __pillar__["minicl"]["cluster"]["users"]
     admin_group = admin_group or accounts.ADMIN_GROUP
-    ret = {"name": name, "result": True, "changes": {}, "comment": ""}
+    ret = statekit.new_ret(name)
     try:
         registry = accounts.Registry.load(registry or accounts.REGISTRY_PATH)
         plans = accounts.plan_all(users, accounts.Snapshot.read(), registry, admin_group)

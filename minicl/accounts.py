@@ -23,6 +23,7 @@ import stat
 import subprocess
 from dataclasses import dataclass, field
 
+from minicl import paths
 from minicl.errors import MiniclError
 from minicl.files import write_file
 
@@ -30,7 +31,7 @@ ADMIN_GROUP = "sudo"
 LOGIN_SHELL = "/bin/bash"
 NOLOGIN_SHELL = "/usr/sbin/nologin"
 HOME_BASE = "/home"
-REGISTRY_PATH = "/var/lib/minicl/users.json"
+REGISTRY_PATH = paths.USERS_REGISTRY
 KEYS_HEADER = "# Managed by minicl from cluster.json; keys added here are removed on the next run.\n"
 REMOVED_KEYS = "# Managed by minicl: this user was removed from cluster.json.\n"
 MAX_KEYS_FILE = 1 << 20  # larger is not minicl's: rewrite it rather than read it

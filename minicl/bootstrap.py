@@ -28,14 +28,14 @@ import sys
 
 import yaml
 
-from minicl import config, minion, netinfo, saltext, schedule
+from minicl import config, minion, netinfo, paths, saltext, schedule
 from minicl.configrepo import ConfigRepo, NoGoodCommit, safe_url
 from minicl.errors import MiniclError
 from minicl.files import write_file
 
-ETC_DIR = "/etc/minicl"
-SALT_CONFIG_DIR = "/etc/salt"
-CACHE_DIR = "/var/lib/minicl"
+ETC_DIR = paths.ETC_DIR
+SALT_CONFIG_DIR = paths.SALT_CONFIG_DIR
+CACHE_DIR = paths.STATE_DIR
 STATE_QUEUE = 8  # state runs that may wait for the one in progress; more are refused
 EXIT_FAILED = 1
 EXIT_NOT_IN_CLUSTER = 3

@@ -19,18 +19,19 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
+from minicl import paths
 from minicl.config import parse_port_spec
 from minicl.errors import MiniclError
-from minicl.files import write_file
+from minicl.files import read_file, write_file
 
 NFT = "/usr/sbin/nft"
 TABLE = "minicl"
-PERSIST_PATH = "/etc/nftables.d/minicl.nft"
-NFTABLES_CONF = "/etc/nftables.conf"
-LOCAL_RULES_PATH = "/etc/minicl/firewall.local.nft"
-STATE_DIR = "/var/lib/minicl"
-DEADMAN_PIDFILE = "/run/minicl-firewall-deadman.pid"
-BREAK_GLASS_PATH = "/etc/minicl/firewall.off"  # present: minicl leaves the firewall alone
+PERSIST_PATH = paths.FIREWALL_SAVED
+NFTABLES_CONF = paths.NFTABLES_CONF
+LOCAL_RULES_PATH = paths.FIREWALL_LOCAL_RULES
+STATE_DIR = paths.STATE_DIR
+DEADMAN_PIDFILE = paths.DEADMAN_PIDFILE
+BREAK_GLASS_PATH = paths.FIREWALL_BREAK_GLASS  # present: minicl leaves the firewall alone
 
 ICMPV6_NEEDED = (
     "destination-unreachable",
@@ -332,3 +333,38 @@ def stop_stray_deadman():
             os.unlink(DEADMAN_PIDFILE)
         except OSError:
             pass
+
+
+@dataclass
+class Plan:
+    """The ruleset a host must have, against what it has (``plan``)."""
+
+    spec: Spec
+    text: str  # the ruleset to load and to save for the next boot
+    wanted: object  # normalised, to compare
+    wanted_listing: str
+    current: object
+    current_listing: str
+    persisted: bool  # PERSIST_PATH already holds ``text``
+
+    @property
+    def table_differs(self):
+        return self.wanted != self.current
+
+    @property
+    def summary(self):
+        spec = self.spec
+        return (
+            f"{len(spec.trusted_v4) + len(spec.trusted_v6)} trusted networks, ssh on {spec.ssh_ports}, "
+            f"public tcp {spec.public_tcp or 'none'}, udp {spec.public_udp or 'none'}"
+        )
+
+
+def plan(cluster, host, local_rules, listening_ssh_ports):
+    """What table inet minicl must become on ``host``, compared with the live one and the saved
+    one. Raises FirewallError if nft rejects the rendered ruleset."""
+    spec = host_spec(cluster, host, local_rules, listening_ssh_ports)
+    text = render_ruleset(spec)
+    wanted, wanted_listing = canonical(text)
+    current, current_listing = live()
+    return Plan(spec, text, wanted, wanted_listing, current, current_listing, read_file(PERSIST_PATH) == text)

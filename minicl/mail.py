@@ -10,8 +10,10 @@ import secrets
 import subprocess
 import time
 
-SASL_PASSWD = "/etc/postfix/sasl_passwd"
-CA_CERT = "/usr/local/share/ca-certificates/minicl-cluster-ca.crt"
+from minicl import paths
+
+SASL_PASSWD = paths.SASL_PASSWD
+CA_CERT = paths.CLUSTER_CA
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 IMPLICIT_TLS_PORT = 465
 
@@ -144,7 +146,7 @@ def queue():
     }
 
 
-LOG_FILE = "/var/log/postfix.log"
+LOG_FILE = paths.POSTFIX_LOG
 
 
 def send_test_message(to, subject, body, fqdn):

@@ -27,9 +27,10 @@ from datetime import datetime
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from minicl import paths
 from minicl.files import write_file
 
-TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
+TEXTFILE_DIR = paths.TEXTFILE_DIR
 RUN_FILE = "minicl_run.prom"
 CHECKS_FILE = "minicl_checks.prom"
 HIGHSTATE_FUNCTIONS = ("state.apply", "state.highstate")

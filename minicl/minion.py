@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+from minicl import paths
 from minicl.errors import MiniclError
 
 UNIT_NAME = "minicl-minion.service"
@@ -95,7 +96,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m minicl.minion")
     sub = parser.add_subparsers(dest="command", required=True)
     wait = sub.add_parser("wait-for-jobs", help="return once the minion runs no job")
-    wait.add_argument("-c", "--config-dir", default="/etc/salt")
+    wait.add_argument("-c", "--config-dir", default=paths.SALT_CONFIG_DIR)
     args = parser.parse_args(argv)
     if args.command == "wait-for-jobs":
         wait_for_jobs(args.config_dir)

@@ -16,11 +16,12 @@ import subprocess
 import tempfile
 from contextlib import contextmanager
 
+from minicl import accounts, paths
 from minicl.errors import MiniclError
 
 SSHD = "/usr/sbin/sshd"
 MAIN_CONFIG = "/etc/ssh/sshd_config"
-DROPIN_DIR = "/etc/ssh/sshd_config.d"
+DROPIN_DIR = paths.SSHD_DROPIN_DIR
 DROPIN_NAME = "00-minicl.conf"
 PRIVSEP_DIR = "/run/sshd"
 ALIASES = {"without-password": "prohibit-password"}  # sshd -T prints the old name
@@ -149,3 +150,26 @@ def reload_sshd():
         return "sshd reloaded"
     except (OSError, ValueError):
         return "sshd is not running; it reads the new configuration when it starts"
+
+
+NO_ADMIN = (
+    "no cluster user could log in with a key and use sudo (each is missing a key, has a "
+    "locked password, is in conflict with a local account, or failed to converge); fix that first"
+)
+
+
+def login_guard(users, admin_group, converged):
+    """Whether password login may be turned off: some cluster user can log in with a key and
+    use sudo (after minicl_users ran, ``converged``: only accounts that really converged count).
+    Returns (True, "") or (False, the refusal to show). Raises AccountsError."""
+    plans = accounts.plan_all(users, accounts.Snapshot.read(), accounts.Registry.load(), admin_group)
+    if accounts.usable_admins(users, {p.name: p for p in plans}, converged=converged):
+        return True, ""
+    return False, f"Refusing to disable password login: {NO_ADMIN}. "
+
+
+def port_move_blocked(port, listening, firewall_listing, open_ports):
+    """Why sshd must not move to ``port`` yet (the firewall does not open it), or None."""
+    if port not in listening and firewall_listing and port not in open_ports:
+        return f"sshd stays on port {listening} until the firewall (table inet minicl) opens port {port}"
+    return None

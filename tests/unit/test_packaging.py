@@ -35,3 +35,15 @@ def test_entry_point_finds_the_loader_folders():
     for kind in ("modules", "pillar", "grains", "returners"):
         assert os.path.isfile(os.path.join(dirs[kind][0], "minicl.py"))
     assert os.path.isfile(os.path.join(saltext.states_dir(), "top.sls"))
+
+
+def test_every_public_execution_function_has_a_cli_example():
+    import ast
+
+    missing = []
+    for path in sorted((ROOT / "_modules").glob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
+                if "CLI Example" not in (ast.get_docstring(node) or ""):
+                    missing.append(f"{path.name}: {node.name}")
+    assert missing == []

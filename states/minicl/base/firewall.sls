@@ -1,4 +1,5 @@
 {#- The IP-ACL firewall (table inet minicl), kept across reboots by Debian's nftables service. #}
+{%- set paths = salt['minicl.paths']() %}
 minicl-nftables:
   pkg.installed:
     - name: nftables
@@ -11,8 +12,8 @@ minicl-firewall:
 
 minicl-firewall-at-boot:
   file.append:
-    - name: /etc/nftables.conf
-    - text: include "/etc/nftables.d/minicl.nft"
+    - name: {{ paths.nftables_conf }}
+    - text: include "{{ paths.firewall_saved }}"
     - require:
       - minicl_firewall: minicl-firewall
 {%- if grains.get('init') == 'systemd' %}

@@ -1,6 +1,7 @@
 {#- Root mail: Postfix as a null client through the cluster's authenticated relay. #}
 {%- set ca_url = salt['pillar.get']('minicl:cluster:ca_url') %}
-{%- set ca_file = '/usr/local/share/ca-certificates/minicl-cluster-ca.crt' %}
+{%- set paths = salt['minicl.paths']() %}
+{%- set ca_file = paths.cluster_ca %}
 {#- On systemd, postfix.service is a oneshot wrapper that stays "active" when the master dies. #}
 {%- set postfix_service = 'postfix@-' if grains.get('init') == 'systemd' else 'postfix' %}
 
@@ -33,13 +34,13 @@ minicl-postfix-main-cf:
 
 minicl-relay-credentials:
   minicl_mail.sasl_passwd:
-    - name: /etc/postfix/sasl_passwd
+    - name: {{ paths.sasl_passwd }}
     - require:
       - pkg: minicl-mail-packages
 
 minicl-aliases:
   minicl_mail.aliases:
-    - name: /etc/aliases
+    - name: {{ paths.aliases }}
     - require:
       - pkg: minicl-mail-packages
 
@@ -47,8 +48,8 @@ minicl-postfix-log-rotation:
   file.managed:
     - name: /etc/logrotate.d/minicl-postfix
     - contents: |
-        # Managed by minicl: Postfix writes /var/log/postfix.log itself (maillog_file).
-        /var/log/postfix.log {
+        # Managed by minicl: Postfix writes {{ paths.postfix_log }} itself (maillog_file).
+        {{ paths.postfix_log }} {
             weekly
             rotate 8
             compress

@@ -1,6 +1,6 @@
 {#- sshd without password logins (after the firewall, which opens its port first). #}
 minicl-sshd:
   minicl_sshd.hardened:
-    - name: /etc/ssh/sshd_config.d/00-minicl.conf
+    - name: {{ salt['minicl.paths']().sshd_dropin }}
     - require:
       - pkg: minicl-admin-packages

@@ -1,0 +1,30 @@
+"""Where minicl keeps things on a host: one place for each path, used by the Python code and,
+through ``salt['minicl.paths']()``, by the SLS files."""
+
+STATE_DIR = "/var/lib/minicl"  # the config repo cache (mode 0700), registries, firewall backups
+ETC_DIR = "/etc/minicl"  # deploy key, known_hosts, local firewall rules, break-glass switch
+SALT_CONFIG_DIR = "/etc/salt"
+
+USERS_REGISTRY = f"{STATE_DIR}/users.json"  # the accounts minicl created
+APPLIED_FILE = f"{STATE_DIR}/applied.json"  # the commit this host last converged to
+
+NFTABLES_CONF = "/etc/nftables.conf"
+FIREWALL_SAVED = "/etc/nftables.d/minicl.nft"  # table inet minicl, loaded by nftables.service at boot
+FIREWALL_LOCAL_RULES = f"{ETC_DIR}/firewall.local.nft"
+FIREWALL_BREAK_GLASS = f"{ETC_DIR}/firewall.off"
+DEADMAN_PIDFILE = "/run/minicl-firewall-deadman.pid"
+
+SSHD_DROPIN_DIR = "/etc/ssh/sshd_config.d"
+SSHD_DROPIN = f"{SSHD_DROPIN_DIR}/00-minicl.conf"
+
+SASL_PASSWD = "/etc/postfix/sasl_passwd"
+ALIASES = "/etc/aliases"
+CLUSTER_CA = "/usr/local/share/ca-certificates/minicl-cluster-ca.crt"
+POSTFIX_LOG = "/var/log/postfix.log"
+
+TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"  # Debian's node exporter textfile collector
+
+
+def as_dict():
+    """Every path above by its lower-case name, as the SLS files get them."""
+    return {name.lower(): value for name, value in globals().items() if name.isupper()}

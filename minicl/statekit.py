@@ -1,0 +1,42 @@
+"""What every minicl state function shares: its return, the diff it shows, and the rule that a
+minicl error ends as ``result: False`` with its message, never as a traceback.
+
+    @statekit.guarded
+    def applied(name):
+        ret = statekit.new_ret(name)
+        ...
+"""
+
+import difflib
+import functools
+import subprocess
+
+from minicl.errors import MiniclError
+
+
+def new_ret(name, result=True):
+    return {"name": name, "result": result, "changes": {}, "comment": ""}
+
+
+def diff(current, wanted, fromfile, tofile):
+    """A unified diff of two texts, for a state's ``changes``."""
+    return "".join(difflib.unified_diff(current.splitlines(True), wanted.splitlines(True), fromfile, tofile))
+
+
+def failure(exc):
+    """What went wrong, for a person: a command's own error output, else the error's message."""
+    return ((getattr(exc, "stderr", None) or "").strip() or str(exc)).strip()
+
+
+def guarded(func):
+    """A state function whose minicl errors, OS errors and failed commands become
+    ``result: False`` with ``<name>: <what went wrong>`` as the comment."""
+
+    @functools.wraps(func)
+    def state(name, *args, **kwargs):
+        try:
+            return func(name, *args, **kwargs)
+        except (MiniclError, OSError, subprocess.CalledProcessError) as exc:
+            return {"name": name, "result": False, "changes": {}, "comment": f"{name}: {failure(exc)}"}
+
+    return state

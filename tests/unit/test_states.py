@@ -1,0 +1,341 @@
+"""Every minicl state function in both modes, ``test=True`` and real, with the core functions it
+orchestrates replaced (saltext-vault's ``testmode`` fixture is the model). What the core
+functions do on a real host is tested in tests/integration; here: what a state decides, reports
+and changes, and that a minicl error ends as ``result: False``, never as a traceback."""
+
+import importlib.util
+import json
+import pathlib
+import subprocess
+
+import pytest
+
+from minicl import accounts, deadman, firewall, mail, sshd
+from minicl.firewall import Plan, Spec
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+EXAMPLE = json.loads((ROOT / "cluster.json.example").read_text())
+
+
+@pytest.fixture(params=[True, False], ids=["test", "real"])
+def testmode(request):
+    return request.param
+
+
+def load_state(name, testmode, pillar=None):
+    spec = importlib.util.spec_from_file_location(f"state_{name}", ROOT / "_states" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.__opts__ = {"test": testmode}
+    module.__pillar__ = pillar or {"minicl": {"cluster": EXAMPLE, "host": {"name": "alpha"}}}
+    return module
+
+
+class Calls(list):
+    """A stand-in that records its calls and returns ``result``."""
+
+    def __init__(self, result=None):
+        super().__init__()
+        self.result = result
+
+    def __call__(self, *args, **kwargs):
+        self.append(args)
+        if isinstance(self.result, Exception):
+            raise self.result
+        return self.result
+
+
+# -- minicl_firewall.applied ---------------------------------------------------------------
+
+
+@pytest.fixture
+def fw(tmp_path, monkeypatch, testmode):
+    monkeypatch.setattr(firewall, "PERSIST_PATH", str(tmp_path / "minicl.nft"))
+    monkeypatch.setattr(firewall, "BREAK_GLASS_PATH", str(tmp_path / "firewall.off"))
+    monkeypatch.setattr(firewall, "LOCAL_RULES_PATH", str(tmp_path / "firewall.local.nft"))
+    monkeypatch.setattr(sshd, "listening_ports", lambda: [22])
+    return load_state("minicl_firewall", testmode)
+
+
+def a_plan(differs=True, persisted=False):
+    return Plan(
+        Spec(trusted_v4=["198.51.100.0/24"]),
+        "table inet minicl {}\n",
+        "wanted",
+        "new listing\n",
+        "current" if differs else "wanted",
+        "old listing\n",
+        persisted,
+    )
+
+
+def test_firewall_as_it_should_be(fw, monkeypatch):
+    monkeypatch.setattr(firewall, "plan", lambda *args: a_plan(differs=False, persisted=True))
+    ret = fw.applied("inet minicl")
+    assert ret["result"] is True and ret["changes"] == {}
+    assert ret["comment"].startswith("table inet minicl is as cluster.json says (1 trusted networks")
+
+
+def test_firewall_change_is_shown_then_applied_with_the_deadman(fw, monkeypatch, testmode):
+    monkeypatch.setattr(firewall, "plan", lambda *args: a_plan())
+    replace = Calls(None)
+    monkeypatch.setattr(deadman, "replace_confirmed", replace)
+    monkeypatch.setattr(firewall, "live", lambda: ("wanted", "new listing\n"))
+    ret = fw.applied("inet minicl")
+    assert "-old listing\n+new listing\n" in ret["changes"]["diff"]
+    assert ret["changes"]["persisted"] == firewall.PERSIST_PATH
+    if testmode:
+        assert ret["result"] is None and replace == []
+        assert not pathlib.Path(firewall.PERSIST_PATH).exists()
+    else:
+        assert ret["result"] is True and len(replace) == 1
+        text, previous, peers, ports, seconds = replace[0]
+        assert (
+            previous == "old listing\n"
+            and ports == [22]
+            and seconds == EXAMPLE["firewall"].get("confirm_seconds", seconds)
+        )
+        assert pathlib.Path(firewall.PERSIST_PATH).read_text() == text
+
+
+def test_firewall_not_confirmed_keeps_the_previous_ruleset(fw, monkeypatch, testmode):
+    monkeypatch.setattr(firewall, "plan", lambda *args: a_plan())
+    monkeypatch.setattr(
+        deadman, "replace_confirmed", Calls("no peer answered: the previous ruleset is restored")
+    )
+    ret = fw.applied("inet minicl")
+    if testmode:
+        assert ret["result"] is None
+    else:
+        assert ret["result"] is False and ret["comment"].startswith("no peer answered")
+        assert not pathlib.Path(firewall.PERSIST_PATH).exists()
+
+
+def test_firewall_break_glass_fails_loudly_and_opens_the_next_boot(fw, testmode):
+    pathlib.Path(firewall.BREAK_GLASS_PATH).write_text("")
+    ret = fw.applied("inet minicl")
+    assert ret["result"] is False and "break-glass" in ret["comment"]
+    saved = pathlib.Path(firewall.PERSIST_PATH)
+    assert saved.exists() is (not testmode)
+
+
+def test_firewall_errors_are_a_failed_state_not_a_traceback(fw, monkeypatch):
+    monkeypatch.setattr(firewall, "plan", Calls(firewall.FirewallError("nft rejects the ruleset: boom")))
+    ret = fw.applied("inet minicl")
+    assert ret == {
+        "name": "inet minicl",
+        "result": False,
+        "changes": {},
+        "comment": "inet minicl: nft rejects the ruleset: boom",
+    }
+
+
+def test_firewall_bad_local_rules_change_nothing(fw, monkeypatch):
+    pathlib.Path(firewall.LOCAL_RULES_PATH).write_text("flush ruleset\n")
+    monkeypatch.setattr(firewall, "plan", Calls(AssertionError("planned anyway")))
+    ret = fw.applied("inet minicl")
+    assert ret["result"] is False and ret["comment"].startswith("table inet minicl not changed:")
+
+
+# -- minicl_sshd.hardened ------------------------------------------------------------------
+
+
+@pytest.fixture
+def sshd_state(tmp_path, monkeypatch, testmode):
+    monkeypatch.setattr(sshd, "login_guard", lambda users, group, converged: (True, ""))
+    monkeypatch.setattr(sshd, "listening_ports", lambda: [22])
+    monkeypatch.setattr(sshd, "check_candidate", Calls(None))
+    monkeypatch.setattr(sshd, "reload_sshd", Calls("sshd reloaded"))
+    monkeypatch.setattr(sshd, "live_settings", lambda: {})
+    monkeypatch.setattr(firewall, "live", lambda: (None, ""))
+    return load_state("minicl_sshd", testmode), str(tmp_path / "00-minicl.conf")
+
+
+def test_sshd_dropin_written_after_the_check_and_reloaded(sshd_state, testmode):
+    state, path = sshd_state
+    ret = state.hardened(path)
+    assert "+PasswordAuthentication no" in ret["changes"]["diff"]
+    assert len(sshd.check_candidate) == 1
+    if testmode:
+        assert ret["result"] is None and not pathlib.Path(path).exists() and sshd.reload_sshd == []
+    else:
+        assert ret["result"] is True and ret["comment"] == f"{path} updated; sshd reloaded"
+        assert "PasswordAuthentication no" in pathlib.Path(path).read_text()
+
+
+def test_sshd_in_place_checks_the_running_daemon(sshd_state, monkeypatch):
+    state, path = sshd_state
+    pathlib.Path(path).write_text(sshd.render_dropin(True, sshd.NO_ADMIN, 22))
+    monkeypatch.setattr(sshd, "differences", lambda settings, admins, port: ["passwordauthentication yes"])
+    ret = state.hardened(path)
+    assert ret["result"] is False and ret["changes"] == {}
+    assert ret["comment"] == f"{path} is as it should be, but sshd runs with: passwordauthentication yes"
+    monkeypatch.setattr(sshd, "differences", lambda settings, admins, port: [])
+    assert state.hardened(path)["result"] is True
+
+
+def test_sshd_refuses_to_lock_out_the_admins(sshd_state, monkeypatch, testmode):
+    state, path = sshd_state
+    monkeypatch.setattr(sshd, "login_guard", lambda users, group, converged: (False, "Refusing to disable. "))
+    ret = state.hardened(path)
+    assert ret["result"] is False and ret["comment"].startswith("Refusing to disable. ")
+    if not testmode:
+        assert "PasswordAuthentication no" not in pathlib.Path(path).read_text()
+
+
+def test_sshd_rejected_candidate_changes_nothing(sshd_state, monkeypatch):
+    state, path = sshd_state
+    monkeypatch.setattr(sshd, "check_candidate", Calls(sshd.CheckFailed("sshd -t: bad option")))
+    ret = state.hardened(path)
+    assert ret["result"] is False and ret["comment"] == f"{path} not changed: sshd -t: bad option"
+    assert not pathlib.Path(path).exists() and sshd.reload_sshd == []
+
+
+def test_sshd_does_not_move_to_a_port_the_firewall_keeps_closed(sshd_state, monkeypatch):
+    state, path = sshd_state
+    state.__pillar__ = {
+        "minicl": {"cluster": dict(EXAMPLE, firewall=dict(EXAMPLE["firewall"], ssh_port=2222))}
+    }
+    monkeypatch.setattr(firewall, "live", lambda: ("x", "table inet minicl { tcp dport 22 accept }"))
+    monkeypatch.setattr(firewall, "ssh_ports_open", lambda listing: {22})
+    ret = state.hardened(path)
+    assert (
+        ret["result"] is False and "until the firewall (table inet minicl) opens port 2222" in ret["comment"]
+    )
+
+
+# -- minicl_mail -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mail_state(testmode):
+    return load_state("minicl_mail", testmode)
+
+
+def test_aliases_written_and_rebuilt(mail_state, tmp_path, monkeypatch, testmode):
+    monkeypatch.setattr(mail, "system_accounts", lambda: ["root", "www-data"])
+    newaliases = Calls(subprocess.CompletedProcess(["newaliases"], 0, "", ""))
+    monkeypatch.setattr(subprocess, "run", newaliases)
+    path = tmp_path / "aliases"
+    ret = mail_state.aliases(str(path))
+    assert "+root:" in ret["changes"]["diff"] and ret["changes"]["newaliases"]
+    if testmode:
+        assert ret["result"] is None and not path.exists() and newaliases == []
+    else:
+        assert ret["result"] is True and "root:" in path.read_text()
+        assert newaliases == [(["newaliases"],)]
+
+
+def test_aliases_newaliases_failure_is_reported(mail_state, tmp_path, monkeypatch, testmode):
+    monkeypatch.setattr(mail, "system_accounts", lambda: [])
+    monkeypatch.setattr(subprocess, "run", Calls(subprocess.CompletedProcess([], 1, "", "newaliases: fatal")))
+    ret = mail_state.aliases(str(tmp_path / "aliases"))
+    assert ret["result"] is (None if testmode else False)
+    if not testmode:
+        assert ret["comment"] == "newaliases failed: newaliases: fatal"
+
+
+def test_sasl_passwd_never_shows_the_password(mail_state, tmp_path, monkeypatch, testmode):
+    monkeypatch.setattr(subprocess, "run", Calls(subprocess.CompletedProcess([], 0, "", "")))
+    monkeypatch.setattr(mail_state.os, "chown", Calls(None))  # root:root, also when the tests are not root
+    path = tmp_path / "sasl_passwd"
+    ret = mail_state.sasl_passwd(str(path))
+    assert EXAMPLE["smtp"]["password"] not in json.dumps(ret)
+    assert ret["changes"]["credentials"].endswith("(content hidden)")
+    if testmode:
+        assert ret["result"] is None and not path.exists()
+    else:
+        assert ret["result"] is True and path.stat().st_mode & 0o777 == 0o600
+        assert EXAMPLE["smtp"]["password"] in path.read_text()
+
+
+def test_sasl_passwd_postmap_failure(mail_state, tmp_path, monkeypatch, testmode):
+    monkeypatch.setattr(subprocess, "run", Calls(subprocess.CompletedProcess([], 1, "", "postmap: fatal")))
+    monkeypatch.setattr(mail_state.os, "chown", Calls(None))
+    ret = mail_state.sasl_passwd(str(tmp_path / "sasl_passwd"))
+    assert ret["result"] is (None if testmode else False)
+    if not testmode:
+        assert ret["comment"].endswith("failed: postmap: fatal")
+
+
+@pytest.mark.parametrize(
+    "func, check, act",
+    [
+        ("postfix_preseeded", "package_installed", "preseed_postfix"),
+        ("ca_trusted", "ca_trusted", "trust_cas"),
+    ],
+)
+def test_python_checked_steps(mail_state, monkeypatch, testmode, func, check, act):
+    monkeypatch.setattr(mail, check, lambda *args: True)
+    acted = Calls(None)
+    monkeypatch.setattr(mail, act, acted)
+    done = getattr(mail_state, func)("x")
+    assert done["result"] is True and done["changes"] == {} and acted == []
+
+    monkeypatch.setattr(mail, check, lambda *args: False)
+    todo = getattr(mail_state, func)("x")
+    assert todo["changes"]
+    if testmode:
+        assert todo["result"] is None and acted == []
+    else:
+        assert todo["result"] is True and len(acted) == 1
+
+    monkeypatch.setattr(
+        mail, act, Calls(subprocess.CalledProcessError(1, ["x"], stderr="E: dpkg was interrupted"))
+    )
+    failed = getattr(mail_state, func)("x")
+    if testmode:
+        assert failed["result"] is None
+    else:
+        assert failed["result"] is False and failed["comment"].endswith("failed: E: dpkg was interrupted")
+
+
+# -- minicl_users.managed ----------------------------------------------------------------
+
+
+@pytest.fixture
+def users_state(monkeypatch, testmode):
+    monkeypatch.setattr(accounts.Registry, "load", classmethod(lambda cls, path=None: accounts.Registry()))
+    monkeypatch.setattr(accounts.Snapshot, "read", classmethod(lambda cls, root="/": None))
+    return load_state("minicl_users", testmode)
+
+
+def test_users_plans_are_shown_then_applied(users_state, monkeypatch, testmode):
+    plans = [
+        accounts.Plan("alice", True, changes={"created": "uid 2001"}),
+        accounts.Plan("bob", True, conflict="a local account bob (uid 1000) is not minicl's"),
+    ]
+    monkeypatch.setattr(accounts, "plan_all", lambda *args: plans)
+    applied = Calls(None)
+    monkeypatch.setattr(accounts, "apply_plan", applied)
+    ret = users_state.managed("cluster users", users=EXAMPLE["users"])
+    assert ret["result"] is False  # bob fails alone
+    assert "bob: a local account bob (uid 1000) is not minicl's" in ret["comment"]
+    assert ret["changes"] == {"alice": {"created": "uid 2001"}}
+    assert applied == ([] if testmode else [(plans[0], applied[0][1])])
+
+
+def test_users_without_changes(users_state, monkeypatch):
+    monkeypatch.setattr(accounts, "plan_all", lambda *args: [])
+    ret = users_state.managed("cluster users", users=EXAMPLE["users"])
+    assert ret["result"] is True and ret["changes"] == {}
+
+
+def test_users_apply_failure_fails_that_user_only(users_state, monkeypatch, testmode):
+    plans = [
+        accounts.Plan("alice", True, changes={"created": "uid 2001"}),
+        accounts.Plan("carol", True, changes={"created": "uid 2003"}),
+    ]
+    monkeypatch.setattr(accounts, "plan_all", lambda *args: plans)
+
+    def apply(plan, registry):
+        if plan.name == "alice":
+            raise accounts.ApplyError("useradd: exit 9")
+
+    monkeypatch.setattr(accounts, "apply_plan", apply)
+    ret = users_state.managed("cluster users", users=EXAMPLE["users"])
+    if testmode:
+        assert ret["result"] is None and set(ret["changes"]) == {"alice", "carol"}
+    else:
+        assert ret["result"] is False and set(ret["changes"]) == {"carol"}
+        assert "alice: useradd: exit 9" in ret["comment"]
