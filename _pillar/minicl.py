@@ -38,7 +38,7 @@ import multiprocessing
 import os
 
 try:
-    from minicl import paths
+    from minicl import hostview, paths
     from minicl.config import ConfigError, host_snippet
     from minicl.configrepo import ConfigRepo, NoGoodCommit
     from minicl.rendercheck import RenderCheck
@@ -119,7 +119,7 @@ def _compile(config_repo, minion_id, applied_file):
         check = RenderCheck(
             __opts__,
             config_repo.live_path,
-            lambda cluster: _pillar_for(
+            lambda cluster: hostview.pillar_for(
                 cluster, minion_id, {"ok": True, "commit": cluster.commit}, applied_file
             ),
         )
@@ -132,7 +132,7 @@ def _compile(config_repo, minion_id, applied_file):
         return _refuse(exc.summary() if isinstance(exc, ConfigError) else str(exc))
     # The commit actually read; a pending commit goes live when no other run is in progress.
     status = dict(status, commit=cluster.commit, ok=not status.get("error"))
-    pillar = _pillar_for(cluster, minion_id, status, applied_file)
+    pillar = hostview.pillar_for(cluster, minion_id, status, applied_file)
     if pillar is None:
         short = minion_id.split(".")[0]
         return _refuse(
@@ -148,21 +148,3 @@ def _refuse(message):
     """A pillar Salt refuses to run states with, showing only ``message`` (no traceback)."""
     log.error("minicl: %s", message)
     return {"_errors": [f"minicl: {message}"]}
-
-
-def _pillar_for(cluster, minion_id, status, applied_file):
-    """The minicl pillar of ``minion_id`` from ``cluster``, or None if it is not a host there."""
-    host = cluster.host_for_minion(minion_id)
-    if host is None:
-        return None
-    skipped = set(status.get("skipped_states") or ())
-    return {
-        "minicl": {
-            "cluster": cluster.data,
-            "host": cluster.host_view(host),
-            "addresses": cluster.addresses(),
-            "states": [sls for sls in cluster.role_states(host) if sls not in skipped],
-            "status": status,
-            "applied_file": applied_file,
-        }
-    }

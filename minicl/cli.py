@@ -2,40 +2,23 @@
 
 minicl validate [PATH]      # PATH defaults to ./cluster.json; exit 0 valid, 1 invalid
 minicl validate --staged    # the staged cluster.json of the git repo here (pre-commit hook)
+minicl show HOST [PATH]     # what HOST gets from cluster.json: roles, SLS files, rendered files
+minicl show HOST --file /etc/nftables.d/minicl.nft   # one rendered file's text
 """
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 
-from minicl import config
+from minicl import api
 
 EXIT_INVALID = 1
 
 
-def repo_files_on_disk(repo_dir):
-    """Paths of role files under ``repo_dir`` as the validator wants them (roles/x/init.sls)."""
-    roles = os.path.join(repo_dir, "roles")
-    if not os.path.isdir(roles):
-        return []
-    return [
-        f"roles/{name}/init.sls"
-        for name in os.listdir(roles)
-        if os.path.isfile(os.path.join(roles, name, "init.sls"))
-    ]
-
-
 def validate_path(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as exc:
-        return [f"{path}: cannot read: {exc.strerror}"]
-    except UnicodeDecodeError as exc:
-        return [f"{path}: not UTF-8 text (byte {exc.start})"]
-    source = os.path.basename(path) if os.path.dirname(path) in ("", ".") else path
-    return _problems(text, source, repo_files_on_disk(os.path.dirname(os.path.abspath(path))))
+    return api.problems(path)
 
 
 def _git(*args, cwd=None):
@@ -66,8 +49,8 @@ def validate_staged(repo_dir="."):
 
 def _problems(text, source, repo_files):
     try:
-        config.load_cluster(text, source=source, repo_files=repo_files)
-    except config.ConfigError as exc:
+        api.loads(text, source=source, repo_files=repo_files)
+    except api.ConfigError as exc:
         return [str(p) for p in exc.problems]
     return []
 
@@ -83,7 +66,13 @@ def main(argv=None):
         help="check the staged cluster.json and deploy.key of the git repo here",
     )
     check.add_argument("-q", "--quiet", action="store_true", help="print problems only")
+    show = sub.add_parser("show", help="what a host gets from cluster.json")
+    show.add_argument("host", help="short name or FQDN")
+    show.add_argument("path", nargs="?", default="cluster.json", help="default: ./cluster.json")
+    show.add_argument("--file", help="print only this rendered file (e.g. /etc/nftables.d/minicl.nft)")
     args = parser.parse_args(argv)
+    if args.command == "show":
+        return show_host(args.host, args.path, args.file)
 
     problems = validate_staged() if args.staged else validate_path(args.path)
     for problem in problems:
@@ -97,6 +86,31 @@ def main(argv=None):
         return EXIT_INVALID
     if not args.quiet:
         print(f"{'staged cluster.json' if args.staged else args.path}: valid")
+    return 0
+
+
+def show_host(name, path, file=None):
+    try:
+        view = api.host(api.load(path), name)
+    except (api.ConfigError, OSError, UnicodeDecodeError):
+        for problem in api.problems(path):
+            print(problem, file=sys.stderr)
+        return EXIT_INVALID
+    except KeyError as exc:
+        print(f"minicl: {exc.args[0]}", file=sys.stderr)
+        return EXIT_INVALID
+    if file:
+        if file not in view["files"]:
+            print(
+                f"minicl: minicl renders no {file} for {name} (it renders: {', '.join(view['files'])})",
+                file=sys.stderr,
+            )
+            return EXIT_INVALID
+        print(view["files"][file], end="")
+        return 0
+    summary = {key: view[key] for key in ("name", "fqdn", "ip", "roles", "states")}
+    summary["files"] = sorted(view["files"])
+    print(json.dumps(summary, indent=2))
     return 0
 
 

@@ -17,12 +17,16 @@ DEADMAN_PIDFILE = "/run/minicl-firewall-deadman.pid"
 SSHD_DROPIN_DIR = "/etc/ssh/sshd_config.d"
 SSHD_DROPIN = f"{SSHD_DROPIN_DIR}/00-minicl.conf"
 
+POSTFIX_MAIN_CF = "/etc/postfix/main.cf"
 SASL_PASSWD = "/etc/postfix/sasl_passwd"
 ALIASES = "/etc/aliases"
 CLUSTER_CA = "/usr/local/share/ca-certificates/minicl-cluster-ca.crt"
 POSTFIX_LOG = "/var/log/postfix.log"
 
 TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"  # Debian's node exporter textfile collector
+PROMETHEUS_CONFIG = "/etc/prometheus/prometheus.yml"
+PROMETHEUS_RULES = "/etc/prometheus/minicl.rules.yml"
+ALERTMANAGER_CONFIG = "/etc/prometheus/alertmanager.yml"
 
 
 def as_dict():

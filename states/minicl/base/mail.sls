@@ -27,7 +27,7 @@ minicl-mailname:
 
 minicl-postfix-main-cf:
   file.managed:
-    - name: /etc/postfix/main.cf
+    - name: {{ paths.postfix_main_cf }}
     - contents: {{ salt['minicl_mail.main_cf']() | json }}
     - require:
       - pkg: minicl-mail-packages

@@ -11,13 +11,14 @@ minicl-monitor-packages:
       - prometheus-alertmanager
     - install_recommends: False
 
+{%- set paths = salt['minicl.paths']() %}
 {%- for name, function, check in [
       ('/etc/prometheus/minicl-nodes.json', 'node_targets', None),
       ('/etc/prometheus/minicl-monitors.json', 'monitor_targets', None),
-      ('/etc/prometheus/minicl.rules.yml', 'rules', 'promtool check rules'),
-      ('/etc/prometheus/prometheus.yml', 'prometheus_config', 'promtool check config --syntax-only'),
+      (paths.prometheus_rules, 'rules', 'promtool check rules'),
+      (paths.prometheus_config, 'prometheus_config', 'promtool check config --syntax-only'),
       ('/etc/default/prometheus', 'prometheus_defaults', None),
-      ('/etc/prometheus/alertmanager.yml', 'alertmanager_config', 'amtool check-config'),
+      (paths.alertmanager_config, 'alertmanager_config', 'amtool check-config'),
       ('/etc/default/prometheus-alertmanager', 'alertmanager_defaults', None),
     ] %}
 

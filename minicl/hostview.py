@@ -1,0 +1,46 @@
+"""What one host gets from a cluster: its minicl pillar, and the configuration minicl renders
+for it (firewall ruleset, sshd drop-in, Postfix main.cf, the minion's schedule, and on a
+monitor host the Prometheus and Alertmanager files). The external pillar and ``minicl.api``
+both build it here."""
+
+from minicl import firewall, mail, monitor, paths, schedule, sshd
+
+
+def pillar_for(cluster, minion_id, status, applied_file=paths.APPLIED_FILE):
+    """The ``minicl`` pillar of ``minion_id`` (short name or FQDN), or None if it is not a host
+    of ``cluster``. Group roles in ``status["skipped_states"]`` are left out of ``states``."""
+    host = cluster.host_for_minion(minion_id)
+    if host is None:
+        return None
+    skipped = set(status.get("skipped_states") or ())
+    return {
+        "minicl": {
+            "cluster": cluster.data,
+            "host": cluster.host_view(host),
+            "addresses": cluster.addresses(),
+            "states": [sls for sls in cluster.role_states(host) if sls not in skipped],
+            "status": status,
+            "applied_file": applied_file,
+        }
+    }
+
+
+def configuration(cluster, host):
+    """{file: text} minicl writes on ``host``, as far as cluster.json decides it (no secrets:
+    the relay credentials are left out; no local firewall rules; sshd as when an admin can log
+    in with a key)."""
+    files = {
+        paths.FIREWALL_SAVED: firewall.render_ruleset(firewall.host_spec(cluster, host)),
+        paths.SSHD_DROPIN: sshd.render_dropin(True, "", cluster.firewall_option("ssh_port")),
+        paths.POSTFIX_MAIN_CF: mail.render_main_cf(cluster, host),
+        schedule.config_path(paths.SALT_CONFIG_DIR): schedule.render(cluster),
+    }
+    if "monitor" in cluster.host_roles(host):
+        files.update(
+            {
+                paths.PROMETHEUS_CONFIG: monitor.render_prometheus(cluster, host),
+                paths.PROMETHEUS_RULES: monitor.render_rules(cluster),
+                paths.ALERTMANAGER_CONFIG: monitor.render_alertmanager(cluster, host),
+            }
+        )
+    return files
