@@ -66,4 +66,4 @@ def schedule_config():
 
     CLI Example: ``salt-call --local minicl.schedule_config``
     """
-    return schedule.render(config.Cluster(__pillar__["minicl"]["cluster"]))
+    return schedule.render(config.from_pillar(__pillar__)[0])

@@ -41,7 +41,7 @@ def aliases(name=None):
     (after packages have added theirs), and ``newaliases`` whenever the map is older than it."""
     name = name or paths.ALIASES
     ret = statekit.new_ret(name)
-    cluster = config.Cluster(__pillar__["minicl"]["cluster"])
+    cluster, _ = config.from_pillar(__pillar__)
     wanted = mail.render_aliases(cluster, mail.system_accounts())
     current = read_file(name)
     db = name + ".db"
@@ -124,7 +124,7 @@ def _owner_mode(path):
 def sasl_passwd(name):
     """The relay credentials file ``name`` and its postmap table (see above)."""
     ret = statekit.new_ret(name)
-    cluster = config.Cluster(__pillar__["minicl"]["cluster"])
+    cluster, _ = config.from_pillar(__pillar__)
     wanted = mail.render_sasl_passwd(cluster)
     db = name + ".db"
     changes = {}

@@ -44,7 +44,7 @@ def hardened(name, users=None, admin_group=None):
     """The drop-in ``name`` as described above. ``users`` (default: the pillar's) and
     ``admin_group`` (default sudo) are for tests and special hosts."""
     ret = statekit.new_ret(name)
-    cluster = config.Cluster(__pillar__["minicl"]["cluster"])
+    cluster, _ = config.from_pillar(__pillar__)
     users = cluster.users if users is None else users
     port = cluster.firewall_option("ssh_port")
     try:

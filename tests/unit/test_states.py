@@ -193,9 +193,8 @@ def test_sshd_rejected_candidate_changes_nothing(sshd_state, monkeypatch):
 
 def test_sshd_does_not_move_to_a_port_the_firewall_keeps_closed(sshd_state, monkeypatch):
     state, path = sshd_state
-    state.__pillar__ = {
-        "minicl": {"cluster": dict(EXAMPLE, firewall=dict(EXAMPLE["firewall"], ssh_port=2222))}
-    }
+    cluster = dict(EXAMPLE, firewall=dict(EXAMPLE["firewall"], ssh_port=2222))
+    state.__pillar__ = {"minicl": {"cluster": cluster, "host": {"name": "alpha"}}}
     monkeypatch.setattr(firewall, "live", lambda: ("x", "table inet minicl { tcp dport 22 accept }"))
     monkeypatch.setattr(firewall, "ssh_ports_open", lambda listing: {22})
     ret = state.hardened(path)
