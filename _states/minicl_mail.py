@@ -11,12 +11,11 @@ table with postmap only when it changed. Neither the password nor a diff ever ap
 state's output; the credentials are read from the pillar here, so they are not in the SLS data.
 """
 
-import os
 import subprocess
 
 try:
     from minicl import config, mail, paths, statekit
-    from minicl.files import read_file, write_file
+    from minicl.files import read_file
 
     HAS_MINICL = True
 except ImportError as exc:  # pragma: no cover
@@ -43,24 +42,19 @@ def aliases(name=None):
     ret = statekit.new_ret(name)
     cluster, _ = config.from_pillar(__pillar__)
     wanted = mail.render_aliases(cluster, mail.system_accounts())
-    current = read_file(name)
-    db = name + ".db"
-    stale = not os.path.exists(db) or (os.path.exists(name) and os.path.getmtime(db) < os.path.getmtime(name))
-    if current == wanted and not stale:
+    changes = mail.aliases_changes(name, wanted)
+    if not changes:
         ret["comment"] = f"{name} is up to date"
         return ret
-    changes = {}
-    if current != wanted:
-        changes["diff"] = statekit.diff(current, wanted, name, name)
-    changes["newaliases"] = f"{db} rebuilt"
+    if changes.pop("text", None):
+        changes["diff"] = statekit.diff(read_file(name), wanted, name, name)
     if __opts__["test"]:
         ret["result"], ret["changes"], ret["comment"] = None, changes, f"{name} would be updated"
         return ret
-    if current != wanted:
-        write_file(name, wanted, 0o644)
-    result = subprocess.run(["newaliases"], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        ret["result"], ret["comment"] = False, f"newaliases failed: {result.stderr.strip()}"
+    try:
+        mail.install_aliases(name, wanted)
+    except mail.MailError as exc:
+        ret["result"], ret["comment"] = False, str(exc)
         return ret
     ret["changes"], ret["comment"] = changes, f"{name} updated"
     return ret
@@ -112,54 +106,23 @@ def ca_trusted(name=None):
     )
 
 
-def _owner_mode(path):
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return info.st_uid, info.st_mode & 0o777
-
-
 @_guarded
 def sasl_passwd(name):
     """The relay credentials file ``name`` and its postmap table (see above)."""
     ret = statekit.new_ret(name)
     cluster, _ = config.from_pillar(__pillar__)
     wanted = mail.render_sasl_passwd(cluster)
-    db = name + ".db"
-    changes = {}
-    if read_file(name) != wanted:
-        changes["credentials"] = f"for {mail.nexthop(cluster)} (content hidden)"
-    if any(_owner_mode(path) not in (None, (0, 0o600)) for path in (name, db)):
-        changes["mode"] = "0600, owner root"
-    if "credentials" in changes or not os.path.exists(db) or os.path.getmtime(db) < os.path.getmtime(name):
-        changes["lookup table"] = f"{db} rebuilt with postmap"
+    changes = mail.sasl_passwd_changes(name, wanted, mail.nexthop(cluster))
     if not changes:
         ret["comment"] = f"{name} is up to date"
         return ret
     if __opts__["test"]:
-        ret["result"] = None
-        ret["changes"] = changes
-        ret["comment"] = f"{name} would be updated"
+        ret["result"], ret["changes"], ret["comment"] = None, changes, f"{name} would be updated"
         return ret
-
-    result = None
-    old_umask = os.umask(0o077)
     try:
-        if "credentials" in changes:
-            write_file(name, wanted, 0o600)
-        if "lookup table" in changes:
-            result = subprocess.run(["postmap", f"hash:{name}"], capture_output=True, text=True, check=False)
-    finally:
-        os.umask(old_umask)
-    for path in (name, db):
-        if os.path.exists(path):
-            os.chown(path, 0, 0)
-            os.chmod(path, 0o600)
-    if result is not None and result.returncode != 0:
-        ret["result"] = False
-        ret["comment"] = f"postmap {name} failed: {result.stderr.strip()}"
+        mail.install_sasl_passwd(name, wanted, changes)
+    except mail.MailError as exc:
+        ret["result"], ret["comment"] = False, str(exc)
         return ret
-    ret["changes"] = changes
-    ret["comment"] = f"{name} updated"
+    ret["changes"], ret["comment"] = changes, f"{name} updated"
     return ret

@@ -1,16 +1,24 @@
 """Root mail: Postfix as a null client that sends everything through the cluster's relay.
 
-Pure renderers (main.cf, the SASL password map, /etc/aliases) plus small helpers the execution
-module uses (queue, test message). The SLS files install what these render with Salt's own
-``file.managed`` (``show_changes: False`` where a secret is inside).
+Pure renderers (main.cf, the SASL password map, /etc/aliases), what installing the password
+map and the aliases takes (what would change, then doing it), and small helpers the execution
+module uses (queue, test message).
 """
 
 import json
+import os
 import secrets
 import subprocess
 import time
 
 from minicl import paths
+from minicl.errors import MiniclError
+from minicl.files import read_file, write_file
+
+
+class MailError(MiniclError):
+    """A Postfix tool (newaliases, postmap) failed; the message has its error output."""
+
 
 SASL_PASSWD = paths.SASL_PASSWD
 CA_CERT = paths.CLUSTER_CA
@@ -120,6 +128,74 @@ def ca_trusted(ca_file=CA_CERT, bundle=CA_BUNDLE):
 def trust_cas():
     """Rebuild the system's CA bundle from /usr/local/share/ca-certificates (and Debian's)."""
     subprocess.run(["update-ca-certificates", "--fresh"], capture_output=True, text=True, check=True)
+
+
+def _older(db, source):
+    return not os.path.exists(db) or (
+        os.path.exists(source) and os.path.getmtime(db) < os.path.getmtime(source)
+    )
+
+
+def aliases_changes(path, wanted):
+    """What installing ``wanted`` as ``path`` (/etc/aliases) would change: {} if nothing,
+    else "text" (it differs) and "newaliases" (the map must be rebuilt)."""
+    changes = {}
+    if read_file(path) != wanted:
+        changes["text"] = True
+    if changes or _older(path + ".db", path):
+        changes["newaliases"] = f"{path}.db rebuilt"
+    return changes
+
+
+def install_aliases(path, wanted):
+    """Write ``path`` if it differs and rebuild its map; raises MailError if newaliases fails."""
+    if read_file(path) != wanted:
+        write_file(path, wanted, 0o644)
+    result = subprocess.run(["newaliases"], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise MailError(f"newaliases failed: {result.stderr.strip()}")
+
+
+def _owner_mode(path):
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_uid, info.st_mode & 0o777
+
+
+def sasl_passwd_changes(path, wanted, nexthop_text):
+    """What installing the credentials ``wanted`` as ``path`` would change ({} if nothing);
+    never the credentials themselves."""
+    db = path + ".db"
+    changes = {}
+    if read_file(path) != wanted:
+        changes["credentials"] = f"for {nexthop_text} (content hidden)"
+    if any(_owner_mode(p) not in (None, (0, 0o600)) for p in (path, db)):
+        changes["mode"] = "0600, owner root"
+    if "credentials" in changes or _older(db, path):
+        changes["lookup table"] = f"{db} rebuilt with postmap"
+    return changes
+
+
+def install_sasl_passwd(path, wanted, changes):
+    """Write the credentials (mode 0600, root, never readable by others, also not for a
+    moment) and rebuild the postmap table, as ``changes`` says; raises MailError."""
+    result = None
+    old_umask = os.umask(0o077)
+    try:
+        if "credentials" in changes:
+            write_file(path, wanted, 0o600)
+        if "lookup table" in changes:
+            result = subprocess.run(["postmap", f"hash:{path}"], capture_output=True, text=True, check=False)
+    finally:
+        os.umask(old_umask)
+    for p in (path, path + ".db"):
+        if os.path.exists(p):
+            os.chown(p, 0, 0)
+            os.chmod(p, 0o600)
+    if result is not None and result.returncode != 0:
+        raise MailError(f"postmap {path} failed: {result.stderr.strip()}")
 
 
 def queue():

@@ -236,7 +236,7 @@ def test_aliases_newaliases_failure_is_reported(mail_state, tmp_path, monkeypatc
 
 def test_sasl_passwd_never_shows_the_password(mail_state, tmp_path, monkeypatch, testmode):
     monkeypatch.setattr(subprocess, "run", Calls(subprocess.CompletedProcess([], 0, "", "")))
-    monkeypatch.setattr(mail_state.os, "chown", Calls(None))  # root:root, also when the tests are not root
+    monkeypatch.setattr(mail.os, "chown", Calls(None))  # root:root, also when the tests are not root
     path = tmp_path / "sasl_passwd"
     ret = mail_state.sasl_passwd(str(path))
     assert EXAMPLE["smtp"]["password"] not in json.dumps(ret)
@@ -250,7 +250,7 @@ def test_sasl_passwd_never_shows_the_password(mail_state, tmp_path, monkeypatch,
 
 def test_sasl_passwd_postmap_failure(mail_state, tmp_path, monkeypatch, testmode):
     monkeypatch.setattr(subprocess, "run", Calls(subprocess.CompletedProcess([], 1, "", "postmap: fatal")))
-    monkeypatch.setattr(mail_state.os, "chown", Calls(None))
+    monkeypatch.setattr(mail.os, "chown", Calls(None))
     ret = mail_state.sasl_passwd(str(tmp_path / "sasl_passwd"))
     assert ret["result"] is (None if testmode else False)
     if not testmode:
