@@ -1402,3 +1402,10 @@ def test_roles_settings(example_data, problems):
 def test_trusted_sources_too_broad_or_mapped(example_data, problems, cidr, message):
     example_data["hosts"]["alpha"]["trusted_sources"] = [cidr]
     assert problems(example_data) == [f"cluster.json: hosts.alpha.trusted_sources[0]: {message}"]
+
+
+@pytest.mark.parametrize("value", [True, 3, 2.5, "x"])
+def test_trusted_sources_not_a_list_is_one_problem(example_data, problems, value):
+    example_data["hosts"]["alpha"]["trusted_sources"] = value
+    found = problems(example_data)
+    assert len(found) == 1 and "hosts.alpha.trusted_sources" in found[0], found

@@ -401,12 +401,12 @@ def test_no_room_for_an_export_is_refused_before_writing(repo, remote, monkeypat
     good = commit(remote, {"cluster.json": example()})
     repo.update()
     big = commit(remote, {"roles/web/big.txt": "x" * 2**20})
-    import minicl.configrepo as configrepo
+    from minicl import checkouts
 
     class Usage:
-        free = configrepo.RESERVE_BYTES + 2**19
+        free = checkouts.RESERVE_BYTES + 2**19
 
-    monkeypatch.setattr(configrepo.shutil, "disk_usage", lambda path: Usage)
+    monkeypatch.setattr(checkouts.shutil, "disk_usage", lambda path: Usage)
     status = repo.update()
     assert repo.live_commit() == good and "bad_commit" not in status
     assert status["error"].startswith(
@@ -420,12 +420,12 @@ def test_a_failed_export_leaves_no_staging_folder(repo, remote, monkeypatch):
     good = commit(remote, {"cluster.json": example()})
     repo.update()
     commit(remote, {"roles/web/init.sls": "x: {}\n"})
-    import minicl.configrepo as configrepo
+    from minicl import checkouts
 
     def full_disk(tree, root):
         raise OSError(28, "No space left on device", os.path.join(root, "roles", "web", "init.sls"))
 
-    monkeypatch.setattr(configrepo, "export_tree", full_disk)
+    monkeypatch.setattr(checkouts, "export_tree", full_disk)
     status = repo.update()
     assert repo.live_commit() == good
     assert "OSError: [Errno 28] No space left on device (" in status["error"]
@@ -443,7 +443,7 @@ def test_staging_left_by_a_killed_run_is_removed(repo, remote):
 
 
 def test_a_status_that_cannot_be_written_still_reaches_the_run(repo, remote, monkeypatch):
-    from minicl import configrepo
+    from minicl import configrepo, statusrecord
 
     commit(remote, {"cluster.json": example()})
     repo.update()
@@ -451,7 +451,7 @@ def test_a_status_that_cannot_be_written_still_reaches_the_run(repo, remote, mon
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device", repo.status_path)
 
-    monkeypatch.setattr(configrepo, "write_file", full)
+    monkeypatch.setattr(statusrecord, "write_file", full)
     commit(remote, {"cluster.json": "{"})
     status = repo.update()
     assert "is invalid" in status["error"]

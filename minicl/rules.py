@@ -1,0 +1,366 @@
+"""The rules of cluster.json that a JSON schema cannot express, as problems.
+
+Names (DNS, POSIX users, roles), uids and addresses unique across entries, system accounts
+left alone, durations that make sense together, port specs and trusted networks, credentials
+(through ``minicl.credentials``) and roles present in the config repo. ``semantic_problems``
+runs them all on data of any shape: each rule looks only at values of the type it expects and
+leaves the rest to the schema's problems.
+"""
+
+import ipaddress
+import json
+import re
+from urllib.parse import urlparse
+
+from minicl.cluster import MINICL_ROLE_STATES
+from minicl.credentials import crypt_hash_problem, ssh_key_problem
+from minicl.problems import Problem, path_key, quoted
+from minicl.schema import duration_seconds, schema, schema_default
+
+MIN_UID = 1000
+NOBODY_UID = 65534
+
+# Names that exist (or will, once Debian packages are installed) as system users or groups
+# on a Debian host. A cluster user of that name would clash with, or take over, the account.
+SYSTEM_NAMES = frozenset(
+    """
+    root daemon bin sys sync games man lp mail news uucp proxy www-data backup list irc gnats
+    nobody nogroup adm tty disk kmem dialout fax voice cdrom floppy tape sudo audio dip
+    operator src shadow utmp video sasl plugdev staff users input sgx kvm render netdev
+    messagebus sshd postfix postdrop prometheus ntp ntpsec polkitd syslog tss uuidd avahi
+    dnsmasq statd tcpdump lxd docker libvirt libvirt-qemu systemd-journal ssl-cert crontab
+    debian-exim Debian-exim nslcd sddm lightdm colord geoclue pulse rtkit saned usbmux
+    git minicl salt admin wheel
+    """.split()
+)
+SYSTEM_NAME_PREFIXES = ("systemd-", "_")
+
+POSIX_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+ROLE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+EMAIL = re.compile(r"^[^@\s]+@([^@\s]+)$")
+PORT_SPEC = re.compile(r"(\d{1,5})(?:-(\d{1,5}))?/(tcp|udp)")
+MAX_SCRAPE_INTERVAL = 120  # well inside Prometheus' 5-minute staleness window
+
+
+def semantic_problems(data, source, repo_files):
+    """The problems of parsed cluster.json ``data`` (a dict) beyond the schema.
+
+    ``repo_files``: the paths in the config repo when known (roles are checked against them),
+    else None.
+    """
+    problems = []
+
+    def add(path, message):
+        problems.append(Problem(path, message, source))
+
+    domain = data.get("domain")
+    if isinstance(domain, str) and domain and not is_dns_name(domain):
+        add(
+            "domain",
+            f"{json.dumps(domain)} is not a valid DNS name (lower-case labels a-z, 0-9, - separated by dots)",
+        )
+
+    email = data.get("admin_email")
+    if isinstance(email, str) and email:
+        match = EMAIL.fullmatch(email)
+        if not match or not is_dns_name(match.group(1).lower()):
+            add("admin_email", f"{json.dumps(email)} is not an e-mail address (user@domain)")
+
+    ca_url = data.get("ca_url")
+    if isinstance(ca_url, str) and ca_url:
+        parsed = urlparse(ca_url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            add("ca_url", f"{json.dumps(ca_url)} is not an http:// or https:// URL")
+
+    smtp = data.get("smtp")
+    if isinstance(smtp, dict):
+        relay = smtp.get("relay")
+        if isinstance(relay, str) and relay.strip() and is_ip(relay):
+            add(
+                "smtp.relay",
+                f"{json.dumps(relay)} is an address: give the relay's host name, the name on its "
+                "TLS certificate (Postfix checks the certificate against it)",
+            )
+        elif isinstance(relay, str) and relay.strip() and not is_dns_name(relay):
+            add("smtp.relay", f"{json.dumps(relay)} is not a host name")
+        elif isinstance(relay, str) and not relay.strip():
+            add("smtp.relay", "must not be empty")
+        username, password = smtp.get("username"), smtp.get("password")
+        if (
+            isinstance(username, str)
+            and username
+            and (":" in username or username != "".join(username.split()))
+        ):
+            add("smtp.username", f'{json.dumps(username)} must not contain spaces, line breaks or ":"')
+        if (
+            isinstance(password, str)
+            and password
+            and (password != password.strip() or "\n" in password or "\r" in password)
+        ):
+            add("smtp.password", "must not begin or end with spaces or contain line breaks (value hidden)")
+
+    problems += _timing_problems(data, source)
+
+    users = data.get("users")
+    if isinstance(users, dict):
+        problems += _user_problems(users, source)
+
+    hosts = data.get("hosts")
+    if isinstance(hosts, dict):
+        problems += _host_problems(hosts, source, repo_files)
+
+    roles = data.get("roles")
+    if isinstance(roles, dict):
+        for role, settings in roles.items():
+            if not ROLE_NAME.fullmatch(role):
+                add(f"roles.{path_key(role)}", f"{quoted(role)} is not a valid role name (a-z, 0-9, _ and -)")
+            if isinstance(settings, dict):
+                problems += _port_problems(
+                    settings.get("public_ports"), f"roles.{path_key(role)}.public_ports", source
+                )
+    return problems
+
+
+def _timing_problems(data, source):
+    """Durations that are each well-formed but do not make sense together."""
+    problems = []
+
+    pattern = schema()["$defs"]["duration"]["pattern"]
+
+    def seconds(section, key):
+        given = data.get(section) if isinstance(data.get(section), dict) else {}
+        value = given.get(key, schema_default(section, key))
+        return duration_seconds(value) if isinstance(value, str) and re.search(pattern, value) else None
+
+    interval, splay = seconds("schedule", "interval"), seconds("schedule", "splay")
+    if interval is not None and interval < 30:
+        problems.append(Problem("schedule.interval", "must be at least 30s (a run takes a while)", source))
+    if interval is not None and splay is not None and splay >= interval:
+        problems.append(
+            Problem(
+                "schedule.splay",
+                f"must be shorter than schedule.interval ({splay} s is not less than {interval} s)",
+                source,
+            )
+        )
+    scrape = seconds("monitoring", "scrape_interval")
+    if scrape is not None and scrape > MAX_SCRAPE_INTERVAL:
+        problems.append(
+            Problem(
+                "monitoring.scrape_interval",
+                f"must be at most {MAX_SCRAPE_INTERVAL // 60}m "
+                "(Prometheus treats samples older than 5m as gone)",
+                source,
+            )
+        )
+    retention = seconds("monitoring", "retention")
+    if retention is not None and retention < 3600:
+        problems.append(Problem("monitoring.retention", "must be at least 1h", source))
+    return problems
+
+
+def _port_problems(ports, path, source):
+    problems = []
+    for i, spec in enumerate(ports if isinstance(ports, list) else []):
+        if isinstance(spec, str) and port_spec_problem(spec):
+            problems.append(Problem(f"{path}[{i}]", port_spec_problem(spec), source))
+    return problems
+
+
+def port_spec_problem(spec):
+    """Why ``spec`` is not PORT/PROTO or LOW-HIGH/PROTO, or None."""
+    match = PORT_SPEC.fullmatch(spec)
+    if not match:
+        return f'{quoted(spec)} is not a port like "443/tcp", "51820/udp" or "60000-61000/udp"'
+    low = int(match.group(1))
+    high = int(match.group(2) or low)
+    if not 1 <= low <= 65535 or not 1 <= high <= 65535:
+        return f"{quoted(spec)}: ports are 1-65535"
+    if high < low:
+        return f"{quoted(spec)}: the range is backwards"
+    return None
+
+
+def parse_port_spec(spec):
+    """("tcp"|"udp", low, high) of a valid port spec."""
+    match = PORT_SPEC.fullmatch(spec)
+    return match.group(3), int(match.group(1)), int(match.group(2) or match.group(1))
+
+
+def _user_problems(users, source):
+    problems = []
+
+    def add(path, message):
+        problems.append(Problem(path, message, source))
+
+    uids = {}
+    for name, user in users.items():
+        base = f"users.{path_key(name)}"
+        if not POSIX_NAME.fullmatch(name):
+            add(
+                base,
+                f"{quoted(name)} is not a valid user name (lower-case letters, digits, _ and -, "
+                "starting with a letter or _, at most 32)",
+            )
+        elif is_system_name(name):
+            add(base, f"{quoted(name)} is the name of a system account or group (choose another name)")
+        if not isinstance(user, dict):
+            continue
+        uid = user.get("uid")
+        if isinstance(uid, int) and not isinstance(uid, bool):
+            if uid < MIN_UID:
+                add(f"{base}.uid", f"{uid} is in the system range (must be >= {MIN_UID})")
+            elif uid == NOBODY_UID:
+                add(f"{base}.uid", f"{uid} is the uid of nobody (choose another)")
+            elif uid > 2**32 - 2:
+                add(f"{base}.uid", f"{uid} is too large (must be < 4294967295)")
+            if uid in uids:
+                add(f"{base}.uid", f"{uid} is already the uid of user {uids[uid]}")
+            else:
+                uids[uid] = name
+        passwd = user.get("passwd")
+        if isinstance(passwd, str):
+            reason = crypt_hash_problem(passwd)
+            if reason:
+                add(f"{base}.passwd", reason)
+        keys = user.get("ssh_key")
+        if isinstance(keys, str):
+            keys = [keys]
+            paths = [f"{base}.ssh_key"]
+        elif isinstance(keys, list):
+            paths = [f"{base}.ssh_key[{i}]" for i in range(len(keys))]
+        else:
+            keys, paths = [], []
+        seen = set()
+        for path, key in zip(paths, keys, strict=True):
+            if not isinstance(key, str):
+                continue
+            reason = ssh_key_problem(key)
+            if reason:
+                add(path, reason)
+            elif key.split()[1] in seen:
+                add(path, "repeats a key listed before")
+            else:
+                seen.add(key.split()[1])
+    return problems
+
+
+def _host_problems(hosts, source, repo_files):
+    problems = []
+
+    def add(path, message):
+        problems.append(Problem(path, message, source))
+
+    owners = {}
+    for name, host in hosts.items():
+        base = f"hosts.{path_key(name)}"
+        if not DNS_LABEL.fullmatch(name):
+            add(base, f"{quoted(name)} is not a valid host name (one DNS label: a-z, 0-9 and -, at most 63)")
+        if not isinstance(host, dict):
+            continue
+        ips = host.get("ip")
+        if isinstance(ips, str):
+            pairs = [(f"{base}.ip", ips)]
+        elif isinstance(ips, list):
+            pairs = [(f"{base}.ip[{i}]", ip) for i, ip in enumerate(ips)]
+        else:
+            pairs = []
+        for path, ip in pairs:
+            if not isinstance(ip, str):
+                continue
+            reason = host_ip_problem(ip)
+            if reason:
+                add(path, reason)
+                continue
+            addr = ipaddress.ip_address(ip)
+            if addr in owners and owners[addr] != name:
+                add(path, f"{ip} is already an address of host {owners[addr]}")
+            elif addr in owners:
+                add(path, f"{ip} is listed twice")
+            else:
+                owners[addr] = name
+        problems += _port_problems(host.get("public_ports"), f"{base}.public_ports", source)
+        sources = host.get("trusted_sources")
+        for i, cidr in enumerate(sources if isinstance(sources, list) else []):  # else: the schema says
+            if isinstance(cidr, str) and trusted_source_problem(cidr):
+                add(f"{base}.trusted_sources[{i}]", trusted_source_problem(cidr))
+        roles = host.get("roles")
+        if isinstance(roles, list):
+            if "base" not in roles:
+                add(f"{base}.roles", 'must contain "base" (minicl\'s own role, on every host)')
+            for i, role in enumerate(roles):
+                if not isinstance(role, str):
+                    continue
+                if not ROLE_NAME.fullmatch(role):
+                    add(f"{base}.roles[{i}]", f"{quoted(role)} is not a valid role name (a-z, 0-9, _ and -)")
+                elif role not in MINICL_ROLE_STATES and repo_files is not None:
+                    if f"roles/{role}/init.sls" not in repo_files:
+                        add(
+                            f"{base}.roles[{i}]",
+                            f'role "{role}" has no roles/{role}/init.sls in the config repo '
+                            "(add it, or fix the name)",
+                        )
+    return problems
+
+
+def is_dns_name(name):
+    if not isinstance(name, str) or len(name) > 253 or name.endswith("."):
+        return False
+    return all(DNS_LABEL.fullmatch(label) for label in name.split("."))
+
+
+def is_ip(text):
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def is_system_name(name):
+    return name in SYSTEM_NAMES or name.startswith(SYSTEM_NAME_PREFIXES)
+
+
+def host_ip_problem(text):
+    """Why ``text`` cannot be a host address, or None."""
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        return f"{json.dumps(text)} is not an IPv4 or IPv6 address"
+    if addr.version == 6 and addr.scope_id:
+        return f"{json.dumps(text)} has a zone (%{addr.scope_id}), which only means something on one host"
+    if addr.version == 6 and addr.ipv4_mapped:
+        return f"{text} is an IPv4-mapped address: write {addr.ipv4_mapped}"
+    if addr.version == 4 and addr == ipaddress.IPv4Address("255.255.255.255"):
+        return f"{text} is the broadcast address, not a host address"
+    for test, what in (
+        (addr.is_unspecified, "the unspecified address"),
+        (addr.is_loopback, "a loopback address"),
+        (addr.is_multicast, "a multicast address"),
+        (addr.is_link_local, "a link-local address"),
+    ):
+        if test:
+            return f"{text} is {what}, not a host address"
+    return None
+
+
+def trusted_source_problem(text):
+    """Why ``text`` is not a network to trust (CIDR), or None."""
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return f"{quoted(text)} is not an IPv4 or IPv6 network (CIDR, e.g. 203.0.113.0/24)"
+    if net.version == 6 and net.network_address.ipv4_mapped:
+        return f"{quoted(text)} is IPv4-mapped and matches nothing: write the IPv4 network"
+    if ipaddress.ip_interface(text).ip != net.network_address:
+        return f"{quoted(text)} has host bits set (write {net})"
+    if net.prefixlen == 0:
+        return f"{quoted(text)} is the whole Internet: use public_ports for services open to everyone"
+    shortest = 8 if net.version == 4 else 16
+    if net.prefixlen < shortest:
+        return (
+            f"{quoted(text)} is a large part of the Internet (shorter than /{shortest}): "
+            "use public_ports for services open to everyone"
+        )
+    return None
