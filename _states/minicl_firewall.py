@@ -27,10 +27,10 @@ except ImportError as exc:  # pragma: no cover
     IMPORT_ERROR = str(exc)
 
 # Unavailable without minicl (see __virtual__), but the module must still load to say why.
-_guarded = statekit.guarded if HAS_MINICL else (lambda func: func)
+_guarded = statekit.guarded if HAS_MINICL else (lambda func=None, **kwargs: func or (lambda f: f))
 
 __virtualname__ = "minicl_firewall"
-BREAK_GLASS_PERSISTED = "# minicl: break-glass (/etc/minicl/firewall.off): no firewall at boot\n"
+BREAK_GLASS_PERSISTED = "# minicl: break-glass ({}): no firewall at boot\n"
 
 
 def __virtual__():
@@ -41,14 +41,15 @@ def __virtual__():
     return __virtualname__
 
 
-@_guarded
+@_guarded(label="table {name}")
 def applied(name, confirm_seconds=None):
     """Table inet minicl as cluster.json says, applied with the dead-man switch (see above).
     ``confirm_seconds`` overrides cluster.json's firewall.confirm_seconds (0: unconfirmed)."""
     ret = statekit.new_ret(name, result=False)
     if os.path.exists(firewall.BREAK_GLASS_PATH):
-        if read_file(firewall.PERSIST_PATH) != BREAK_GLASS_PERSISTED and not __opts__["test"]:
-            write_file(firewall.PERSIST_PATH, BREAK_GLASS_PERSISTED)  # a reboot must not close it again
+        persisted = BREAK_GLASS_PERSISTED.format(firewall.BREAK_GLASS_PATH)
+        if read_file(firewall.PERSIST_PATH) != persisted and not __opts__["test"]:
+            write_file(firewall.PERSIST_PATH, persisted)  # a reboot must not close it again
         # Loud on purpose: a host without its firewall must show up as failing.
         ret["comment"] = (
             f"{firewall.BREAK_GLASS_PATH} exists (break-glass): table inet minicl is left as it "

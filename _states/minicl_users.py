@@ -13,7 +13,7 @@ never shown: changes name what changed and the keys' fingerprints.
 """
 
 try:
-    from minicl import accounts, statekit
+    from minicl import accounts, config, statekit
 
     HAS_MINICL = True
 except ImportError as exc:  # pragma: no cover
@@ -33,7 +33,7 @@ def managed(name, users=None, admin_group=None, registry=None):
     """``users`` (default: the pillar's), ``admin_group`` (default sudo), ``registry`` (default
     /var/lib/minicl/users.json) are for tests and special hosts."""
     if users is None:
-        users = __pillar__["minicl"]["cluster"]["users"]
+        users = config.from_pillar(__pillar__)[0].users
     admin_group = admin_group or accounts.ADMIN_GROUP
     ret = statekit.new_ret(name)
     try:

@@ -122,9 +122,9 @@ def install_file(source, target, mode):
 def pillar_options(args):
     options = {"repo": args.repo, "branch": args.branch, "cache_dir": args.cache_dir}
     if args.deploy_key:
-        options["deploy_key"] = os.path.join(args.etc_dir, "deploy.key")
+        options["deploy_key"] = os.path.join(args.etc_dir, paths.DEPLOY_KEY_NAME)
     if is_ssh_url(args.repo):
-        options["known_hosts"] = os.path.join(args.etc_dir, "known_hosts")
+        options["known_hosts"] = os.path.join(args.etc_dir, paths.KNOWN_HOSTS_NAME)
     return options
 
 
@@ -148,7 +148,7 @@ def minion_config(args, minion_id):
 def adopt_repo_deploy_key(args, repo, minion_id):
     """After a first fetch with the admin's SSH agent: later (scheduled) runs have no agent, so
     they use the deploy key the config repo carries."""
-    repo_key = os.path.join(repo.live_path, "deploy.key")
+    repo_key = os.path.join(repo.live_path, paths.DEPLOY_KEY_NAME)
     if not os.path.isfile(repo_key):
         print(
             "minicl-bootstrap: WARNING: no --deploy-key and no deploy.key in the config repo: later runs "
@@ -156,8 +156,8 @@ def adopt_repo_deploy_key(args, repo, minion_id):
             file=sys.stderr,
         )
         return
-    install_file(repo_key, os.path.join(args.etc_dir, "deploy.key"), 0o600)
-    args.deploy_key = os.path.join(args.etc_dir, "deploy.key")
+    install_file(repo_key, os.path.join(args.etc_dir, paths.DEPLOY_KEY_NAME), 0o600)
+    args.deploy_key = os.path.join(args.etc_dir, paths.DEPLOY_KEY_NAME)
     write_minion_config(args, minion_id)
     repo.deploy_key = args.deploy_key
     # From here on, as the scheduled runs will: without the agent.
@@ -253,14 +253,14 @@ def run(args):
         raise BootstrapError("run minicl-bootstrap as root (it writes /etc/salt and /etc/minicl)")
 
     os.makedirs(args.etc_dir, mode=0o755, exist_ok=True)
-    installed_key = os.path.join(args.etc_dir, "deploy.key")
+    installed_key = os.path.join(args.etc_dir, paths.DEPLOY_KEY_NAME)
     if not args.deploy_key and os.path.isfile(installed_key):
         args.deploy_key = installed_key  # bootstrap again: keep the key an earlier run installed
     if args.deploy_key:
         if not os.path.isfile(args.deploy_key):
             raise BootstrapError(f"--deploy-key: {args.deploy_key} is not a file")
-        install_file(args.deploy_key, os.path.join(args.etc_dir, "deploy.key"), 0o600)
-    known_hosts = os.path.join(args.etc_dir, "known_hosts")
+        install_file(args.deploy_key, os.path.join(args.etc_dir, paths.DEPLOY_KEY_NAME), 0o600)
+    known_hosts = os.path.join(args.etc_dir, paths.KNOWN_HOSTS_NAME)
     if args.known_hosts:
         if not os.path.isfile(args.known_hosts):
             raise BootstrapError(f"--known-hosts: {args.known_hosts} is not a file")

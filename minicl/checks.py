@@ -13,7 +13,7 @@ import socket
 import subprocess
 from dataclasses import dataclass
 
-from minicl import mail
+from minicl import mail, paths
 
 # Filesystems that hold data; pseudo and in-memory ones (proc, tmpfs, overlay, ...) are left out.
 REAL_FILESYSTEMS = frozenset(
@@ -153,7 +153,7 @@ def mail_queue_checks(queue=None):
 
 def systemd_checks():
     """Failed units and clock sync, where systemd runs (skipped elsewhere)."""
-    if not os.path.isdir("/run/systemd/system"):
+    if not os.path.isdir(paths.SYSTEMD_RUN_DIR):
         return []
     failed = subprocess.run(
         ["systemctl", "--failed", "--plain", "--no-legend", "--no-pager"],

@@ -17,6 +17,9 @@ from minicl import api
 EXIT_INVALID = 1
 
 
+repo_files_on_disk = api.repo_files_on_disk  # where scripts found it before minicl.api
+
+
 def validate_path(path):
     return api.problems(path)
 

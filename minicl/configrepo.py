@@ -32,8 +32,8 @@ from minicl.config import Cluster, ConfigError, Problem, bounded, load_cluster, 
 from minicl.diskspace import NoRoom, describe
 from minicl.errors import MiniclError
 from minicl.mirror import Mirror, git_ssh_command, safe_url
-from minicl.runlock import _RUN_LOCKS, LOCK_WAIT, lock_holders
-from minicl.statusrecord import _LAST_STATUS, ERROR_CHARS, last_status
+from minicl.runlock import LOCK_WAIT, lock_holders
+from minicl.statusrecord import ERROR_CHARS, last_status
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -41,8 +41,6 @@ __all__ = [
     "KEEP_CHECKOUTS",
     "LOCK_WAIT",
     "RESERVE_BYTES",
-    "_LAST_STATUS",  # this process's registries, to read
-    "_RUN_LOCKS",
     "ConfigRepo",
     "DoesNotRender",
     "NoGoodCommit",

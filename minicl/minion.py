@@ -52,7 +52,7 @@ def unit_text(salt_minion, salt_config_dir, python=sys.executable):
 
 
 def systemd_running():
-    return os.path.isdir("/run/systemd/system")
+    return os.path.isdir(paths.SYSTEMD_RUN_DIR)
 
 
 def install_and_restart(text, write):

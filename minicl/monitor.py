@@ -12,13 +12,14 @@ import json
 
 import yaml
 
+from minicl import paths
+
 NODE_EXPORTER_PORT = 9100
 PROMETHEUS_PORT = 9090
 ALERTMANAGER_PORT = 9093  # on loopback only: Prometheus on the same host is its only client
-CONFIG_DIR = "/etc/prometheus"
-RULES_FILE = f"{CONFIG_DIR}/minicl.rules.yml"
-NODE_TARGETS_FILE = f"{CONFIG_DIR}/minicl-nodes.json"
-MONITOR_TARGETS_FILE = f"{CONFIG_DIR}/minicl-monitors.json"
+RULES_FILE = paths.PROMETHEUS_RULES
+NODE_TARGETS_FILE = paths.PROMETHEUS_NODE_TARGETS
+MONITOR_TARGETS_FILE = paths.PROMETHEUS_MONITOR_TARGETS
 FOR_SCRAPES = 4
 FULL_RATIO = 0.10  # disk and inodes: alert when less than this is free
 STALE_RUNS = 3

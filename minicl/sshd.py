@@ -20,9 +20,9 @@ from minicl import accounts, paths
 from minicl.errors import MiniclError
 
 SSHD = "/usr/sbin/sshd"
-MAIN_CONFIG = "/etc/ssh/sshd_config"
+MAIN_CONFIG = paths.SSHD_CONFIG
 DROPIN_DIR = paths.SSHD_DROPIN_DIR
-DROPIN_NAME = "00-minicl.conf"
+DROPIN_NAME = paths.SSHD_DROPIN_NAME
 PRIVSEP_DIR = "/run/sshd"
 ALIASES = {"without-password": "prohibit-password"}  # sshd -T prints the old name
 HARDENED = {
@@ -137,7 +137,7 @@ def check_candidate(text, disable_passwords, port=22, main=MAIN_CONFIG, dropin_d
 
 def reload_sshd():
     """Make a running sshd read its configuration; returns what was done."""
-    if os.path.isdir("/run/systemd/system"):
+    if os.path.isdir(paths.SYSTEMD_RUN_DIR):
         result = subprocess.run(
             ["systemctl", "reload-or-restart", "ssh"], capture_output=True, text=True, check=False
         )

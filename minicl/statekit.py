@@ -28,15 +28,19 @@ def failure(exc):
     return ((getattr(exc, "stderr", None) or "").strip() or str(exc)).strip()
 
 
-def guarded(func):
+def guarded(func=None, *, label="{name}"):
     """A state function whose minicl errors, OS errors and failed commands become
-    ``result: False`` with ``<name>: <what went wrong>`` as the comment."""
+    ``result: False`` with ``<label>: <what went wrong>`` as the comment (``label`` may use
+    ``{name}``: ``@guarded(label="table {name}")``)."""
+    if func is None:
+        return functools.partial(guarded, label=label)
 
     @functools.wraps(func)
     def state(name, *args, **kwargs):
         try:
             return func(name, *args, **kwargs)
         except (MiniclError, OSError, subprocess.CalledProcessError) as exc:
-            return {"name": name, "result": False, "changes": {}, "comment": f"{name}: {failure(exc)}"}
+            comment = f"{label.format(name=name)}: {failure(exc)}"
+            return {"name": name, "result": False, "changes": {}, "comment": comment}
 
     return state

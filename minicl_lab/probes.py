@@ -4,7 +4,7 @@ jobs, the last recorded run (the textfile metric), a PromQL query to the host's 
 import json
 import os
 
-from minicl import metrics
+from minicl import metrics, monitor
 
 
 def salt_jobs_running(host):
@@ -18,7 +18,7 @@ def last_minicl_run(host):
     return metrics.last_run_timestamp(host.read(path)) if host.exists(path) else 0.0
 
 
-def prometheus_query(host, expr, port=9090):
+def prometheus_query(host, expr, port=monitor.PROMETHEUS_PORT):
     """The result vector of a PromQL query to the Prometheus on ``host``: [(labels, value)]."""
     code = (
         "import json, sys, urllib.parse, urllib.request\n"

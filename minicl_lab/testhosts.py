@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 
-SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from minicl.saltext import SOURCE_ROOT
 
 # Units a freshly installed Debian server runs, if their package is on this machine. Every other
 # unit this machine's packages enabled is disabled in a test host: services minicl manages

@@ -1,6 +1,7 @@
 """The monitor role's configuration, computed from cluster.json."""
 
 import json
+import os
 import pathlib
 import shutil
 import subprocess
@@ -8,7 +9,7 @@ import subprocess
 import pytest
 import yaml
 
-from minicl import config, monitor
+from minicl import config, monitor, paths
 
 EXAMPLE = pathlib.Path(__file__).parents[2] / "cluster.json.example"
 
@@ -95,7 +96,7 @@ def test_configs_pass_promtool_and_amtool(data, tmp_path):
     cluster = config.Cluster(data)
     files = {
         "prometheus.yml": monitor.render_prometheus(cluster, "watch").replace(
-            monitor.CONFIG_DIR, str(tmp_path)
+            os.path.dirname(paths.PROMETHEUS_RULES), str(tmp_path)
         ),
         "minicl.rules.yml": monitor.render_rules(cluster),
         "alertmanager.yml": monitor.render_alertmanager(cluster, "watch"),

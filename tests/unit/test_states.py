@@ -126,7 +126,7 @@ def test_firewall_errors_are_a_failed_state_not_a_traceback(fw, monkeypatch):
         "name": "inet minicl",
         "result": False,
         "changes": {},
-        "comment": "inet minicl: nft rejects the ruleset: boom",
+        "comment": "table inet minicl: nft rejects the ruleset: boom",
     }
 
 

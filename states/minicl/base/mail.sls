@@ -20,7 +20,7 @@ minicl-mail-packages:
 
 minicl-mailname:
   file.managed:
-    - name: /etc/mailname
+    - name: {{ paths.mailname }}
     - contents: {{ salt['minicl_mail.mailname']() | json }}
     - require:
       - pkg: minicl-mail-packages
@@ -46,7 +46,7 @@ minicl-aliases:
 
 minicl-postfix-log-rotation:
   file.managed:
-    - name: /etc/logrotate.d/minicl-postfix
+    - name: {{ paths.postfix_logrotate }}
     - contents: |
         # Managed by minicl: Postfix writes {{ paths.postfix_log }} itself (maillog_file).
         {{ paths.postfix_log }} {

@@ -13,13 +13,13 @@ minicl-monitor-packages:
 
 {%- set paths = salt['minicl.paths']() %}
 {%- for name, function, check in [
-      ('/etc/prometheus/minicl-nodes.json', 'node_targets', None),
-      ('/etc/prometheus/minicl-monitors.json', 'monitor_targets', None),
+      (paths.prometheus_node_targets, 'node_targets', None),
+      (paths.prometheus_monitor_targets, 'monitor_targets', None),
       (paths.prometheus_rules, 'rules', 'promtool check rules'),
       (paths.prometheus_config, 'prometheus_config', 'promtool check config --syntax-only'),
-      ('/etc/default/prometheus', 'prometheus_defaults', None),
+      (paths.prometheus_defaults, 'prometheus_defaults', None),
       (paths.alertmanager_config, 'alertmanager_config', 'amtool check-config'),
-      ('/etc/default/prometheus-alertmanager', 'alertmanager_defaults', None),
+      (paths.alertmanager_defaults, 'alertmanager_defaults', None),
     ] %}
 
 minicl-monitor-{{ function }}:
