@@ -84,7 +84,7 @@ def ext_pillar(
         cache_dir, repo, branch=branch, deploy_key=deploy_key, known_hosts=known_hosts, timeout=timeout
     )
     try:
-        return _compile(config_repo, minion_id, applied_file or os.path.join(cache_dir, "applied.json"))
+        return _compile(config_repo, minion_id, applied_file or os.path.join(cache_dir, paths.APPLIED_NAME))
     finally:
         if not _in_a_run():
             config_repo.release_run_lock()

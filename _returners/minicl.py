@@ -16,7 +16,7 @@ import os
 import syslog
 
 try:
-    from minicl import configrepo, metrics, paths
+    from minicl import configrepo, metrics, paths, statusrecord
 
     HAS_MINICL = True
 except ImportError as exc:  # pragma: no cover
@@ -49,7 +49,7 @@ def _config_status():
     for entry in __opts__.get("ext_pillar") or []:
         if isinstance(entry, dict) and "minicl" in entry:
             cache_dir = (entry["minicl"] or {}).get("cache_dir", paths.STATE_DIR)
-            return configrepo.last_status(cache_dir) or _read_json(os.path.join(cache_dir, "status.json"))
+            return configrepo.last_status(cache_dir) or _read_json(statusrecord.status_path(cache_dir))
     return (__pillar__.get("minicl") or {}).get("status") or {}
 
 

@@ -99,7 +99,7 @@ class ConfigRepo:
         self.mirror_dir = os.path.join(cache_dir, "mirror.git")
         self.checkouts_dir = os.path.join(cache_dir, "checkouts")
         self.live_path = os.path.join(cache_dir, "live")
-        self.status_path = os.path.join(cache_dir, "status.json")
+        self.status_path = statusrecord.status_path(cache_dir)
         self.lock_path = os.path.join(cache_dir, "lock")
         self.runs_lock_path = os.path.join(cache_dir, "runs.lock")
         self.verdicts_path = os.path.join(cache_dir, "verdicts.json")

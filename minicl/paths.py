@@ -10,7 +10,8 @@ DEPLOY_KEY_NAME = "deploy.key"  # in ETC_DIR and at the top of the config repo
 KNOWN_HOSTS_NAME = "known_hosts"  # in ETC_DIR
 
 USERS_REGISTRY = f"{STATE_DIR}/users.json"  # the accounts minicl created
-APPLIED_FILE = f"{STATE_DIR}/applied.json"  # the commit this host last converged to
+APPLIED_NAME = "applied.json"  # the commit this host last converged to, in the cache dir
+APPLIED_FILE = f"{STATE_DIR}/{APPLIED_NAME}"
 
 NFTABLES_CONF = "/etc/nftables.conf"
 FIREWALL_SAVED = "/etc/nftables.d/minicl.nft"  # table inet minicl, loaded by nftables.service at boot

@@ -21,6 +21,10 @@ TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # the times in a status, in UTC
 _LAST_STATUS = {}
 
 
+def status_path(cache_dir):
+    return os.path.join(cache_dir, "status.json")
+
+
 def last_status(cache_dir):
     """The status this process's last ``update`` returned (None if it made none): what the
     run's returner reports, even when status.json could not be written."""
