@@ -12,7 +12,6 @@ config overrides the exporter's textfile directory (Debian's /var/lib/prometheus
 
 import json
 import logging
-import os
 import syslog
 
 try:
