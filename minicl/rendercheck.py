@@ -50,33 +50,36 @@ class RenderCheck:
 
 def render_problems(opts, roots, pillar, states, checkout):
     """{sls: message} for each of ``states`` that does not render (or compile) with ``pillar``
-    from ``roots``; empty if all do. Nothing is applied."""
+    from ``roots``; empty if all do. Nothing is applied.
+
+    The highstate is rendered as a run renders it: all of ``states`` together (SLS files that
+    include each other, IDs unique across them). Only when that fails is each SLS rendered on
+    its own, to say which one; a conflict that only exists between SLS files that render
+    alone is reported under "highstate"."""
+    errors = _render(opts, roots, pillar, states)
+    if not errors:
+        return {}
+    problems = {}
+    for sls in states:
+        alone = _render(opts, roots, pillar, [sls])
+        if alone:
+            problems[sls] = _message(sls, alone, checkout)
+    return problems or {"highstate": "highstate: " + "\n  ".join(_lines(errors))}
+
+
+def _render(opts, roots, pillar, states):
+    """Salt's errors rendering and compiling ``states`` (a fresh HighState: one keeps what it
+    rendered, and would see an SLS included twice as a conflict with itself)."""
     import salt.state  # pylint: disable=import-outside-toplevel
 
     opts = dict(opts, file_client="local", file_roots={"base": list(roots)}, pillar=pillar)
-    problems, highs = {}, {}
     with _salt_render_logs_quiet():
         highstate = salt.state.HighState(opts, initial_pillar=pillar)
         try:
-            for sls in states:
-                high, errors = highstate.render_highstate({"base": [sls]})
-                if errors:
-                    problems[sls] = _message(sls, errors, checkout)
-                else:
-                    highs[sls] = high
-            merged = {}
-            for high in highs.values():
-                merged.update(high)
-            for error in highstate.state.verify_high(merged):
-                sls = next((s for s in highs if f"'{s}'" in error or f" {s} " in error), None)
-                if sls:
-                    problems[sls] = problems.get(sls, _file_of(sls, checkout)) + "\n  " + error
-                else:
-                    problems.setdefault("highstate", "highstate:")
-                    problems["highstate"] += "\n  " + error
+            high, errors = highstate.render_highstate({"base": list(states)})
+            return errors or highstate.state.verify_high(high)
         finally:
             highstate.destroy()
-    return problems
 
 
 def _file_of(sls, checkout):
@@ -88,11 +91,15 @@ def _file_of(sls, checkout):
     return f"SLS {sls}"
 
 
-def _message(sls, errors, checkout):
+def _lines(errors):
     lines = []
     for error in errors:
         lines += [line for line in str(error).splitlines() if line.strip()][:ERROR_LINES]
-    return f"{_file_of(sls, checkout)}: " + "\n  ".join(lines)
+    return lines
+
+
+def _message(sls, errors, checkout):
+    return f"{_file_of(sls, checkout)}: " + "\n  ".join(_lines(errors))
 
 
 class _DropRecords(logging.Filter):

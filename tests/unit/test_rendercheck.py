@@ -111,3 +111,31 @@ def test_the_key_follows_the_grains(opts):
     second = RenderCheck(opts, "/nowhere", lambda cluster: None).key
     opts["grains"]["pid"] = 4242  # differs in every run
     assert RenderCheck(opts, "/nowhere", lambda cluster: None).key == second
+
+
+def test_roles_that_include_each_other_render(opts, tmp_path):
+    # As minicl.monitor includes minicl.base: one SLS included twice is not a conflict.
+    files = {"roles/base.sls": GOOD, "roles/mon.sls": "include:\n  - roles.base\nmon:\n  test.nop: []\n"}
+    assert problems(opts, tmp_path, files, ["roles.base", "roles.mon"]) == {}
+
+
+def test_an_id_in_two_roles_is_a_highstate_problem(opts, tmp_path):
+    files = {"roles/a.sls": "same:\n  test.nop: []\n", "roles/b.sls": "same:\n  test.nop: []\n"}
+    found = problems(opts, tmp_path, files, ["roles.a", "roles.b"])
+    assert list(found) == ["highstate"] and "same" in found["highstate"]
+
+
+def test_minicls_own_states_render_with_a_monitor_pillar(opts, tmp_path):
+    import json
+
+    from minicl import config, hostview
+
+    cluster = config.Cluster(
+        json.loads(pathlib.Path(__file__).parents[2].joinpath("cluster.json.example").read_text())
+    )
+    cluster.commit = "0" * 40
+    pillar_data = hostview.pillar_for(cluster, "watch", {"ok": True, "commit": cluster.commit})
+    root = checkout(tmp_path, {"notes.txt": "x\n"})
+    assert (
+        render_problems(opts, [states_dir(), root], pillar_data, pillar_data["minicl"]["states"], root) == {}
+    )
