@@ -23,7 +23,7 @@ MD5 = "$1$abcdefgh$IQtUouv7y7Q9dRWkQEPCc."
 ED25519_ALICE = "AAAAC3NzaC1lZDI1NTE5AAAAIDXiN8smzPToGFR7LTsRBOsGaNV+5wJWTUJ76mG/LuzV"
 ED25519_BOB = "AAAAC3NzaC1lZDI1NTE5AAAAIDN2KgJLrXZ347sa3bJGeAeCVfjIn1/S8QcLKX5RrGbP"
 
-TOP_FIELDS = "admin_email, ca_url, domain, firewall, hosts, monitoring, roles, schedule, smtp, users"
+TOP_FIELDS = "admin_email, apps, ca_url, domain, firewall, hosts, monitoring, roles, schedule, smtp, users"
 KEY_TYPES = (
     "ecdsa-sha2-nistp256, ecdsa-sha2-nistp384, ecdsa-sha2-nistp521, "
     "sk-ecdsa-sha2-nistp256@openssh.com, sk-ssh-ed25519@openssh.com, ssh-ed25519, ssh-rsa"
