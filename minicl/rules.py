@@ -119,6 +119,65 @@ def semantic_problems(data, source, repo_files):
                 problems += _port_problems(
                     settings.get("public_ports"), f"roles.{path_key(role)}.public_ports", source
                 )
+
+    apps = data.get("apps")
+    if isinstance(apps, dict):
+        problems += _app_problems(
+            apps, hosts if isinstance(hosts, dict) else {}, users if isinstance(users, dict) else {}, source
+        )
+    return problems
+
+
+APP_TYPES = ("postgresql", "redis")
+APP_ONLY_KEYS = {"databases": "postgresql", "synchronous": "postgresql", "maxmemory": "redis"}
+DATABASE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+RESERVED_DATABASES = {"postgres", "template0", "template1"}
+
+
+def _app_problems(apps, hosts, users, source):
+    """Apps: names, their hosts and database owners known, keys of their type, one app of a
+    type per host (each type has one port)."""
+    problems = []
+
+    def add(path, message):
+        problems.append(Problem(path, message, source))
+
+    per_host = {}
+    for name, app in apps.items():
+        base = f"apps.{path_key(name)}"
+        if not ROLE_NAME.fullmatch(name):
+            add(base, f"{quoted(name)} is not a valid app name (a-z, 0-9, _ and -)")
+        if not isinstance(app, dict):
+            continue
+        kind = app.get("type")
+        for key, owner_type in APP_ONLY_KEYS.items():
+            if key in app and kind in APP_TYPES and kind != owner_type:
+                add(f"{base}.{key}", f"only a {owner_type} app has {key} (this one is {kind})")
+        app_hosts = app.get("hosts")
+        for i, host in enumerate(app_hosts if isinstance(app_hosts, list) else []):
+            if not isinstance(host, str):
+                continue
+            if host not in hosts:
+                add(f"{base}.hosts[{i}]", f'{quoted(host)} is not a host in "hosts"')
+            elif kind in APP_TYPES:
+                other = per_host.setdefault((host, kind), name)
+                if other != name:
+                    add(
+                        f"{base}.hosts[{i}]",
+                        f"{host} already runs the {kind} app {quoted(other)}; a host runs one app of a type",
+                    )
+        databases = app.get("databases")
+        for db, spec in databases.items() if isinstance(databases, dict) else []:
+            where = f"{base}.databases.{path_key(db)}"
+            if not DATABASE_NAME.fullmatch(db) or db in RESERVED_DATABASES:
+                add(
+                    where,
+                    f"{quoted(db)} is not a database name minicl creates "
+                    "(a-z, 0-9 and _, not starting with a digit; not postgres or template0/1)",
+                )
+            owner = spec.get("owner") if isinstance(spec, dict) else None
+            if isinstance(owner, str) and owner not in users:
+                add(f"{where}.owner", f'{quoted(owner)} is not a user in "users"')
     return problems
 
 

@@ -134,6 +134,11 @@ def _schema_problem(error, source):
         return Problem(path, f"{shown} is out of range ({low}-{high})", source)
     if kind == "uniqueItems":
         return Problem(path, "lists an entry more than once", source)
+    if kind == "enum":
+        choices = ", ".join(json.dumps(choice) for choice in error.validator_value)
+        return Problem(path, f"{shown} is not one of {choices}", source)
+    if kind == "pattern" and error.schema.get("description") and path.startswith("apps."):
+        return Problem(path, f"{shown} is not valid: {error.schema['description']}", source)
     if kind == "pattern" and error.schema.get("title") == "duration":
         return Problem(path, f"{shown} is not a duration ({error.schema['description'].rstrip('.')})", source)
     message = error.message if not _is_secret(path) else f"is invalid ({kind})"

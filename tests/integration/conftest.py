@@ -36,10 +36,12 @@ def deploy_key(tmp_path_factory):
 def cluster_config(hosts, **overrides):
     """The example cluster.json with ``hosts`` ({name: {"ip": [...], "roles": [...]}}).
 
-    The example's ca_url is left out (test hosts cannot reach it) unless ``overrides`` set one.
+    The example's ca_url is left out (test hosts cannot reach it) unless ``overrides`` set one,
+    and so are its apps (its host names are not the test's).
     """
     data = json.loads(EXAMPLE.read_text())
     data.pop("ca_url")
+    data.pop("apps")  # the appliance tests name their own
     data["hosts"] = copy.deepcopy(hosts)
     data.update(overrides)
     return data

@@ -27,7 +27,16 @@ def _example_pristine(example_text):
 
 @pytest.fixture
 def example_data(_example_pristine):
-    """cluster.json.example parsed, a fresh deep copy for each test (mutate freely)."""
+    """cluster.json.example parsed, a fresh deep copy for each test (mutate freely). Its apps are
+    left out (they name its hosts and users, which many tests rename); ``example_with_apps``
+    keeps them."""
+    data = copy.deepcopy(_example_pristine)
+    data.pop("apps")
+    return data
+
+
+@pytest.fixture
+def example_with_apps(_example_pristine):
     return copy.deepcopy(_example_pristine)
 
 

@@ -12,9 +12,9 @@ def cluster(example_text):
     return config.load_cluster(example_text)
 
 
-def test_load_cluster_of_the_example(cluster, example_data):
+def test_load_cluster_of_the_example(cluster, example_with_apps):
     assert isinstance(cluster, config.Cluster)
-    assert cluster.data == example_data
+    assert cluster.data == example_with_apps
     assert cluster.domain == "example.org"
     assert list(cluster.hosts) == ["alpha", "beta", "watch"]
     assert list(cluster.users) == ["alice", "bob"]

@@ -12,6 +12,7 @@ import subprocess
 import pytest
 
 from minicl import config
+from minicl.schema import schema
 
 # Real crypt(3) hashes of "pw": openssl passwd -6/-5/-1 -salt abcdefgh pw, libxcrypt for $y$ and $2b$.
 SHA512 = "$6$abcdefgh$KQeXafAQAaOoKTevphVU215RvJdgzyfASRasIOuh12hO8u0r1bGW92ZnTmC9IjsiQ8VPiTXBiZF49dFL1U4wX/"
@@ -99,12 +100,14 @@ def test_misspelled_password_field_does_not_show_its_value(example_data, problem
     assert "$6$bobsalt" not in "\n".join(found)
 
 
-def test_every_allowed_field_is_accepted(example_data, problems):
+def test_every_allowed_field_is_accepted(example_with_apps, problems):
     # The example uses every field the schema knows, including the optional ca_url and smtp.port,
     # except "roles" (settings of a role need that role's folder in a config repo).
-    assert set(example_data) == set(TOP_FIELDS.split(", ")) - {"roles"}
-    assert set(example_data["smtp"]) == {"relay", "port", "username", "password"}
-    assert problems(example_data) == []
+    assert set(example_with_apps) == set(TOP_FIELDS.split(", ")) - {"roles"}
+    assert set(example_with_apps["smtp"]) == {"relay", "port", "username", "password"}
+    keys = {key for app in example_with_apps["apps"].values() for key in app}
+    assert keys == set(schema()["$defs"]["app"]["properties"])
+    assert problems(example_with_apps) == []
 
 
 # --- required fields ----------------------------------------------------------------------
@@ -1409,3 +1412,52 @@ def test_trusted_sources_not_a_list_is_one_problem(example_data, problems, value
     example_data["hosts"]["alpha"]["trusted_sources"] = value
     found = problems(example_data)
     assert len(found) == 1 and "hosts.alpha.trusted_sources" in found[0], found
+
+
+# --- apps -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (
+            lambda apps: apps["db"].update(type="mysql"),
+            'apps.db.type: "mysql" is not one of "postgresql", "redis"',
+        ),
+        (
+            lambda apps: apps["db"]["hosts"].append("gamma"),
+            'apps.db.hosts[2]: "gamma" is not a host in "hosts"',
+        ),
+        (
+            lambda apps: apps["db"]["databases"]["shop"].update(owner="mallory"),
+            'apps.db.databases.shop.owner: "mallory" is not a user in "users"',
+        ),
+        (
+            lambda apps: apps["cache"].update(databases={"x": {"owner": "alice"}}),
+            "apps.cache.databases: only a postgresql app has databases (this one is redis)",
+        ),
+        (
+            lambda apps: apps["db"].update(maxmemory="1gb"),
+            "apps.db.maxmemory: only a redis app has maxmemory (this one is postgresql)",
+        ),
+        (
+            lambda apps: apps.update(db2={"type": "postgresql", "hosts": ["beta"]}),
+            'apps.db2.hosts[0]: beta already runs the postgresql app "db"; a host runs one app of a type',
+        ),
+        (
+            lambda apps: apps["db"]["databases"].update(postgres={"owner": "alice"}),
+            'apps.db.databases.postgres: "postgres" is not a database name minicl creates',
+        ),
+        (
+            lambda apps: apps.update({"Bad!": {"type": "redis", "hosts": ["watch"]}}),
+            "is not a valid app name",
+        ),
+        (lambda apps: apps["db"].update(hosts=[]), "apps.db.hosts:"),
+        (lambda apps: apps["cache"].update(maxmemory="lots"), "apps.cache.maxmemory:"),
+        (lambda apps: apps["db"]["backup"].update(keep=0), "apps.db.backup.keep:"),
+    ],
+)
+def test_bad_apps_are_refused_naming_the_field(example_with_apps, problems, change, expected):
+    change(example_with_apps["apps"])
+    found = problems(example_with_apps)
+    assert len(found) == 1 and expected in found[0], found
