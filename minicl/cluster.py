@@ -65,11 +65,36 @@ class Cluster:
         return list(self.hosts[host]["roles"])
 
     def role_states(self, host):
-        """The SLS names that implement the roles of ``host``, in role order."""
+        """The SLS names that implement the roles of ``host``, in role order, then those of
+        the app types it runs (``minicl.apps.postgresql``, ...)."""
         states = []
         for role in self.host_roles(host):
             states += MINICL_ROLE_STATES.get(role, [f"roles.{role}"])
+        for kind in sorted({app["type"] for app in self.apps_of(host).values()}):
+            states.append(f"minicl.apps.{kind}")
         return states
+
+    @property
+    def apps(self):
+        return self.data.get("apps", {})
+
+    def apps_of(self, host):
+        """{name: app} of the apps ``host`` runs, each with what this host needs to know:
+        ``role`` ("primary" for the first of its hosts, else "standby"), ``primary`` (that
+        host's name) and ``peers`` ({host: [addresses]} of the app's other hosts)."""
+        mine = {}
+        for name, app in self.apps.items():
+            if host not in app["hosts"]:
+                continue
+            primary = app["hosts"][0]
+            mine[name] = dict(
+                app,
+                name=name,
+                role="primary" if host == primary else "standby",
+                primary=primary,
+                peers={peer: self.host_ips(peer) for peer in app["hosts"] if peer != host},
+            )
+        return mine
 
     def user_keys(self, user):
         return as_list(self.users[user]["ssh_key"])

@@ -19,6 +19,7 @@ def pillar_for(cluster, minion_id, status, applied_file=paths.APPLIED_FILE):
             "host": cluster.host_view(host),
             "addresses": cluster.addresses(),
             "states": [sls for sls in cluster.role_states(host) if sls not in skipped],
+            "apps": cluster.apps_of(host),
             "status": status,
             "applied_file": applied_file,
         }

@@ -128,8 +128,8 @@ def semantic_problems(data, source, repo_files):
     return problems
 
 
-APP_TYPES = ("postgresql", "redis")
-APP_ONLY_KEYS = {"databases": "postgresql", "synchronous": "postgresql", "maxmemory": "redis"}
+APP_TYPES = ("postgresql",)
+APP_ONLY_KEYS = {"databases": "postgresql", "synchronous": "postgresql"}
 DATABASE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 RESERVED_DATABASES = {"postgres", "template0", "template1"}
 

@@ -72,7 +72,10 @@ def test_the_cli_validates_and_shows_through_the_api(repo, capsys):
     assert cli.main(["validate", path]) == 0
     assert cli.main(["show", "alpha", path]) == 0
     shown = json.loads(capsys.readouterr().out.split("valid\n", 1)[1])
-    assert shown["states"] == ["minicl.base"] and "/etc/ssh/sshd_config.d/00-minicl.conf" in shown["files"]
+    assert (
+        shown["states"] == ["minicl.base", "minicl.apps.postgresql"]
+        and "/etc/ssh/sshd_config.d/00-minicl.conf" in shown["files"]
+    )
     assert cli.main(["show", "alpha", path, "--file", "/etc/ssh/sshd_config.d/00-minicl.conf"]) == 0
     assert "PasswordAuthentication no" in capsys.readouterr().out
     assert cli.main(["show", "alpha", path, "--file", "/etc/shadow"]) == 1

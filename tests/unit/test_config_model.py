@@ -123,8 +123,17 @@ def test_host_roles_is_a_copy(cluster):
 
 
 def test_role_states_of_minicl_roles(cluster):
-    assert cluster.role_states("alpha") == ["minicl.base"]
+    assert cluster.role_states("alpha") == ["minicl.base", "minicl.apps.postgresql"]
     assert cluster.role_states("watch") == ["minicl.base", "minicl.monitor"]
+
+
+def test_apps_of_a_host(cluster):
+    db = cluster.apps_of("beta")["db"]
+    assert db["role"] == "standby" and db["primary"] == "alpha" and db["name"] == "db"
+    assert db["peers"] == {"alpha": ["198.51.100.11", "2001:db8:100::11"]}
+    assert db["databases"] == {"shop": {"owner": "alice"}}
+    assert cluster.apps_of("alpha")["db"]["role"] == "primary"
+    assert cluster.apps_of("watch") == {}
 
 
 def test_role_states_of_repo_roles_in_role_order(example_data):

@@ -1422,7 +1422,7 @@ def test_trusted_sources_not_a_list_is_one_problem(example_data, problems, value
     [
         (
             lambda apps: apps["db"].update(type="mysql"),
-            'apps.db.type: "mysql" is not one of "postgresql", "redis"',
+            'apps.db.type: "mysql" is not one of "postgresql"',
         ),
         (
             lambda apps: apps["db"]["hosts"].append("gamma"),
@@ -1432,14 +1432,8 @@ def test_trusted_sources_not_a_list_is_one_problem(example_data, problems, value
             lambda apps: apps["db"]["databases"]["shop"].update(owner="mallory"),
             'apps.db.databases.shop.owner: "mallory" is not a user in "users"',
         ),
-        (
-            lambda apps: apps["cache"].update(databases={"x": {"owner": "alice"}}),
-            "apps.cache.databases: only a postgresql app has databases (this one is redis)",
-        ),
-        (
-            lambda apps: apps["db"].update(maxmemory="1gb"),
-            "apps.db.maxmemory: only a redis app has maxmemory (this one is postgresql)",
-        ),
+        (lambda apps: apps["db"].update(maxmemory="1gb"), "apps.db.maxmemory: unknown field"),
+        (lambda apps: apps["db"].update(synchronous="yes"), "apps.db.synchronous: must be"),
         (
             lambda apps: apps.update(db2={"type": "postgresql", "hosts": ["beta"]}),
             'apps.db2.hosts[0]: beta already runs the postgresql app "db"; a host runs one app of a type',
@@ -1449,11 +1443,10 @@ def test_trusted_sources_not_a_list_is_one_problem(example_data, problems, value
             'apps.db.databases.postgres: "postgres" is not a database name minicl creates',
         ),
         (
-            lambda apps: apps.update({"Bad!": {"type": "redis", "hosts": ["watch"]}}),
+            lambda apps: apps.update({"Bad!": {"type": "postgresql", "hosts": ["watch"]}}),
             "is not a valid app name",
         ),
         (lambda apps: apps["db"].update(hosts=[]), "apps.db.hosts:"),
-        (lambda apps: apps["cache"].update(maxmemory="lots"), "apps.cache.maxmemory:"),
         (lambda apps: apps["db"]["backup"].update(keep=0), "apps.db.backup.keep:"),
     ],
 )

@@ -1,0 +1,77 @@
+"""Execution module: the lifecycle verbs of the apps this host runs (cluster.json "apps").
+
+    salt-call --local minicl_app.check_health db   # the service answers, role, replication, disk
+    salt-call --local minicl_app.test db           # a write and a read, and through replication
+    salt-call --local minicl_app.verbs db          # which verbs the app's appliance provides
+
+Each prints a readable report, returns it as data, and sets a non-zero exit code (with
+``--retcode-passthrough``) when a check failed. A verb the appliance does not provide says so.
+"""
+
+try:
+    from minicl import appliances
+
+    HAS_MINICL = True
+except ImportError as exc:  # pragma: no cover
+    HAS_MINICL = False
+    IMPORT_ERROR = str(exc)
+
+__virtualname__ = "minicl_app"
+
+
+def __virtual__():
+    if not HAS_MINICL:
+        return False, f"the minicl package is not importable: {IMPORT_ERROR}"
+    return __virtualname__
+
+
+def _run(verb, app_name):
+    apps = (__pillar__.get("minicl") or {}).get("apps") or {}
+    if app_name not in apps:
+        __context__["retcode"] = 1
+        known = ", ".join(sorted(apps)) or "none"
+        return {"app": app_name, "verb": verb, "ok": False,
+                "report": [f"{app_name} is not an app of this host (apps here: {known})"]}  # fmt: skip
+    app = apps[app_name]
+    try:
+        module = appliances.module(app["type"])
+        if verb not in module.VERBS:
+            __context__["retcode"] = 1
+            return {"app": app_name, "verb": verb, "ok": False,
+                    "report": [f"{verb} is not provided for {app['type']} apps by this version of minicl "
+                               f"(provided: {', '.join(module.VERBS)})"]}  # fmt: skip
+        report = getattr(module, verb)(app)
+    except appliances.ApplianceError as exc:
+        __context__["retcode"] = 1
+        return {"app": app_name, "verb": verb, "ok": False, "report": [f"FAIL {exc}"]}
+    if not report.ok:
+        __context__["retcode"] = 1
+    return report.as_dict()
+
+
+def check_health(app):
+    """The app's service answers a real query; its role, replication state and lag, disk headroom.
+
+    CLI Example: ``salt-call --local minicl_app.check_health db``
+    """
+    return _run("check_health", app)
+
+
+def test(app):
+    """An end-to-end write and read through the app's service, and through replication.
+
+    CLI Example: ``salt-call --local minicl_app.test db``
+    """
+    return _run("test", app)
+
+
+def verbs(app):
+    """The verbs of the lifecycle contract the app's appliance provides.
+
+    CLI Example: ``salt-call --local minicl_app.verbs db``
+    """
+    apps = (__pillar__.get("minicl") or {}).get("apps") or {}
+    if app not in apps:
+        return {}
+    provided = appliances.module(apps[app]["type"]).VERBS
+    return {verb: verb in provided for verb in appliances.CONTRACT}

@@ -1,0 +1,365 @@
+"""The PostgreSQL appliance: Debian's PostgreSQL 15 (cluster 15/main), a primary and hot standbys
+by streaming replication, databases owned by cluster users who reach them as themselves on the
+local socket (peer authentication).
+
+The first host of the app is the primary when the app is first created. A standby is cloned from
+the primary with pg_basebackup (through a replication slot named after it), only from a cluster
+that holds no database of its own (anything else is refused, never overwritten; the cluster it
+replaces is kept aside). Replication authenticates with a password every host derives from the
+config repo's deploy key (``appliances.shared_secret``); it is in no file but postgres' own
+~/.pgpass (mode 0600). What the verbs report and do on the primary is decided by the running
+server (``pg_is_in_recovery``), not by cluster.json.
+"""
+
+import os
+import shutil
+import subprocess
+import time
+
+from minicl.appliances import ApplianceError, Report, shared_secret
+from minicl.files import read_file, write_file
+
+VERSION = "15"
+CLUSTER = "main"
+PORT = 5432
+SERVICE = f"postgresql@{VERSION}-{CLUSTER}"
+BIN = f"/usr/lib/postgresql/{VERSION}/bin"
+DATA_DIR = f"/var/lib/postgresql/{VERSION}/{CLUSTER}"
+CONF_DIR = f"/etc/postgresql/{VERSION}/{CLUSTER}"
+CONF_FILE = f"{CONF_DIR}/conf.d/minicl.conf"
+HBA_FILE = f"{CONF_DIR}/pg_hba.conf"
+PGPASS = "/var/lib/postgresql/.pgpass"
+REPLICA_ROLE = "minicl_replica"
+PROBE_TABLE = "minicl_probe"
+SYSTEM_DATABASES = ("postgres", "template0", "template1")
+VERBS = ("check_health", "test")
+MIN_FREE_RATIO = 0.10
+
+
+def _ident(name):
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text):
+    return "'" + text.replace("'", "''") + "'"
+
+
+def replica_password(app):
+    return shared_secret(app["name"], "postgresql replication")
+
+
+def slot_name(host):
+    return "minicl_" + "".join(c if c.isalnum() else "_" for c in host.lower())
+
+
+def primary_address(app):
+    """The address standbys connect to: the primary's first IPv4 address, else its first."""
+    ips = app["peers"].get(app["primary"], [])
+    return next((ip for ip in ips if ":" not in ip), ips[0] if ips else "127.0.0.1")
+
+
+def render_conf(app, host):
+    lines = [
+        f"# Managed by minicl (app {app['name']}); changes here are overwritten.",
+        "listen_addresses = '*'",
+        "wal_level = replica",
+        "max_wal_senders = 10",
+        "max_replication_slots = 10",
+        "hot_standby = on",
+        "wal_keep_size = '256MB'",
+        "log_destination = 'syslog'",
+        "syslog_ident = 'postgres'",
+    ]
+    if app.get("synchronous"):
+        lines.append("synchronous_standby_names = 'ANY 1 (*)'")
+    if app["role"] == "standby":  # read only while this server is a standby
+        lines.append(
+            f"primary_conninfo = 'host={primary_address(app)} port={PORT} user={REPLICA_ROLE} "
+            f"passfile={PGPASS} application_name={host}'"
+        )
+        lines.append(f"primary_slot_name = '{slot_name(host)}'")
+    return "\n".join(lines) + "\n"
+
+
+def render_hba(app):
+    lines = [
+        f"# Managed by minicl (app {app['name']}); changes here are overwritten.",
+        "# TYPE  DATABASE     USER            ADDRESS                 METHOD",
+        "local   all          postgres                                peer",
+        "local   all          all                                     peer",
+        "local   replication  all                                     peer",
+        "host    all          all             127.0.0.1/32            scram-sha-256",
+        "host    all          all             ::1/128                 scram-sha-256",
+    ]
+    for peer in sorted(app["peers"]):
+        for ip in app["peers"][peer]:
+            mask = "128" if ":" in ip else "32"
+            lines.append(f"host    replication  {REPLICA_ROLE}  {ip}/{mask:<18} scram-sha-256  # {peer}")
+    return "\n".join(lines) + "\n"
+
+
+def render_pgpass(app):
+    return f"*:{PORT}:*:{REPLICA_ROLE}:{replica_password(app)}\n"
+
+
+# -- the running server --------------------------------------------------------------------
+
+
+def _run(argv, input=None, env=None, check=True):
+    result = subprocess.run(argv, input=input, capture_output=True, text=True, check=False, env=env)
+    if check and result.returncode != 0:
+        raise ApplianceError(f"{' '.join(argv[:4])}...: {result.stderr.strip() or result.stdout.strip()}")
+    return result
+
+
+def psql(sql, database="postgres", check=True):
+    """Run SQL (from stdin, so nothing shows in the process list) as postgres on the local
+    socket; returns the unaligned rows."""
+    result = _run(
+        [
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            "psql",
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            database,
+        ],
+        input=sql,
+        check=check,
+    )
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def systemctl(*args, check=True):
+    return _run(["systemctl", *args], check=check)
+
+
+def running():
+    return systemctl("is-active", "--quiet", SERVICE, check=False).returncode == 0
+
+
+def wait_ready(seconds=30):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if _run(["runuser", "-u", "postgres", "--", f"{BIN}/pg_isready", "-q"], check=False).returncode == 0:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def in_recovery():
+    """True on a standby, False on a primary, None if the server does not answer."""
+    answer = psql("SELECT pg_is_in_recovery()", check=False)
+    return None if answer is None else answer == "t"
+
+
+def own_databases():
+    rows = psql("SELECT datname FROM pg_database WHERE NOT datistemplate") or ""
+    return [name for name in rows.splitlines() if name and name not in SYSTEM_DATABASES]
+
+
+def has_data_dir():
+    return os.path.isfile(os.path.join(DATA_DIR, "PG_VERSION"))
+
+
+def is_standby_data():
+    return os.path.exists(os.path.join(DATA_DIR, "standby.signal"))
+
+
+# -- converging ---------------------------------------------------------------------------
+
+
+def file_changes(app, host):
+    """{path: new text} of minicl's PostgreSQL files that differ from what is there."""
+    wanted = {CONF_FILE: render_conf(app, host), HBA_FILE: render_hba(app), PGPASS: render_pgpass(app)}
+    return {path: text for path, text in wanted.items() if read_file(path) != text}
+
+
+def write_files(changed):
+    for path, text in changed.items():
+        write_file(path, text, 0o600 if path == PGPASS else 0o640)
+        shutil.chown(path, "postgres", "postgres")
+
+
+def needs_clone(app):
+    """Whether this host must become a standby of the primary: configured as one, and its data
+    is not a standby's. (A server holding databases of its own is never cloned over: see
+    ``clone_from_primary``.)"""
+    return app["role"] == "standby" and not is_standby_data()
+
+
+def clone_from_primary(app, host):
+    """Make this host a standby: refuses if the local cluster holds databases of its own; keeps
+    the cluster it replaces aside; clones the primary through a replication slot of its own."""
+    if has_data_dir():
+        if not running():
+            systemctl("start", SERVICE)
+        if not wait_ready():
+            raise ApplianceError(f"the local PostgreSQL ({SERVICE}) does not start; it is left as it is")
+        mine = own_databases()
+        if mine:
+            raise ApplianceError(
+                f"this host should be a standby of {app['primary']}, but its PostgreSQL holds databases "
+                f"of its own ({', '.join(mine)}): minicl does not overwrite them. Move them away "
+                f"(pg_dump), or make {host} the primary in cluster.json"
+            )
+        systemctl("stop", SERVICE)
+        aside = f"{DATA_DIR}.minicl-replaced-{int(time.time())}"
+        os.rename(DATA_DIR, aside)
+    os.makedirs(DATA_DIR, mode=0o700, exist_ok=True)
+    shutil.chown(DATA_DIR, "postgres", "postgres")
+    base = [
+        "runuser", "-u", "postgres", "--", "env", f"PGPASSFILE={PGPASS}",
+        f"{BIN}/pg_basebackup", "-h", primary_address(app), "-p", str(PORT), "-U", REPLICA_ROLE,
+        "-D", DATA_DIR, "-X", "stream", "-c", "fast", "-S", slot_name(host), "-w",
+    ]  # fmt: skip
+    result = _run([*base, "-C"], check=False)
+    if result.returncode != 0 and "already exists" in result.stderr:
+        shutil.rmtree(DATA_DIR)
+        os.makedirs(DATA_DIR, mode=0o700)
+        shutil.chown(DATA_DIR, "postgres", "postgres")
+        result = _run(base, check=False)
+    if result.returncode != 0:
+        raise ApplianceError(
+            f"cloning the primary {app['primary']} ({primary_address(app)}) failed: {result.stderr.strip()} "
+            "(is its PostgreSQL up and converged? the next run tries again)"
+        )
+    write_file(os.path.join(DATA_DIR, "standby.signal"), "", 0o600)
+    shutil.chown(os.path.join(DATA_DIR, "standby.signal"), "postgres", "postgres")
+
+
+def replica_role_ok(app):
+    """Whether the replication role logs in with the shared password (over TCP, as a standby does)."""
+    probe = _run(
+        ["psql", "-X", "-A", "-t", "-h", "127.0.0.1", "-U", REPLICA_ROLE, "-d", "postgres", "-c", "SELECT 1"],
+        env={**os.environ, "PGPASSWORD": replica_password(app), "PGCONNECT_TIMEOUT": "5"},
+        check=False,
+    )
+    return probe.returncode == 0
+
+
+def set_replica_role(app):
+    """On the primary: create the replication role, or set its password to the shared one."""
+    exists = psql(f"SELECT 1 FROM pg_roles WHERE rolname = {_literal(REPLICA_ROLE)}") == "1"
+    verb = "ALTER" if exists else "CREATE"
+    psql(f"SET password_encryption = 'scram-sha-256'; {verb} ROLE {_ident(REPLICA_ROLE)} "
+         f"WITH REPLICATION LOGIN PASSWORD {_literal(replica_password(app))}")  # fmt: skip
+
+
+def database_changes(app):
+    """What the primary lacks of the app's databases and owners: a list of (what, SQL)."""
+    todo = []
+    roles = set((psql("SELECT rolname FROM pg_roles") or "").splitlines())
+    owners = dict(
+        line.split("|", 1)
+        for line in (psql("SELECT datname, pg_get_userbyid(datdba) FROM pg_database") or "").splitlines()
+        if "|" in line
+    )
+    for db, spec in sorted((app.get("databases") or {}).items()):
+        owner = spec["owner"]
+        if owner not in roles:
+            todo.append((f"role {owner} (login, peer authentication)", f"CREATE ROLE {_ident(owner)} LOGIN"))
+            roles.add(owner)
+        if db not in owners:
+            todo.append(
+                (f"database {db} owned by {owner}", f"CREATE DATABASE {_ident(db)} OWNER {_ident(owner)}")
+            )
+        elif owners[db] != owner:
+            todo.append(
+                (
+                    f"database {db} now owned by {owner}",
+                    f"ALTER DATABASE {_ident(db)} OWNER TO {_ident(owner)}",
+                )
+            )
+    return todo
+
+
+def forgotten_databases(app):
+    """Databases on the server that cluster.json no longer lists: minicl never drops them."""
+    listed = set(app.get("databases") or {})
+    return [db for db in own_databases() if db not in listed and db != PROBE_TABLE]
+
+
+# -- verbs --------------------------------------------------------------------------------
+
+
+def check_health(app):
+    report = Report(app["name"], "check_health")
+    up = running() and wait_ready(5)
+    if not report.check(up, f"{SERVICE} answers on the local socket"):
+        return report
+    recovery = in_recovery()
+    role = "standby" if recovery else "primary"
+    report.data["role"] = role
+    report.check(recovery is not None, f"this host is the {role}")
+    if recovery:
+        status = psql("SELECT status, sender_host FROM pg_stat_wal_receiver") or ""
+        streaming = status.startswith("streaming|")
+        report.check(
+            streaming, f"streaming from the primary ({status.replace('|', ' from ') or 'not connected'})"
+        )
+        lag = psql("SELECT COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0)::int")
+        report.data["replay_lag_seconds"] = int(lag or 0)
+        report.lines.append(f"info last replayed transaction {int(lag or 0)} s ago")
+    else:
+        rows = (
+            psql(
+                "SELECT application_name, state, COALESCE(pg_wal_lsn_diff(sent_lsn, replay_lsn), 0) "
+                "FROM pg_stat_replication"
+            )
+            or ""
+        ).splitlines()
+        standbys = {r.split("|")[0]: r.split("|") for r in rows if r}
+        report.data["standbys"] = {
+            name: {"state": r[1], "lag_bytes": int(float(r[2]))} for name, r in standbys.items()
+        }
+        for peer in sorted(app["peers"]):
+            row = standbys.get(peer)
+            said = f"{row[1]}, {int(float(row[2]))} bytes behind" if row else "not connected"
+            report.check(row is not None and row[1] == "streaming", f"standby {peer}: {said}")
+    usage = shutil.disk_usage(DATA_DIR)
+    free = usage.free / usage.total
+    report.data["disk_free_ratio"] = round(free, 3)
+    report.check(free >= MIN_FREE_RATIO, f"{free:.0%} of the data disk free ({DATA_DIR})")
+    report.lines.append("info backups: not provided yet by this version of the appliance")
+    return report
+
+
+def test(app, wait=15):
+    """A write and a read through the service on the primary, and the write seen by every
+    standby (their replay position passes it); on a standby, a read and a refused write."""
+    report = Report(app["name"], "test")
+    recovery = in_recovery()
+    if not report.check(recovery is not None, f"{SERVICE} answers"):
+        return report
+    token = os.urandom(8).hex()
+    if recovery:
+        report.check(psql("SELECT 1") == "1", "a read on this standby")
+        refused = psql("CREATE TABLE minicl_should_not_exist (x int)", check=False) is None
+        report.check(refused, "a write on this standby is refused (read-only)")
+        return report
+    psql(f"CREATE TABLE IF NOT EXISTS {PROBE_TABLE} (id int PRIMARY KEY, token text, at timestamptz); "
+         f"INSERT INTO {PROBE_TABLE} VALUES (1, {_literal(token)}, now()) "
+         f"ON CONFLICT (id) DO UPDATE SET token = EXCLUDED.token, at = now()")  # fmt: skip
+    lsn = psql("SELECT pg_current_wal_lsn()")
+    report.check(
+        psql(f"SELECT token FROM {PROBE_TABLE} WHERE id = 1") == token, f"a write and a read ({token})"
+    )
+    deadline = time.monotonic() + wait
+    pending = set(app["peers"])
+    while pending and time.monotonic() < deadline:
+        rows = (psql(f"SELECT application_name FROM pg_stat_replication "
+                     f"WHERE replay_lsn >= {_literal(lsn)}::pg_lsn") or "").splitlines()  # fmt: skip
+        pending -= set(rows)
+        if pending:
+            time.sleep(0.3)
+    for peer in sorted(app["peers"]):
+        report.check(peer not in pending, f"standby {peer} replayed the write")
+    return report
