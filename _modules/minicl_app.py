@@ -5,7 +5,8 @@
     salt-call --local minicl_app.verbs db          # which verbs the app's appliance provides
 
 Each prints a readable report, returns it as data, and sets a non-zero exit code (with
-``--retcode-passthrough``) when a check failed. A verb the appliance does not provide says so.
+``--retcode-passthrough``) when a check failed. Every verb of the contract is here; one the
+app's appliance does not provide (yet) says so and fails.
 """
 
 try:
@@ -75,3 +76,59 @@ def verbs(app):
         return {}
     provided = appliances.module(apps[app]["type"]).VERBS
     return {verb: verb in provided for verb in appliances.CONTRACT}
+
+
+def backup(app):
+    """A consistent backup of the app (restic). Not provided yet by any appliance: says so.
+
+    CLI Example: ``salt-call --local minicl_app.backup db``
+    """
+    return _run("backup", app)
+
+
+def restore(app, backup=None):  # pylint: disable=unused-argument,redefined-outer-name
+    """Restore the app from a backup (``backup=ID``, default the newest). Not provided yet.
+
+    CLI Example: ``salt-call --local minicl_app.restore db backup=3f1c9a2b``
+    """
+    return _run("restore", app)
+
+
+def upgrade(app):
+    """Upgrade the app's packages, undone by itself if its checks fail. Not provided yet.
+
+    CLI Example: ``salt-call --local minicl_app.upgrade db``
+    """
+    return _run("upgrade", app)
+
+
+def downgrade(app):
+    """Go back to the app's previous recorded package versions. Not provided yet.
+
+    CLI Example: ``salt-call --local minicl_app.downgrade db``
+    """
+    return _run("downgrade", app)
+
+
+def failover(app):
+    """On a standby: promote it to primary (and fence the old one). Not provided yet.
+
+    CLI Example: ``salt-call --local minicl_app.failover db``
+    """
+    return _run("failover", app)
+
+
+def monitor(app):
+    """The app's live figures (connections, replication lag, memory, operations). Not provided yet.
+
+    CLI Example: ``salt-call --local minicl_app.monitor db``
+    """
+    return _run("monitor", app)
+
+
+def cleanup(app):
+    """Backups beyond retention, old WAL and logs, unused replication slots. Not provided yet.
+
+    CLI Example: ``salt-call --local minicl_app.cleanup db``
+    """
+    return _run("cleanup", app)

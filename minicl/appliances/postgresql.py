@@ -211,8 +211,8 @@ def clone_from_primary(app, host):
                 f"(pg_dump), or make {host} the primary in cluster.json"
             )
         systemctl("stop", SERVICE)
-        aside = f"{DATA_DIR}.minicl-replaced-{int(time.time())}"
-        os.rename(DATA_DIR, aside)
+        # shutil.move renames, or copies where it cannot (a folder of an overlay's lower layer).
+        shutil.move(DATA_DIR, f"{DATA_DIR}.minicl-replaced-{int(time.time())}")
     os.makedirs(DATA_DIR, mode=0o700, exist_ok=True)
     shutil.chown(DATA_DIR, "postgres", "postgres")
     base = [
