@@ -31,6 +31,11 @@ if [ ! -x "$PREFIX/bin/python" ]; then
     echo "install.sh: creating the venv $PREFIX"
     /usr/bin/python3 -m venv "$PREFIX"
 fi
+# setuptools builds in the clone's build/ and never removes a file from it: a module that moved
+# or went away would be installed again from there.
+if [ -d "$SOURCE" ] && [ -f "$SOURCE/setup.cfg" ] && grep -q '^name = minicl$' "$SOURCE/setup.cfg"; then
+    rm -rf "$SOURCE/build"
+fi
 echo "install.sh: installing Salt and minicl from $SOURCE into $PREFIX"
 "$PREFIX/bin/pip" install -q --disable-pip-version-check "$SOURCE"
 # The same version number again (a newer clone) still replaces minicl's own files.

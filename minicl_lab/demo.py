@@ -279,6 +279,8 @@ def run_demo(lab, report, workdir):
                 f"{monitor_name} scrapes {name}: commit {(scraped.get(name) or 'nothing')[:12]}",
             )
 
+    show_apps(report, hosts, config)
+
     name, host = next(iter(hosts.items()))
     report.step(f"pushing a bad commit (a uid in the system range), then state.apply on {name}")
     bad_config = json.loads(config_text)
@@ -304,6 +306,38 @@ def run_demo(lab, report, workdir):
 
     show_schedule(report, git, hosts, workstation, workdir, json.loads(config_text))
     return hosts
+
+
+def show_apps(report, hosts, config):
+    for app_name, app in config.get("apps", {}).items():
+        primary, standbys = app["hosts"][0], app["hosts"][1:]
+        for db, spec in app.get("databases", {}).items():
+            owner = spec["owner"]
+            report.step(
+                f"app {app_name} ({app['type']}): {owner} writes a row in {db} on {primary} "
+                f"(peer authentication), the standbys read it"
+            )
+            psql = ["runuser", "-u", owner, "--", "psql", "-X", "-A", "-t", "-d", db, "-c"]
+            wrote = hosts[primary].run(
+                [*psql, "CREATE TABLE demo (said text); INSERT INTO demo VALUES ('hello')"], check=False
+            )
+            report.check(
+                wrote.returncode == 0,
+                f"{primary}: {owner} wrote to {db} as themselves"
+                + ("" if wrote.returncode == 0 else f" ({wrote.stderr.strip()})"),
+            )
+            for standby in standbys:
+                deadline, seen = time.monotonic() + 30, ""
+                while time.monotonic() < deadline and seen != "hello":
+                    seen = hosts[standby].run([*psql, "SELECT said FROM demo"], check=False).stdout.strip()
+                    time.sleep(0.5)
+                report.check(seen == "hello", f"{standby}: the standby reads the row written on {primary}")
+        code, health = salt_json(hosts[primary], "minicl_app.check_health", app_name)
+        report.check(
+            code == 0 and bool(health) and health.get("ok"),
+            f"{primary}: minicl_app.check_health {app_name}: "
+            + "; ".join(line[5:] for line in (health or {}).get("report", [])[:3]),
+        )
 
 
 def show_schedule(report, git, hosts, workstation, workdir, config):
