@@ -338,3 +338,116 @@ def test_users_apply_failure_fails_that_user_only(users_state, monkeypatch, test
     else:
         assert ret["result"] is False and set(ret["changes"]) == {"carol"}
         assert "alice: useradd: exit 9" in ret["comment"]
+
+
+# -- minicl_postgresql -------------------------------------------------------------------
+
+APP = {"name": "db", "type": "postgresql", "hosts": ["alpha", "beta"], "role": "standby", "primary": "alpha",
+       "peers": {"alpha": ["198.51.100.11"]}, "databases": {"shop": {"owner": "alice"}}}  # fmt: skip
+
+
+@pytest.fixture
+def pg_state(monkeypatch, testmode):
+    from minicl.appliances import postgresql as pg
+
+    calls = []
+    monkeypatch.setattr(
+        pg, "systemctl", lambda *args, check=True: calls.append(args) or subprocess.CompletedProcess(args, 0)
+    )
+    monkeypatch.setattr(pg, "write_files", lambda changed: calls.append(("write", sorted(changed))))
+    monkeypatch.setattr(pg, "clone_from_primary", lambda app, host: calls.append(("clone", host)))
+    monkeypatch.setattr(pg, "wait_ready", lambda seconds=30: True)
+    monkeypatch.setattr(pg, "set_replica_role", lambda app: calls.append(("replica role",)))
+    monkeypatch.setattr(pg, "psql", lambda sql, database="postgres", check=True: calls.append(("sql", sql)))
+    state = load_state("minicl_postgresql", testmode,
+                       {"minicl": {"apps": {"db": APP}, "host": {"name": "beta"}}})  # fmt: skip
+    return state, pg, calls
+
+
+def test_postgresql_new_standby_is_cloned_and_started(pg_state, monkeypatch, testmode):
+    state, pg, calls = pg_state
+    monkeypatch.setattr(pg, "file_changes", lambda app, host: {pg.PGPASS: "*:5432:*:minicl_replica:SECRET\n"})
+    monkeypatch.setattr(pg, "needs_clone", lambda app: True)
+    monkeypatch.setattr(pg, "running", lambda: False)
+    monkeypatch.setattr(pg, "in_recovery", lambda: True)
+
+    def systemctl(*args, check=True):  # a fresh host: the service is not enabled yet
+        calls.append(args)
+        return subprocess.CompletedProcess(args, 1 if args[0] == "is-enabled" else 0)
+
+    monkeypatch.setattr(pg, "systemctl", systemctl)
+    ret = state.running("db")
+    assert "SECRET" not in json.dumps(ret)
+    assert ret["changes"][pg.PGPASS] == "(content hidden)"
+    assert ret["changes"]["standby"] == "cloned from the primary alpha (198.51.100.11)"
+    if testmode:
+        assert ret["result"] is None and calls == [("is-enabled", "--quiet", pg.SERVICE)]
+    else:
+        assert ret["result"] is True
+        assert ("write", [pg.PGPASS]) in calls and ("clone", "beta") in calls
+        assert ("enable", pg.SERVICE) in calls and ("start", pg.SERVICE) in calls
+
+
+def test_postgresql_as_configured_changes_nothing(pg_state, monkeypatch):
+    state, pg, calls = pg_state
+    monkeypatch.setattr(pg, "file_changes", lambda app, host: {})
+    monkeypatch.setattr(pg, "needs_clone", lambda app: False)
+    monkeypatch.setattr(pg, "running", lambda: True)
+    monkeypatch.setattr(pg, "in_recovery", lambda: False)
+    monkeypatch.setattr(pg, "replica_role_ok", lambda app: True)
+    ret = state.running("db")
+    assert ret["result"] is True and ret["changes"] == {} and ret["comment"].endswith("(primary)")
+
+
+def test_postgresql_config_change_restarts_and_sets_the_replica_role(pg_state, monkeypatch, testmode):
+    state, pg, calls = pg_state
+    monkeypatch.setattr(pg, "file_changes", lambda app, host: {pg.CONF_FILE: "listen_addresses = '*'\n"})
+    monkeypatch.setattr(pg, "needs_clone", lambda app: False)
+    monkeypatch.setattr(pg, "running", lambda: True)
+    monkeypatch.setattr(pg, "in_recovery", lambda: False)
+    monkeypatch.setattr(pg, "replica_role_ok", lambda app: False)
+    ret = state.running("db")
+    assert "+listen_addresses = '*'" in ret["changes"][pg.CONF_FILE] and "replication role" in ret["changes"]
+    if testmode:
+        assert ret["result"] is None and ("restart", pg.SERVICE) not in calls
+    else:
+        assert ret["result"] is True and ("restart", pg.SERVICE) in calls and ("replica role",) in calls
+
+
+def test_postgresql_clone_refused_is_a_failed_state(pg_state, monkeypatch, testmode):
+    state, pg, calls = pg_state
+    monkeypatch.setattr(pg, "file_changes", lambda app, host: {})
+    monkeypatch.setattr(pg, "needs_clone", lambda app: True)
+    monkeypatch.setattr(pg, "running", lambda: True)
+
+    def refuse(app, host):
+        raise pg.ApplianceError("its PostgreSQL holds databases of its own (shop)")
+
+    monkeypatch.setattr(pg, "clone_from_primary", refuse)
+    ret = state.running("db")
+    if testmode:
+        assert ret["result"] is None
+    else:
+        assert ret == {"name": "db", "result": False, "changes": {},
+                       "comment": "postgresql app db: its PostgreSQL holds databases of its own (shop)"}  # fmt: skip
+
+
+def test_postgresql_databases_on_the_primary(pg_state, monkeypatch, testmode):
+    state, pg, calls = pg_state
+    monkeypatch.setattr(pg, "in_recovery", lambda: False)
+    monkeypatch.setattr(
+        pg, "database_changes", lambda app: [("database shop owned by alice", "CREATE DATABASE")]
+    )
+    monkeypatch.setattr(pg, "forgotten_databases", lambda app: ["old"])
+    ret = state.databases("db")
+    assert ret["changes"] == {"created": ["database shop owned by alice"]}
+    assert ret["comment"].endswith("not in cluster.json any more, and left as they are: old")
+    assert ret["result"] is (None if testmode else True)
+    assert (("sql", "CREATE DATABASE") in calls) is (not testmode)
+
+
+def test_postgresql_databases_on_a_standby_are_replicated(pg_state, monkeypatch):
+    state, pg, calls = pg_state
+    monkeypatch.setattr(pg, "in_recovery", lambda: True)
+    ret = state.databases("db")
+    assert ret["result"] is True and ret["changes"] == {} and "replicated from the primary" in ret["comment"]
