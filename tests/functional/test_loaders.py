@@ -38,6 +38,7 @@ def config_repo(workdir):
     data = json.loads(EXAMPLE.read_text())
     data["hosts"]["alpha"]["roles"] = ["base", "web"]
     data.pop("ca_url")  # a dry run still downloads it: no traffic leaves this machine
+    data.pop("apps")  # appliances run in test hosts (tests/integration), not on this machine
     (repo / "cluster.json").write_text(json.dumps(data))
     (repo / "roles" / "web" / "init.sls").write_text(WEB_ROLE.format(path=workdir / "web-marker"))
     git(repo, "init", "-q", "-b", "main")
