@@ -19,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from minicl import paths
+from minicl import appliances, paths
 from minicl.config import parse_port_spec
 from minicl.errors import MiniclError
 from minicl.files import read_file, write_file
@@ -63,6 +63,9 @@ class Spec:
     public_udp: list = field(default_factory=list)
     ssh_ports: list = field(default_factory=lambda: [22])  # cluster.json's, plus where sshd listens now
     local_rules: str = ""
+    cluster_only_tcp: list = field(default_factory=list)  # ports of this host's apps
+    cluster_v4: list = field(default_factory=list)  # the cluster's hosts only (no trusted_sources)
+    cluster_v6: list = field(default_factory=list)
 
 
 def _collapse_networks(texts):
@@ -98,6 +101,8 @@ def host_spec(cluster, host, local_rules="", listening_ssh_ports=()):
         proto, low, high = parse_port_spec(spec)
         ports[proto].append((low, high))
     ssh_ports = sorted({cluster.firewall_option("ssh_port"), *listening_ssh_ports})
+    # An app's port answers the cluster's hosts only, not a host's trusted_sources.
+    app_ports = sorted({appliances.module(app["type"]).PORT for app in cluster.apps_of(host).values()})
     return Spec(
         _collapse_networks(v4),
         _collapse_networks(v6),
@@ -105,6 +110,9 @@ def host_spec(cluster, host, local_rules="", listening_ssh_ports=()):
         _collapse_ports(ports["udp"]),
         ssh_ports,
         local_rules,
+        _collapse_ports([(port, port) for port in app_ports]),
+        _collapse_networks([a for a in addresses if ":" not in a]) if app_ports else [],
+        _collapse_networks([a for a in addresses if ":" in a]) if app_ports else [],
     )
 
 
@@ -130,6 +138,7 @@ def render_ruleset(spec):
         + _set("trusted_v6", "ipv6_addr", spec.trusted_v6)
         + _set("public_tcp", "inet_service", spec.public_tcp)
         + _set("public_udp", "inet_service", spec.public_udp)
+        + _cluster_only_sets(spec)
         + "\tchain input {\n"
         "\t\ttype filter hook input priority filter; policy drop;\n"
         '\t\tiif "lo" accept\n'
@@ -141,7 +150,8 @@ def render_ruleset(spec):
         "\t\ticmp type echo-request limit rate 20/second accept\n"
         '\t\tip6 saddr fe80::/10 udp dport 546 accept comment "DHCPv6 replies"\n'
         f'\t\ttcp dport {_elements(spec.ssh_ports)} accept comment "ssh, always"\n'
-        "\t\tip saddr @trusted_v4 accept\n"
+        + _cluster_only_rules(spec)
+        + "\t\tip saddr @trusted_v4 accept\n"
         "\t\tip6 saddr @trusted_v6 accept\n"
         "\t\ttcp dport @public_tcp accept\n"
         "\t\tudp dport @public_udp accept\n"
@@ -149,6 +159,25 @@ def render_ruleset(spec):
         + '\t\tlimit rate 10/minute burst 20 packets log prefix "minicl drop: " level info\n'
         "\t}\n"
         "}\n"
+    )
+
+
+def _cluster_only_sets(spec):
+    if not spec.cluster_only_tcp:
+        return ""
+    return (
+        _set("cluster_v4", "ipv4_addr", spec.cluster_v4)
+        + _set("cluster_v6", "ipv6_addr", spec.cluster_v6)
+        + _set("cluster_only_tcp", "inet_service", spec.cluster_only_tcp)
+    )
+
+
+def _cluster_only_rules(spec):
+    if not spec.cluster_only_tcp:
+        return ""
+    return (
+        '\t\ttcp dport @cluster_only_tcp ip saddr != @cluster_v4 drop comment "apps: cluster hosts only"\n'
+        '\t\ttcp dport @cluster_only_tcp ip6 saddr != @cluster_v6 drop comment "apps: cluster hosts only"\n'
     )
 
 

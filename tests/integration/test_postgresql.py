@@ -24,7 +24,10 @@ def entry(addresses):
 def hosts(lab, git_server, deploy_key):
     alpha = lab.add_host("alpha", ALPHA)
     beta = lab.add_host("beta", BETA)
-    config = cluster_config({"alpha": entry(ALPHA), "beta": entry(BETA)})
+    # alpha trusts the outside host (trusted_sources): its app port still answers the cluster only.
+    config = cluster_config(
+        {"alpha": dict(entry(ALPHA), trusted_sources=["198.51.100.59/32"]), "beta": entry(BETA)}
+    )
     config["apps"] = {
         "db": {"type": "postgresql", "hosts": ["alpha", "beta"], "databases": {"shop": {"owner": "alice"}}}
     }
@@ -131,5 +134,5 @@ def test_the_port_is_open_to_cluster_hosts_only(hosts, lab):
     alpha, beta = hosts
     outside = lab.add_host("outside", OUTSIDE)
     assert beta.can_connect(alpha.ipv4, 5432)  # positive control: a cluster host
-    assert not outside.can_connect(alpha.ipv4, 5432)
-    assert outside.can_connect(alpha.ipv4, 22)  # the outside host does reach alpha (ssh is open)
+    assert outside.can_connect(alpha.ipv4, 9100)  # a trusted source reaches alpha's other ports
+    assert not outside.can_connect(alpha.ipv4, 5432)  # but not the app's

@@ -181,3 +181,12 @@ def test_canonical_form_is_stable_and_rejects_garbage():
     assert first == again and "set trusted_v4" in listing
     with pytest.raises(firewall.FirewallError, match="nft rejects the ruleset"):
         firewall.canonical(text.replace("policy drop", "policy sometimes"))
+
+
+def test_app_ports_answer_cluster_hosts_only():
+    with_app = firewall.render_ruleset(firewall.host_spec(alpha_cluster(), "alpha"))
+    assert "tcp dport @cluster_only_tcp ip saddr != @cluster_v4 drop" in with_app
+    assert "203.0.113.0/24" not in with_app.split("set cluster_v4")[1].split("}")[0]  # not a trusted source
+    assert with_app.index("!= @cluster_v6 drop") < with_app.index("ip saddr @trusted_v4 accept")
+    without = firewall.render_ruleset(firewall.host_spec(cluster(), "watch"))  # watch runs no app
+    assert "cluster_only_tcp" not in without
