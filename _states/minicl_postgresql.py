@@ -50,7 +50,7 @@ def running(name):
     changed = pg.file_changes(app, host)
     clone = pg.needs_clone(app)
     up = pg.running()
-    enabled = pg.systemctl("is-enabled", "--quiet", pg.SERVICE, check=False).returncode == 0
+    enabled = pg.starts_at_boot()
     changes = {}
     for path in sorted(changed):
         changes[path] = (
@@ -61,7 +61,7 @@ def running(name):
     if clone:
         changes["standby"] = f"cloned from the primary {app['primary']} ({pg.primary_address(app)})"
     if not up or not enabled:
-        changes["service"] = f"{pg.SERVICE} enabled and running"
+        changes["service"] = f"{pg.SERVICE} running, started at boot ({pg.BOOT_UNIT} enabled)"
     replica_role = up and not clone and pg.in_recovery() is False and not pg.replica_role_ok(app)
     if replica_role:
         changes["replication role"] = f"{pg.REPLICA_ROLE} (password derived from the deploy key)"
@@ -77,7 +77,7 @@ def running(name):
     if clone:
         pg.clone_from_primary(app, host)
     if not enabled:
-        pg.systemctl("enable", pg.SERVICE)
+        pg.systemctl("enable", pg.BOOT_UNIT)
     if not pg.running():
         pg.systemctl("start", pg.SERVICE)
     elif pg.CONF_FILE in changed:

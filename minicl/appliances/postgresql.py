@@ -23,6 +23,9 @@ VERSION = "15"
 CLUSTER = "main"
 PORT = 5432
 SERVICE = f"postgresql@{VERSION}-{CLUSTER}"
+# What starts the clusters at boot on Debian: postgresql.service pulls in every cluster whose
+# start.conf says auto (postgresql-common's generator); the instance itself is not enabled.
+BOOT_UNIT = "postgresql.service"
 BIN = f"/usr/lib/postgresql/{VERSION}/bin"
 DATA_DIR = f"/var/lib/postgresql/{VERSION}/{CLUSTER}"
 CONF_DIR = f"/etc/postgresql/{VERSION}/{CLUSTER}"
@@ -143,6 +146,10 @@ def systemctl(*args, check=True):
 
 def running():
     return systemctl("is-active", "--quiet", SERVICE, check=False).returncode == 0
+
+
+def starts_at_boot():
+    return systemctl("is-enabled", BOOT_UNIT, check=False).stdout.strip() == "enabled"
 
 
 def wait_ready(seconds=30):

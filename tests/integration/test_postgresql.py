@@ -136,3 +136,34 @@ def test_the_port_is_open_to_cluster_hosts_only(hosts, lab):
     assert beta.can_connect(alpha.ipv4, 5432)  # positive control: a cluster host
     assert outside.can_connect(alpha.ipv4, 9100)  # a trusted source reaches alpha's other ports
     assert not outside.can_connect(alpha.ipv4, 5432)  # but not the app's
+
+
+def test_both_come_back_after_a_reboot(hosts):
+    alpha, beta = hosts
+    for host in (beta, alpha):  # the standby first: it must reconnect once the primary is back
+        host.reboot()
+    for host in (alpha, beta):
+        assert wait_for(
+            f"{host.name}: {'postgresql@15-main'} active",
+            lambda host=host: host.unit_state("postgresql@15-main") == "active",
+            timeout=60,
+            explain=lambda host=host: (
+                host.run(
+                    "systemctl is-enabled postgresql@15-main; systemctl status postgresql@15-main --no-pager; "
+                    "journalctl -b -u postgresql@15-main --no-pager | tail -20; ls -la /run/postgresql",
+                    check=False,
+                ).stdout
+            ),
+        )
+    as_alice(alpha, "INSERT INTO orders VALUES (3, 'after the reboot')")
+    assert wait_for(
+        "the standby streaming again and replaying",
+        lambda: (
+            as_alice(beta, "SELECT item FROM orders WHERE id = 3", check=False).stdout.strip()
+            == "after the reboot"
+        ),
+        timeout=60,
+    )
+    for host in (alpha, beta):
+        code, data, result = salt_call(host, "state.apply")
+        assert code == 0 and changed_states(data) == {}, result.stdout + result.stderr

@@ -357,6 +357,7 @@ def pg_state(monkeypatch, testmode):
     monkeypatch.setattr(pg, "write_files", lambda changed: calls.append(("write", sorted(changed))))
     monkeypatch.setattr(pg, "clone_from_primary", lambda app, host: calls.append(("clone", host)))
     monkeypatch.setattr(pg, "wait_ready", lambda seconds=30: True)
+    monkeypatch.setattr(pg, "starts_at_boot", lambda: True)
     monkeypatch.setattr(pg, "set_replica_role", lambda app: calls.append(("replica role",)))
     monkeypatch.setattr(pg, "psql", lambda sql, database="postgres", check=True: calls.append(("sql", sql)))
     state = load_state("minicl_postgresql", testmode,
@@ -371,21 +372,17 @@ def test_postgresql_new_standby_is_cloned_and_started(pg_state, monkeypatch, tes
     monkeypatch.setattr(pg, "running", lambda: False)
     monkeypatch.setattr(pg, "in_recovery", lambda: True)
 
-    def systemctl(*args, check=True):  # a fresh host: the service is not enabled yet
-        calls.append(args)
-        return subprocess.CompletedProcess(args, 1 if args[0] == "is-enabled" else 0)
-
-    monkeypatch.setattr(pg, "systemctl", systemctl)
+    monkeypatch.setattr(pg, "starts_at_boot", lambda: False)  # a fresh host
     ret = state.running("db")
     assert "SECRET" not in json.dumps(ret)
     assert ret["changes"][pg.PGPASS] == "(content hidden)"
     assert ret["changes"]["standby"] == "cloned from the primary alpha (198.51.100.11)"
     if testmode:
-        assert ret["result"] is None and calls == [("is-enabled", "--quiet", pg.SERVICE)]
+        assert ret["result"] is None and calls == []
     else:
         assert ret["result"] is True
         assert ("write", [pg.PGPASS]) in calls and ("clone", "beta") in calls
-        assert ("enable", pg.SERVICE) in calls and ("start", pg.SERVICE) in calls
+        assert ("enable", pg.BOOT_UNIT) in calls and ("start", pg.SERVICE) in calls
 
 
 def test_postgresql_as_configured_changes_nothing(pg_state, monkeypatch):
