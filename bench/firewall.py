@@ -30,6 +30,7 @@ print(canon, apply, live)
 
 def cluster_with(addresses):
     data = copy.deepcopy(json.loads((ROOT / "cluster.json.example").read_text()))
+    data.pop("apps")  # the base role's firewall alone
     # Every other address, so that they cannot collapse into a few networks: the worst case.
     data["hosts"] = {
         f"h{n}": {"ip": f"2001:db8:{n // 30000:x}::{2 * (n % 30000) + 1:x}", "roles": ["base"]}

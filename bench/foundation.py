@@ -28,6 +28,7 @@ def fake_ed25519_key(n):
 
 def generate(hosts, users):
     data = json.loads((ROOT / "cluster.json.example").read_text())
+    data.pop("apps")  # its owner and hosts are the example's, replaced below
     data["users"] = {
         f"user{n}": {
             "uid": 10000 + n,
