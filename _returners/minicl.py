@@ -10,12 +10,12 @@ host checks run too. See minicl.metrics for the metrics. ``minicl_textfile_dir``
 config overrides the exporter's textfile directory (Debian's /var/lib/prometheus/node-exporter).
 """
 
-import json
 import logging
 import syslog
 
 try:
     from minicl import configrepo, metrics, paths, statusrecord
+    from minicl.files import read_json
 
     HAS_MINICL = True
 except ImportError as exc:  # pragma: no cover
@@ -33,14 +33,6 @@ def __virtual__():
     return __virtualname__
 
 
-def _read_json(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
-
-
 def _config_status():
     """The config repo's status of this run: masterless, what this process's pillar compile
     found (even if status.json could not be written), else this host's status.json; under a
@@ -48,7 +40,9 @@ def _config_status():
     for entry in __opts__.get("ext_pillar") or []:
         if isinstance(entry, dict) and "minicl" in entry:
             cache_dir = (entry["minicl"] or {}).get("cache_dir", paths.STATE_DIR)
-            return configrepo.last_status(cache_dir) or _read_json(statusrecord.status_path(cache_dir))
+            return configrepo.last_status(cache_dir) or statusrecord.read_status(
+                statusrecord.status_path(cache_dir)
+            )
     return (__pillar__.get("minicl") or {}).get("status") or {}
 
 
@@ -59,7 +53,7 @@ def returner(ret):
         return
     try:
         applied_file = (__pillar__.get("minicl") or {}).get("applied_file")
-        applied = _read_json(applied_file) if applied_file else {}
+        applied = read_json(applied_file) if applied_file else {}
         summary, status = metrics.run_summary(ret.get("return")), _config_status()
         syslog.openlog("minicl", 0, syslog.LOG_DAEMON)
         syslog.syslog(

@@ -19,7 +19,7 @@ import time
 
 from minicl.diskspace import NoRoom, describe, mb
 from minicl.errors import MiniclError
-from minicl.files import write_file
+from minicl.files import read_json, write_file
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +56,7 @@ class Checkouts:
     # -- verdicts ----------------------------------------------------------------------
 
     def verdicts(self):
-        try:
-            with open(self.verdicts_path, encoding="utf-8") as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return {}
+        return read_json(self.verdicts_path)
 
     def record_verdict(self, commit, **verdict):
         verdicts = self.verdicts()

@@ -1,5 +1,6 @@
 """Writing files the way every minicl state needs: atomically, with the mode from the start."""
 
+import json
 import os
 import secrets
 
@@ -17,6 +18,16 @@ def write_file(path, text, mode=0o644):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def read_json(path):
+    """The JSON in ``path``, or {} if it does not exist or cannot be read (a record that is
+    only a cache, or written again by the next run)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
 
 
 def read_file(path):

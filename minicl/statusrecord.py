@@ -10,7 +10,7 @@ import os
 from datetime import datetime, timezone
 
 from minicl.diskspace import describe
-from minicl.files import write_file
+from minicl.files import read_json, write_file
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +38,7 @@ def now():
 
 def read_status(status_path):
     """The status in ``status_path``, or {} if there is none (or it cannot be read)."""
-    try:
-        with open(status_path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
+    return read_json(status_path)
 
 
 def save_status(cache_dir, status_path, status):
