@@ -5,7 +5,6 @@ every Registry lives under tmp_path, apply_plan only ever gets a fake ``run`` th
 argv and stdin, and write_keys_file only writes into homes under tmp_path.
 """
 
-import importlib.util
 import json
 import os
 import shutil
@@ -35,6 +34,8 @@ from minicl.accounts import (
     usable_admins,
     write_keys_file,
 )
+
+from .loader import load_state
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -951,14 +952,7 @@ def test_usable_admins_from_real_plans(system, registry_path, keys):
 
 
 def _load_state(opts_test):
-    spec_ = importlib.util.spec_from_file_location(
-        "minicl_users_under_test", REPO_ROOT / "_states" / "minicl_users.py"
-    )
-    module = importlib.util.module_from_spec(spec_)
-    spec_.loader.exec_module(module)
-    module.__opts__ = {"test": opts_test}
-    module.__pillar__ = {}
-    return module
+    return load_state("minicl_users", opts_test)
 
 
 @pytest.fixture

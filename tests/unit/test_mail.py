@@ -1,7 +1,6 @@
 """Postfix configuration rendered from cluster.json: a null client through the relay."""
 
 import copy
-import importlib.util
 import json
 import pathlib
 import subprocess
@@ -9,6 +8,8 @@ import subprocess
 import pytest
 
 from minicl import config, mail
+
+from .loader import load_state
 
 EXAMPLE = json.loads((pathlib.Path(__file__).resolve().parents[2] / "cluster.json.example").read_text())
 
@@ -102,12 +103,7 @@ def test_delivery_status_follows_one_message():
 
 
 def _load_state(test):
-    path = pathlib.Path(__file__).resolve().parents[2] / "_states" / "minicl_mail.py"
-    spec = importlib.util.spec_from_file_location("minicl_mail_state_under_test", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.__opts__ = {"test": test}
-    return module
+    return load_state("minicl_mail", test)
 
 
 @pytest.mark.parametrize("test", [True, False], ids=["test", "real"])

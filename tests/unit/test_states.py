@@ -3,7 +3,6 @@ orchestrates replaced (saltext-vault's ``testmode`` fixture is the model). What 
 functions do on a real host is tested in tests/integration; here: what a state decides, reports
 and changes, and that a minicl error ends as ``result: False``, never as a traceback."""
 
-import importlib.util
 import json
 import pathlib
 import subprocess
@@ -12,6 +11,8 @@ import pytest
 
 from minicl import accounts, deadman, firewall, mail, sshd
 from minicl.firewall import Plan, Spec
+
+from . import loader
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLE = json.loads((ROOT / "cluster.json.example").read_text())
@@ -23,12 +24,9 @@ def testmode(request):
 
 
 def load_state(name, testmode, pillar=None):
-    spec = importlib.util.spec_from_file_location(f"state_{name}", ROOT / "_states" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.__opts__ = {"test": testmode}
-    module.__pillar__ = pillar or {"minicl": {"cluster": EXAMPLE, "host": {"name": "alpha"}}}
-    return module
+    return loader.load_state(
+        name, testmode, pillar or {"minicl": {"cluster": EXAMPLE, "host": {"name": "alpha"}}}
+    )
 
 
 class Calls(list):
