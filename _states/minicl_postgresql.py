@@ -62,11 +62,11 @@ def running(name):
         changes["standby"] = f"cloned from the primary {app['primary']} ({pg.primary_address(app)})"
     if not up or not enabled:
         changes["service"] = f"{pg.SERVICE} running, started at boot ({pg.BOOT_UNIT} enabled)"
-    replica_role = up and not clone and pg.in_recovery() is False and not pg.replica_role_ok(app)
-    if replica_role:
+    recovery = pg.in_recovery() if up else None
+    if not clone and recovery is False and not pg.replica_role_ok(app):
         changes["replication role"] = f"{pg.REPLICA_ROLE} (password derived from the deploy key)"
     if not changes:
-        ret["comment"] = f"{pg.SERVICE} runs app {name} as configured ({_role()})"
+        ret["comment"] = f"{pg.SERVICE} runs app {name} as configured ({_role(recovery)})"
         return ret
     if __opts__["test"]:
         ret["result"], ret["changes"] = None, changes
@@ -86,16 +86,16 @@ def running(name):
         pg.systemctl("reload", pg.SERVICE)
     if not pg.wait_ready():
         raise pg.ApplianceError(f"{pg.SERVICE} does not answer after the change (journalctl -u {pg.SERVICE})")
-    if pg.in_recovery() is False and not pg.replica_role_ok(app):
+    recovery = pg.in_recovery()
+    if recovery is False and not pg.replica_role_ok(app):
         pg.set_replica_role(app)
         changes["replication role"] = f"{pg.REPLICA_ROLE} (password derived from the deploy key)"
     ret["changes"] = changes
-    ret["comment"] = f"app {name} converged on {pg.SERVICE} ({_role()})"
+    ret["comment"] = f"app {name} converged on {pg.SERVICE} ({_role(recovery)})"
     return ret
 
 
-def _role():
-    recovery = pg.in_recovery()
+def _role(recovery):
     return "not answering" if recovery is None else ("standby" if recovery else "primary")
 
 
