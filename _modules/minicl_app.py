@@ -26,25 +26,29 @@ def __virtual__():
     return __virtualname__
 
 
+def _apps():
+    return (__pillar__.get("minicl") or {}).get("apps") or {}
+
+
+def _failed(app_name, verb, line):
+    __context__["retcode"] = 1
+    return appliances.Report(app_name, verb, ok=False, lines=[line]).as_dict()
+
+
 def _run(verb, app_name):
-    apps = (__pillar__.get("minicl") or {}).get("apps") or {}
+    apps = _apps()
     if app_name not in apps:
-        __context__["retcode"] = 1
         known = ", ".join(sorted(apps)) or "none"
-        return {"app": app_name, "verb": verb, "ok": False,
-                "report": [f"{app_name} is not an app of this host (apps here: {known})"]}  # fmt: skip
+        return _failed(app_name, verb, f"{app_name} is not an app of this host (apps here: {known})")
     app = apps[app_name]
     try:
         module = appliances.module(app["type"])
         if verb not in module.VERBS:
-            __context__["retcode"] = 1
-            return {"app": app_name, "verb": verb, "ok": False,
-                    "report": [f"{verb} is not provided for {app['type']} apps by this version of minicl "
-                               f"(provided: {', '.join(module.VERBS)})"]}  # fmt: skip
+            return _failed(app_name, verb, f"{verb} is not provided for {app['type']} apps by this version "
+                           f"of minicl (provided: {', '.join(module.VERBS)})")  # fmt: skip
         report = getattr(module, verb)(app)
     except appliances.ApplianceError as exc:
-        __context__["retcode"] = 1
-        return {"app": app_name, "verb": verb, "ok": False, "report": [f"FAIL {exc}"]}
+        return _failed(app_name, verb, f"FAIL {exc}")
     if not report.ok:
         __context__["retcode"] = 1
     return report.as_dict()
@@ -71,7 +75,7 @@ def verbs(app):
 
     CLI Example: ``salt-call --local minicl_app.verbs db``
     """
-    apps = (__pillar__.get("minicl") or {}).get("apps") or {}
+    apps = _apps()
     if app not in apps:
         return {}
     provided = appliances.module(apps[app]["type"]).VERBS
