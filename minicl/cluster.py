@@ -80,8 +80,10 @@ class Cluster:
 
     def apps_of(self, host):
         """{name: app} of the apps ``host`` runs, each with what this host needs to know:
-        ``role`` ("primary" for the first of its hosts, else "standby"), ``primary`` (that
-        host's name) and ``peers`` ({host: [addresses]} of the app's other hosts)."""
+        ``host`` (this one), ``role`` ("primary" for the first of its hosts, else "standby"),
+        ``primary`` (that host's name: the primary when the app is created; see
+        appliances.pgfailover for who is primary later) and ``peers`` ({host: [addresses]} of the
+        app's other hosts)."""
         mine = {}
         for name, app in self.apps.items():
             if host not in app["hosts"]:
@@ -90,6 +92,7 @@ class Cluster:
             mine[name] = dict(
                 app,
                 name=name,
+                host=host,
                 role="primary" if host == primary else "standby",
                 primary=primary,
                 peers={peer: self.host_ips(peer) for peer in app["hosts"] if peer != host},

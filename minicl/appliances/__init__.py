@@ -8,7 +8,8 @@ cluster.json entry plus ``name``, ``role``, ``primary`` and ``peers``). ``minicl
 runs them: ``salt-call --local minicl_app.check_health db``.
 
 The contract's verbs: check_health, test, backup, restore, upgrade, downgrade, failover, monitor,
-cleanup. An appliance says which it provides in ``VERBS``.
+cleanup, and ``list`` (the backups; its function is ``list_backups``). An appliance says which
+it provides in ``VERBS``.
 """
 
 import hashlib
@@ -24,6 +25,7 @@ CONTRACT = (
     "test",
     "backup",
     "restore",
+    "list",
     "upgrade",
     "downgrade",
     "failover",
@@ -54,6 +56,10 @@ class Report:
 
     def as_dict(self):
         return {"app": self.app, "verb": self.verb, "ok": self.ok, "report": self.lines, **self.data}
+
+
+def verb_function(module_, verb):
+    return getattr(module_, "list_backups" if verb == "list" else verb)
 
 
 def module(kind):
