@@ -22,6 +22,7 @@ from minicl.appliances import ApplianceError, Report
 from minicl.files import write_file
 
 HISTORY = "upgrades.json"
+SETTLE_SECONDS = 30
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "NEEDRESTART_MODE": "l"}
 APT_OPTIONS = ["-y", "-q", "-o", "Dpkg::Options::=--force-confold", "-o", "Dpkg::Options::=--force-confdef"]
 # A repository that does not answer fails the update within a minute, not after apt's retries.
@@ -109,16 +110,22 @@ def install_debs(debs):
     _run(["apt-get", "install", "--allow-downgrades", *APT_OPTIONS, *debs])
 
 
-def _checks(module, app, report):
-    """The app's check_health and test, each a line of ``report``; True if both passed."""
+def _checks(module, app, report, settle=SETTLE_SECONDS):
+    """The app's check_health and test, each a line of ``report``; True if both passed. A
+    restarted service gets ``settle`` seconds to pass check_health (replicas reconnect)."""
     ok = True
     for verb in ("check_health", "test"):
-        try:
-            found = getattr(module, verb)(app)
-            bad = [line[5:] for line in found.lines if line.startswith("FAIL")]
-            passed = found.ok
-        except ApplianceError as exc:
-            bad, passed = [str(exc)], False
+        deadline = time.monotonic() + (settle if verb == "check_health" else 0)
+        while True:
+            try:
+                found = getattr(module, verb)(app)
+                bad = [line[5:] for line in found.lines if line.startswith("FAIL")]
+                passed = found.ok
+            except ApplianceError as exc:
+                bad, passed = [str(exc)], False
+            if passed or time.monotonic() >= deadline:
+                break
+            time.sleep(1)
         ok = ok and passed
         report.check(passed, f"{verb} after the change" + (f": {'; '.join(bad)}" if bad else ""))
     return ok
