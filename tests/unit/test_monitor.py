@@ -79,6 +79,14 @@ def test_every_alert_the_issue_names_exists(data):
         "MailQueueStuck",
         "CheckFailing",
         "Watchdog",
+        "AppExporterDown",
+        "AppDown",
+        "PostgreSQLReplicationBroken",
+        "PostgreSQLReplicationLagging",
+        "RedisReplicationBroken",
+        "RedisReplicationLagging",
+        "AppBackupStale",
+        "AppBackupFailed",
     } <= names
 
 
