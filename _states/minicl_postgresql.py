@@ -12,8 +12,8 @@
 ``running``: minicl's conf.d file and pg_hba.conf, postgres' .pgpass (never shown), the service
 enabled and running (restarted when the configuration needs it), a standby cloned from the
 primary, the replication role on the primary. ``databases``: on the primary, the owners (cluster
-users, peer authentication) and databases of cluster.json; never drops one. See
-minicl.appliances.postgresql.
+users, peer authentication) and databases of cluster.json, and the exporter's role; never drops
+one. See minicl.appliances.postgresql.
 """
 
 try:
@@ -101,7 +101,7 @@ def running(name):
 
 @_guarded(label="postgresql app {name}")
 def databases(name):
-    """On the primary: the app's database owners and databases (see above)."""
+    """On the primary: the app's database owners and databases, the exporter's role (see above)."""
     app = _app(name)
     ret = statekit.new_ret(name)
     recovery = pg.in_recovery()
@@ -112,7 +112,7 @@ def databases(name):
     if recovery:
         ret["comment"] = "a standby: its databases are replicated from the primary"
         return ret
-    todo = pg.database_changes(app)
+    todo = pg.database_changes(app) + pg.monitor_role_changes()
     forgotten = pg.forgotten_databases(app)
     note = (
         f"; not in cluster.json any more, and left as they are: {', '.join(forgotten)}" if forgotten else ""

@@ -40,6 +40,7 @@ PROMETHEUS_CONFIG = "/etc/prometheus/prometheus.yml"
 PROMETHEUS_RULES = "/etc/prometheus/minicl.rules.yml"
 PROMETHEUS_NODE_TARGETS = "/etc/prometheus/minicl-nodes.json"
 PROMETHEUS_MONITOR_TARGETS = "/etc/prometheus/minicl-monitors.json"
+PROMETHEUS_APP_TARGETS = "/etc/prometheus/minicl-app-{kind}.json"  # one per app type with an exporter
 PROMETHEUS_DEFAULTS = "/etc/default/prometheus"
 ALERTMANAGER_CONFIG = "/etc/prometheus/alertmanager.yml"
 ALERTMANAGER_DEFAULTS = "/etc/default/prometheus-alertmanager"

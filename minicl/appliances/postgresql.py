@@ -9,6 +9,10 @@ replaces is kept aside). Replication authenticates with a password every host de
 config repo's deploy key (``appliances.shared_secret``); it is in no file but postgres' own
 ~/.pgpass (mode 0600). What the verbs report and do on the primary is decided by the running
 server (``pg_is_in_recovery``), not by cluster.json.
+
+Debian's prometheus-postgres-exporter runs on every host of the app, as OS user prometheus; it
+logs in as role ``prometheus`` (member of pg_monitor, created on the primary, replicated to the
+standbys) on the local socket by peer authentication: no password.
 """
 
 import os
@@ -49,6 +53,11 @@ PACKAGES = (
     "libpq5",
 )
 MIN_FREE_RATIO = 0.10
+SOCKET_DIR = "/run/postgresql"
+EXPORTER_PACKAGE = "prometheus-postgres-exporter"
+EXPORTER_SERVICE = "prometheus-postgres-exporter"
+EXPORTER_PORT = 9187
+MONITOR_ROLE = "prometheus"  # the OS user Debian's exporter runs as: peer authentication maps it
 
 
 def ident(name):
@@ -116,6 +125,15 @@ def render_hba(app):
                 where = f"{ip}/{mask}"
                 lines.append(f"host    {database:<11}  {REPLICA_ROLE}  {where:<23} scram-sha-256  # {peer}")
     return "\n".join(lines) + "\n"
+
+
+def render_exporter_defaults(app):
+    """/etc/default/prometheus-postgres-exporter: the local socket, as role prometheus (peer)."""
+    return (
+        f"# Managed by minicl (app {app['name']}); changes here are overwritten.\n"
+        f'DATA_SOURCE_NAME="user={MONITOR_ROLE} host={SOCKET_DIR} dbname=postgres sslmode=disable"\n'
+        f'ARGS="--web.listen-address=:{EXPORTER_PORT}"\n'
+    )
 
 
 def render_pgpass(app):
@@ -306,6 +324,25 @@ def database_changes(app):
                 )
             )
     return todo
+
+
+def monitor_role_changes():
+    """What the primary lacks for its exporters: the role prometheus, member of pg_monitor (read
+    access to the statistics, nothing else), logging in by peer authentication only."""
+    member = psql(
+        "SELECT pg_has_role(oid, 'pg_monitor', 'MEMBER') FROM pg_roles "
+        f"WHERE rolname = {literal(MONITOR_ROLE)}"
+    )
+    if not member:
+        return [
+            (
+                f"role {MONITOR_ROLE} (pg_monitor, for the exporter, peer authentication)",
+                f"CREATE ROLE {ident(MONITOR_ROLE)} LOGIN IN ROLE pg_monitor",
+            )
+        ]
+    if member != "t":
+        return [(f"role {MONITOR_ROLE} now in pg_monitor", f"GRANT pg_monitor TO {ident(MONITOR_ROLE)}")]
+    return []
 
 
 def forgotten_databases(app):

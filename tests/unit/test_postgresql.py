@@ -151,3 +151,33 @@ def test_a_fresh_host_refuses_to_create_the_app_while_a_standby_holds_its_data(d
             server("alpha", member=False),
             {"beta": server("beta", recovery=True, timeline=0)},
         )
+
+
+def test_the_exporter_logs_in_as_prometheus_on_the_local_socket_without_password():
+    exporter = appliances.exporter("postgresql")
+    assert (exporter.package, exporter.service, exporter.port) == (
+        "prometheus-postgres-exporter",
+        "prometheus-postgres-exporter",
+        9187,
+    )
+    assert exporter.defaults_file == "/etc/default/prometheus-postgres-exporter"
+    text = exporter.defaults(app_of("beta"))
+    assert 'DATA_SOURCE_NAME="user=prometheus host=/run/postgresql dbname=postgres sslmode=disable"\n' in text
+    assert 'ARGS="--web.listen-address=:9187"\n' in text
+    assert "password" not in text and not exporter.secret
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ("", [("role prometheus (pg_monitor, for the exporter, peer authentication)",
+               'CREATE ROLE "prometheus" LOGIN IN ROLE pg_monitor')]),
+        ("f", [("role prometheus now in pg_monitor", 'GRANT pg_monitor TO "prometheus"')]),
+        ("t", []),
+    ],
+)  # fmt: skip
+def test_the_exporter_role_is_created_or_granted_pg_monitor(monkeypatch, answer, expected):
+    asked = []
+    monkeypatch.setattr(pg, "psql", lambda sql, database="postgres", check=True: asked.append(sql) or answer)
+    assert pg.monitor_role_changes() == expected
+    assert "pg_has_role(oid, 'pg_monitor', 'MEMBER')" in asked[0] and "'prometheus'" in asked[0]

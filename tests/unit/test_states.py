@@ -449,11 +449,30 @@ def test_postgresql_databases_on_the_primary(pg_state, monkeypatch, testmode):
         pg, "database_changes", lambda app: [("database shop owned by alice", "CREATE DATABASE")]
     )
     monkeypatch.setattr(pg, "forgotten_databases", lambda app: ["old"])
+    monkeypatch.setattr(pg, "monitor_role_changes", lambda: [])
     ret = state.databases("db")
     assert ret["changes"] == {"created": ["database shop owned by alice"]}
     assert ret["comment"].endswith("not in cluster.json any more, and left as they are: old")
     assert ret["result"] is (None if testmode else True)
     assert (("sql", "CREATE DATABASE") in calls) is (not testmode)
+
+
+def test_postgresql_exporter_role_on_the_primary(pg_state, monkeypatch, testmode):
+    state, pg, _, calls = pg_state
+    monkeypatch.setattr(pg, "in_recovery", lambda: False)
+    monkeypatch.setattr(pg, "database_changes", lambda app: [])
+    monkeypatch.setattr(pg, "forgotten_databases", lambda app: [])
+    monkeypatch.setattr(pg, "monitor_role_changes", lambda: [("role prometheus (pg_monitor)", "CREATE ROLE")])
+    ret = state.databases("db")
+    assert ret["changes"] == {"created": ["role prometheus (pg_monitor)"]}
+    if testmode:
+        assert ret["result"] is None and ret["comment"] == "1 change(s) would be made" and calls == []
+    else:
+        assert ret["result"] is True and calls == [("sql", "CREATE ROLE")]
+    monkeypatch.setattr(pg, "monitor_role_changes", lambda: [])
+    assert state.databases("db") == {
+        "name": "db", "result": True, "changes": {}, "comment": "databases as cluster.json says"
+    }  # fmt: skip
 
 
 def test_postgresql_databases_on_a_standby_are_replicated(pg_state, monkeypatch):
