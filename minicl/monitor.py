@@ -14,7 +14,8 @@ import json
 import yaml
 
 from minicl import appliances, paths
-from minicl.schema import DURATION_UNITS, duration_seconds, schema
+from minicl.appliances import backups
+from minicl.schema import DURATION_UNITS
 
 NODE_EXPORTER_PORT = 9100
 PROMETHEUS_PORT = 9090
@@ -260,11 +261,6 @@ def _human_duration(seconds):
     return f"{seconds // DURATION_UNITS[unit]}{unit}"
 
 
-def _backup_interval_seconds(app):
-    default = schema()["$defs"]["app"]["properties"]["backup"]["properties"]["interval"]["default"]
-    return duration_seconds((app.get("backup") or {}).get("interval", default))
-
-
 def app_alert_rules(cluster):
     """The apps' alert rules: an exporter or the app down, replication broken or lagging, a
     stale or failed backup (from minicl's textfile metrics of each host of the app)."""
@@ -349,7 +345,7 @@ def app_alert_rules(cluster):
         ),
     ]
     # Never succeeded: the interval metric has existed for twice the interval with no success.
-    for seconds in sorted({_backup_interval_seconds(app) for app in cluster.apps.values()}):
+    for seconds in sorted({backups.settings(app)[0] for app in cluster.apps.values()}):
         rules.append(
             _rule(
                 "AppBackupStale",

@@ -24,13 +24,11 @@ from minicl import metrics, paths
 from minicl.appliances import ApplianceError, shared_secret
 from minicl.diskspace import mb
 from minicl.files import write_file
-from minicl.schema import duration_seconds
+from minicl.schema import duration_seconds, schema
 
 ROOT = paths.BACKUPS_DIR
 STAMP = "last-success"  # touched after each good backup; the timer's unit reads its age
 ROOM_MARGIN = 64 * 2**20
-DEFAULT_INTERVAL = "1d"
-DEFAULT_KEEP = 7
 
 
 def repository(app):
@@ -39,8 +37,10 @@ def repository(app):
 
 def settings(app):
     """(interval seconds, backups kept) from cluster.json's ``backup``, defaults applied."""
+    defaults = schema()["$defs"]["app"]["properties"]["backup"]["properties"]
     backup = app.get("backup") or {}
-    return duration_seconds(backup.get("interval", DEFAULT_INTERVAL)), backup.get("keep", DEFAULT_KEEP)
+    interval = backup.get("interval", defaults["interval"]["default"])
+    return duration_seconds(interval), backup.get("keep", defaults["keep"]["default"])
 
 
 def _env(app):
