@@ -312,34 +312,80 @@ def run_demo(lab, report, workdir):
 
 def show_apps(report, hosts, config):
     for app_name, app in config.get("apps", {}).items():
-        primary, standbys = app["hosts"][0], app["hosts"][1:]
-        for db, spec in app.get("databases", {}).items():
-            owner = spec["owner"]
-            report.step(
-                f"app {app_name} ({app['type']}): {owner} writes a row in {db} on {primary} "
-                f"(peer authentication), the standbys read it"
-            )
-            psql = ["runuser", "-u", owner, "--", "psql", "-X", "-A", "-t", "-d", db, "-c"]
-            wrote = hosts[primary].run(
-                [*psql, "CREATE TABLE demo (said text); INSERT INTO demo VALUES ('hello')"], check=False
-            )
-            report.check(
-                wrote.returncode == 0,
-                f"{primary}: {owner} wrote to {db} as themselves"
-                + ("" if wrote.returncode == 0 else f" ({wrote.stderr.strip()})"),
-            )
-            for standby in standbys:
-                deadline, seen = time.monotonic() + 30, ""
-                while time.monotonic() < deadline and seen != "hello":
-                    seen = hosts[standby].run([*psql, "SELECT said FROM demo"], check=False).stdout.strip()
-                    time.sleep(0.5)
-                report.check(seen == "hello", f"{standby}: the standby reads the row written on {primary}")
-        code, health = salt_json(hosts[primary], "minicl_app.check_health", app_name)
+        primary = app["hosts"][0]
+        code, tested = salt_json(hosts[primary], "minicl_app.test", app_name)
         report.check(
-            code == 0 and bool(health) and health.get("ok"),
-            f"{primary}: minicl_app.check_health {app_name}: "
-            + "; ".join(line[5:] for line in (health or {}).get("report", [])[:3]),
+            code == 0 and bool(tested) and tested.get("ok"),
+            f"{primary}: minicl_app.test {app_name} ({app['type']}): "
+            + "; ".join(line[5:] for line in (tested or {}).get("report", [])[-2:]),
         )
+        if app["type"] == "postgresql":
+            show_database(report, hosts, app_name, app)
+
+
+def show_database(report, hosts, app_name, app):
+    """A row written on the primary read on the standby; a backup, the row lost, the restore;
+    the primary lost, the fail-over, the old primary back as a standby."""
+    primary, standby = app["hosts"][0], app["hosts"][1]
+    db, spec = next(iter(app["databases"].items()))
+    owner = spec["owner"]
+    psql = ["runuser", "-u", owner, "--", "psql", "-X", "-A", "-t", "-d", db, "-c"]
+
+    def read(host, wanted, timeout=30):
+        deadline, seen = time.monotonic() + timeout, ""
+        while time.monotonic() < deadline and seen != wanted:
+            seen = (
+                hosts[host].run([*psql, "SELECT string_agg(said, ',') FROM demo"], check=False).stdout.strip()
+            )
+            time.sleep(0.5)
+        return seen
+
+    report.step(
+        f"app {app_name}: {owner} writes a row in {db} on {primary} (peer authentication), {standby} reads it"
+    )
+    wrote = hosts[primary].run(
+        [*psql, "CREATE TABLE demo (said text); INSERT INTO demo VALUES ('hello')"], check=False
+    )
+    report.check(
+        wrote.returncode == 0, f"{primary}: {owner} wrote to {db} as themselves {wrote.stderr.strip()}"
+    )
+    report.check(
+        read(standby, "hello") == "hello", f"{standby}: the standby reads the row written on {primary}"
+    )
+    code, health = salt_json(hosts[primary], "minicl_app.check_health", app_name)
+    report.check(code == 0 and bool(health) and health.get("ok"),
+                 f"{primary}: minicl_app.check_health {app_name}: "
+                 + "; ".join(line[5:] for line in (health or {}).get("report", [])[:3]))  # fmt: skip
+
+    report.step(f"app {app_name}: minicl_app.backup on {primary}, the row deleted, minicl_app.restore")
+    code, backup = salt_json(hosts[primary], "minicl_app.backup", app_name)
+    report.check(
+        code == 0 and bool(backup), f"{primary}: " + "; ".join((backup or {}).get("report", [])[-1:])
+    )
+    hosts[primary].run([*psql, "DELETE FROM demo"])
+    report.check(read(standby, "", timeout=10) == "", f"{standby}: the row is gone on the standby too")
+    code, restored = salt_json(
+        hosts[primary], "minicl_app.restore", app_name, f"backup={(backup or {}).get('backup')}"
+    )
+    report.check(code == 0 and read(primary, "hello") == "hello",
+                 f"{primary}: " + "; ".join((restored or {}).get("report", [])[-1:]))  # fmt: skip
+    report.check(read(standby, "hello") == "hello", f"{standby}: the standby has the restored row")
+
+    report.step(f"app {app_name}: {primary} loses power; minicl_app.failover on {standby}")
+    hosts[primary].crash()
+    code, over = salt_json(hosts[standby], "minicl_app.failover", app_name)
+    for line in (over or {}).get("report", []):
+        print(f"        {line}")
+    wrote = hosts[standby].run([*psql, "INSERT INTO demo VALUES ('after the fail-over')"], check=False)
+    report.check(code == 0 and wrote.returncode == 0, f"{standby}: promoted; {owner} writes there")
+    report.step(f"app {app_name}: {primary} boots again; its converge makes it a standby of {standby}")
+    hosts[primary].boot()
+    code, _ = salt_json(hosts[primary], "state.apply")
+    report.check(read(primary, "hello,after the fail-over") == "hello,after the fail-over",
+                 f"{primary}: a standby now, it reads the row written on {standby}")  # fmt: skip
+    code, health = salt_json(hosts[standby], "minicl_app.check_health", app_name)
+    report.check(code == 0, f"{standby}: minicl_app.check_health {app_name}: "
+                 + "; ".join(line[5:] for line in (health or {}).get("report", [])[:3]))  # fmt: skip
 
 
 def show_schedule(report, git, hosts, workstation, workdir, config):
