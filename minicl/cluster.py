@@ -81,7 +81,8 @@ class Cluster:
     def apps_of(self, host):
         """{name: app} of the apps ``host`` runs, each with what this host needs to know:
         ``role`` ("primary" for the first of its hosts, else "standby"), ``primary`` (that
-        host's name) and ``peers`` ({host: [addresses]} of the app's other hosts)."""
+        host's name), ``peers`` ({host: [addresses]} of the app's other hosts) and
+        ``addresses`` (this host's own)."""
         mine = {}
         for name, app in self.apps.items():
             if host not in app["hosts"]:
@@ -93,6 +94,7 @@ class Cluster:
                 role="primary" if host == primary else "standby",
                 primary=primary,
                 peers={peer: self.host_ips(peer) for peer in app["hosts"] if peer != host},
+                addresses=self.host_ips(host),
             )
         return mine
 

@@ -30,7 +30,7 @@ CONTRACT = (
     "monitor",
     "cleanup",
 )
-TYPES = ("postgresql",)
+TYPES = ("postgresql", "redis")
 
 
 class ApplianceError(MiniclError):
