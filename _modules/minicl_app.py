@@ -2,6 +2,8 @@
 
     salt-call --local minicl_app.check_health db   # the service answers, role, replication, disk
     salt-call --local minicl_app.test db           # a write and a read, and through replication
+    salt-call --local minicl_app.monitor cache     # live figures: clients, ops/s, memory, replication
+    salt-call --local minicl_app.failover cache    # on a replica: promote it now, fence the old primary
     salt-call --local minicl_app.verbs db          # which verbs the app's appliance provides
 
 Each prints a readable report, returns it as data, and sets a non-zero exit code (with
@@ -115,7 +117,9 @@ def downgrade(app):
 
 
 def failover(app):
-    """On a standby: promote it to primary (and fence the old one). Not provided yet.
+    """On a standby or replica: promote it to primary now, fence the old primary when it answers,
+    and print the cluster.json change to commit (this host first). Later converges keep it the
+    primary. Provided for redis apps.
 
     CLI Example: ``salt-call --local minicl_app.failover db``
     """
@@ -123,7 +127,8 @@ def failover(app):
 
 
 def monitor(app):
-    """The app's live figures (connections, replication lag, memory, operations). Not provided yet.
+    """The app's live figures (connections, replication lag, memory, operations). Provided for
+    redis apps.
 
     CLI Example: ``salt-call --local minicl_app.monitor db``
     """
