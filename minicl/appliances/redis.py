@@ -48,6 +48,7 @@ PORT = 6379
 MAIN_CONF = "/etc/redis/redis.conf"
 CONF_FILE = "/etc/redis/minicl.conf"
 INCLUDE = f"include {CONF_FILE}"
+INCLUDE_COMMENT = "# minicl's settings, last so that they win:"
 DATA_DIR = "/var/lib/redis"
 DUMP = f"{DATA_DIR}/dump.rdb"
 PROMOTED_USER = "minicl-promoted-"
@@ -98,7 +99,7 @@ class Decision:
 @dataclass
 class Server:
     """What a running server says: ``role`` "primary" or "replica", the address of its primary,
-    its link to it, the promotion it publishes."""
+    its link to it, the promotion it publishes (a replica's is a leftover, removed)."""
 
     role: str
     master: str = None
@@ -124,7 +125,6 @@ def render_conf(app, decision):
         'logfile ""',
         "syslog-enabled yes",
         "syslog-ident redis",
-        "syslog-facility daemon",
         f"dir {DATA_DIR}",
         "dbfilename dump.rdb",
         "save 3600 1 300 100 60 10000",
@@ -149,10 +149,10 @@ def settings_part(text):
 
 def render_main_conf(text):
     """Debian's redis.conf with minicl's include as its last line (later settings win)."""
-    kept = [line for line in text.splitlines() if line.strip() != INCLUDE]
+    kept = [line for line in text.splitlines() if line.strip() not in (INCLUDE, INCLUDE_COMMENT)]
     while kept and not kept[-1].strip():
         kept.pop()
-    return "\n".join([*kept, "", "# minicl's settings, last so that they win:", INCLUDE]) + "\n"
+    return "\n".join([*kept, "", INCLUDE_COMMENT, INCLUDE]) + "\n"
 
 
 def includes_minicl(text):
@@ -205,9 +205,11 @@ def server(app, address="127.0.0.1", timeout=5):
         return None
     users = (cli(app, "ACL", "USERS", address=address, timeout=timeout, check=False) or "").split()
     epochs = [int(u[len(PROMOTED_USER) :]) for u in users if re.fullmatch(PROMOTED_USER + r"\d+", u)]
+    epoch = max(epochs, default=0)
     if info["role"] == "master":
-        return Server("primary", epoch=max(epochs, default=0), info=info)
-    return Server("replica", master=info.get("master_host"), link=info.get("master_link_status"), info=info)
+        return Server("primary", epoch=epoch, info=info)
+    master, link = info.get("master_host"), info.get("master_link_status")
+    return Server("replica", master=master, link=link, epoch=epoch, info=info)
 
 
 def systemctl(*args, check=True):
@@ -343,10 +345,9 @@ def role_commands(app, own, decision):
         address = address_of(app["peers"][decision.master])
         if own.role != "replica" or own.master != address:
             commands.append((f"REPLICAOF {decision.master}", ["REPLICAOF", address, str(PORT)]))
-    published = own.epoch if own.role == "primary" else 0
-    if published != decision.epoch:
-        if published:
-            commands.append(("ACL DELUSER (promotion)", ["ACL", "DELUSER", f"{PROMOTED_USER}{published}"]))
+    if own.epoch != decision.epoch:
+        if own.epoch:
+            commands.append(("ACL DELUSER (promotion)", ["ACL", "DELUSER", f"{PROMOTED_USER}{own.epoch}"]))
         if decision.epoch:
             commands.append(
                 ("ACL SETUSER (promotion)", ["ACL", "SETUSER", f"{PROMOTED_USER}{decision.epoch}", "off"])
