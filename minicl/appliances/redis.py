@@ -414,7 +414,7 @@ def snapshot(app, dest, timeout=600):
 
 def load_snapshot(app, source):
     """Replace the app's data by an RDB file (from ``snapshot``), on the primary: stop the
-    server, put it in place as dump.rdb, start; the replicas resynchronise by themselves. The
+    server, put the file in place as dump.rdb, start; the replicas resynchronise by themselves. The
     data it replaces is kept as dump.rdb.minicl-replaced."""
     own = server(app)
     if own is not None and own.role == "replica":
@@ -423,9 +423,7 @@ def load_snapshot(app, source):
     shutil.copyfile(source, tmp)
     os.chmod(tmp, 0o660)
     shutil.chown(tmp, "redis", "redis")
-    # Shut down without saving: a stop would write the current data over the file put in place.
-    cli(app, "SHUTDOWN", "NOSAVE", check=False)
-    systemctl("stop", SERVICE)
+    systemctl("stop", SERVICE)  # it saves its data on the way: the file is replaced after
     if os.path.exists(DUMP):
         os.replace(DUMP, f"{DUMP}.minicl-replaced")
     os.replace(tmp, DUMP)

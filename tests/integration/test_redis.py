@@ -9,6 +9,8 @@ import json
 
 import pytest
 
+from minicl.config import Cluster
+
 from .conftest import bootstrap_all, changed_states, cluster_config, salt_call, wait_for
 
 ALPHA = ["198.51.100.61/24"]
@@ -20,6 +22,20 @@ def entry(addresses):
     return {"ip": [a.split("/")[0] for a in addresses], "roles": ["base"]}
 
 
+# alpha trusts the outside host (trusted_sources): its app port still answers the cluster only.
+CONFIG = cluster_config(
+    {"alpha": dict(entry(ALPHA), trusted_sources=["198.51.100.69/32"]), "beta": entry(BETA)}
+)
+CONFIG["apps"] = {
+    "cache": {
+        "type": "redis",
+        "hosts": ["alpha", "beta"],
+        "maxmemory": "64mb",
+        "maxmemory_policy": "allkeys-lru",
+    }
+}
+
+
 @pytest.fixture(scope="module")
 def password(deploy_key):
     return hmac.new(deploy_key[0].encode(), b"minicl cache redis password", hashlib.sha256).hexdigest()
@@ -29,19 +45,7 @@ def password(deploy_key):
 def hosts(lab, git_server, deploy_key):
     alpha = lab.add_host("alpha", ALPHA)
     beta = lab.add_host("beta", BETA)
-    # alpha trusts the outside host (trusted_sources): its app port still answers the cluster only.
-    config = cluster_config(
-        {"alpha": dict(entry(ALPHA), trusted_sources=["198.51.100.69/32"]), "beta": entry(BETA)}
-    )
-    config["apps"] = {
-        "cache": {
-            "type": "redis",
-            "hosts": ["alpha", "beta"],
-            "maxmemory": "64mb",
-            "maxmemory_policy": "allkeys-lru",
-        }
-    }
-    git_server.commit({"cluster.json": json.dumps(config, indent=2), "deploy.key": deploy_key[0]}, "a cache")
+    git_server.commit({"cluster.json": json.dumps(CONFIG, indent=2), "deploy.key": deploy_key[0]}, "a cache")
     bootstrap_all({"alpha": alpha}, git_server, deploy_key)  # the primary first
     bootstrap_all({"beta": beta}, git_server, deploy_key)
     return alpha, beta
@@ -255,3 +259,38 @@ def test_a_second_failover_back_fences_the_reachable_old_primary(hosts, password
         code, data, result = salt_call(host, "state.apply")
         assert code == 0 and changed_states(data) == {}, result.stdout + result.stderr
     assert role(alpha, password) == "master" and role(beta, password) == "slave"
+
+
+def call_appliance(host, code, check=True):
+    """Python with the appliance module and the app as the pillar has it (``app``), in ``host``."""
+    python = host.run('head -1 "$(command -v salt-call)"').stdout.strip().lstrip("#!")
+    app = Cluster(CONFIG).apps_of(host.name)["cache"]
+    prelude = (
+        f"import json\nfrom minicl.appliances import redis\napp = json.loads({json.dumps(json.dumps(app))})\n"
+    )
+    return host.run([python, "-c", prelude + code], check=check)
+
+
+def test_a_snapshot_loaded_back_restores_the_data_on_the_primary_and_its_replica(hosts, password):
+    alpha, beta = hosts  # alpha is the primary again (the test before)
+    redis(alpha, password, "SET", "in-snapshot", "yes")
+    call_appliance(alpha, "redis.snapshot(app, '/root/cache.rdb')")
+    assert alpha.run("stat -c '%a %U' /root/cache.rdb").stdout.strip() == "600 root"
+    redis(alpha, password, "SET", "after-snapshot", "gone after the restore")
+    redis(alpha, password, "DEL", "in-snapshot")
+    call_appliance(alpha, "redis.load_snapshot(app, '/root/cache.rdb')")
+    assert redis(alpha, password, "GET", "in-snapshot") == "yes"
+    assert redis(alpha, password, "GET", "after-snapshot") == ""
+    assert wait_for(
+        "the replica to take the restored data",
+        lambda: (
+            redis(beta, password, "GET", "in-snapshot", check=False) == "yes"
+            and redis(beta, password, "GET", "after-snapshot", check=False) == ""
+        ),
+        timeout=30,
+    )
+    refused = call_appliance(beta, "redis.load_snapshot(app, '/root/cache.rdb')", check=False)
+    assert (
+        refused.returncode != 0
+        and "this host is a replica: load the snapshot on the primary" in refused.stderr
+    )
