@@ -3,7 +3,11 @@
     salt-call --local minicl_app.check_health db   # the service answers, role, replication, disk
     salt-call --local minicl_app.test db           # a write and a read, and through replication
     salt-call --local minicl_app.monitor cache     # live figures: clients, ops/s, memory, replication
-    salt-call --local minicl_app.failover cache    # on a replica: promote it now, fence the old primary
+    salt-call --local minicl_app.backup db         # a backup now (restic, on this host)
+    salt-call --local minicl_app.list db           # the backups there are
+    salt-call --local minicl_app.restore db backup=20261201T193000Z
+    salt-call --local minicl_app.failover db       # on a standby or replica: make it the primary
+    salt-call --local minicl_app.cleanup db        # backups beyond retention, unused slots
     salt-call --local minicl_app.verbs db          # which verbs the app's appliance provides
 
 Each prints a readable report, returns it as data, and sets a non-zero exit code (with
@@ -13,6 +17,8 @@ app's appliance does not provide (yet) says so and fails.
 
 try:
     from minicl import appliances
+    from minicl.appliances import backups
+    from minicl.bootstrap import salt_program
 
     HAS_MINICL = True
 except ImportError as exc:  # pragma: no cover
@@ -20,6 +26,7 @@ except ImportError as exc:  # pragma: no cover
     IMPORT_ERROR = str(exc)
 
 __virtualname__ = "minicl_app"
+__func_alias__ = {"list_": "list"}
 
 
 def __virtual__():
@@ -37,7 +44,7 @@ def _failed(app_name, verb, line):
     return appliances.Report(app_name, verb, ok=False, lines=[line]).as_dict()
 
 
-def _run(verb, app_name):
+def _run(verb, app_name, **options):
     apps = _apps()
     if app_name not in apps:
         known = ", ".join(sorted(apps)) or "none"
@@ -48,7 +55,7 @@ def _run(verb, app_name):
         if verb not in module.VERBS:
             return _failed(app_name, verb, f"{verb} is not provided for {app['type']} apps by this version "
                            f"of minicl (provided: {', '.join(module.VERBS)})")  # fmt: skip
-        report = getattr(module, verb)(app)
+        report = appliances.verb_function(module, verb)(app, **options)
     except appliances.ApplianceError as exc:
         return _failed(app_name, verb, f"FAIL {exc}")
     if not report.ok:
@@ -72,6 +79,15 @@ def test(app):
     return _run("test", app)
 
 
+def backup_units(app):
+    """{path: text} of the systemd timer and service that back the app up on schedule (the
+    app's states install them).
+
+    CLI Example: ``salt-call --local minicl_app.backup_units db``
+    """
+    return backups.schedule_units(_apps()[app], salt_program("salt-call"))
+
+
 def verbs(app):
     """The verbs of the lifecycle contract the app's appliance provides.
 
@@ -85,23 +101,37 @@ def verbs(app):
 
 
 def backup(app):
-    """A consistent backup of the app (restic). Not provided yet by any appliance: says so.
+    """A consistent backup of the app into its restic repository on this host (after a check
+    that there is room for it), then the backups beyond retention removed.
 
     CLI Example: ``salt-call --local minicl_app.backup db``
     """
     return _run("backup", app)
 
 
-def restore(app, backup=None):  # pylint: disable=unused-argument,redefined-outer-name
-    """Restore the app from a backup (``backup=ID``, default the newest). Not provided yet.
+def list_(app):
+    """The app's backups on this host, newest first, with what each holds.
 
-    CLI Example: ``salt-call --local minicl_app.restore db backup=3f1c9a2b``
+    CLI Example: ``salt-call --local minicl_app.list db``
     """
-    return _run("restore", app)
+    return _run("list", app)
+
+
+def restore(app, backup=None, database=None):  # pylint: disable=redefined-outer-name
+    """Restore the app from a backup (``backup=ID`` from ``minicl_app.list``, default the
+    newest); ``database=NAME``: only that database of a PostgreSQL app.
+
+    CLI Example: ``salt-call --local minicl_app.restore db backup=20261201T193000Z``
+    """
+    options = {"backup": None if backup is None else str(backup)}
+    if database is not None:
+        options["database"] = database
+    return _run("restore", app, **options)
 
 
 def upgrade(app):
-    """Upgrade the app's packages, undone by itself if its checks fail. Not provided yet.
+    """Upgrade the app's packages after a safety backup; when its check_health or test fails
+    afterwards, the previous versions are installed again and the safety backup restored.
 
     CLI Example: ``salt-call --local minicl_app.upgrade db``
     """
@@ -109,7 +139,7 @@ def upgrade(app):
 
 
 def downgrade(app):
-    """Go back to the app's previous recorded package versions. Not provided yet.
+    """Go back to the package versions before the app's last upgrade on this host.
 
     CLI Example: ``salt-call --local minicl_app.downgrade db``
     """
@@ -117,9 +147,8 @@ def downgrade(app):
 
 
 def failover(app):
-    """On a standby or replica: promote it to primary now, fence the old primary when it answers,
-    and print the cluster.json change to commit (this host first). Later converges keep it the
-    primary. Provided for redis apps.
+    """On a standby or replica: fence the primary if it answers, promote this host, and print
+    the cluster.json change to commit (this host first). Later converges keep it the primary.
 
     CLI Example: ``salt-call --local minicl_app.failover db``
     """
@@ -127,8 +156,7 @@ def failover(app):
 
 
 def monitor(app):
-    """The app's live figures (connections, replication lag, memory, operations). Provided for
-    redis apps.
+    """The app's live figures: connections, operations per second, sizes or memory, replication.
 
     CLI Example: ``salt-call --local minicl_app.monitor db``
     """
@@ -136,7 +164,7 @@ def monitor(app):
 
 
 def cleanup(app):
-    """Backups beyond retention, old WAL and logs, unused replication slots. Not provided yet.
+    """Backups beyond retention, unused replication slots, data set aside long ago.
 
     CLI Example: ``salt-call --local minicl_app.cleanup db``
     """

@@ -3,12 +3,14 @@
     salt-call --local minicl_monitor.prometheus_config   # /etc/prometheus/prometheus.yml
     salt-call --local minicl_monitor.rules               # the alert rules
     salt-call --local minicl_monitor.node_targets        # every host the monitor scrapes
+    salt-call --local minicl_monitor.app_targets         # the exporters of the apps, by type
+    salt-call --local minicl_monitor.app_exporters       # the exporters this host runs for its apps
 
 The monitor role's SLS writes each of these with ``file.managed`` (checked by promtool/amtool).
 """
 
 try:
-    from minicl import config, monitor
+    from minicl import appliances, config, monitor
 
     HAS_MINICL = True
 except ImportError as exc:  # pragma: no cover
@@ -53,6 +55,23 @@ def node_targets():
     """
     cluster, _ = _cluster()
     return monitor.render_node_targets(cluster)
+
+
+def app_targets():
+    """{file: file_sd JSON} of the exporters of the apps, one file per app type with an exporter.
+
+    CLI Example: ``salt-call --local minicl_monitor.app_targets``
+    """
+    cluster, _ = _cluster()
+    return monitor.render_app_targets_files(cluster)
+
+
+def app_exporters():
+    """The exporters this host runs for its apps: package, service, /etc/default file and its text.
+
+    CLI Example: ``salt-call --local minicl_monitor.app_exporters``
+    """
+    return appliances.exporter_setup((__pillar__.get("minicl") or {}).get("apps") or {})
 
 
 def monitor_targets():

@@ -12,12 +12,13 @@
 ``running``: minicl's conf.d file and pg_hba.conf, postgres' .pgpass (never shown), the service
 enabled and running (restarted when the configuration needs it), a standby cloned from the
 primary, the replication role on the primary. ``databases``: on the primary, the owners (cluster
-users, peer authentication) and databases of cluster.json; never drops one. See
-minicl.appliances.postgresql.
+users, peer authentication) and databases of cluster.json, and the exporter's role; never drops
+one. See minicl.appliances.postgresql.
 """
 
 try:
     from minicl import statekit
+    from minicl.appliances import pgfailover as pgf
     from minicl.appliances import postgresql as pg
     from minicl.files import read_file
 
@@ -39,45 +40,51 @@ def __virtual__():
 
 
 def _app(name):
-    return __pillar__["minicl"]["apps"][name], __pillar__["minicl"]["host"]["name"]
+    return __pillar__["minicl"]["apps"][name]
 
 
 @_guarded(label="postgresql app {name}")
 def running(name):
     """The app ``name`` running on this host as its primary or a standby (see above)."""
-    app, host = _app(name)
+    app = _app(name)
     ret = statekit.new_ret(name)
-    changed = pg.file_changes(app, host)
-    clone = pg.needs_clone(app)
-    up = pg.running()
-    enabled = pg.starts_at_boot()
     changes = {}
-    for path in sorted(changed):
-        changes[path] = (
-            "(content hidden)"
-            if path == pg.PGPASS
-            else statekit.diff(read_file(path), changed[path], path, path)
-        )
-    if clone:
-        changes["standby"] = f"cloned from the primary {app['primary']} ({pg.primary_address(app)})"
+    up, enabled = pg.running(), pg.starts_at_boot()
     if not up or not enabled:
         changes["service"] = f"{pg.SERVICE} running, started at boot ({pg.BOOT_UNIT} enabled)"
-    recovery = pg.in_recovery() if up else None
-    if not clone and recovery is False and not pg.replica_role_ok(app):
-        changes["replication role"] = f"{pg.REPLICA_ROLE} (password derived from the deploy key)"
-    if not changes:
-        ret["comment"] = f"{pg.SERVICE} runs app {name} as configured ({_role(recovery)})"
+        if not __opts__["test"]:
+            if not enabled:
+                pg.systemctl("enable", pg.BOOT_UNIT)
+            if not up:
+                pgf.fence_if_superseded(app)
+                pg.systemctl("start", pg.SERVICE)
+                up = pg.wait_ready()
+    local = pgf.local_server(app) if up else None
+    place = pgf.placement(app, local, pgf.peer_servers(app))
+    changed = pg.file_changes(app, app["host"], place.upstream)
+    todo = {}
+    for path, new in sorted(changed.items()):
+        diff = statekit.diff(read_file(path), new, path, path)
+        todo[path] = "(content hidden)" if path == pg.PGPASS else diff
+    if place.clone:
+        source = f"{place.upstream} ({pg.address_of(app, place.upstream)})"
+        todo["standby"] = f"cloned from {source}: {place.clone}"
+    if place.role == "primary":
+        todo.update(pgf.primary_changes(app, local))
+    changes.update(todo)
+    note = f"; {place.note}" if place.note else ""
+    ret["changes"] = changes
+    if __opts__["test"] and changes:
+        ret["result"] = None
+        ret["comment"] = f"app {name} would be converged on {pg.SERVICE} as its {place.role}{note}"
         return ret
-    if __opts__["test"]:
-        ret["result"], ret["changes"] = None, changes
-        ret["comment"] = f"app {name} would be converged on {pg.SERVICE}"
+    if not todo:
+        ret["comment"] = f"{pg.SERVICE} runs app {name} as its {place.role}{note}"
         return ret
 
     pg.write_files(changed)
-    if clone:
-        pg.clone_from_primary(app, host)
-    if not enabled:
-        pg.systemctl("enable", pg.BOOT_UNIT)
+    if place.clone:
+        pg.clone_from(app, app["host"], place.upstream)
     if not pg.running():
         pg.systemctl("start", pg.SERVICE)
     elif pg.CONF_FILE in changed:
@@ -86,23 +93,16 @@ def running(name):
         pg.systemctl("reload", pg.SERVICE)
     if not pg.wait_ready():
         raise pg.ApplianceError(f"{pg.SERVICE} does not answer after the change (journalctl -u {pg.SERVICE})")
-    recovery = pg.in_recovery()
-    if recovery is False and not pg.replica_role_ok(app):
-        pg.set_replica_role(app)
-        changes["replication role"] = f"{pg.REPLICA_ROLE} (password derived from the deploy key)"
-    ret["changes"] = changes
-    ret["comment"] = f"app {name} converged on {pg.SERVICE} ({_role(recovery)})"
+    if place.role == "primary":
+        pgf.apply_primary_changes(app)
+    ret["comment"] = f"app {name} converged on {pg.SERVICE} as its {place.role}{note}"
     return ret
-
-
-def _role(recovery):
-    return "not answering" if recovery is None else ("standby" if recovery else "primary")
 
 
 @_guarded(label="postgresql app {name}")
 def databases(name):
-    """On the primary: the app's database owners and databases (see above)."""
-    app, _ = _app(name)
+    """On the primary: the app's database owners and databases, the exporter's role (see above)."""
+    app = _app(name)
     ret = statekit.new_ret(name)
     recovery = pg.in_recovery()
     if recovery is None:
@@ -112,7 +112,7 @@ def databases(name):
     if recovery:
         ret["comment"] = "a standby: its databases are replicated from the primary"
         return ret
-    todo = pg.database_changes(app)
+    todo = pg.database_changes(app) + pg.monitor_role_changes()
     forgotten = pg.forgotten_databases(app)
     note = (
         f"; not in cluster.json any more, and left as they are: {', '.join(forgotten)}" if forgotten else ""

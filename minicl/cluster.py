@@ -80,9 +80,10 @@ class Cluster:
 
     def apps_of(self, host):
         """{name: app} of the apps ``host`` runs, each with what this host needs to know:
-        ``role`` ("primary" for the first of its hosts, else "standby"), ``primary`` (that
-        host's name), ``peers`` ({host: [addresses]} of the app's other hosts) and
-        ``addresses`` (this host's own)."""
+        ``host`` (this one), ``role`` ("primary" for the first of its hosts, else "standby"),
+        ``primary`` (that host's name: the primary when the app is created; see
+        appliances.pgfailover and appliances.redis for who is primary later), ``peers`` ({host:
+        [addresses]} of the app's other hosts) and ``addresses`` (this host's own)."""
         mine = {}
         for name, app in self.apps.items():
             if host not in app["hosts"]:
@@ -91,6 +92,7 @@ class Cluster:
             mine[name] = dict(
                 app,
                 name=name,
+                host=host,
                 role="primary" if host == primary else "standby",
                 primary=primary,
                 peers={peer: self.host_ips(peer) for peer in app["hosts"] if peer != host},

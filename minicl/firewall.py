@@ -63,7 +63,7 @@ class Spec:
     public_udp: list = field(default_factory=list)
     ssh_ports: list = field(default_factory=lambda: [22])  # cluster.json's, plus where sshd listens now
     local_rules: str = ""
-    cluster_only_tcp: list = field(default_factory=list)  # ports of this host's apps
+    cluster_only_tcp: list = field(default_factory=list)  # ports of this host's apps and their exporters
     cluster_v4: list = field(default_factory=list)  # the cluster's hosts only (no trusted_sources)
     cluster_v6: list = field(default_factory=list)
 
@@ -101,8 +101,10 @@ def host_spec(cluster, host, local_rules="", listening_ssh_ports=()):
         proto, low, high = parse_port_spec(spec)
         ports[proto].append((low, high))
     ssh_ports = sorted({cluster.firewall_option("ssh_port"), *listening_ssh_ports})
-    # An app's port answers the cluster's hosts only, not a host's trusted_sources.
-    app_ports = sorted({appliances.module(app["type"]).PORT for app in cluster.apps_of(host).values()})
+    # An app's ports (its service's and its exporter's) answer the cluster's hosts only, not a
+    # host's trusted_sources.
+    apps = cluster.apps_of(host).values()
+    app_ports = sorted({port for app in apps for port in appliances.cluster_only_ports(app["type"])})
     return Spec(
         _collapse_networks(v4),
         _collapse_networks(v6),

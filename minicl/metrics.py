@@ -161,6 +161,26 @@ def write_checks(checks, directory=TEXTFILE_DIR, now=None):
     return _write(registry, directory, CHECKS_FILE)
 
 
+def write_backup(app, ok, interval, last_success, directory=TEXTFILE_DIR, now=None):
+    """Writes minicl_backup_<app>.prom after a backup of ``app``."""
+    registry = CollectorRegistry()
+    labels = {"app": app}
+
+    def gauge(name, doc, value):
+        Gauge(name, doc, ["app"], registry=registry).labels(**labels).set(value)
+
+    gauge("minicl_app_backup_failed", "1 if the app's last backup on this host failed.", 0 if ok else 1)
+    gauge(
+        "minicl_app_backup_interval_seconds", "Time between two scheduled backups (cluster.json).", interval
+    )
+    if last_success:
+        gauge("minicl_app_backup_last_success_timestamp_seconds", "When the app's last good backup ended.",
+              last_success)  # fmt: skip
+    gauge("minicl_app_backup_last_attempt_timestamp_seconds", "When the app's last backup ended.",
+          now if now is not None else time.time())  # fmt: skip
+    return _write(registry, directory, f"minicl_backup_{app}.prom")
+
+
 def last_run_timestamp(run_file_text):
     """minicl_run_last_timestamp_seconds from the text of minicl_run.prom (0 if absent)."""
     for family in text_string_to_metric_families(run_file_text):

@@ -1,5 +1,6 @@
 """The monitor role's configuration, computed from cluster.json: Prometheus scrapes every
-host's node exporter, evaluates minicl's alert rules and hands alerts to a local Alertmanager,
+host's node exporter and the exporters of the apps (a job per app type, see
+minicl.appliances), evaluates minicl's alert rules and hands alerts to a local Alertmanager,
 which mails them to admin_email through the host's own Postfix (and so through the relay).
 
 Timing comes from cluster.json: ``monitoring.scrape_interval`` (also the rule evaluation
@@ -12,7 +13,9 @@ import json
 
 import yaml
 
-from minicl import paths
+from minicl import appliances, paths
+from minicl.appliances import backups
+from minicl.schema import DURATION_UNITS
 
 NODE_EXPORTER_PORT = 9100
 PROMETHEUS_PORT = 9090
@@ -20,6 +23,7 @@ ALERTMANAGER_PORT = 9093  # on loopback only: Prometheus on the same host is its
 RULES_FILE = paths.PROMETHEUS_RULES
 NODE_TARGETS_FILE = paths.PROMETHEUS_NODE_TARGETS
 MONITOR_TARGETS_FILE = paths.PROMETHEUS_MONITOR_TARGETS
+APP_TARGETS_FILE = paths.PROMETHEUS_APP_TARGETS
 FOR_SCRAPES = 4
 FULL_RATIO = 0.10  # disk and inodes: alert when less than this is free
 STALE_RUNS = 3
@@ -29,6 +33,13 @@ REPEAT_INTERVAL = "4h"
 NOT_FILLING = "ramfs|squashfs|iso9660|nsfs|fuse.lxcfs"
 # Checks with their own alert (disk/inode space from node_exporter, the mail queue).
 OWN_ALERT_CHECKS = "disk .*|inodes .*|mail queue.*"
+# The metric by which an app type's exporter says that it reaches the service.
+UP_METRICS = {"postgresql": "pg_up", "redis": "redis_up"}
+# Replication lag: a standby this far behind for LAG_FOR is lagging (a burst of writes is not).
+PG_LAG_BYTES = 64 * 2**20  # WAL not replayed yet (the exporter of Debian 12 has no lag in seconds)
+REDIS_LAG_SECONDS = 10  # since the replica last acknowledged; a replica acknowledges every second
+LAG_FOR = "5m"
+BACKUP_STALE_INTERVALS = 2  # a backup older than this many intervals is stale
 
 
 def _dump(data, header):
@@ -65,6 +76,32 @@ def render_monitor_targets(cluster):
     return json.dumps(_targets(cluster, cluster.monitor_hosts(), PROMETHEUS_PORT), indent=2) + "\n"
 
 
+def app_targets_file(kind):
+    return APP_TARGETS_FILE.format(kind=kind)
+
+
+def render_app_targets(cluster, kind):
+    """file_sd targets of the exporters of the apps of type ``kind``: each host of each app at its
+    first address, labelled with the host (``instance``, as the node job) and the app."""
+    port = appliances.exporter(kind).port
+    targets = [
+        {
+            "targets": [scrape_address(cluster.host_ips(host)[0], port)],
+            "labels": {"instance": host, "app": name},
+        }
+        for name, app in sorted(cluster.apps.items())
+        if app["type"] == kind
+        for host in sorted(app["hosts"])
+    ]
+    return json.dumps(targets, indent=2) + "\n"
+
+
+def render_app_targets_files(cluster):
+    """{file: text} of every app type with an exporter; an empty list for a type no app has, so
+    that an app type's last app removed also leaves its job without targets."""
+    return {app_targets_file(kind): render_app_targets(cluster, kind) for kind in appliances.exporters()}
+
+
 def render_prometheus(cluster, host):
     scrape = cluster.duration("monitoring", "scrape_interval")
     config = {
@@ -79,6 +116,10 @@ def render_prometheus(cluster, host):
         "rule_files": [RULES_FILE],
         "scrape_configs": [
             {"job_name": "node", "file_sd_configs": [{"files": [NODE_TARGETS_FILE]}]},
+            *(
+                {"job_name": kind, "file_sd_configs": [{"files": [app_targets_file(kind)]}]}
+                for kind in appliances.exporters()
+            ),
             {"job_name": "prometheus", "file_sd_configs": [{"files": [MONITOR_TARGETS_FILE]}]},
             {
                 "job_name": "alertmanager",
@@ -90,7 +131,8 @@ def render_prometheus(cluster, host):
     }
     return _dump(
         config,
-        f"Prometheus on {cluster.fqdn(host)}: every host of cluster.json (targets in {NODE_TARGETS_FILE}).",
+        f"Prometheus on {cluster.fqdn(host)}: every host of cluster.json (targets in {NODE_TARGETS_FILE}) "
+        "and the exporters of its apps.",
     )
 
 
@@ -102,12 +144,7 @@ def alert_rules(cluster):
     free = f"{FULL_RATIO:.0%}"
 
     def rule(name, expr, summary, description, for_=wait, severity="critical"):
-        found = {"alert": name, "expr": expr}
-        if for_:
-            found["for"] = for_
-        found["labels"] = {"severity": severity}
-        found["annotations"] = {"summary": summary, "description": description}
-        return found
+        return _rule(name, expr, summary, description, for_, severity)
 
     return [
         rule(
@@ -205,13 +242,183 @@ def alert_rules(cluster):
             for_=None,
             severity="none",
         ),
+        *app_alert_rules(cluster),
+    ]
+
+
+def _rule(name, expr, summary, description, for_, severity="critical", labels=None):
+    found = {"alert": name, "expr": expr}
+    if for_:
+        found["for"] = for_
+    found["labels"] = {"severity": severity, **(labels or {})}
+    found["annotations"] = {"summary": summary, "description": description}
+    return found
+
+
+def _human_duration(seconds):
+    """``seconds`` in the largest unit that divides it: "2d", "90m"."""
+    unit = max((u for u, n in DURATION_UNITS.items() if seconds % n == 0), key=DURATION_UNITS.get)
+    return f"{seconds // DURATION_UNITS[unit]}{unit}"
+
+
+def app_alert_rules(cluster):
+    """The apps' alert rules: an exporter or the app down, replication broken or lagging, a
+    stale or failed backup (from minicl's textfile metrics of each host of the app)."""
+    wait = _duration(FOR_SCRAPES * cluster.seconds("monitoring", "scrape_interval"))
+    check = "'salt-call --local minicl_app.check_health {{ $labels.app }}'"
+    rules = [
+        _rule(
+            "AppExporterDown",
+            f'up{{job="{kind}"}} == 0',
+            "{{ $labels.instance }}: the " + kind + " exporter of {{ $labels.app }} is down",
+            f"The monitor has not reached {exporter.service} on {{{{ $labels.instance }}}} "
+            f"(port {exporter.port}) for {wait}, so app {{{{ $labels.app }}}} is not watched there. "
+            f"Log in and check 'systemctl status {exporter.service}'.",
+            wait,
+        )
+        for kind, exporter in appliances.exporters().items()
+    ]
+    rules.append(
+        _rule(
+            "AppDown",
+            f'{{__name__=~"{"|".join(UP_METRICS.values())}"}} == 0',
+            "{{ $labels.instance }}: app {{ $labels.app }} ({{ $labels.job }}) is down",
+            "The {{ $labels.job }} exporter on {{ $labels.instance }} has had no answer from app "
+            "{{ $labels.app }} for "
+            + wait
+            + ": the service is stopped, or refuses the exporter. "
+            + check
+            + " there says what fails.",
+            wait,
+        )
+    )
+    for name, app in sorted(cluster.apps.items()):
+        if app["type"] == "postgresql":
+            rules += _postgresql_replication_rules(name, app, wait, check)
+        elif app["type"] == "redis":
+            rules += _redis_replication_rules(name, app, wait, check)
+    rules += [
+        _rule(
+            "PostgreSQLReplicationLagging",
+            f"pg_stat_replication_pg_wal_lsn_diff > {PG_LAG_BYTES}",
+            "{{ $labels.app }}: the standby {{ $labels.application_name }} lags behind",
+            "The standby {{ $labels.application_name }} of app {{ $labels.app }} is "
+            "{{ $value | humanize1024 }}B of WAL behind the primary {{ $labels.instance }}, and has been "
+            f"more than {PG_LAG_BYTES // 2**20} MiB behind for {LAG_FOR}: it does not keep up (its disk, the "
+            "network, or long queries on it). A fail-over to it now loses those writes. "
+            + check
+            + " on the standby shows its replay lag.",
+            LAG_FOR,
+            "warning",
+        ),
+        _rule(
+            "RedisReplicationBroken",
+            "redis_master_link_up == 0",
+            "{{ $labels.app }}: the replica {{ $labels.instance }} has lost its master",
+            "The Redis replica of app {{ $labels.app }} on {{ $labels.instance }} has had no link to its "
+            "master ({{ $labels.master_host }}) for "
+            + wait
+            + ": it serves old keys, and a fail-over to it loses "
+            "the writes since. " + check + " there, and the master's, say why.",
+            wait,
+        ),
+        _rule(
+            "RedisReplicationLagging",
+            f"redis_connected_slave_lag_seconds > {REDIS_LAG_SECONDS}",
+            "{{ $labels.app }}: a replica of {{ $labels.instance }} lags behind",
+            "The replica {{ $labels.slave_ip }} of app {{ $labels.app }} has not acknowledged the writes of "
+            "its master {{ $labels.instance }} for {{ $value }} s, and for more than "
+            f"{REDIS_LAG_SECONDS} s for {LAG_FOR}. " + check + " on the replica shows its link.",
+            LAG_FOR,
+            "warning",
+        ),
+        _rule(
+            "AppBackupStale",
+            "time() - minicl_app_backup_last_success_timestamp_seconds > on(instance, app) group_left()"
+            f" {BACKUP_STALE_INTERVALS} * minicl_app_backup_interval_seconds",
+            "{{ $labels.instance }}: the last backup of {{ $labels.app }} is old",
+            "The last good backup of app {{ $labels.app }} on {{ $labels.instance }} is "
+            "{{ $value | humanizeDuration }} old, more than twice its interval: scheduled backups do not "
+            "succeed. 'salt-call --local minicl_app.backup {{ $labels.app }}' there takes one now "
+            "and says what fails.",
+            None,
+        ),
+    ]
+    # Never succeeded: the interval metric has existed for twice the interval with no success.
+    for seconds in sorted({backups.settings(app)[0] for app in cluster.apps.values()}):
+        rules.append(
+            _rule(
+                "AppBackupStale",
+                f"minicl_app_backup_interval_seconds == {seconds}"
+                " unless on(instance, app) minicl_app_backup_last_success_timestamp_seconds",
+                "{{ $labels.instance }}: no backup of {{ $labels.app }} yet",
+                "No backup of app {{ $labels.app }} on {{ $labels.instance }} has succeeded in the "
+                f"{_human_duration(BACKUP_STALE_INTERVALS * seconds)} since backups were scheduled there "
+                f"(every {_human_duration(seconds)}). "
+                "'salt-call --local minicl_app.backup {{ $labels.app }}' there takes one now "
+                "and says what fails.",
+                _human_duration(BACKUP_STALE_INTERVALS * seconds),
+            )
+        )
+    rules.append(
+        _rule(
+            "AppBackupFailed",
+            "minicl_app_backup_failed == 1",
+            "{{ $labels.instance }}: the scheduled backup of {{ $labels.app }} failed",
+            "The last scheduled backup of app {{ $labels.app }} on {{ $labels.instance }} failed; the "
+            "previous backups are kept. 'salt-call --local minicl_app.backup {{ $labels.app }}' there "
+            "runs one now and says why it fails (often: not enough free space).",
+            None,
+        )
+    )
+    return rules
+
+
+def _postgresql_replication_rules(name, app, wait, check):
+    """Per host of the app: whichever other host is a primary (the running server says so, not
+    cluster.json, so that these hold after a fail-over) lists it streaming in pg_stat_replication,
+    where a standby is known by its application_name, its host name."""
+    return [
+        _rule(
+            "PostgreSQLReplicationBroken",
+            f'pg_settings_in_hot_standby{{app="{name}",instance!="{host}"}} == 0 unless on(app, instance) '
+            f'pg_stat_replication_pg_wal_lsn_diff{{app="{name}",application_name="{host}",state="streaming"}}',
+            f"{name}: {host} does not stream from the primary {{{{ $labels.instance }}}}",
+            f"The primary of app {name} on {{{{ $labels.instance }}}} has had no streaming standby {host} "
+            f"for {wait}: {host} does not get the writes, and a fail-over to it would lose them. {check} on "
+            f"{host} says why (its PostgreSQL down, or refused by the primary: its journal tells).",
+            wait,
+            labels={"standby": host},
+        )
+        for host in app["hosts"]
+        if len(app["hosts"]) > 1
+    ]
+
+
+def _redis_replication_rules(name, app, wait, check):
+    """The master of the app has fewer replicas than the app's other hosts (the replica side of a
+    broken link is RedisReplicationBroken)."""
+    replicas = len(app["hosts"]) - 1
+    if not replicas:
+        return []
+    return [
+        _rule(
+            "RedisReplicasMissing",
+            f'redis_connected_slaves{{app="{name}"}} < {replicas}'
+            f' and on(app, instance) redis_instance_info{{app="{name}",role="master"}}',
+            f"{name}: {{{{ $labels.instance }}}} has {{{{ $value }}}} of its {replicas} replicas",
+            f"Only {{{{ $value }}}} of the {replicas} replicas of app {name} are connected to its master on "
+            f"{{{{ $labels.instance }}}} (for {wait}): the others do not get the writes. {check} on each "
+            "host of the app says which one and why.",
+            wait,
+        )
     ]
 
 
 def render_rules(cluster):
     return _dump(
         {"groups": [{"name": "minicl", "rules": alert_rules(cluster)}]},
-        "minicl's alert rules (hosts, runs, config, mail, checks, heartbeat).",
+        "minicl's alert rules (hosts, runs, config, mail, checks, apps, heartbeat).",
     )
 
 

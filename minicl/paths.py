@@ -3,6 +3,9 @@ through ``salt['minicl.paths']()``, by the SLS files. (The files inside the conf
 STATE_DIR by default, are laid out by ``minicl.configrepo.ConfigRepo``.)"""
 
 STATE_DIR = "/var/lib/minicl"  # the config repo cache (mode 0700), registries, firewall backups
+APPS_DIR = f"{STATE_DIR}/apps"  # per app: what its verbs record (the last good backup, ...)
+BACKUPS_DIR = f"{STATE_DIR}/backups"  # per app: its restic repository
+KEPT_PACKAGES_DIR = f"{STATE_DIR}/packages"  # .deb copies of versions an upgrade replaced
 ETC_DIR = "/etc/minicl"  # deploy key, known_hosts, local firewall rules, break-glass switch
 SALT_CONFIG_DIR = "/etc/salt"
 SYSTEMD_RUN_DIR = "/run/systemd/system"  # exists when systemd runs the host
@@ -37,6 +40,7 @@ PROMETHEUS_CONFIG = "/etc/prometheus/prometheus.yml"
 PROMETHEUS_RULES = "/etc/prometheus/minicl.rules.yml"
 PROMETHEUS_NODE_TARGETS = "/etc/prometheus/minicl-nodes.json"
 PROMETHEUS_MONITOR_TARGETS = "/etc/prometheus/minicl-monitors.json"
+PROMETHEUS_APP_TARGETS = "/etc/prometheus/minicl-app-{kind}.json"  # one per app type with an exporter
 PROMETHEUS_DEFAULTS = "/etc/default/prometheus"
 ALERTMANAGER_CONFIG = "/etc/prometheus/alertmanager.yml"
 ALERTMANAGER_DEFAULTS = "/etc/default/prometheus-alertmanager"

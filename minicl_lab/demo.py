@@ -85,6 +85,8 @@ def demo_config(workdir):
     config["schedule"] = DEMO_SCHEDULE
     config["smtp"]["relay"] = RELAY_NAME
     config["ca_url"] = f"http://{RELAY_NAME}/ca.crt"
+    for app in config.get("apps", {}).values():
+        app.pop("packages", None)  # extra packages would come from the Debian archive: no route to it here
     private = {}
     for user, spec in config["users"].items():
         private[user], spec["ssh_key"] = make_key(workdir, f"{user}-demo")

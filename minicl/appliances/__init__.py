@@ -8,7 +8,15 @@ cluster.json entry plus ``name``, ``role``, ``primary`` and ``peers``). ``minicl
 runs them: ``salt-call --local minicl_app.check_health db``.
 
 The contract's verbs: check_health, test, backup, restore, upgrade, downgrade, failover, monitor,
-cleanup. An appliance says which it provides in ``VERBS``.
+cleanup, and ``list`` (the backups; its function is ``list_backups``). An appliance says which
+it provides in ``VERBS``.
+
+Its service listens on ``PORT``. An appliance with a Prometheus exporter declares it with
+``EXPORTER_PACKAGE``, ``EXPORTER_SERVICE`` (the Debian package and its unit, configured by
+``/etc/default/<service>``) and ``EXPORTER_PORT``, and may render that file with
+``render_exporter_defaults(app)`` (``EXPORTER_DEFAULTS_SECRET = True`` if it holds a secret, so
+that no state output shows it): every host of its apps runs the exporter, the monitor
+scrapes it (see minicl.monitor), and both ports answer cluster hosts only (minicl.firewall).
 """
 
 import hashlib
@@ -24,6 +32,7 @@ CONTRACT = (
     "test",
     "backup",
     "restore",
+    "list",
     "upgrade",
     "downgrade",
     "failover",
@@ -56,11 +65,82 @@ class Report:
         return {"app": self.app, "verb": self.verb, "ok": self.ok, "report": self.lines, **self.data}
 
 
+def verb_function(module_, verb):
+    return getattr(module_, "list_backups" if verb == "list" else verb)
+
+
 def module(kind):
     """The appliance module of an app type."""
     if kind not in TYPES:
         raise ApplianceError(f"no appliance for apps of type {kind!r} (known: {', '.join(TYPES)})")
     return importlib.import_module(f"minicl.appliances.{kind}")
+
+
+@dataclass(frozen=True)
+class Exporter:
+    """The Prometheus exporter of an app type, as its appliance module declares it."""
+
+    kind: str
+    package: str
+    service: str
+    port: int
+    secret: bool = False  # its defaults file holds a secret
+
+    @property
+    def defaults_file(self):
+        """Where Debian's unit reads the exporter's options (EnvironmentFile)."""
+        return f"/etc/default/{self.service}"
+
+    def defaults(self, app):
+        """The text minicl writes to ``defaults_file`` for ``app``, or None: the package's own."""
+        render = getattr(module(self.kind), "render_exporter_defaults", None)
+        return render(app) if render else None
+
+
+def exporter(kind):
+    """The exporter an app type declares, or None if its appliance has none."""
+    found = module(kind)
+    if not hasattr(found, "EXPORTER_PORT"):
+        return None
+    return Exporter(
+        kind,
+        found.EXPORTER_PACKAGE,
+        found.EXPORTER_SERVICE,
+        found.EXPORTER_PORT,
+        getattr(found, "EXPORTER_DEFAULTS_SECRET", False),
+    )
+
+
+def exporters():
+    """{type: Exporter} of every app type with an exporter."""
+    return {kind: found for kind in TYPES if (found := exporter(kind))}
+
+
+def exporter_setup(apps):
+    """What a host runs for the exporters of its ``apps`` ({name: app} as the pillar has them):
+    one dict per app with an exporter, as the base role's SLS uses it."""
+    setup = []
+    for name, app in sorted(apps.items()):
+        found = exporter(app["type"])
+        if found:
+            setup.append(
+                {
+                    "app": name,
+                    "package": found.package,
+                    "service": found.service,
+                    "defaults_file": found.defaults_file,
+                    "defaults": found.defaults(app),
+                    "secret": found.secret,
+                }
+            )
+    return setup
+
+
+def cluster_only_ports(kind):
+    """The TCP ports of an app type that answer the cluster's hosts only: the service's own and
+    its exporter's."""
+    found = exporter(kind)
+    return [module(kind).PORT] + ([found.port] if found else [])
 
 
 def shared_secret(app_name, purpose, key_path=None):

@@ -9,11 +9,16 @@ replaces is kept aside). Replication authenticates with a password every host de
 config repo's deploy key (``appliances.shared_secret``); it is in no file but postgres' own
 ~/.pgpass (mode 0600). What the verbs report and do on the primary is decided by the running
 server (``pg_is_in_recovery``), not by cluster.json.
+
+Debian's prometheus-postgres-exporter runs on every host of the app, as OS user prometheus; it
+logs in as role ``prometheus`` (member of pg_monitor, created on the primary, replicated to the
+standbys) on the local socket by peer authentication: no password.
 """
 
 import os
 import shutil
 import subprocess
+import sys
 import time
 
 from minicl.appliances import ApplianceError, Report, shared_secret
@@ -32,18 +37,34 @@ CONF_DIR = f"/etc/postgresql/{VERSION}/{CLUSTER}"
 CONF_FILE = f"{CONF_DIR}/conf.d/minicl.conf"
 HBA_FILE = f"{CONF_DIR}/pg_hba.conf"
 PGPASS = "/var/lib/postgresql/.pgpass"
+FOLLOWING = "# following: "
 REPLICA_ROLE = "minicl_replica"
 PROBE_TABLE = "minicl_probe"
 SYSTEM_DATABASES = ("postgres", "template0", "template1")
-VERBS = ("check_health", "test")
+VERBS = ("check_health", "test", "backup", "restore", "list", "upgrade", "downgrade", "failover", "monitor",
+         "cleanup")  # fmt: skip
+# What upgrade and downgrade change (with the app's own "packages" from cluster.json).
+PACKAGES = (
+    "postgresql",
+    "postgresql-15",
+    "postgresql-client-15",
+    "postgresql-common",
+    "postgresql-client-common",
+    "libpq5",
+)
 MIN_FREE_RATIO = 0.10
+SOCKET_DIR = "/run/postgresql"
+EXPORTER_PACKAGE = "prometheus-postgres-exporter"
+EXPORTER_SERVICE = "prometheus-postgres-exporter"
+EXPORTER_PORT = 9187
+MONITOR_ROLE = "prometheus"  # the OS user Debian's exporter runs as: peer authentication maps it
 
 
-def _ident(name):
+def ident(name):
     return '"' + name.replace('"', '""') + '"'
 
 
-def _literal(text):
+def literal(text):
     return "'" + text.replace("'", "''") + "'"
 
 
@@ -55,13 +76,15 @@ def slot_name(host):
     return "minicl_" + "".join(c if c.isalnum() else "_" for c in host.lower())
 
 
-def primary_address(app):
-    """The address standbys connect to: the primary's first IPv4 address, else its first."""
-    ips = app["peers"].get(app["primary"], [])
+def address_of(app, peer):
+    """The address a standby connects to: the peer's first IPv4 address, else its first."""
+    ips = app["peers"].get(peer, [])
     return next((ip for ip in ips if ":" not in ip), ips[0] if ips else "127.0.0.1")
 
 
-def render_conf(app, host):
+def render_conf(app, host, upstream=""):
+    """minicl's settings; a standby's (``upstream``: the host it follows) are read only while
+    the server is one."""
     lines = [
         f"# Managed by minicl (app {app['name']}); changes here are overwritten.",
         "listen_addresses = '*'",
@@ -75,9 +98,10 @@ def render_conf(app, host):
     ]
     if app.get("synchronous"):
         lines.append("synchronous_standby_names = 'ANY 1 (*)'")
-    if app["role"] == "standby":  # read only while this server is a standby
+    if upstream:
+        lines.append(f"{FOLLOWING}{upstream}")
         lines.append(
-            f"primary_conninfo = 'host={primary_address(app)} port={PORT} user={REPLICA_ROLE} "
+            f"primary_conninfo = 'host={address_of(app, upstream)} port={PORT} user={REPLICA_ROLE} "
             f"passfile={PGPASS} application_name={host}'"
         )
         lines.append(f"primary_slot_name = '{slot_name(host)}'")
@@ -97,8 +121,19 @@ def render_hba(app):
     for peer in sorted(app["peers"]):
         for ip in app["peers"][peer]:
             mask = "128" if ":" in ip else "32"
-            lines.append(f"host    replication  {REPLICA_ROLE}  {ip}/{mask:<18} scram-sha-256  # {peer}")
+            for database in ("replication", "postgres"):  # streaming; the fail-over's questions
+                where = f"{ip}/{mask}"
+                lines.append(f"host    {database:<11}  {REPLICA_ROLE}  {where:<23} scram-sha-256  # {peer}")
     return "\n".join(lines) + "\n"
+
+
+def render_exporter_defaults(app):
+    """/etc/default/prometheus-postgres-exporter: the local socket, as role prometheus (peer)."""
+    return (
+        f"# Managed by minicl (app {app['name']}); changes here are overwritten.\n"
+        f'DATA_SOURCE_NAME="user={MONITOR_ROLE} host={SOCKET_DIR} dbname=postgres sslmode=disable"\n'
+        f'ARGS="--web.listen-address=:{EXPORTER_PORT}"\n'
+    )
 
 
 def render_pgpass(app):
@@ -108,7 +143,7 @@ def render_pgpass(app):
 # -- the running server --------------------------------------------------------------------
 
 
-def _run(argv, input=None, env=None, check=True):
+def run(argv, input=None, env=None, check=True):
     result = subprocess.run(argv, input=input, capture_output=True, text=True, check=False, env=env)
     if check and result.returncode != 0:
         raise ApplianceError(f"{' '.join(argv[:4])}...: {result.stderr.strip() or result.stdout.strip()}")
@@ -118,7 +153,7 @@ def _run(argv, input=None, env=None, check=True):
 def psql(sql, database="postgres", check=True):
     """Run SQL (from stdin, so nothing shows in the process list) as postgres on the local
     socket; returns the unaligned rows."""
-    result = _run(
+    result = run(
         [
             "runuser",
             "-u",
@@ -141,7 +176,7 @@ def psql(sql, database="postgres", check=True):
 
 
 def systemctl(*args, check=True):
-    return _run(["systemctl", *args], check=check)
+    return run(["systemctl", *args], check=check)
 
 
 def running():
@@ -155,7 +190,7 @@ def starts_at_boot():
 def wait_ready(seconds=30):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if _run(["runuser", "-u", "postgres", "--", f"{BIN}/pg_isready", "-q"], check=False).returncode == 0:
+        if run(["runuser", "-u", "postgres", "--", f"{BIN}/pg_isready", "-q"], check=False).returncode == 0:
             return True
         time.sleep(0.5)
     return False
@@ -183,9 +218,13 @@ def is_standby_data():
 # -- converging ---------------------------------------------------------------------------
 
 
-def file_changes(app, host):
+def file_changes(app, host, upstream=""):
     """{path: new text} of minicl's PostgreSQL files that differ from what is there."""
-    wanted = {CONF_FILE: render_conf(app, host), HBA_FILE: render_hba(app), PGPASS: render_pgpass(app)}
+    wanted = {
+        CONF_FILE: render_conf(app, host, upstream),
+        HBA_FILE: render_hba(app),
+        PGPASS: render_pgpass(app),
+    }
     return {path: text for path, text in wanted.items() if read_file(path) != text}
 
 
@@ -195,25 +234,24 @@ def write_files(changed):
         shutil.chown(path, "postgres", "postgres")
 
 
-def needs_clone(app):
-    """Whether this host must become a standby of the primary: configured as one, and its data
-    is not a standby's. (A server holding databases of its own is never cloned over: see
-    ``clone_from_primary``.)"""
-    return app["role"] == "standby" and not is_standby_data()
+def holds_app_data():
+    """Whether the local server holds an app's data (minicl's replication role exists)."""
+    return psql(f"SELECT 1 FROM pg_roles WHERE rolname = {literal(REPLICA_ROLE)}") == "1"
 
 
-def clone_from_primary(app, host):
-    """Make this host a standby: refuses if the local cluster holds databases of its own; keeps
-    the cluster it replaces aside; clones the primary through a replication slot of its own."""
+def clone_from(app, host, upstream):
+    """Make this host a standby of ``upstream``: its data replaced by a clone through a
+    replication slot of its own. A server holding databases of its own that are not the app's
+    is refused, never overwritten; the data folder it replaces is kept aside."""
     if has_data_dir():
         if not running():
             systemctl("start", SERVICE)
         if not wait_ready():
             raise ApplianceError(f"the local PostgreSQL ({SERVICE}) does not start; it is left as it is")
         mine = own_databases()
-        if mine:
+        if mine and not holds_app_data():
             raise ApplianceError(
-                f"this host should be a standby of {app['primary']}, but its PostgreSQL holds databases "
+                f"this host should be a standby of {upstream}, but its PostgreSQL holds databases "
                 f"of its own ({', '.join(mine)}): minicl does not overwrite them. Move them away "
                 f"(pg_dump), or make {host} the primary in cluster.json"
             )
@@ -224,18 +262,18 @@ def clone_from_primary(app, host):
     shutil.chown(DATA_DIR, "postgres", "postgres")
     base = [
         "runuser", "-u", "postgres", "--", "env", f"PGPASSFILE={PGPASS}",
-        f"{BIN}/pg_basebackup", "-h", primary_address(app), "-p", str(PORT), "-U", REPLICA_ROLE,
+        f"{BIN}/pg_basebackup", "-h", address_of(app, upstream), "-p", str(PORT), "-U", REPLICA_ROLE,
         "-D", DATA_DIR, "-X", "stream", "-c", "fast", "-S", slot_name(host), "-w",
     ]  # fmt: skip
-    result = _run([*base, "-C"], check=False)
+    result = run([*base, "-C"], check=False)
     if result.returncode != 0 and "already exists" in result.stderr:
         shutil.rmtree(DATA_DIR)
         os.makedirs(DATA_DIR, mode=0o700)
         shutil.chown(DATA_DIR, "postgres", "postgres")
-        result = _run(base, check=False)
+        result = run(base, check=False)
     if result.returncode != 0:
         raise ApplianceError(
-            f"cloning the primary {app['primary']} ({primary_address(app)}) failed: {result.stderr.strip()} "
+            f"cloning {upstream} ({address_of(app, upstream)}) failed: {result.stderr.strip()} "
             "(is its PostgreSQL up and converged? the next run tries again)"
         )
     write_file(os.path.join(DATA_DIR, "standby.signal"), "", 0o600)
@@ -244,7 +282,7 @@ def clone_from_primary(app, host):
 
 def replica_role_ok(app):
     """Whether the replication role logs in with the shared password (over TCP, as a standby does)."""
-    probe = _run(
+    probe = run(
         ["psql", "-X", "-A", "-t", "-h", "127.0.0.1", "-U", REPLICA_ROLE, "-d", "postgres", "-c", "SELECT 1"],
         env={**os.environ, "PGPASSWORD": replica_password(app), "PGCONNECT_TIMEOUT": "5"},
         check=False,
@@ -254,10 +292,10 @@ def replica_role_ok(app):
 
 def set_replica_role(app):
     """On the primary: create the replication role, or set its password to the shared one."""
-    exists = psql(f"SELECT 1 FROM pg_roles WHERE rolname = {_literal(REPLICA_ROLE)}") == "1"
+    exists = psql(f"SELECT 1 FROM pg_roles WHERE rolname = {literal(REPLICA_ROLE)}") == "1"
     verb = "ALTER" if exists else "CREATE"
-    psql(f"SET password_encryption = 'scram-sha-256'; {verb} ROLE {_ident(REPLICA_ROLE)} "
-         f"WITH REPLICATION LOGIN PASSWORD {_literal(replica_password(app))}")  # fmt: skip
+    psql(f"SET password_encryption = 'scram-sha-256'; {verb} ROLE {ident(REPLICA_ROLE)} "
+         f"WITH REPLICATION LOGIN PASSWORD {literal(replica_password(app))}")  # fmt: skip
 
 
 def database_changes(app):
@@ -272,20 +310,39 @@ def database_changes(app):
     for db, spec in sorted((app.get("databases") or {}).items()):
         owner = spec["owner"]
         if owner not in roles:
-            todo.append((f"role {owner} (login, peer authentication)", f"CREATE ROLE {_ident(owner)} LOGIN"))
+            todo.append((f"role {owner} (login, peer authentication)", f"CREATE ROLE {ident(owner)} LOGIN"))
             roles.add(owner)
         if db not in owners:
             todo.append(
-                (f"database {db} owned by {owner}", f"CREATE DATABASE {_ident(db)} OWNER {_ident(owner)}")
+                (f"database {db} owned by {owner}", f"CREATE DATABASE {ident(db)} OWNER {ident(owner)}")
             )
         elif owners[db] != owner:
             todo.append(
                 (
                     f"database {db} now owned by {owner}",
-                    f"ALTER DATABASE {_ident(db)} OWNER TO {_ident(owner)}",
+                    f"ALTER DATABASE {ident(db)} OWNER TO {ident(owner)}",
                 )
             )
     return todo
+
+
+def monitor_role_changes():
+    """What the primary lacks for its exporters: the role prometheus, member of pg_monitor (read
+    access to the statistics, nothing else), logging in by peer authentication only."""
+    member = psql(
+        "SELECT pg_has_role(oid, 'pg_monitor', 'MEMBER') FROM pg_roles "
+        f"WHERE rolname = {literal(MONITOR_ROLE)}"
+    )
+    if not member:
+        return [
+            (
+                f"role {MONITOR_ROLE} (pg_monitor, for the exporter, peer authentication)",
+                f"CREATE ROLE {ident(MONITOR_ROLE)} LOGIN IN ROLE pg_monitor",
+            )
+        ]
+    if member != "t":
+        return [(f"role {MONITOR_ROLE} now in pg_monitor", f"GRANT pg_monitor TO {ident(MONITOR_ROLE)}")]
+    return []
 
 
 def forgotten_databases(app):
@@ -335,7 +392,17 @@ def check_health(app):
     free = usage.free / usage.total
     report.data["disk_free_ratio"] = round(free, 3)
     report.check(free >= MIN_FREE_RATIO, f"{free:.0%} of the data disk free ({DATA_DIR})")
-    report.lines.append("info backups: not provided yet by this version of the appliance")
+    from minicl.appliances import backups
+
+    interval, _ = backups.settings(app)
+    last = backups.last_success(app)
+    age = None if last is None else time.time() - last
+    report.data["backup_age_seconds"] = None if age is None else int(age)
+    if age is None:
+        report.lines.append("info no backup on this host yet")
+    else:
+        report.check(age <= 2 * interval, f"the last good backup on this host: {age / 3600:.1f} h ago "
+                                          f"(one every {interval / 3600:g} h)")  # fmt: skip
     return report
 
 
@@ -353,7 +420,7 @@ def test(app, wait=15):
         report.check(refused, "a write on this standby is refused (read-only)")
         return report
     psql(f"CREATE TABLE IF NOT EXISTS {PROBE_TABLE} (id int PRIMARY KEY, token text, at timestamptz); "
-         f"INSERT INTO {PROBE_TABLE} VALUES (1, {_literal(token)}, now()) "
+         f"INSERT INTO {PROBE_TABLE} VALUES (1, {literal(token)}, now()) "
          f"ON CONFLICT (id) DO UPDATE SET token = EXCLUDED.token, at = now()")  # fmt: skip
     lsn = psql("SELECT pg_current_wal_lsn()")
     report.check(
@@ -363,10 +430,118 @@ def test(app, wait=15):
     pending = set(app["peers"])
     while pending and time.monotonic() < deadline:
         rows = (psql(f"SELECT application_name FROM pg_stat_replication "
-                     f"WHERE replay_lsn >= {_literal(lsn)}::pg_lsn") or "").splitlines()  # fmt: skip
+                     f"WHERE replay_lsn >= {literal(lsn)}::pg_lsn") or "").splitlines()  # fmt: skip
         pending -= set(rows)
         if pending:
             time.sleep(0.3)
     for peer in sorted(app["peers"]):
         report.check(peer not in pending, f"standby {peer} replayed the write")
     return report
+
+
+COUNTERS_SQL = (
+    "SELECT sum(xact_commit), sum(tup_inserted + tup_updated + tup_deleted), sum(tup_fetched) "
+    "FROM pg_stat_database"
+)
+CLIENTS_SQL = (
+    "SELECT count(*), count(*) FILTER (WHERE state = 'active') FROM pg_stat_activity "
+    "WHERE backend_type = 'client backend'"
+)
+SIZES_SQL = "SELECT datname, pg_database_size(datname) FROM pg_database WHERE NOT datistemplate ORDER BY 1"
+STANDBYS_SQL = (
+    "SELECT application_name, state, COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), 0)::bigint, "
+    "COALESCE(EXTRACT(EPOCH FROM replay_lag), 0) FROM pg_stat_replication"
+)
+
+
+def _rows(sql):
+    return [row.split("|") for row in (psql(sql) or "").splitlines()]
+
+
+def monitor(app, seconds=1.0):
+    """Live figures: connections, commits and rows per second (over ``seconds``), database
+    sizes, and replication (each standby's lag on the primary; the replay delay on a standby)."""
+    report = Report(app["name"], "monitor")
+    if not report.check(running() and wait_ready(5), f"{SERVICE} answers"):
+        return report
+    first = [float(x) for x in _rows(COUNTERS_SQL)[0]]
+    time.sleep(seconds)
+    second = [float(x) for x in _rows(COUNTERS_SQL)[0]]
+    commits, written, read = (round((b - a) / seconds, 1) for a, b in zip(first, second, strict=True))
+    clients, active = (int(x) for x in _rows(CLIENTS_SQL)[0])
+    limit = int(psql("SHOW max_connections"))
+    sizes = {db: int(size) for db, size in _rows(SIZES_SQL)}
+    data = {
+        "connections": clients, "active": active, "max_connections": limit,
+        "commits_per_second": commits, "rows_written_per_second": written, "rows_read_per_second": read,
+        "database_bytes": sizes,
+    }  # fmt: skip
+    report.lines += [
+        f"info connections: {clients} ({active} active) of {limit}",
+        f"info per second: {commits} commits, {written} rows written, {read} rows read",
+        "info sizes: " + ", ".join(f"{db} {size / 2**20:.1f} MB" for db, size in sizes.items()),
+    ]
+    if in_recovery():
+        delay = int(
+            psql("SELECT COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0)::int")
+        )
+        report.lines.append(f"info standby: last replayed transaction {delay} s ago")
+        data["replay_delay_seconds"] = delay
+    else:
+        data["standbys"] = {}
+        for name, state, lag_bytes, lag_seconds in _rows(STANDBYS_SQL):
+            data["standbys"][name] = {
+                "state": state,
+                "lag_bytes": int(lag_bytes),
+                "lag_seconds": float(lag_seconds),
+            }
+            report.lines.append(
+                f"info standby {name}: {state}, {lag_bytes} bytes, {float(lag_seconds):.2f} s behind"
+            )
+    report.data.update(data)
+    return report
+
+
+# The verbs that live in modules of their own, which build on this one.
+
+
+def failover(app):
+    from minicl.appliances import pgfailover
+
+    return pgfailover.failover(app)
+
+
+def backup(app):
+    from minicl.appliances import pgbackup
+
+    return pgbackup.backup(app)
+
+
+def restore(app, backup=None, database=None):  # pylint: disable=redefined-outer-name
+    from minicl.appliances import pgbackup
+
+    return pgbackup.restore(app, backup, database)
+
+
+def list_backups(app):
+    from minicl.appliances import pgbackup
+
+    return pgbackup.list_backups(app)
+
+
+def upgrade(app):
+    from minicl.appliances import upgrades
+
+    return upgrades.upgrade(sys.modules[__name__], app)
+
+
+def downgrade(app):
+    from minicl.appliances import upgrades
+
+    return upgrades.downgrade(sys.modules[__name__], app)
+
+
+def cleanup(app):
+    from minicl.appliances import pgbackup
+
+    return pgbackup.cleanup(app)

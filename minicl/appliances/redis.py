@@ -35,6 +35,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 
@@ -53,7 +54,7 @@ DATA_DIR = "/var/lib/redis"
 DUMP = f"{DATA_DIR}/dump.rdb"
 PROMOTED_USER = "minicl-promoted-"
 ROLE_MARK = "# The role: decided by minicl at each run (see minicl.appliances.redis)."
-VERBS = ("check_health", "test", "monitor", "failover")
+VERBS = ("check_health", "test", "backup", "restore", "list", "upgrade", "downgrade", "monitor", "failover")
 MIN_FREE_RATIO = 0.10
 MEMORY_WARN_RATIO = 0.90
 PEER_TIMEOUT = 3
@@ -62,10 +63,24 @@ PEER_TIMEOUT = 3
 EXPORTER_PACKAGE = "prometheus-redis-exporter"
 EXPORTER_SERVICE = "prometheus-redis-exporter"
 EXPORTER_PORT = 9121
+EXPORTER_DEFAULTS_SECRET = True  # the exporter logs in with the app's password
+# What upgrade and downgrade change (with the app's own "packages" from cluster.json).
+PACKAGES = ("redis-server", "redis-tools")
 
 
 def password(app):
     return shared_secret(app["name"], "redis password")
+
+
+def render_exporter_defaults(app):
+    """/etc/default/prometheus-redis-exporter: the local server, with the app's password (in the
+    environment, not on the command line where ps shows it)."""
+    return (
+        f"# Managed by minicl (app {app['name']}); changes here are overwritten.\n"
+        f'REDIS_ADDR="redis://127.0.0.1:{PORT}"\n'
+        f'REDIS_PASSWORD="{password(app)}"\n'
+        f'ARGS="--web.listen-address=:{EXPORTER_PORT}"\n'
+    )
 
 
 def this_host(app):
@@ -388,10 +403,9 @@ def apply_plan(app, todo):
 # -- snapshots, for backup and restore ---------------------------------------------------------
 
 
-def snapshot(app, dest, timeout=600):
-    """A consistent RDB snapshot of the app's data at ``dest`` (mode 0600): BGSAVE, wait until
-    LASTSAVE moves past the time before it, copy dump.rdb. Works on the primary and on a
-    replica (which saves its replicated data)."""
+def fresh_snapshot(app, timeout=600):
+    """A new, consistent RDB snapshot in dump.rdb: BGSAVE, wait until LASTSAVE moves past the
+    time before it. Works on the primary and on a replica (which saves its replicated data)."""
     before = int(cli(app, "LASTSAVE"))
     deadline = time.monotonic() + timeout
     while cli(app, "BGSAVE", "SCHEDULE", check=False) is None:  # one already running
@@ -405,6 +419,11 @@ def snapshot(app, dest, timeout=600):
     status = parse_info(cli(app, "INFO", "persistence")).get("rdb_last_bgsave_status")
     if status != "ok":
         raise ApplianceError(f"the snapshot failed (rdb_last_bgsave_status: {status}; journalctl -t redis)")
+
+
+def snapshot(app, dest, timeout=600):
+    """``fresh_snapshot``, copied to ``dest`` (mode 0600)."""
+    fresh_snapshot(app, timeout)
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with open(DUMP, "rb") as src, os.fdopen(fd, "wb") as out:
@@ -430,6 +449,94 @@ def load_snapshot(app, source):
     systemctl("start", SERVICE)
     if not wait_ready(app, 120):
         raise ApplianceError(f"{SERVICE} does not answer after loading {source} (journalctl -t redis)")
+
+
+# -- backup, restore, upgrade: through the shared modules ------------------------------------
+
+SNAPSHOT_FILE = "dump.rdb"
+
+
+def backup(app):
+    """An RDB snapshot (BGSAVE, then dump.rdb streamed into restic: see appliances.backups)."""
+    from minicl.appliances import backups
+
+    report = Report(app["name"], "backup")
+    try:
+        size = os.path.getsize(DUMP) if os.path.exists(DUMP) else 0
+        backups.check_room(app, size, f"a snapshot of {app['name']}", backups.ROOT)
+        started = time.monotonic()
+        fresh_snapshot(app)
+        backup_id = backups.new_id()
+        backups.store(app, backup_id, SNAPSHOT_FILE, ["cat", DUMP])
+    except ApplianceError:
+        backups.record(app, False)
+        raise
+    report.check(
+        True,
+        f"backup {backup_id}: {SNAPSHOT_FILE} ({size / 2**20:.1f} MB) in {time.monotonic() - started:.1f} s",
+    )
+    _, keep = backups.settings(app)
+    removed = backups.prune(app, keep)
+    if removed:
+        report.lines.append(f"info removed the backups beyond the {keep} kept: {', '.join(removed)}")
+    backups.record(app, True)
+    report.data.update(backup=backup_id, bytes=size)
+    return report
+
+
+def list_backups(app):
+    from minicl.appliances import backups
+
+    report = Report(app["name"], "list")
+    found = backups.backups(app)
+    report.lines += [f"     {b['id']}  {', '.join(b['files'])}" for b in found]
+    if not found:
+        report.lines.append(f"info no backup of app {app['name']} on this host yet")
+    report.data["backups"] = [{"id": b["id"], "files": sorted(b["files"])} for b in found]
+    return report
+
+
+def restore(app, backup=None, database=None):  # pylint: disable=redefined-outer-name
+    """Load a backup's snapshot on the primary (``load_snapshot``); the replicas resynchronise."""
+    from minicl.appliances import backups
+
+    report = Report(app["name"], "restore")
+    if database is not None:
+        raise ApplianceError("a Redis app has no databases to choose from: restore takes backup=ID only")
+    own = server(app)
+    if own is not None and own.role == "replica":
+        report.check(False, "this host is a replica, which replicates the primary: restore on the primary")
+        return report
+    entry = backups.find(app, backup)
+    tmp = f"{DUMP}.minicl-restoring"
+    source = backups.stream(app, entry, SNAPSHOT_FILE)
+    try:
+        with open(tmp, "wb") as out:
+            shutil.copyfileobj(source.stdout, out)
+        if source.wait() != 0:
+            raise ApplianceError(
+                f"restic dump of backup {entry['id']} failed: {source.stderr.read().decode().strip()}"
+            )
+        load_snapshot(app, tmp)
+    finally:
+        source.stdout.close()
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    report.check(True, f"{app['name']} restored from backup {entry['id']}")
+    report.data["backup"] = entry["id"]
+    return report
+
+
+def upgrade(app):
+    from minicl.appliances import upgrades
+
+    return upgrades.upgrade(sys.modules[__name__], app)
+
+
+def downgrade(app):
+    from minicl.appliances import upgrades
+
+    return upgrades.downgrade(sys.modules[__name__], app)
 
 
 # -- verbs --------------------------------------------------------------------------------

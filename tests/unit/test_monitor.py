@@ -44,7 +44,16 @@ def test_prometheus_config(data):
         "evaluation_interval": "15s",
         "external_labels": {"monitor": "watch"},
     }
-    assert [job["job_name"] for job in parsed["scrape_configs"]] == ["node", "prometheus", "alertmanager"]
+    assert [job["job_name"] for job in parsed["scrape_configs"]] == [
+        "node",
+        "postgresql",
+        "redis",
+        "prometheus",
+        "alertmanager",
+    ]
+    assert parsed["scrape_configs"][1]["file_sd_configs"] == [
+        {"files": ["/etc/prometheus/minicl-app-postgresql.json"]}
+    ]
     assert parsed["scrape_configs"][0]["file_sd_configs"] == [{"files": [monitor.NODE_TARGETS_FILE]}]
     assert parsed["rule_files"] == [monitor.RULES_FILE]
     assert monitor.render_prometheus_defaults(cluster).endswith('ARGS="--storage.tsdb.retention.time=90d"\n')
@@ -71,6 +80,14 @@ def test_every_alert_the_issue_names_exists(data):
         "MailQueueStuck",
         "CheckFailing",
         "Watchdog",
+        "AppExporterDown",
+        "AppDown",
+        "PostgreSQLReplicationBroken",
+        "PostgreSQLReplicationLagging",
+        "RedisReplicationBroken",
+        "RedisReplicationLagging",
+        "AppBackupStale",
+        "AppBackupFailed",
     } <= names
 
 
@@ -102,6 +119,7 @@ def test_configs_pass_promtool_and_amtool(data, tmp_path):
         "alertmanager.yml": monitor.render_alertmanager(cluster, "watch"),
         "minicl-nodes.json": monitor.render_node_targets(cluster),
         "minicl-monitors.json": monitor.render_monitor_targets(cluster),
+        "minicl-app-postgresql.json": monitor.render_app_targets(cluster, "postgresql"),
     }
     for name, text in files.items():
         (tmp_path / name).write_text(text)
@@ -264,3 +282,169 @@ def test_alert_rules_fire_as_intended(data, tmp_path):
         ["promtool", "test", "rules", "tests.yml"], cwd=tmp_path, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_app_targets_are_every_host_of_each_app_by_name(data):
+    files = monitor.render_app_targets_files(config.Cluster(data))
+    assert json.loads(files["/etc/prometheus/minicl-app-postgresql.json"]) == [
+        {"targets": ["198.51.100.11:9187"], "labels": {"instance": "alpha", "app": "db"}},
+        {"targets": ["198.51.100.12:9187"], "labels": {"instance": "beta", "app": "db"}},
+    ]
+    assert json.loads(files["/etc/prometheus/minicl-app-redis.json"]) == [
+        {"targets": ["198.51.100.11:9121"], "labels": {"instance": "alpha", "app": "cache"}},
+        {"targets": ["198.51.100.12:9121"], "labels": {"instance": "beta", "app": "cache"}},
+    ]
+    del data["apps"]
+    assert monitor.render_app_targets_files(config.Cluster(data)) == {
+        "/etc/prometheus/minicl-app-postgresql.json": "[]\n",  # the jobs stay, without targets
+        "/etc/prometheus/minicl-app-redis.json": "[]\n",
+    }
+
+
+def _filled(text, labels, value=""):
+    """An annotation as Prometheus fills it, for the templates without functions."""
+    for key, label in labels.items():
+        text = text.replace("{{ $labels." + key + " }}", label)
+    return text.replace("{{ $value }}", value)
+
+
+@pytest.mark.skipif(not shutil.which("promtool"), reason="promtool comes with Debian's prometheus package")
+def test_app_alert_rules_fire_as_intended(data, tmp_path):
+    """promtool's rule unit tests for the apps' rules, on series named and labelled as Debian 12's
+    postgres and redis exporters and minicl's backup metrics give them."""
+    data["monitoring"] = {"scrape_interval": "1m"}
+    data["apps"]["db"]["backup"] = {"interval": "1h"}
+    data["apps"]["cache"] = {"type": "redis", "hosts": ["beta", "watch"], "backup": {"interval": "1h"}}
+    cluster = config.Cluster(data)
+    (tmp_path / "rules.yml").write_text(monitor.render_rules(cluster))
+    rules = {}
+    for rule in monitor.alert_rules(cluster):
+        rules.setdefault(rule["alert"], []).append(rule)
+
+    def alert(name, labels, value="", index=0):
+        """An expected alert of rule ``name`` (the ``index``-th of that name) with its labels."""
+        rule = rules[name][index]
+        labels = {**labels, **rule["labels"]}
+        return {
+            "exp_labels": labels,
+            "exp_annotations": {
+                key: _filled(text, labels, value) for key, text in rule["annotations"].items()
+            },
+        }
+
+    def case(series, checks):
+        return {
+            "interval": "1m",
+            "input_series": [{"series": s, "values": v} for s, v in series.items()],
+            "alert_rule_test": [
+                {"eval_time": at, "alertname": name, "exp_alerts": expected} for at, name, expected in checks
+            ],
+        }
+
+    pg = 'job="postgresql",app="db",server="/run/postgresql:5432"'
+    beta_streams = (
+        f'{pg},instance="alpha",application_name="beta",client_addr="",slot_name="234",state="streaming"'
+    )
+    redis = 'job="redis",app="cache"'
+    tests = [
+        case(  # an exporter down; the app down
+            {
+                'up{job="postgresql",instance="beta",app="db"}': "1 0 0 0 0 0",
+                f'pg_up{{{pg},instance="alpha"}}': "1 1 0 0 0 0 0",
+                f'redis_up{{{redis},instance="watch"}}': "1x7",
+            },
+            [
+                ("4m", "AppExporterDown", []),
+                ("5m", "AppExporterDown", [alert("AppExporterDown", {"job": "postgresql", "instance": "beta", "app": "db"})]),
+                ("5m", "AppDown", []),
+                ("6m", "AppDown", [alert("AppDown", {"job": "postgresql", "instance": "alpha", "app": "db", "server": "/run/postgresql:5432"})]),
+            ],
+        ),
+        case(  # beta stops streaming from alpha, the primary; alpha, the standby of no one, is no alert
+            {
+                f'pg_settings_in_hot_standby{{{pg},instance="alpha"}}': "0x8",
+                f'pg_settings_in_hot_standby{{{pg},instance="beta"}}': "1x8",
+                f"pg_stat_replication_pg_wal_lsn_diff{{{beta_streams}}}": "0 0 stale",
+            },
+            [
+                ("5m", "PostgreSQLReplicationBroken", []),
+                (
+                    "6m",
+                    "PostgreSQLReplicationBroken",
+                    [
+                        alert(
+                            "PostgreSQLReplicationBroken",
+                            {"job": "postgresql", "instance": "alpha", "app": "db", "server": "/run/postgresql:5432"},
+                            index=1,  # the rule of standby beta
+                        )
+                    ],
+                ),
+            ],
+        ),
+        case(  # beta lags 100 MB behind for 5 minutes
+            {f"pg_stat_replication_pg_wal_lsn_diff{{{beta_streams}}}": "0 100000000x8"},
+            [("5m", "PostgreSQLReplicationLagging", []), ("6m", "PostgreSQLReplicationLagging", [
+                {
+                    "exp_labels": {"severity": "warning", "job": "postgresql", "instance": "alpha", "app": "db",
+                                   "server": "/run/postgresql:5432", "application_name": "beta",
+                                   "slot_name": "234", "state": "streaming"},
+                    "exp_annotations": {
+                        "summary": "db: the standby beta lags behind",
+                        "description": "The standby beta of app db is 95.37MiB of WAL behind the primary alpha, and has "
+                        "been more than 64 MiB behind for 5m: it does not keep up (its disk, the network, or long "
+                        "queries on it). A fail-over to it now loses those writes. 'salt-call --local "
+                        "minicl_app.check_health db' on the standby shows its replay lag.",
+                    },
+                }
+            ])],
+        ),
+        case(  # the replica on watch loses its master beta; beta counts no replica; a lagging replica
+            {
+                f'redis_master_link_up{{{redis},instance="watch",master_host="198.51.100.12",master_port="6379"}}': "1 0 0 0 0 0",
+                f'redis_connected_slaves{{{redis},instance="beta"}}': "1 0 0 0 0 0",
+                f'redis_connected_slaves{{{redis},instance="watch"}}': "0x6",
+                f'redis_instance_info{{{redis},instance="beta",role="master"}}': "1x6",
+                f'redis_instance_info{{{redis},instance="watch",role="slave"}}': "1x6",
+                f'redis_connected_slave_lag_seconds{{{redis},instance="beta",slave_ip="198.51.100.20",slave_port="6379",slave_state="online"}}': "0 30x8",
+            },
+            [
+                ("5m", "RedisReplicationBroken", [alert("RedisReplicationBroken", {"job": "redis", "instance": "watch", "app": "cache", "master_host": "198.51.100.12", "master_port": "6379"})]),
+                ("5m", "RedisReplicasMissing", [alert("RedisReplicasMissing", {"job": "redis", "instance": "beta", "app": "cache"}, "0")]),
+                ("6m", "RedisReplicationLagging", [alert("RedisReplicationLagging", {"job": "redis", "instance": "beta", "app": "cache", "slave_ip": "198.51.100.20", "slave_port": "6379", "slave_state": "online"}, "30")]),
+            ],
+        ),
+        case(  # backups every hour: alpha's last one at 0 s, beta never had one, alpha's last one failed
+            {
+                'minicl_app_backup_interval_seconds{job="node",instance="alpha",app="db"}': "3600x200",
+                'minicl_app_backup_last_success_timestamp_seconds{job="node",instance="alpha",app="db"}': "0x200",
+                'minicl_app_backup_interval_seconds{job="node",instance="beta",app="cache"}': "3600x200",
+                'minicl_app_backup_failed{job="node",instance="alpha",app="db"}': "0 1",
+            },
+            [
+                ("119m", "AppBackupStale", []),
+                ("121m", "AppBackupStale", [
+                    {
+                        "exp_labels": {"severity": "critical", "job": "node", "instance": "alpha", "app": "db"},
+                        "exp_annotations": {
+                            "summary": "alpha: the last backup of db is old",
+                            "description": "The last good backup of app db on alpha is 2h 1m 0s old, more than twice "
+                            "its interval: scheduled backups do not succeed. 'salt-call --local minicl_app.backup db' "
+                            "there takes one now and says what fails.",
+                        },
+                    },
+                    alert("AppBackupStale", {"job": "node", "instance": "beta", "app": "cache"}, index=1),
+                ]),
+                ("0m", "AppBackupFailed", []),
+                ("1m", "AppBackupFailed", [alert("AppBackupFailed", {"job": "node", "instance": "alpha", "app": "db"})]),
+            ],
+        ),
+    ]  # fmt: skip
+    (tmp_path / "tests.yml").write_text(
+        yaml.safe_dump({"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": tests})
+    )
+    result = subprocess.run(
+        ["promtool", "test", "rules", "tests.yml"], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert rules["AppBackupStale"][1]["annotations"]["summary"].endswith("no backup of {{ $labels.app }} yet")
+    assert rules["AppBackupStale"][1]["for"] == "2h"

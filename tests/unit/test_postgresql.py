@@ -6,6 +6,7 @@ import pathlib
 import pytest
 
 from minicl import appliances, config
+from minicl.appliances import pgfailover as pgf
 from minicl.appliances import postgresql as pg
 
 EXAMPLE = json.loads((pathlib.Path(__file__).parents[2] / "cluster.json.example").read_text())
@@ -32,7 +33,8 @@ def test_primary_conf_has_no_standby_settings():
 
 
 def test_standby_conf_follows_the_primary_through_its_slot():
-    text = pg.render_conf(app_of("beta"), "beta")
+    text = pg.render_conf(app_of("beta"), "beta", upstream="alpha")
+    assert "# following: alpha" in text
     assert ("primary_conninfo = 'host=198.51.100.11 port=5432 user=minicl_replica "
             "passfile=/var/lib/postgresql/.pgpass application_name=beta'") in text  # fmt: skip
     assert "primary_slot_name = 'minicl_beta'" in text
@@ -48,6 +50,7 @@ def test_synchronous_commits_wait_for_a_standby():
 def test_hba_lets_only_the_app_hosts_replicate():
     text = pg.render_hba(app_of("alpha"))
     assert "host    replication  minicl_replica  198.51.100.12/32" in text
+    assert "host    postgres     minicl_replica  198.51.100.12/32" in text  # the fail-over's questions
     assert "host    replication  minicl_replica  2001:db8:100::12/128" in text
     assert "198.51.100.20" not in text  # watch is a cluster host, not one of the app's
     assert "local   all          all                                     peer" in text
@@ -75,3 +78,106 @@ def test_slot_names_are_safe_identifiers():
 def test_unknown_app_types_are_refused():
     with pytest.raises(appliances.ApplianceError, match="no appliance for apps of type 'mysql'"):
         appliances.module("mysql")
+
+
+# -- who is the primary (pgfailover.placement) ---------------------------------------------
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(pg, "DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(pg, "CONF_FILE", str(tmp_path / "minicl.conf"))
+    return tmp_path
+
+
+def server(host, recovery=False, timeline=1, member=True, system_id="7"):
+    return pgf.Server(host, recovery, timeline, system_id, member)
+
+
+def test_the_app_is_created_on_its_first_host(data_dir):
+    fresh = server("alpha", member=False, system_id="1")
+    place = pgf.placement(app_of("alpha"), fresh, {"beta": None})
+    assert (place.role, place.clone) == ("primary", "")
+    beta = pgf.placement(
+        app_of("beta"), server("beta", member=False, system_id="2"), {"alpha": server("alpha")}
+    )
+    assert (beta.role, beta.upstream, beta.clone) == ("standby", "alpha", "a new standby")
+
+
+def test_a_standby_follows_the_primary(data_dir):
+    place = pgf.placement(
+        app_of("beta"), server("beta", recovery=True, timeline=0), {"alpha": server("alpha")}
+    )
+    assert (place.role, place.upstream, place.clone) == ("standby", "alpha", "")
+
+
+def test_a_promoted_standby_stays_primary_while_cluster_json_names_the_old_one(data_dir):
+    promoted = server("beta", timeline=2)
+    assert pgf.placement(app_of("beta"), promoted, {"alpha": None}).role == "primary"
+    # The old primary is back, not fenced, on the old timeline: the newer one wins.
+    assert pgf.placement(app_of("beta"), promoted, {"alpha": server("alpha", timeline=1)}).role == "primary"
+    old = pgf.placement(app_of("alpha"), server("alpha", timeline=1), {"beta": promoted})
+    assert (old.role, old.upstream) == ("standby", "beta") and old.clone.startswith("a former primary")
+
+
+def test_cluster_json_breaks_a_tie_of_timelines(data_dir):
+    assert pgf.placement(app_of("alpha"), server("alpha"), {"beta": server("beta")}).role == "primary"
+    assert pgf.placement(app_of("beta"), server("beta"), {"alpha": server("alpha")}).role == "standby"
+
+
+def test_a_fenced_former_primary_is_cloned_again(data_dir):
+    (data_dir / "minicl.fenced").write_text("")
+    place = pgf.placement(
+        app_of("alpha"), server("alpha", recovery=True, timeline=0), {"beta": server("beta", timeline=2)}
+    )
+    assert (place.role, place.upstream) == ("standby", "beta") and place.clone.startswith(
+        "fenced at a fail-over"
+    )
+
+
+def test_a_standby_without_a_primary_keeps_following_and_creates_nothing(data_dir):
+    (data_dir / "minicl.conf").write_text("# following: gamma\n")
+    place = pgf.placement(app_of("beta"), server("beta", recovery=True, timeline=0), {"alpha": None})
+    assert (place.role, place.upstream, place.clone) == ("standby", "gamma", "")
+    assert "no primary answers" in place.note
+
+
+def test_a_fresh_host_refuses_to_create_the_app_while_a_standby_holds_its_data(data_dir):
+    with pytest.raises(
+        appliances.ApplianceError, match=r"its data is on beta \(standby\).*minicl_app.failover db on beta"
+    ):
+        pgf.placement(
+            app_of("alpha"),
+            server("alpha", member=False),
+            {"beta": server("beta", recovery=True, timeline=0)},
+        )
+
+
+def test_the_exporter_logs_in_as_prometheus_on_the_local_socket_without_password():
+    exporter = appliances.exporter("postgresql")
+    assert (exporter.package, exporter.service, exporter.port) == (
+        "prometheus-postgres-exporter",
+        "prometheus-postgres-exporter",
+        9187,
+    )
+    assert exporter.defaults_file == "/etc/default/prometheus-postgres-exporter"
+    text = exporter.defaults(app_of("beta"))
+    assert 'DATA_SOURCE_NAME="user=prometheus host=/run/postgresql dbname=postgres sslmode=disable"\n' in text
+    assert 'ARGS="--web.listen-address=:9187"\n' in text
+    assert "password" not in text and not exporter.secret
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ("", [("role prometheus (pg_monitor, for the exporter, peer authentication)",
+               'CREATE ROLE "prometheus" LOGIN IN ROLE pg_monitor')]),
+        ("f", [("role prometheus now in pg_monitor", 'GRANT pg_monitor TO "prometheus"')]),
+        ("t", []),
+    ],
+)  # fmt: skip
+def test_the_exporter_role_is_created_or_granted_pg_monitor(monkeypatch, answer, expected):
+    asked = []
+    monkeypatch.setattr(pg, "psql", lambda sql, database="postgres", check=True: asked.append(sql) or answer)
+    assert pg.monitor_role_changes() == expected
+    assert "pg_has_role(oid, 'pg_monitor', 'MEMBER')" in asked[0] and "'prometheus'" in asked[0]

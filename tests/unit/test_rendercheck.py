@@ -125,16 +125,20 @@ def test_an_id_in_two_roles_is_a_highstate_problem(opts, tmp_path):
     assert list(found) == ["highstate"] and "same" in found["highstate"]
 
 
-def test_minicls_own_states_render_with_a_monitor_pillar(opts, tmp_path):
+@pytest.mark.parametrize("host", ["watch", "alpha"])  # the monitor; a PostgreSQL primary with its exporter
+def test_minicls_own_states_render_with_a_monitor_pillar(opts, tmp_path, host, monkeypatch):
     import json
 
-    from minicl import config, hostview
+    from minicl import appliances, config, hostview
+
+    (tmp_path / "deploy.key").write_text("not a real key\n")  # the apps' secrets derive from it
+    monkeypatch.setattr(appliances.paths, "ETC_DIR", str(tmp_path))
 
     cluster = config.Cluster(
         json.loads(pathlib.Path(__file__).parents[2].joinpath("cluster.json.example").read_text())
     )
     cluster.commit = "0" * 40
-    pillar_data = hostview.pillar_for(cluster, "watch", {"ok": True, "commit": cluster.commit})
+    pillar_data = hostview.pillar_for(cluster, host, {"ok": True, "commit": cluster.commit})
     root = checkout(tmp_path, {"notes.txt": "x\n"})
     assert (
         render_problems(opts, [states_dir(), root], pillar_data, pillar_data["minicl"]["states"], root) == {}

@@ -340,12 +340,13 @@ def test_users_apply_failure_fails_that_user_only(users_state, monkeypatch, test
 
 # -- minicl_postgresql -------------------------------------------------------------------
 
-APP = {"name": "db", "type": "postgresql", "hosts": ["alpha", "beta"], "role": "standby", "primary": "alpha",
-       "peers": {"alpha": ["198.51.100.11"]}, "databases": {"shop": {"owner": "alice"}}}  # fmt: skip
+APP = {"name": "db", "type": "postgresql", "hosts": ["alpha", "beta"], "host": "beta", "role": "standby",
+       "primary": "alpha", "peers": {"alpha": ["198.51.100.11"]}, "databases": {"shop": {"owner": "alice"}}}  # fmt: skip
 
 
 @pytest.fixture
 def pg_state(monkeypatch, testmode):
+    from minicl.appliances import pgfailover as pgf
     from minicl.appliances import postgresql as pg
 
     calls = []
@@ -353,72 +354,86 @@ def pg_state(monkeypatch, testmode):
         pg, "systemctl", lambda *args, check=True: calls.append(args) or subprocess.CompletedProcess(args, 0)
     )
     monkeypatch.setattr(pg, "write_files", lambda changed: calls.append(("write", sorted(changed))))
-    monkeypatch.setattr(pg, "clone_from_primary", lambda app, host: calls.append(("clone", host)))
+    monkeypatch.setattr(pg, "clone_from", lambda app, host, upstream: calls.append(("clone", host, upstream)))
     monkeypatch.setattr(pg, "wait_ready", lambda seconds=30: True)
     monkeypatch.setattr(pg, "starts_at_boot", lambda: True)
-    monkeypatch.setattr(pg, "set_replica_role", lambda app: calls.append(("replica role",)))
+    monkeypatch.setattr(pg, "running", lambda: True)
     monkeypatch.setattr(pg, "psql", lambda sql, database="postgres", check=True: calls.append(("sql", sql)))
+    monkeypatch.setattr(pgf, "fence_if_superseded", lambda app: calls.append(("fence check",)))
+    monkeypatch.setattr(pgf, "local_server", lambda app: pgf.Server("beta", True, 0, "7", True))
+    monkeypatch.setattr(pgf, "peer_servers", lambda app: {"alpha": pgf.Server("alpha", False, 1, "7", True)})
+    monkeypatch.setattr(pgf, "primary_changes", lambda app, local: {})
+    monkeypatch.setattr(pgf, "apply_primary_changes", lambda app: calls.append(("primary changes",)))
     state = load_state("minicl_postgresql", testmode,
                        {"minicl": {"apps": {"db": APP}, "host": {"name": "beta"}}})  # fmt: skip
-    return state, pg, calls
+    return state, pg, pgf, calls
 
 
 def test_postgresql_new_standby_is_cloned_and_started(pg_state, monkeypatch, testmode):
-    state, pg, calls = pg_state
-    monkeypatch.setattr(pg, "file_changes", lambda app, host: {pg.PGPASS: "*:5432:*:minicl_replica:SECRET\n"})
-    monkeypatch.setattr(pg, "needs_clone", lambda app: True)
+    state, pg, pgf, calls = pg_state
+    monkeypatch.setattr(
+        pg, "file_changes", lambda app, host, upstream: {pg.PGPASS: "*:5432:*:minicl_replica:SECRET\n"}
+    )
     monkeypatch.setattr(pg, "running", lambda: False)
-    monkeypatch.setattr(pg, "in_recovery", lambda: True)
-
+    monkeypatch.setattr(pgf, "local_server", lambda app: None)
+    monkeypatch.setattr(pg, "is_standby_data", lambda: False)
     monkeypatch.setattr(pg, "starts_at_boot", lambda: False)  # a fresh host
     ret = state.running("db")
     assert "SECRET" not in json.dumps(ret)
     assert ret["changes"][pg.PGPASS] == "(content hidden)"
-    assert ret["changes"]["standby"] == "cloned from the primary alpha (198.51.100.11)"
+    assert ret["changes"]["standby"] == "cloned from alpha (198.51.100.11): a new standby"
     if testmode:
         assert ret["result"] is None and calls == []
     else:
         assert ret["result"] is True
-        assert ("write", [pg.PGPASS]) in calls and ("clone", "beta") in calls
+        assert ("write", [pg.PGPASS]) in calls and ("clone", "beta", "alpha") in calls
         assert ("enable", pg.BOOT_UNIT) in calls and ("start", pg.SERVICE) in calls
+        assert calls.index(("fence check",)) < calls.index(("start", pg.SERVICE))
 
 
 def test_postgresql_as_configured_changes_nothing(pg_state, monkeypatch):
-    state, pg, calls = pg_state
-    monkeypatch.setattr(pg, "file_changes", lambda app, host: {})
-    monkeypatch.setattr(pg, "needs_clone", lambda app: False)
-    monkeypatch.setattr(pg, "running", lambda: True)
-    monkeypatch.setattr(pg, "in_recovery", lambda: False)
-    monkeypatch.setattr(pg, "replica_role_ok", lambda app: True)
+    state, pg, pgf, calls = pg_state
+    monkeypatch.setattr(pg, "file_changes", lambda app, host, upstream: {})
     ret = state.running("db")
-    assert ret["result"] is True and ret["changes"] == {} and ret["comment"].endswith("(primary)")
+    assert ret["result"] is True and ret["changes"] == {} and calls == []
+    assert ret["comment"] == "postgresql@15-main runs app db as its standby"
 
 
-def test_postgresql_config_change_restarts_and_sets_the_replica_role(pg_state, monkeypatch, testmode):
-    state, pg, calls = pg_state
-    monkeypatch.setattr(pg, "file_changes", lambda app, host: {pg.CONF_FILE: "listen_addresses = '*'\n"})
-    monkeypatch.setattr(pg, "needs_clone", lambda app: False)
-    monkeypatch.setattr(pg, "running", lambda: True)
-    monkeypatch.setattr(pg, "in_recovery", lambda: False)
-    monkeypatch.setattr(pg, "replica_role_ok", lambda app: False)
+def test_postgresql_promoted_standby_stays_primary(pg_state, monkeypatch, testmode):
+    state, pg, pgf, calls = pg_state
+    monkeypatch.setattr(pgf, "local_server", lambda app: pgf.Server("beta", False, 2, "7", True))
+    monkeypatch.setattr(pgf, "peer_servers", lambda app: {"alpha": None})
+    monkeypatch.setattr(pgf, "primary_changes", lambda app, local: {"replication slots": ["minicl_alpha"]})
+    seen = []
+    monkeypatch.setattr(pg, "file_changes", lambda app, host, upstream: seen.append(upstream) or {})
     ret = state.running("db")
-    assert "+listen_addresses = '*'" in ret["changes"][pg.CONF_FILE] and "replication role" in ret["changes"]
+    assert seen == [""]  # no standby settings: it follows no one
+    assert ret["changes"] == {"replication slots": ["minicl_alpha"]} and "as its primary" in ret["comment"]
+    assert (("primary changes",) in calls) is (not testmode) and not any(c[0] == "clone" for c in calls)
+
+
+def test_postgresql_config_change_restarts(pg_state, monkeypatch, testmode):
+    state, pg, pgf, calls = pg_state
+    monkeypatch.setattr(
+        pg, "file_changes", lambda app, host, upstream: {pg.CONF_FILE: "listen_addresses = '*'\n"}
+    )
+    ret = state.running("db")
+    assert "+listen_addresses = '*'" in ret["changes"][pg.CONF_FILE]
     if testmode:
         assert ret["result"] is None and ("restart", pg.SERVICE) not in calls
     else:
-        assert ret["result"] is True and ("restart", pg.SERVICE) in calls and ("replica role",) in calls
+        assert ret["result"] is True and ("restart", pg.SERVICE) in calls
 
 
 def test_postgresql_clone_refused_is_a_failed_state(pg_state, monkeypatch, testmode):
-    state, pg, calls = pg_state
-    monkeypatch.setattr(pg, "file_changes", lambda app, host: {})
-    monkeypatch.setattr(pg, "needs_clone", lambda app: True)
-    monkeypatch.setattr(pg, "running", lambda: True)
+    state, pg, pgf, calls = pg_state
+    monkeypatch.setattr(pg, "file_changes", lambda app, host, upstream: {})
+    monkeypatch.setattr(pgf, "local_server", lambda app: pgf.Server("beta", False, 1, "9", False))
 
-    def refuse(app, host):
+    def refuse(app, host, upstream):
         raise pg.ApplianceError("its PostgreSQL holds databases of its own (shop)")
 
-    monkeypatch.setattr(pg, "clone_from_primary", refuse)
+    monkeypatch.setattr(pg, "clone_from", refuse)
     ret = state.running("db")
     if testmode:
         assert ret["result"] is None
@@ -428,12 +443,13 @@ def test_postgresql_clone_refused_is_a_failed_state(pg_state, monkeypatch, testm
 
 
 def test_postgresql_databases_on_the_primary(pg_state, monkeypatch, testmode):
-    state, pg, calls = pg_state
+    state, pg, _, calls = pg_state
     monkeypatch.setattr(pg, "in_recovery", lambda: False)
     monkeypatch.setattr(
         pg, "database_changes", lambda app: [("database shop owned by alice", "CREATE DATABASE")]
     )
     monkeypatch.setattr(pg, "forgotten_databases", lambda app: ["old"])
+    monkeypatch.setattr(pg, "monitor_role_changes", lambda: [])
     ret = state.databases("db")
     assert ret["changes"] == {"created": ["database shop owned by alice"]}
     assert ret["comment"].endswith("not in cluster.json any more, and left as they are: old")
@@ -441,8 +457,26 @@ def test_postgresql_databases_on_the_primary(pg_state, monkeypatch, testmode):
     assert (("sql", "CREATE DATABASE") in calls) is (not testmode)
 
 
+def test_postgresql_exporter_role_on_the_primary(pg_state, monkeypatch, testmode):
+    state, pg, _, calls = pg_state
+    monkeypatch.setattr(pg, "in_recovery", lambda: False)
+    monkeypatch.setattr(pg, "database_changes", lambda app: [])
+    monkeypatch.setattr(pg, "forgotten_databases", lambda app: [])
+    monkeypatch.setattr(pg, "monitor_role_changes", lambda: [("role prometheus (pg_monitor)", "CREATE ROLE")])
+    ret = state.databases("db")
+    assert ret["changes"] == {"created": ["role prometheus (pg_monitor)"]}
+    if testmode:
+        assert ret["result"] is None and ret["comment"] == "1 change(s) would be made" and calls == []
+    else:
+        assert ret["result"] is True and calls == [("sql", "CREATE ROLE")]
+    monkeypatch.setattr(pg, "monitor_role_changes", lambda: [])
+    assert state.databases("db") == {
+        "name": "db", "result": True, "changes": {}, "comment": "databases as cluster.json says"
+    }  # fmt: skip
+
+
 def test_postgresql_databases_on_a_standby_are_replicated(pg_state, monkeypatch):
-    state, pg, calls = pg_state
+    state, pg, _, calls = pg_state
     monkeypatch.setattr(pg, "in_recovery", lambda: True)
     ret = state.databases("db")
     assert ret["result"] is True and ret["changes"] == {} and "replicated from the primary" in ret["comment"]

@@ -34,6 +34,20 @@ minicl-monitor-{{ function }}:
       - pkg: minicl-monitor-packages
 {%- endfor %}
 
+{#- One file per app type with an exporter: Prometheus scrapes them as a job of that type. #}
+{%- for path, contents in salt['minicl_monitor.app_targets']().items() %}
+
+minicl-monitor-app-targets-{{ path }}:
+  file.managed:
+    - name: {{ path }}
+    - contents: {{ contents | json }}
+    - mode: '0644'
+    - require:
+      - pkg: minicl-monitor-packages
+    - require_in:
+      - service: minicl-prometheus
+{%- endfor %}
+
 {#- Alertmanager first (states run in file order): Prometheus sends to it from its first
     evaluation on. No hard requisite: a broken Alertmanager must not keep Prometheus down. #}
 minicl-alertmanager:
