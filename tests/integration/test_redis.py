@@ -9,7 +9,6 @@ import json
 
 import pytest
 
-from minicl.config import Cluster
 
 from .conftest import bootstrap_all, changed_states, cluster_config, salt_call, wait_for
 
@@ -261,36 +260,36 @@ def test_a_second_failover_back_fences_the_reachable_old_primary(hosts, password
     assert role(alpha, password) == "master" and role(beta, password) == "slave"
 
 
-def call_appliance(host, code, check=True):
-    """Python with the appliance module and the app as the pillar has it (``app``), in ``host``."""
-    python = host.run('head -1 "$(command -v salt-call)"').stdout.strip().lstrip("#!")
-    app = Cluster(CONFIG).apps_of(host.name)["cache"]
-    prelude = (
-        f"import json\nfrom minicl.appliances import redis\napp = json.loads({json.dumps(json.dumps(app))})\n"
-    )
-    return host.run([python, "-c", prelude + code], check=check)
-
-
-def test_a_snapshot_loaded_back_restores_the_data_on_the_primary_and_its_replica(hosts, password):
+def test_backup_change_restore_gives_back_the_keys_on_the_primary_and_its_replica(hosts, password):
     alpha, beta = hosts  # alpha is the primary again (the test before)
-    redis(alpha, password, "SET", "in-snapshot", "yes")
-    call_appliance(alpha, "redis.snapshot(app, '/root/cache.rdb')")
-    assert alpha.run("stat -c '%a %U' /root/cache.rdb").stdout.strip() == "600 root"
-    redis(alpha, password, "SET", "after-snapshot", "gone after the restore")
-    redis(alpha, password, "DEL", "in-snapshot")
-    call_appliance(alpha, "redis.load_snapshot(app, '/root/cache.rdb')")
-    assert redis(alpha, password, "GET", "in-snapshot") == "yes"
-    assert redis(alpha, password, "GET", "after-snapshot") == ""
+    redis(alpha, password, "SET", "in-backup", "yes")
+    code, report, result = verb(alpha, "backup")
+    assert code == 0, result.stdout + result.stderr
+    backup_id = report["backup"]
+    code, data, _ = salt_call(alpha, "minicl_app.list", "cache")
+    assert code == 0 and data["local"]["backups"][0] == {"id": backup_id, "files": ["dump.rdb"]}
+    redis(alpha, password, "SET", "after-backup", "gone after the restore")
+    redis(alpha, password, "DEL", "in-backup")
+    code, data, result = salt_call(alpha, "minicl_app.restore", "cache", f"backup={backup_id}")
+    assert code == 0, result.stdout + result.stderr
+    assert redis(alpha, password, "GET", "in-backup") == "yes"
+    assert redis(alpha, password, "GET", "after-backup") == ""
     assert wait_for(
         "the replica to take the restored data",
         lambda: (
-            redis(beta, password, "GET", "in-snapshot", check=False) == "yes"
-            and redis(beta, password, "GET", "after-snapshot", check=False) == ""
+            redis(beta, password, "GET", "in-backup", check=False) == "yes"
+            and redis(beta, password, "GET", "after-backup", check=False) == ""
         ),
         timeout=30,
     )
-    refused = call_appliance(beta, "redis.load_snapshot(app, '/root/cache.rdb')", check=False)
-    assert (
-        refused.returncode != 0
-        and "this host is a replica: load the snapshot on the primary" in refused.stderr
-    )
+    code, data, _ = salt_call(beta, "minicl_app.restore", "cache")
+    assert code != 0 and "this host is a replica" in " ".join(data["local"]["report"])
+
+
+def test_the_exporter_reads_the_server_with_its_password(hosts, password):
+    alpha, _ = hosts
+    scrape = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9121/metrics').read().decode())"
+    metrics = wait_for("the exporter", lambda: alpha.run(["python3", "-c", scrape], check=False).stdout)
+    assert "redis_up 1" in metrics and "redis_instance_info{" in metrics
+    assert alpha.run("stat -c '%a %U' /etc/default/prometheus-redis-exporter").stdout.strip() == "600 root"
+    assert password not in alpha.run("ps -eo args").stdout
