@@ -54,7 +54,8 @@ DATA_DIR = "/var/lib/redis"
 DUMP = f"{DATA_DIR}/dump.rdb"
 PROMOTED_USER = "minicl-promoted-"
 ROLE_MARK = "# The role: decided by minicl at each run (see minicl.appliances.redis)."
-VERBS = ("check_health", "test", "backup", "restore", "list", "upgrade", "downgrade", "monitor", "failover")
+VERBS = ("check_health", "test", "backup", "restore", "list", "upgrade", "downgrade", "monitor", "failover",
+         "cleanup")  # fmt: skip
 MIN_FREE_RATIO = 0.10
 MEMORY_WARN_RATIO = 0.90
 PEER_TIMEOUT = 3
@@ -454,6 +455,7 @@ def load_snapshot(app, source):
 # -- backup, restore, upgrade: through the shared modules ------------------------------------
 
 SNAPSHOT_FILE = "dump.rdb"
+REPLACED_DAYS = 7
 
 
 def backup(app):
@@ -524,6 +526,23 @@ def restore(app, backup=None, database=None):  # pylint: disable=redefined-outer
             os.remove(tmp)
     report.check(True, f"{app['name']} restored from backup {entry['id']}")
     report.data["backup"] = entry["id"]
+    return report
+
+
+def cleanup(app):
+    """Backups beyond retention, and the data a restore replaced once it is a week old."""
+    from minicl.appliances import backups
+
+    report = Report(app["name"], "cleanup")
+    removed = backups.prune_beyond_retention(app, report)
+    replaced = f"{DUMP}.minicl-replaced"
+    old = os.path.exists(replaced) and os.path.getmtime(replaced) < time.time() - REPLACED_DAYS * 86400
+    if old:
+        os.remove(replaced)
+    report.check(
+        True, f"the data a restore replaced over {REPLACED_DAYS} days ago: {'removed' if old else 'none'}"
+    )
+    report.data.update(backups_removed=removed, replaced_removed=bool(old))
     return report
 
 

@@ -9,7 +9,6 @@ import json
 
 import pytest
 
-
 from .conftest import bootstrap_all, changed_states, cluster_config, salt_call, wait_for
 
 ALPHA = ["198.51.100.61/24"]
@@ -116,10 +115,8 @@ def test_check_health_test_and_monitor_verbs(hosts):
     code, report, result = verb(alpha, "monitor")
     assert code == 0 and report["role"] == "primary" and report["connected_clients"] >= 1, result.stdout
     assert any(line.startswith("info replica beta: online") for line in report["report"]), report
-    code, report, _ = verb(alpha, "backup")
-    assert (
-        code != 0 and "backup is not provided for redis apps by this version of minicl" in report["report"][0]
-    )
+    code, report, _ = verb(alpha, "cleanup")
+    assert code == 0 and "ok   backups beyond the 7 kept: none removed" in report["report"]
 
 
 def test_check_health_fails_when_the_replica_is_down(hosts):
@@ -145,12 +142,15 @@ def test_second_runs_change_nothing_and_show_no_secret(hosts, password):
         assert password not in result.stdout + result.stderr
         assert password not in host.read("/var/log/salt/minion")
         assert password not in host.run("journalctl --no-pager -q", check=False).stdout
-        # The password is in minicl.conf only, which redis and root read; nothing world-readable has it.
+        # The password is in minicl.conf, which redis and root read, and in the exporter's environment
+        # file (root only); nothing world-readable has it.
         assert host.run("stat -c '%a %U %G' /etc/redis/minicl.conf").stdout.strip() == "640 redis redis"
+        exporter = "/etc/default/prometheus-redis-exporter"
+        assert host.run(f"stat -c '%a %U %G' {exporter}").stdout.strip() == "600 root root"
         found = host.run(
             ["grep", "-rlsF", password, "/etc", "/var/lib/minicl", "/var/log", "/tmp", "/root"], check=False
         ).stdout.split()
-        assert found == ["/etc/redis/minicl.conf"], found
+        assert sorted(found) == [exporter, "/etc/redis/minicl.conf"], found
         ps = host.run(["ps", "-eo", "args"]).stdout
         assert password not in ps
     code, data, result = salt_call(hosts[1], "state.apply", "test=True")
