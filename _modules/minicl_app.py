@@ -2,10 +2,11 @@
 
     salt-call --local minicl_app.check_health db   # the service answers, role, replication, disk
     salt-call --local minicl_app.test db           # a write and a read, and through replication
+    salt-call --local minicl_app.monitor cache     # live figures: clients, ops/s, memory, replication
     salt-call --local minicl_app.backup db         # a backup now (restic, on this host)
     salt-call --local minicl_app.list db           # the backups there are
     salt-call --local minicl_app.restore db backup=20261201T193000Z
-    salt-call --local minicl_app.failover db       # on a standby: make it the primary
+    salt-call --local minicl_app.failover db       # on a standby or replica: make it the primary
     salt-call --local minicl_app.cleanup db        # backups beyond retention, unused slots
     salt-call --local minicl_app.verbs db          # which verbs the app's appliance provides
 
@@ -146,8 +147,8 @@ def downgrade(app):
 
 
 def failover(app):
-    """On a standby: fence the primary if it answers (after it sent this standby all it wrote),
-    promote this host, and say what to commit to cluster.json.
+    """On a standby or replica: fence the primary if it answers, promote this host, and print
+    the cluster.json change to commit (this host first). Later converges keep it the primary.
 
     CLI Example: ``salt-call --local minicl_app.failover db``
     """

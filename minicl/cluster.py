@@ -82,8 +82,8 @@ class Cluster:
         """{name: app} of the apps ``host`` runs, each with what this host needs to know:
         ``host`` (this one), ``role`` ("primary" for the first of its hosts, else "standby"),
         ``primary`` (that host's name: the primary when the app is created; see
-        appliances.pgfailover for who is primary later) and ``peers`` ({host: [addresses]} of the
-        app's other hosts)."""
+        appliances.pgfailover and appliances.redis for who is primary later), ``peers`` ({host:
+        [addresses]} of the app's other hosts) and ``addresses`` (this host's own)."""
         mine = {}
         for name, app in self.apps.items():
             if host not in app["hosts"]:
@@ -96,6 +96,7 @@ class Cluster:
                 role="primary" if host == primary else "standby",
                 primary=primary,
                 peers={peer: self.host_ips(peer) for peer in app["hosts"] if peer != host},
+                addresses=self.host_ips(host),
             )
         return mine
 

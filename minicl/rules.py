@@ -128,8 +128,24 @@ def semantic_problems(data, source, repo_files):
     return problems
 
 
-APP_TYPES = ("postgresql",)
-APP_ONLY_KEYS = {"databases": "postgresql", "synchronous": "postgresql"}
+APP_TYPES = ("postgresql", "redis")
+APP_ONLY_KEYS = {
+    "databases": "postgresql",
+    "synchronous": "postgresql",
+    "maxmemory": "redis",
+    "maxmemory_policy": "redis",
+}
+MEMORY = re.compile(r"([0-9]+)(k|kb|m|mb|g|gb)?")
+MEMORY_UNITS = {None: 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}
+
+
+def memory_bytes(text):
+    """A Redis memory size ("256mb", "1g", "1000") in bytes; Redis reads k/m/g as powers of
+    1000 and kb/mb/gb as powers of 1024."""
+    number, unit = MEMORY.fullmatch(text).groups()
+    return int(number) * MEMORY_UNITS[unit]
+
+
 DATABASE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 RESERVED_DATABASES = {"postgres", "template0", "template1"}
 
@@ -166,6 +182,9 @@ def _app_problems(apps, hosts, users, source):
                         f"{base}.hosts[{i}]",
                         f"{host} already runs the {kind} app {quoted(other)}; a host runs one app of a type",
                     )
+        maxmemory = app.get("maxmemory")
+        if isinstance(maxmemory, str) and MEMORY.fullmatch(maxmemory) and memory_bytes(maxmemory) < 2**20:
+            add(f"{base}.maxmemory", f"{quoted(maxmemory)} is too small: Redis needs at least 1mb")
         databases = app.get("databases")
         for db, spec in databases.items() if isinstance(databases, dict) else []:
             where = f"{base}.databases.{path_key(db)}"

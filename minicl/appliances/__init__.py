@@ -39,7 +39,7 @@ CONTRACT = (
     "monitor",
     "cleanup",
 )
-TYPES = ("postgresql",)
+TYPES = ("postgresql", "redis")
 
 
 class ApplianceError(MiniclError):

@@ -211,6 +211,15 @@ def prune(app, keep):
     return [b["id"] for b in old]
 
 
+def prune_beyond_retention(app, report):
+    """cleanup's share for every appliance: the backups beyond ``keep`` removed, as a line of
+    ``report``; returns their ids."""
+    _, keep = settings(app)
+    removed = prune(app, keep)
+    report.check(True, f"backups beyond the {keep} kept: {', '.join(removed) or 'none'} removed")
+    return removed
+
+
 def record(app, ok, now=None):
     """After a backup: the stamp (for the schedule) and the metrics the monitor alerts on."""
     now = now or time.time()

@@ -139,9 +139,7 @@ def cleanup(app):
     """Backups beyond retention, replication slots of hosts no longer in the app, data folders
     replaced by a re-clone more than a week ago."""
     report = Report(app["name"], "cleanup")
-    _, keep = backups.settings(app)
-    removed = backups.prune(app, keep)
-    report.check(True, f"backups beyond the {keep} kept: {', '.join(removed) or 'none'} removed")
+    removed = backups.prune_beyond_retention(app, report)
     if pg.in_recovery() is False:
         wanted = {pg.slot_name(peer) for peer in app["peers"]}
         inactive = (

@@ -110,25 +110,34 @@ def install_debs(debs):
     _run(["apt-get", "install", "--allow-downgrades", *APT_OPTIONS, *debs])
 
 
+def _healthy(module, app, settle=SETTLE_SECONDS):
+    """Whether the app passes check_health within ``settle`` seconds (a restarted service
+    starts, its replicas reconnect); returns that check's last report."""
+    deadline = time.monotonic() + settle
+    while True:
+        try:
+            found = module.check_health(app)
+        except ApplianceError as exc:
+            found = Report(app["name"], "check_health", ok=False, lines=[f"FAIL {exc}"])
+        if found.ok or time.monotonic() >= deadline:
+            return found
+        time.sleep(1)
+
+
 def _checks(module, app, report, settle=SETTLE_SECONDS):
-    """The app's check_health and test, each a line of ``report``; True if both passed. A
-    restarted service gets ``settle`` seconds to pass check_health (replicas reconnect)."""
-    ok = True
-    for verb in ("check_health", "test"):
-        deadline = time.monotonic() + (settle if verb == "check_health" else 0)
-        while True:
-            try:
-                found = getattr(module, verb)(app)
-                bad = [line[5:] for line in found.lines if line.startswith("FAIL")]
-                passed = found.ok
-            except ApplianceError as exc:
-                bad, passed = [str(exc)], False
-            if passed or time.monotonic() >= deadline:
-                break
-            time.sleep(1)
-        ok = ok and passed
-        report.check(passed, f"{verb} after the change" + (f": {'; '.join(bad)}" if bad else ""))
-    return ok
+    """The app's check_health (given ``settle`` seconds) and test, each a line of ``report``;
+    True if both passed."""
+    health = _healthy(module, app, settle)
+    try:
+        tested = module.test(app) if health.ok else None
+    except ApplianceError as exc:
+        tested = Report(app["name"], "test", ok=False, lines=[f"FAIL {exc}"])
+    for verb, found in (("check_health", health), ("test", tested)):
+        if found is None:
+            continue
+        bad = [line[5:] for line in found.lines if line.startswith("FAIL")]
+        report.check(found.ok, f"{verb} after the change" + (f": {'; '.join(bad)}" if bad else ""))
+    return health.ok and tested is not None and tested.ok
 
 
 def upgrade(module, app):
@@ -151,7 +160,6 @@ def upgrade(module, app):
     after = installed(names)
     report.check(True, "upgraded " + ", ".join(f"{n} {before[n]} -> {after.get(n)}" for n in sorted(newer)))
     report.data["after"] = after
-    module.wait_ready()
     if _checks(module, app, report):
         _record(app, {"at": int(time.time()), "before": changing, "after": {n: after.get(n) for n in newer},
                       "debs": debs, "backup": safety.data.get("backup")})  # fmt: skip
@@ -159,7 +167,7 @@ def upgrade(module, app):
     report.lines.append("info the upgrade failed its checks: undoing it")
     install_debs(debs)
     report.lines.append("info back to " + ", ".join(f"{n} {v}" for n, v in changing.items()))
-    module.wait_ready()
+    _healthy(module, app)  # the service answers again before its data is restored
     restored = module.restore(app, backup=safety.data["backup"])
     report.lines.append(f"info restoring the safety backup {safety.data['backup']}:")
     report.lines += [f"     {line}" for line in restored.lines]
@@ -187,6 +195,5 @@ def downgrade(module, app):
     install_debs([d for d in last["debs"] if os.path.exists(d)])
     now = installed(sorted(back))
     report.check(now == back, "back to " + ", ".join(f"{n} {v}" for n, v in back.items()))
-    module.wait_ready()
     _checks(module, app, report)
     return report

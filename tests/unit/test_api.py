@@ -73,7 +73,7 @@ def test_the_cli_validates_and_shows_through_the_api(repo, capsys):
     assert cli.main(["show", "alpha", path]) == 0
     shown = json.loads(capsys.readouterr().out.split("valid\n", 1)[1])
     assert (
-        shown["states"] == ["minicl.base", "minicl.apps.postgresql"]
+        shown["states"] == ["minicl.base", "minicl.apps.postgresql", "minicl.apps.redis"]
         and "/etc/ssh/sshd_config.d/00-minicl.conf" in shown["files"]
     )
     assert cli.main(["show", "alpha", path, "--file", "/etc/ssh/sshd_config.d/00-minicl.conf"]) == 0

@@ -35,7 +35,7 @@ def kvstore(monkeypatch):
 
 
 def test_every_appliance_with_an_exporter_gets_one(kvstore):
-    assert sorted(appliances.exporters()) == ["kvstore", "postgresql"]
+    assert sorted(appliances.exporters()) == ["kvstore", "postgresql", "redis"]
     assert appliances.exporter("plain") is None
     setup = appliances.exporter_setup(kvstore.apps_of("watch"))
     assert setup == [
@@ -64,12 +64,15 @@ def test_the_monitor_scrapes_a_job_per_app_type(kvstore):
     assert sorted(files) == [
         "/etc/prometheus/minicl-app-kvstore.json",
         "/etc/prometheus/minicl-app-postgresql.json",
+        "/etc/prometheus/minicl-app-redis.json",
     ]
     assert json.loads(files["/etc/prometheus/minicl-app-kvstore.json"]) == [
         {"targets": ["198.51.100.12:9777"], "labels": {"instance": "beta", "app": "cache"}},
         {"targets": ["198.51.100.20:9777"], "labels": {"instance": "watch", "app": "cache"}},
     ]
     rules = [r for r in monitor.alert_rules(kvstore) if r["alert"] == "AppExporterDown"]
-    assert [r["expr"] for r in rules] == ['up{job="postgresql"} == 0', 'up{job="kvstore"} == 0']
-    assert "'systemctl status prometheus-kvstore-exporter'" in rules[1]["annotations"]["description"]
-    assert "(port 9777)" in rules[1]["annotations"]["description"]
+    assert [r["expr"] for r in rules] == [
+        'up{job="postgresql"} == 0', 'up{job="redis"} == 0', 'up{job="kvstore"} == 0'
+    ]  # fmt: skip
+    assert "'systemctl status prometheus-kvstore-exporter'" in rules[2]["annotations"]["description"]
+    assert "(port 9777)" in rules[2]["annotations"]["description"]

@@ -123,7 +123,7 @@ def test_host_roles_is_a_copy(cluster):
 
 
 def test_role_states_of_minicl_roles(cluster):
-    assert cluster.role_states("alpha") == ["minicl.base", "minicl.apps.postgresql"]
+    assert cluster.role_states("alpha") == ["minicl.base", "minicl.apps.postgresql", "minicl.apps.redis"]
     assert cluster.role_states("watch") == ["minicl.base", "minicl.monitor"]
 
 

@@ -1422,7 +1422,7 @@ def test_trusted_sources_not_a_list_is_one_problem(example_data, problems, value
     [
         (
             lambda apps: apps["db"].update(type="mysql"),
-            'apps.db.type: "mysql" is not one of "postgresql"',
+            'apps.db.type: "mysql" is not one of "postgresql", "redis"',
         ),
         (
             lambda apps: apps["db"]["hosts"].append("gamma"),
@@ -1432,7 +1432,33 @@ def test_trusted_sources_not_a_list_is_one_problem(example_data, problems, value
             lambda apps: apps["db"]["databases"]["shop"].update(owner="mallory"),
             'apps.db.databases.shop.owner: "mallory" is not a user in "users"',
         ),
-        (lambda apps: apps["db"].update(maxmemory="1gb"), "apps.db.maxmemory: unknown field"),
+        (
+            lambda apps: apps["db"].update(maxmemory="1gb"),
+            "apps.db.maxmemory: only a redis app has maxmemory (this one is postgresql)",
+        ),
+        (
+            lambda apps: apps["cache"].update(databases={"shop": {"owner": "alice"}}),
+            "apps.cache.databases: only a postgresql app has databases (this one is redis)",
+        ),
+        (
+            lambda apps: apps["cache"].update(maxmemory="256MB"),
+            'apps.cache.maxmemory: "256MB" is not valid: redis: the most memory',
+        ),
+        (lambda apps: apps["cache"].update(maxmemory="lots"), 'apps.cache.maxmemory: "lots" is not valid'),
+        (lambda apps: apps["cache"].update(maxmemory=256), "apps.cache.maxmemory: must be a string"),
+        (
+            lambda apps: apps["cache"].update(maxmemory="100kb"),
+            'apps.cache.maxmemory: "100kb" is too small: Redis needs at least 1mb',
+        ),
+        (
+            lambda apps: apps["cache"].update(maxmemory_policy="lru"),
+            'apps.cache.maxmemory_policy: "lru" is not one of "noeviction", "allkeys-lru"',
+        ),
+        (
+            lambda apps: apps.update(cache2={"type": "redis", "hosts": ["alpha"]}),
+            'apps.cache2.hosts[0]: alpha already runs the redis app "cache"; a host runs one app of a type',
+        ),
+        (lambda apps: apps["cache"]["hosts"].append("nope"), 'apps.cache.hosts[2]: "nope" is not a host'),
         (lambda apps: apps["db"].update(synchronous="yes"), "apps.db.synchronous: must be"),
         (
             lambda apps: apps.update(db2={"type": "postgresql", "hosts": ["beta"]}),

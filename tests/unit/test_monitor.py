@@ -47,6 +47,7 @@ def test_prometheus_config(data):
     assert [job["job_name"] for job in parsed["scrape_configs"]] == [
         "node",
         "postgresql",
+        "redis",
         "prometheus",
         "alertmanager",
     ]
@@ -289,9 +290,14 @@ def test_app_targets_are_every_host_of_each_app_by_name(data):
         {"targets": ["198.51.100.11:9187"], "labels": {"instance": "alpha", "app": "db"}},
         {"targets": ["198.51.100.12:9187"], "labels": {"instance": "beta", "app": "db"}},
     ]
+    assert json.loads(files["/etc/prometheus/minicl-app-redis.json"]) == [
+        {"targets": ["198.51.100.11:9121"], "labels": {"instance": "alpha", "app": "cache"}},
+        {"targets": ["198.51.100.12:9121"], "labels": {"instance": "beta", "app": "cache"}},
+    ]
     del data["apps"]
     assert monitor.render_app_targets_files(config.Cluster(data)) == {
-        "/etc/prometheus/minicl-app-postgresql.json": "[]\n"  # the job stays, without targets
+        "/etc/prometheus/minicl-app-postgresql.json": "[]\n",  # the jobs stay, without targets
+        "/etc/prometheus/minicl-app-redis.json": "[]\n",
     }
 
 

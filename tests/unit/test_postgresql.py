@@ -76,8 +76,8 @@ def test_slot_names_are_safe_identifiers():
 
 
 def test_unknown_app_types_are_refused():
-    with pytest.raises(appliances.ApplianceError, match="no appliance for apps of type 'redis'"):
-        appliances.module("redis")
+    with pytest.raises(appliances.ApplianceError, match="no appliance for apps of type 'mysql'"):
+        appliances.module("mysql")
 
 
 # -- who is the primary (pgfailover.placement) ---------------------------------------------

@@ -480,3 +480,141 @@ def test_postgresql_databases_on_a_standby_are_replicated(pg_state, monkeypatch)
     monkeypatch.setattr(pg, "in_recovery", lambda: True)
     ret = state.databases("db")
     assert ret["result"] is True and ret["changes"] == {} and "replicated from the primary" in ret["comment"]
+
+
+# -- minicl_redis ---------------------------------------------------------------------------
+
+CACHE = {"name": "cache", "type": "redis", "hosts": ["alpha", "beta"], "role": "standby", "primary": "alpha",
+         "peers": {"alpha": ["198.51.100.11"]}, "addresses": ["198.51.100.12"], "maxmemory": "256mb"}  # fmt: skip
+
+
+@pytest.fixture
+def redis_state(monkeypatch, tmp_path, testmode):
+    from minicl.appliances import redis
+
+    calls = []
+    monkeypatch.setattr(redis, "password", lambda app: "SECRET")
+    monkeypatch.setattr(redis, "CONF_FILE", str(tmp_path / "minicl.conf"))
+    monkeypatch.setattr(redis, "MAIN_CONF", str(tmp_path / "redis.conf"))
+    monkeypatch.setattr(
+        redis,
+        "systemctl",
+        lambda *args, check=True: calls.append(args) or subprocess.CompletedProcess(args, 0),
+    )
+    monkeypatch.setattr(redis, "write_files", lambda changed: calls.append(("write", sorted(changed))))
+    monkeypatch.setattr(redis, "wait_ready", lambda app, seconds=30: True)
+    monkeypatch.setattr(redis, "cli", lambda app, *args, **kwargs: calls.append(("cli", *args)) or "OK")
+    state = load_state(
+        "minicl_redis", testmode, {"minicl": {"apps": {"cache": CACHE}, "host": {"name": "beta"}}}
+    )
+    return state, redis, calls
+
+
+def a_redis_plan(redis, **changes):
+    fields = dict(decision=redis.Decision("replica", "alpha", why="the only primary that answers"), files={},
+                  enable=False, start=False, restart=False, runtime=[], drop_promotion=False)  # fmt: skip
+    fields.update(changes)
+    return redis.Plan(**fields)
+
+
+def test_redis_new_replica_is_configured_and_started_without_showing_the_password(
+    redis_state, monkeypatch, testmode
+):
+    state, redis, calls = redis_state
+    wanted = redis.render_conf(CACHE, redis.Decision("replica", "alpha"))
+    todo = a_redis_plan(
+        redis, files={redis.CONF_FILE: wanted, redis.MAIN_CONF: "include x\n"}, enable=True, start=True
+    )
+    monkeypatch.setattr(redis, "plan", lambda app: todo)
+    monkeypatch.setattr(redis, "server", lambda app, *a, **k: redis.Server("replica", "198.51.100.11"))
+    ret = state.running("cache")
+    assert "SECRET" not in json.dumps(ret)
+    assert "+requirepass (hidden)" in ret["changes"][redis.CONF_FILE]
+    assert "+replicaof 198.51.100.11 6379" in ret["changes"][redis.CONF_FILE]
+    assert ret["changes"][redis.MAIN_CONF] == "include /etc/redis/minicl.conf as its last line"
+    assert ret["changes"]["service"] == "redis-server running and started at boot"
+    assert "(replica of alpha: the only primary that answers)" in ret["comment"]
+    if testmode:
+        assert ret["result"] is None and calls == []
+    else:
+        assert ret["result"] is True
+        assert calls == [("write", [redis.CONF_FILE, redis.MAIN_CONF]), ("enable", "redis-server"),
+                         ("start", "redis-server")]  # fmt: skip
+
+
+def test_redis_as_configured_changes_nothing(redis_state, monkeypatch):
+    state, redis, calls = redis_state
+    monkeypatch.setattr(redis, "plan", lambda app: a_redis_plan(redis))
+    ret = state.running("cache")
+    assert ret == {"name": "cache", "result": True, "changes": {},
+                   "comment": "redis-server runs app cache as configured (replica of alpha)"}  # fmt: skip
+    assert calls == []
+
+
+def test_redis_a_password_change_is_hidden_and_restarts(redis_state, monkeypatch, testmode, tmp_path):
+    state, redis, calls = redis_state
+    (tmp_path / "minicl.conf").write_text("requirepass OLDSECRET\n")
+    monkeypatch.setattr(
+        redis,
+        "redacted",
+        lambda app, text: text.replace("OLDSECRET", "(hidden)").replace("SECRET", "(hidden)"),
+    )
+    todo = a_redis_plan(redis, files={redis.CONF_FILE: "requirepass SECRET\n"}, restart=True)
+    monkeypatch.setattr(redis, "plan", lambda app: todo)
+    monkeypatch.setattr(redis, "server", lambda app, *a, **k: redis.Server("replica", "198.51.100.11"))
+    ret = state.running("cache")
+    assert ret["changes"][redis.CONF_FILE] == "(the password changed; content hidden)"
+    assert "SECRET" not in json.dumps(ret)
+    assert (("restart", "redis-server") in calls) is (not testmode)
+
+
+def test_redis_role_changes_at_runtime_and_drops_an_old_promotion(
+    redis_state, monkeypatch, testmode, tmp_path
+):
+    state, redis, calls = redis_state
+    marker = tmp_path / "promoted"
+    marker.write_text('{"epoch": 5}\n')
+    monkeypatch.setattr(redis, "marker_path", lambda app: str(marker))
+    todo = a_redis_plan(
+        redis,
+        decision=redis.Decision("replica", "alpha", why="the most recently promoted primary (at 9)"),
+        runtime=[("REPLICAOF alpha", ["REPLICAOF", "198.51.100.11", "6379"])],
+        drop_promotion=True,
+    )
+    monkeypatch.setattr(redis, "plan", lambda app: todo)
+    monkeypatch.setattr(redis, "server", lambda app, *a, **k: redis.Server("replica", "198.51.100.11"))
+    ret = state.running("cache")
+    assert (
+        ret["changes"]["role"]
+        == "replica of alpha (the most recently promoted primary (at 9)): REPLICAOF alpha"
+    )
+    assert "promotion record dropped" in ret["changes"]["promotion"]
+    if testmode:
+        assert ret["result"] is None and marker.exists() and calls == []
+    else:
+        assert ret["result"] is True and not marker.exists()
+        assert ("cli", "REPLICAOF", "198.51.100.11", "6379") in calls
+
+
+def test_redis_a_server_that_does_not_take_its_role_is_a_failed_state(redis_state, monkeypatch, testmode):
+    state, redis, calls = redis_state
+    todo = a_redis_plan(redis, runtime=[("REPLICAOF alpha", ["REPLICAOF", "198.51.100.11", "6379"])])
+    monkeypatch.setattr(redis, "plan", lambda app: todo)
+    monkeypatch.setattr(redis, "server", lambda app, *a, **k: redis.Server("primary"))
+    ret = state.running("cache")
+    if testmode:
+        assert ret["result"] is None
+    else:
+        assert ret == {"name": "cache", "result": False, "changes": {},
+                       "comment": "redis app cache: the server should be the replica of alpha but says primary"}  # fmt: skip
+
+
+def test_redis_plan_errors_are_a_failed_state(redis_state, monkeypatch):
+    state, redis, _ = redis_state
+
+    def broken(app):
+        raise redis.ApplianceError("cannot read /etc/minicl/deploy.key")
+
+    monkeypatch.setattr(redis, "plan", broken)
+    ret = state.running("cache")
+    assert ret["result"] is False and ret["comment"] == "redis app cache: cannot read /etc/minicl/deploy.key"

@@ -1,9 +1,11 @@
 {#- The PostgreSQL apps of this host (cluster.json "apps"): see minicl.appliances.postgresql. #}
+include:
+  - minicl.apps.backups
+
 minicl-postgresql-package:
   pkg.installed:
-    - pkgs: [postgresql, restic, dpkg-repack]
+    - name: postgresql
 {%- for name, app in salt['pillar.get']('minicl:apps', {}).items() if app['type'] == 'postgresql' %}
-
 {%- if app.get('packages') %}
 
 minicl-postgresql-{{ name }}-packages:
@@ -24,20 +26,4 @@ minicl-postgresql-{{ name }}-databases:
     - name: {{ name }}
     - require:
       - minicl_postgresql: minicl-postgresql-{{ name }}
-{%- for path, text in salt['minicl_app.backup_units'](name).items() %}
-
-minicl-backup-{{ name }}-{{ path.rsplit('.', 1)[1] }}:
-  file.managed:
-    - name: {{ path }}
-    - contents: {{ text | json }}
-    - mode: '0644'
-{%- endfor %}
-
-minicl-backup-{{ name }}-schedule:
-  service.running:
-    - name: minicl-backup-{{ name }}.timer
-    - enable: True
-    - watch:
-      - file: minicl-backup-{{ name }}-service
-      - file: minicl-backup-{{ name }}-timer
 {%- endfor %}
