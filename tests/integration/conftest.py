@@ -1,6 +1,8 @@
 """Fixtures for integration tests: a lab of namespace test hosts and a config repo over SSH."""
 
 import copy
+import email
+import email.policy
 import json
 import os
 import pathlib
@@ -10,6 +12,7 @@ import time
 
 import pytest
 
+from minicl_lab import fakerelay
 from minicl_lab.testhosts import GitServer, Lab
 
 EXAMPLE = pathlib.Path(__file__).parents[2] / "cluster.json.example"
@@ -117,3 +120,49 @@ def wait_for(what, probe, timeout=60, interval=0.5, explain=None):
 
 def changed_states(state_return):
     return {k: v["changes"] for k, v in state_return["local"].items() if v["changes"]}
+
+
+@pytest.fixture(scope="module")
+def relay(request, lab, tmp_path_factory):
+    """A fake authenticated relay at the test module's ``RELAY`` addresses, taking its ``USER``
+    and ``PASSWORD``."""
+    module = request.module
+    host = lab.add_host("relay", module.RELAY)
+    ca = fakerelay.make_test_ca(tmp_path_factory.mktemp("tls"))
+    fakerelay.start_in(host, ca, module.USER, module.PASSWORD)
+    return host
+
+
+def monitor_state(watch):
+    """What the monitor sees, for failure messages."""
+    return watch.run(
+        'python3 -c "import urllib.request; print(urllib.request.urlopen('
+        "'http://127.0.0.1:9090/api/v1/targets').read().decode()[:3000])\"; "
+        "tail -5 /var/log/prometheus/prometheus.log /var/log/prometheus/prometheus-alertmanager.log",
+        check=False,
+    ).stdout
+
+
+def readable(message):
+    """Subject and decoded text of a message the relay received (Alertmanager's mail is
+    quoted-printable multipart)."""
+    parsed = email.message_from_string(message["data"], policy=email.policy.default)
+    parts = [part.get_content() for part in parsed.walk() if part.get_content_maintype() == "text"]
+    return " ".join([str(parsed["Subject"]), *parts])
+
+
+def alert_mail(relay, *words, timeout=90):
+    """The first message at the relay whose subject or text contains every word."""
+
+    def find():
+        for message in fakerelay.received(relay):
+            if all(word in readable(message) for word in words):
+                return message
+        return None
+
+    return wait_for(
+        f"a mail with {words} at the relay",
+        find,
+        timeout,
+        explain=lambda: "\n".join(readable(m)[:300] for m in fakerelay.received(relay)),
+    )

@@ -6,10 +6,18 @@ a second converge changes nothing."""
 
 import pytest
 
-from minicl_lab import fakerelay, probes
+from minicl_lab import probes
 
-from .conftest import bootstrap_all, changed_states, cluster_config, dump, salt_call, wait_for
-from .test_monitoring import alert_mail, monitor_state
+from .conftest import (
+    alert_mail,
+    bootstrap_all,
+    changed_states,
+    cluster_config,
+    dump,
+    monitor_state,
+    salt_call,
+    wait_for,
+)
 
 RELAY = ["198.51.100.140/24"]
 ALPHA = ["198.51.100.141/24"]
@@ -17,13 +25,6 @@ BETA = ["198.51.100.142/24"]
 OUTSIDER = ["198.51.100.149/24"]
 USER, PASSWORD = "cluster@example.org", "relay-secret-App7"
 EXPORTER_PORT = 9187
-
-
-@pytest.fixture(scope="module")
-def relay(lab, tmp_path_factory):
-    host = lab.add_host("relay", RELAY)
-    fakerelay.start_in(host, fakerelay.make_test_ca(tmp_path_factory.mktemp("tls")), USER, PASSWORD)
-    return host
 
 
 @pytest.fixture(scope="module")

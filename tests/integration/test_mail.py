@@ -16,13 +16,6 @@ RELAY = ["198.51.100.80/24"]
 USER, PASSWORD = "cluster@example.org", "relay-secret-Zq81"
 
 
-@pytest.fixture(scope="module")
-def relay(lab, tmp_path_factory):
-    host = lab.add_host("relay", RELAY)
-    fakerelay.start_in(host, fakerelay.make_test_ca(tmp_path_factory.mktemp("tls")), USER, PASSWORD)
-    return host
-
-
 def mail_config(password=PASSWORD, relay="relay.example.org"):
     ips = [a.split("/")[0] for a in ALPHA]
     return dump(

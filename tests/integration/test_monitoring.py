@@ -3,14 +3,21 @@ mail through a fake authenticated relay. The monitor scrapes every node exporter
 run metrics), an outsider cannot; a stopped exporter, a failing check, a full filesystem and a bad
 config push each produce their alert mail at the relay."""
 
-import email
-import email.policy
-
 import pytest
 
-from minicl_lab import fakerelay, probes
+from minicl_lab import probes
 
-from .conftest import bootstrap_all, changed_states, cluster_config, dump, salt_call, wait_for
+from .conftest import (
+    alert_mail,
+    bootstrap_all,
+    changed_states,
+    cluster_config,
+    dump,
+    monitor_state,
+    readable,
+    salt_call,
+    wait_for,
+)
 
 RELAY = ["198.51.100.160/24"]
 HOSTS = {
@@ -39,13 +46,6 @@ def monitoring_config(**overrides):
 
 
 @pytest.fixture(scope="module")
-def relay(lab, tmp_path_factory):
-    host = lab.add_host("relay", RELAY)
-    fakerelay.start_in(host, fakerelay.make_test_ca(tmp_path_factory.mktemp("tls")), USER, PASSWORD)
-    return host
-
-
-@pytest.fixture(scope="module")
 def cluster(lab, relay, git_server, deploy_key):
     commit = git_server.commit(
         {"cluster.json": monitoring_config(), "deploy.key": deploy_key[0]}, "monitoring"
@@ -61,41 +61,6 @@ def cluster(lab, relay, git_server, deploy_key):
 @pytest.fixture(scope="module")
 def outsider(lab):
     return lab.add_host("outsider", OUTSIDER)
-
-
-def monitor_state(watch):
-    """What the monitor sees, for failure messages."""
-    return watch.run(
-        'python3 -c "import urllib.request; print(urllib.request.urlopen('
-        "'http://127.0.0.1:9090/api/v1/targets').read().decode()[:3000])\"; "
-        "tail -5 /var/log/prometheus/prometheus.log /var/log/prometheus/prometheus-alertmanager.log",
-        check=False,
-    ).stdout
-
-
-def readable(message):
-    """Subject and decoded text of a message the relay received (Alertmanager's mail is
-    quoted-printable multipart)."""
-    parsed = email.message_from_string(message["data"], policy=email.policy.default)
-    parts = [part.get_content() for part in parsed.walk() if part.get_content_maintype() == "text"]
-    return " ".join([str(parsed["Subject"]), *parts])
-
-
-def alert_mail(relay, *words, timeout=90):
-    """The first message at the relay whose subject or text contains every word."""
-
-    def find():
-        for message in fakerelay.received(relay):
-            if all(word in readable(message) for word in words):
-                return message
-        return None
-
-    return wait_for(
-        f"a mail with {words} at the relay",
-        find,
-        timeout,
-        explain=lambda: "\n".join(readable(m)[:300] for m in fakerelay.received(relay)),
-    )
 
 
 def test_nothing_left_to_do_after_bootstrap(cluster):

@@ -76,3 +76,15 @@ def ecdsa_key(tmp_path_factory):
 def rsa_key(tmp_path_factory):
     """A real ssh-rsa key pair made by ssh-keygen: {"public": line, "private": text}."""
     return _keygen(tmp_path_factory.mktemp("rsa"), "rsa", "-b", "2048")
+
+
+@pytest.fixture
+def deploy_key(tmp_path, monkeypatch):
+    """A deploy key at the place the apps' hosts derive their shared secrets from
+    (appliances.shared_secret); the path, to change or remove it."""
+    from minicl import appliances
+
+    path = tmp_path / "deploy.key"
+    path.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nnot a real key\n")
+    monkeypatch.setattr(appliances.paths, "ETC_DIR", str(tmp_path))
+    return path

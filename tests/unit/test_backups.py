@@ -12,14 +12,6 @@ from minicl.appliances import backups
 APP = {"name": "db", "host": "alpha", "backup": {"interval": "6h", "keep": 2}}
 
 
-@pytest.fixture
-def key(tmp_path, monkeypatch):
-    path = tmp_path / "deploy.key"
-    path.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nnot a real key\n")
-    monkeypatch.setattr(appliances.paths, "ETC_DIR", str(tmp_path))
-    return path
-
-
 def snapshot(short_id, backup_id, path):
     return {"short_id": short_id, "tags": ["app=db", f"backup={backup_id}"], "paths": [path]}
 
@@ -98,7 +90,7 @@ def test_a_backup_leaves_metrics_for_the_monitor(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(subprocess.run(["which", "restic"], capture_output=True).returncode != 0, reason="restic")
-def test_a_stream_goes_in_and_comes_out_the_same(tmp_path, monkeypatch, key):
+def test_a_stream_goes_in_and_comes_out_the_same(tmp_path, monkeypatch, deploy_key):
     monkeypatch.setattr(backups, "ROOT", str(tmp_path / "backups"))
     data = tmp_path / "data"
     data.write_bytes(bytes(range(256)) * 1000)

@@ -12,14 +12,6 @@ from minicl.appliances import postgresql as pg
 EXAMPLE = json.loads((pathlib.Path(__file__).parents[2] / "cluster.json.example").read_text())
 
 
-@pytest.fixture
-def key(tmp_path, monkeypatch):
-    path = tmp_path / "deploy.key"
-    path.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nnot a real key\n")
-    monkeypatch.setattr(appliances.paths, "ETC_DIR", str(tmp_path))
-    return path
-
-
 def app_of(host, **changes):
     data = json.loads(json.dumps(EXAMPLE))
     data["apps"]["db"].update(changes)
@@ -57,11 +49,11 @@ def test_hba_lets_only_the_app_hosts_replicate():
     assert " trust" not in text
 
 
-def test_the_replication_password_is_derived_alike_and_changes_with_the_key(key):
+def test_the_replication_password_is_derived_alike_and_changes_with_the_key(deploy_key):
     first = pg.replica_password(app_of("alpha"))
     assert first == pg.replica_password(app_of("beta")) and len(first) == 64
     assert pg.render_pgpass(app_of("beta")) == f"*:5432:*:minicl_replica:{first}\n"
-    key.write_text("another key\n")
+    deploy_key.write_text("another key\n")
     assert pg.replica_password(app_of("alpha")) != first
 
 

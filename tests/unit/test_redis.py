@@ -13,11 +13,8 @@ EXAMPLE = json.loads((pathlib.Path(__file__).parents[2] / "cluster.json.example"
 
 
 @pytest.fixture(autouse=True)
-def key(tmp_path, monkeypatch):
-    path = tmp_path / "deploy.key"
-    path.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nnot a real key\n")
-    monkeypatch.setattr(appliances.paths, "ETC_DIR", str(tmp_path))
-    return path
+def key(deploy_key):
+    return deploy_key
 
 
 def app_of(host, **changes):

@@ -126,13 +126,10 @@ def test_an_id_in_two_roles_is_a_highstate_problem(opts, tmp_path):
 
 
 @pytest.mark.parametrize("host", ["watch", "alpha"])  # the monitor; a PostgreSQL primary with its exporter
-def test_minicls_own_states_render_with_a_monitor_pillar(opts, tmp_path, host, monkeypatch):
+def test_minicls_own_states_render_with_a_monitor_pillar(opts, tmp_path, host, deploy_key):
     import json
 
-    from minicl import appliances, config, hostview
-
-    (tmp_path / "deploy.key").write_text("not a real key\n")  # the apps' secrets derive from it
-    monkeypatch.setattr(appliances.paths, "ETC_DIR", str(tmp_path))
+    from minicl import config, hostview
 
     cluster = config.Cluster(
         json.loads(pathlib.Path(__file__).parents[2].joinpath("cluster.json.example").read_text())
