@@ -80,21 +80,19 @@ class Cluster:
 
     def apps_of(self, host):
         """{name: app} of the apps ``host`` runs, each with what this host needs to know:
-        ``host`` (this one), ``role`` ("primary" for the first of its hosts, else "standby"),
-        ``primary`` (that host's name: the primary when the app is created; see
-        appliances.pgfailover and appliances.redis for who is primary later), ``peers`` ({host:
-        [addresses]} of the app's other hosts) and ``addresses`` (this host's own)."""
+        ``host`` (this one), ``primary`` (the first of its hosts: the primary when the app is
+        created; who is primary later, the servers decide: see appliances.pgfailover and
+        appliances.redis), ``peers`` ({host: [addresses]} of the app's other hosts) and
+        ``addresses`` (this host's own)."""
         mine = {}
         for name, app in self.apps.items():
             if host not in app["hosts"]:
                 continue
-            primary = app["hosts"][0]
             mine[name] = dict(
                 app,
                 name=name,
                 host=host,
-                role="primary" if host == primary else "standby",
-                primary=primary,
+                primary=app["hosts"][0],
                 peers={peer: self.host_ips(peer) for peer in app["hosts"] if peer != host},
                 addresses=self.host_ips(host),
             )

@@ -4,8 +4,8 @@ same lifecycle contract.
 Every appliance module (one per app type) converges its app on a host (its state module calls
 it) and provides the verbs of the contract that apply to it, each as a function
 ``verb(app) -> Report`` taking the app as the pillar has it (``minicl:apps:<name>``: the
-cluster.json entry plus ``name``, ``role``, ``primary`` and ``peers``). ``minicl_app.<verb>``
-runs them: ``salt-call --local minicl_app.check_health db``.
+cluster.json entry plus ``name``, ``host``, ``primary``, ``peers`` and ``addresses``: see
+Cluster.apps_of). ``minicl_app.<verb>`` runs them: ``salt-call --local minicl_app.check_health db``.
 
 The contract's verbs: check_health, test, backup, restore, upgrade, downgrade, failover, monitor,
 cleanup, and ``list`` (the backups; its function is ``list_backups``). An appliance says which

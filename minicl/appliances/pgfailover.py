@@ -26,11 +26,10 @@ from minicl.files import read_file, write_file
 PEER_TIMEOUT = 3
 FENCED_MARK = "minicl.fenced"
 FENCE_FUNCTION = "minicl_fence"
-# pg_is_in_recovery, the timeline a primary writes (0 on a standby), the system identifier.
+# pg_is_in_recovery, and the timeline a primary writes (0 on a standby).
 STATE_SQL = (
     "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN 0 ELSE "
-    "('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, "
-    "(SELECT system_identifier FROM pg_control_system())"
+    "('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END"
 )
 
 
@@ -41,13 +40,12 @@ class Server:
     host: str
     recovery: bool
     timeline: int
-    system_id: str
     member: bool  # holds the app's data (its replication role exists)
 
 
 def _parse(host, row, member):
-    recovery, timeline, system_id = row.split("|")
-    return Server(host, recovery == "t", int(timeline), system_id, member)
+    recovery, timeline = row.split("|")
+    return Server(host, recovery == "t", int(timeline), member)
 
 
 def local_server(app):
@@ -173,7 +171,7 @@ def fence_if_superseded(app):
     control = pg.run(["runuser", "-u", "postgres", "--", f"{pg.BIN}/pg_controldata", pg.DATA_DIR])
     key = "Latest checkpoint's TimeLineID:"
     mine = next((int(line[len(key) :]) for line in control.stdout.splitlines() if line.startswith(key)), 0)
-    me = Server(app["host"], False, mine, "", True)
+    me = Server(app["host"], False, mine, True)
     if current_primary(app, [me, *peer_servers(app).values()]) in (None, app["host"]):
         return False
     for mark in ("standby.signal", FENCED_MARK):

@@ -16,6 +16,7 @@ standbys) on the local socket by peer authentication: no password.
 """
 
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -454,6 +455,23 @@ STANDBYS_SQL = (
 )
 
 
+def memory_bytes():
+    """The memory the server's processes use, shared buffers counted once (the sum of their
+    proportional set sizes), or None where /proc does not say."""
+    uid = pwd.getpwnam("postgres").pw_uid
+    total, seen = 0, False
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != uid:
+                continue
+            with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as f:
+                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
+                seen = True
+        except (OSError, StopIteration):
+            continue
+    return total if seen else None
+
+
 def _rows(sql):
     return [row.split("|") for row in (psql(sql) or "").splitlines()]
 
@@ -476,8 +494,12 @@ def monitor(app, seconds=1.0):
         "commits_per_second": commits, "rows_written_per_second": written, "rows_read_per_second": read,
         "database_bytes": sizes,
     }  # fmt: skip
+    memory = memory_bytes()
+    data["memory_bytes"] = memory
     report.lines += [
         f"info connections: {clients} ({active} active) of {limit}",
+        "info memory: "
+        + ("unknown" if memory is None else f"{memory / 2**20:.1f} MB (the server's processes)"),
         f"info per second: {commits} commits, {written} rows written, {read} rows read",
         "info sizes: " + ", ".join(f"{db} {size / 2**20:.1f} MB" for db, size in sizes.items()),
     ]

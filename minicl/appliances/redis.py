@@ -84,10 +84,6 @@ def render_exporter_defaults(app):
     )
 
 
-def this_host(app):
-    return next(host for host in app["hosts"] if host not in app["peers"])
-
-
 def address_of(ips):
     """The address to reach a host at: its first IPv4 address, else its first."""
     return next((ip for ip in ips if ":" not in ip), ips[0] if ips else "127.0.0.1")
@@ -323,7 +319,7 @@ class Plan:
 
 def plan(app):
     """Read this host and its peers (nothing changes): what a converge would do."""
-    host = this_host(app)
+    host = app["host"]
     up = running()
     own = server(app) if up else None
     peers = {peer: server(app, address_of(ips), timeout=PEER_TIMEOUT) for peer, ips in app["peers"].items()}
@@ -715,7 +711,7 @@ def failover(app):
     promotion so that later converges keep it, fence the old primary and repoint the other
     replicas when they answer, and say what to commit to cluster.json."""
     report = Report(app["name"], "failover")
-    host = this_host(app)
+    host = app["host"]
     own = server(app)
     if not report.check(own is not None, f"{SERVICE} answers on this host"):
         return report

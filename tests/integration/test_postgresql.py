@@ -101,6 +101,7 @@ def test_check_health_and_test_verbs(hosts):
     code, report, result = verb(alpha, "monitor")
     assert code == 0 and report["standbys"]["beta"]["state"] == "streaming", result.stdout
     assert report["max_connections"] == 100 and "shop" in report["database_bytes"]
+    assert report["memory_bytes"] > 10 * 2**20
     assert any(line.startswith("info per second: ") for line in report["report"])
 
 

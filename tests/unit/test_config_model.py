@@ -129,10 +129,10 @@ def test_role_states_of_minicl_roles(cluster):
 
 def test_apps_of_a_host(cluster):
     db = cluster.apps_of("beta")["db"]
-    assert db["role"] == "standby" and db["primary"] == "alpha" and db["name"] == "db"
+    assert (db["host"], db["primary"], db["name"]) == ("beta", "alpha", "db")
     assert db["peers"] == {"alpha": ["198.51.100.11", "2001:db8:100::11"]}
     assert db["databases"] == {"shop": {"owner": "alice"}}
-    assert cluster.apps_of("alpha")["db"]["role"] == "primary"
+    assert cluster.apps_of("alpha")["db"]["primary"] == "alpha"
     assert cluster.apps_of("watch") == {}
 
 

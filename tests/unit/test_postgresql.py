@@ -82,17 +82,15 @@ def data_dir(tmp_path, monkeypatch):
     return tmp_path
 
 
-def server(host, recovery=False, timeline=1, member=True, system_id="7"):
-    return pgf.Server(host, recovery, timeline, system_id, member)
+def server(host, recovery=False, timeline=1, member=True):
+    return pgf.Server(host, recovery, timeline, member)
 
 
 def test_the_app_is_created_on_its_first_host(data_dir):
-    fresh = server("alpha", member=False, system_id="1")
+    fresh = server("alpha", member=False)
     place = pgf.placement(app_of("alpha"), fresh, {"beta": None})
     assert (place.role, place.clone) == ("primary", "")
-    beta = pgf.placement(
-        app_of("beta"), server("beta", member=False, system_id="2"), {"alpha": server("alpha")}
-    )
+    beta = pgf.placement(app_of("beta"), server("beta", member=False), {"alpha": server("alpha")})
     assert (beta.role, beta.upstream, beta.clone) == ("standby", "alpha", "a new standby")
 
 

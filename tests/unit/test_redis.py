@@ -73,9 +73,8 @@ def test_debians_redis_conf_gets_the_include_as_its_last_line():
     assert moved.count("include /etc/redis/minicl.conf") == 1 and redis.includes_minicl(moved)
 
 
-def test_this_host_and_peers_by_address():
+def test_peers_by_address():
     app = app_of("beta")
-    assert redis.this_host(app) == "beta"
     assert redis.peer_at(app, "2001:db8:100::11") == "alpha" and redis.peer_at(app, "10.0.0.1") is None
 
 

@@ -340,7 +340,7 @@ def test_users_apply_failure_fails_that_user_only(users_state, monkeypatch, test
 
 # -- minicl_postgresql -------------------------------------------------------------------
 
-APP = {"name": "db", "type": "postgresql", "hosts": ["alpha", "beta"], "host": "beta", "role": "standby",
+APP = {"name": "db", "type": "postgresql", "hosts": ["alpha", "beta"], "host": "beta",
        "primary": "alpha", "peers": {"alpha": ["198.51.100.11"]}, "databases": {"shop": {"owner": "alice"}}}  # fmt: skip
 
 
@@ -360,8 +360,8 @@ def pg_state(monkeypatch, testmode):
     monkeypatch.setattr(pg, "running", lambda: True)
     monkeypatch.setattr(pg, "psql", lambda sql, database="postgres", check=True: calls.append(("sql", sql)))
     monkeypatch.setattr(pgf, "fence_if_superseded", lambda app: calls.append(("fence check",)))
-    monkeypatch.setattr(pgf, "local_server", lambda app: pgf.Server("beta", True, 0, "7", True))
-    monkeypatch.setattr(pgf, "peer_servers", lambda app: {"alpha": pgf.Server("alpha", False, 1, "7", True)})
+    monkeypatch.setattr(pgf, "local_server", lambda app: pgf.Server("beta", True, 0, True))
+    monkeypatch.setattr(pgf, "peer_servers", lambda app: {"alpha": pgf.Server("alpha", False, 1, True)})
     monkeypatch.setattr(pgf, "primary_changes", lambda app, local: {})
     monkeypatch.setattr(pgf, "apply_primary_changes", lambda app: calls.append(("primary changes",)))
     state = load_state("minicl_postgresql", testmode,
@@ -401,7 +401,7 @@ def test_postgresql_as_configured_changes_nothing(pg_state, monkeypatch):
 
 def test_postgresql_promoted_standby_stays_primary(pg_state, monkeypatch, testmode):
     state, pg, pgf, calls = pg_state
-    monkeypatch.setattr(pgf, "local_server", lambda app: pgf.Server("beta", False, 2, "7", True))
+    monkeypatch.setattr(pgf, "local_server", lambda app: pgf.Server("beta", False, 2, True))
     monkeypatch.setattr(pgf, "peer_servers", lambda app: {"alpha": None})
     monkeypatch.setattr(pgf, "primary_changes", lambda app, local: {"replication slots": ["minicl_alpha"]})
     seen = []
@@ -428,7 +428,7 @@ def test_postgresql_config_change_restarts(pg_state, monkeypatch, testmode):
 def test_postgresql_clone_refused_is_a_failed_state(pg_state, monkeypatch, testmode):
     state, pg, pgf, calls = pg_state
     monkeypatch.setattr(pg, "file_changes", lambda app, host, upstream: {})
-    monkeypatch.setattr(pgf, "local_server", lambda app: pgf.Server("beta", False, 1, "9", False))
+    monkeypatch.setattr(pgf, "local_server", lambda app: pgf.Server("beta", False, 1, False))
 
     def refuse(app, host, upstream):
         raise pg.ApplianceError("its PostgreSQL holds databases of its own (shop)")
@@ -484,7 +484,7 @@ def test_postgresql_databases_on_a_standby_are_replicated(pg_state, monkeypatch)
 
 # -- minicl_redis ---------------------------------------------------------------------------
 
-CACHE = {"name": "cache", "type": "redis", "hosts": ["alpha", "beta"], "role": "standby", "primary": "alpha",
+CACHE = {"name": "cache", "type": "redis", "hosts": ["alpha", "beta"], "host": "beta", "primary": "alpha",
          "peers": {"alpha": ["198.51.100.11"]}, "addresses": ["198.51.100.12"], "maxmemory": "256mb"}  # fmt: skip
 
 
