@@ -282,3 +282,28 @@ def _wait(probe, seconds):
             return True
         time.sleep(0.3)
     return False
+
+
+def main(argv=None):
+    """``python -m minicl.appliances.pgfailover fence-check APP_FILE``: run before the server
+    starts (a systemd drop-in minicl installs); never keeps it from starting."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m minicl.appliances.pgfailover")
+    parser.add_argument("command", choices=["fence-check"])
+    parser.add_argument("app_file")
+    args = parser.parse_args(argv)
+    try:
+        with open(args.app_file, encoding="utf-8") as f:
+            app = json.load(f)
+        if fence_if_superseded(app):
+            print(f"minicl: another host of app {app['name']} is its primary now: this server starts "
+                  "fenced (read-only); its next converge makes it a standby")  # fmt: skip
+    except (OSError, ValueError, ApplianceError) as exc:
+        print(f"minicl: fence check skipped: {exc}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

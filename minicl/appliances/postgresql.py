@@ -15,6 +15,7 @@ logs in as role ``prometheus`` (member of pg_monitor, created on the primary, re
 standbys) on the local socket by peer authentication: no password.
 """
 
+import json
 import os
 import pwd
 import shutil
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import time
 
+from minicl import paths
 from minicl.appliances import ApplianceError, Report, shared_secret
 from minicl.files import read_file, write_file
 
@@ -219,20 +221,53 @@ def is_standby_data():
 # -- converging ---------------------------------------------------------------------------
 
 
+BOOT_CHECK_DROPIN = f"/etc/systemd/system/{SERVICE}.service.d/minicl-fence.conf"
+BOOT_CHECK_TEXT = """\
+# Managed by minicl (app {app}); changes here are overwritten.
+# Before the server starts: if it was a primary and another host was promoted meanwhile, it is
+# fenced (it starts read-only) rather than start as a second primary.
+[Unit]
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+ExecStartPre=-{python} -m minicl.appliances.pgfailover fence-check {app_file}
+"""
+
+
+def app_file(app):
+    """What the check before the server starts knows of the app (no secret in it)."""
+    return os.path.join(paths.APPS_DIR, app["name"], "app.json")
+
+
+def render_app_file(app):
+    keys = ("name", "host", "hosts", "primary", "peers")
+    return json.dumps({key: app[key] for key in keys}, indent=2, sort_keys=True) + "\n"
+
+
 def file_changes(app, host, upstream=""):
     """{path: new text} of minicl's PostgreSQL files that differ from what is there."""
     wanted = {
         CONF_FILE: render_conf(app, host, upstream),
         HBA_FILE: render_hba(app),
         PGPASS: render_pgpass(app),
+        app_file(app): render_app_file(app),
+        BOOT_CHECK_DROPIN: BOOT_CHECK_TEXT.format(
+            app=app["name"], python=sys.executable, app_file=app_file(app)
+        ),
     }
     return {path: text for path, text in wanted.items() if read_file(path) != text}
 
 
 def write_files(changed):
     for path, text in changed.items():
-        write_file(path, text, 0o600 if path == PGPASS else 0o640)
-        shutil.chown(path, "postgres", "postgres")
+        if path in (CONF_FILE, HBA_FILE, PGPASS):
+            write_file(path, text, 0o600 if path == PGPASS else 0o640)
+            shutil.chown(path, "postgres", "postgres")
+        else:
+            write_file(path, text, 0o644)
+    if BOOT_CHECK_DROPIN in changed:
+        systemctl("daemon-reload")
 
 
 def holds_app_data():

@@ -286,6 +286,10 @@ def test_failover_after_the_primary_dies_and_the_old_primary_rejoins(hosts):
     assert code == 0, result.stdout + result.stderr
     assert is_primary(beta)
     alpha.boot()
+    # Checked before the server started: beta is primary on a newer timeline, so alpha is fenced.
+    assert wait_for("alpha's server", lambda: alpha.unit_state("postgresql@15-main") == "active", timeout=60)
+    assert not is_primary(alpha)
+    assert "starts fenced (read-only)" in alpha.journal("postgresql@15-main")
     code, data, result = salt_call(alpha, "state.apply")
     assert code == 0, result.stdout + result.stderr
     assert not is_primary(alpha) and is_primary(beta)

@@ -2,6 +2,8 @@
 
 import json
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -171,3 +173,39 @@ def test_the_exporter_role_is_created_or_granted_pg_monitor(monkeypatch, answer,
     monkeypatch.setattr(pg, "psql", lambda sql, database="postgres", check=True: asked.append(sql) or answer)
     assert pg.monitor_role_changes() == expected
     assert "pg_has_role(oid, 'pg_monitor', 'MEMBER')" in asked[0] and "'prometheus'" in asked[0]
+
+
+def test_before_the_server_starts_a_superseded_primary_is_fenced(tmp_path, monkeypatch, deploy_key):
+    monkeypatch.setattr(pg.paths, "APPS_DIR", str(tmp_path))
+    monkeypatch.setattr(pg, "read_file", lambda path: None)
+    app = app_of("alpha")
+    files = pg.file_changes(app, "alpha")
+    dropin = files["/etc/systemd/system/postgresql@15-main.service.d/minicl-fence.conf"]
+    assert (
+        f"ExecStartPre=-{sys.executable} -m minicl.appliances.pgfailover fence-check {tmp_path}/db/app.json"
+        in dropin
+    )
+    assert "After=network-online.target" in dropin
+    known = json.loads(files[f"{tmp_path}/db/app.json"])
+    assert known == {"host": "alpha", "hosts": ["alpha", "beta"], "name": "db", "primary": "alpha",
+                     "peers": {"beta": ["198.51.100.12", "2001:db8:100::12"]}}  # fmt: skip
+    (tmp_path / "db").mkdir()
+    (tmp_path / "db" / "app.json").write_text(files[f"{tmp_path}/db/app.json"])
+    fenced = []
+    monkeypatch.setattr(pgf, "fence_if_superseded", lambda app: fenced.append(app["name"]) or True)
+    assert pgf.main(["fence-check", str(tmp_path / "db" / "app.json")]) == 0 and fenced == ["db"]
+    assert pgf.main(["fence-check", str(tmp_path / "nowhere.json")]) == 0  # never keeps it from starting
+
+
+def test_a_server_is_fenced_only_when_another_host_is_primary_on_a_newer_timeline(monkeypatch, tmp_path):
+    monkeypatch.setattr(pg, "DATA_DIR", str(tmp_path))
+    (tmp_path / "PG_VERSION").write_text("15\n")
+    monkeypatch.setattr(pg, "run", lambda argv, **kw: subprocess.CompletedProcess(
+        argv, 0, "Latest checkpoint's TimeLineID:       1\n", ""))  # fmt: skip
+    monkeypatch.setattr(pgf.shutil, "chown", lambda *a: None)
+    monkeypatch.setattr(pgf, "peer_servers", lambda app: {"beta": server("beta", timeline=1)})
+    assert not pgf.fence_if_superseded(app_of("alpha"))  # same timeline: cluster.json's first wins
+    monkeypatch.setattr(pgf, "peer_servers", lambda app: {"beta": server("beta", timeline=2)})
+    assert pgf.fence_if_superseded(app_of("alpha"))
+    assert (tmp_path / "standby.signal").exists() and (tmp_path / "minicl.fenced").exists()
+    assert not pgf.fence_if_superseded(app_of("alpha"))  # a standby's data now: nothing to do
