@@ -275,6 +275,7 @@ def app_alert_rules(cluster):
             f"(port {exporter.port}) for {wait}, so app {{{{ $labels.app }}}} is not watched there. "
             f"Log in and check 'systemctl status {exporter.service}'.",
             wait,
+            labels={"exporter": exporter.service},  # one rule per type: told apart for promtool
         )
         for kind, exporter in appliances.exporters().items()
     ]
@@ -358,6 +359,7 @@ def app_alert_rules(cluster):
                 "'salt-call --local minicl_app.backup {{ $labels.app }}' there takes one now "
                 "and says what fails.",
                 _human_duration(BACKUP_STALE_INTERVALS * seconds),
+                labels={"interval": _human_duration(seconds)},  # one rule per interval
             )
         )
     rules.append(
