@@ -19,7 +19,7 @@ import time
 
 from minicl import paths
 from minicl.appliances import ApplianceError, Report
-from minicl.files import write_file
+from minicl.files import read_json, write_file
 
 HISTORY = "upgrades.json"
 SETTLE_SECONDS = 30
@@ -74,11 +74,8 @@ def candidates(names):
 
 
 def history(app):
-    try:
-        with open(os.path.join(folder(app), HISTORY), encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return []
+    """The upgrades that stayed, oldest first."""
+    return read_json(os.path.join(folder(app), HISTORY)) or []
 
 
 def _record(app, entry):
