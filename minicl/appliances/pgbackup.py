@@ -106,7 +106,7 @@ def _restore_database(app, entry, db):
     pg.psql(f"CREATE DATABASE {pg.ident(aside)} OWNER {pg.ident(owner)}")
     source = backups.stream(app, entry, f"{db}.dump")
     load = subprocess.run(
-        ["runuser", "-u", "postgres", "--", "pg_restore", "--exit-on-error", "-d", aside],
+        [*pg.AS_POSTGRES, "pg_restore", "--exit-on-error", "-d", aside],
         stdin=source.stdout, capture_output=True, text=True, check=False,
     )  # fmt: skip
     source.stdout.close()

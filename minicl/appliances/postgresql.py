@@ -153,25 +153,17 @@ def run(argv, input=None, env=None, check=True):
     return result
 
 
+# As postgres, and with commits that do not wait for a synchronous standby: minicl's own work
+# (roles, databases, a restore) must not hang on a primary whose standby is not there (yet); the
+# standby gets it when it connects.
+AS_POSTGRES = ["runuser", "-u", "postgres", "--", "env", "PGOPTIONS=-c synchronous_commit=local"]
+
+
 def psql(sql, database="postgres", check=True):
     """Run SQL (from stdin, so nothing shows in the process list) as postgres on the local
     socket; returns the unaligned rows."""
     result = run(
-        [
-            "runuser",
-            "-u",
-            "postgres",
-            "--",
-            "psql",
-            "-X",
-            "-A",
-            "-t",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            database,
-        ],
+        [*AS_POSTGRES, "psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", database],
         input=sql,
         check=check,
     )

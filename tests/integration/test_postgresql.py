@@ -6,6 +6,7 @@ check_health and test, idempotence, the port open to cluster hosts only, no secr
 import hashlib
 import hmac
 import json
+import time
 
 import pytest
 
@@ -408,3 +409,38 @@ def test_an_upgrade_that_breaks_the_app_is_undone_with_the_data_intact(hosts, gi
     assert f"ok   back to {LAB_PACKAGE} 1.0" in report["report"] and installed_version(alpha) == "1.0"
     code, data, result = salt_call(alpha, "state.apply")
     assert code == 0 and changed_states(data) == {}, result.stdout  # the converge keeps the version
+
+
+def test_synchronous_commits_wait_for_a_standby_but_converges_do_not(hosts, git_server):
+    alpha, beta = hosts
+    config = json.loads(git_server.host.read(f"{git_server.WORK}/cluster.json"))
+    config["apps"]["db"]["synchronous"] = True
+    git_server.commit({"cluster.json": json.dumps(config, indent=2)}, "db: synchronous")
+    for host in (beta, alpha):
+        code, data, result = salt_call(host, "state.apply")
+        assert code == 0, result.stdout + result.stderr
+    assert "synchronous_standby_names = 'ANY 1 (*)'" in alpha.read(
+        "/etc/postgresql/15/main/conf.d/minicl.conf"
+    )
+    as_alice(alpha, "INSERT INTO orders VALUES (30, 'while the standby is there')")  # positive control
+
+    beta.systemctl("stop", "postgresql@15-main")
+    # minicl's own work on the primary does not wait for the missing standby: a new database.
+    config["apps"]["db"]["databases"]["crm"] = {"owner": "bob"}
+    git_server.commit({"cluster.json": json.dumps(config, indent=2)}, "db: crm")
+    code, data, result = salt_call(alpha, "state.apply")
+    assert code == 0, result.stdout + result.stderr
+    assert (
+        alpha.run(
+            ["runuser", "-u", "bob", "--", "psql", "-X", "-A", "-t", "-d", "crm", "-c", "SELECT current_user"]
+        ).stdout.strip()
+        == "bob"
+    )
+    # A user's commit waits until a standby has it.
+    writer = alpha.spawn(["runuser", "-u", "alice", "--", "psql", "-X", "-q", "-d", "shop", "-c",
+                          "INSERT INTO orders VALUES (31, 'waits for the standby')"])  # fmt: skip
+    time.sleep(3)
+    assert writer.poll() is None, writer.communicate()
+    beta.systemctl("start", "postgresql@15-main")
+    assert writer.wait(timeout=60) == 0
+    assert wait_for("the row on the standby", lambda: "31:waits for the standby" in rows(beta), timeout=30)
