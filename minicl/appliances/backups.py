@@ -9,8 +9,9 @@ into the appliance: it needs no room for the rest of the repository, nor for oth
 
 The repository's password is derived from the deploy key like the app's other shared secrets,
 so that every host of the app can read every other host's repository; it is passed to restic
-in its environment, never on a command line. Each host of the app keeps its own backups: the
-loss of one host leaves the others'.
+in its environment, never on a command line. When the deploy key changes, the new password is
+added to the repository with the old one (``follow_the_key``): no backup becomes unreadable.
+Each host of the app keeps its own backups: the loss of one host leaves the others'.
 """
 
 import json
@@ -23,11 +24,12 @@ from datetime import datetime, timezone
 from minicl import metrics, paths
 from minicl.appliances import ApplianceError, shared_secret
 from minicl.diskspace import mb
-from minicl.files import write_file
+from minicl.files import read_file, write_file
 from minicl.schema import duration_seconds, schema
 
 ROOT = paths.BACKUPS_DIR
 STAMP = "last-success"  # touched after each good backup; the timer's unit reads its age
+PASSWORD_FILE = "minicl-password"  # in the repository's folder (root only): the password it opens with
 ROOM_MARGIN = 64 * 2**20
 
 
@@ -43,16 +45,26 @@ def settings(app):
     return duration_seconds(interval), backup.get("keep", defaults["keep"]["default"])
 
 
-def _env(app):
+def password(app):
+    return shared_secret(app["name"], "restic")
+
+
+def _env(app, password_=None):
     return {
         **os.environ,
         "RESTIC_REPOSITORY": repository(app),
-        "RESTIC_PASSWORD": shared_secret(app["name"], "restic"),
+        "RESTIC_PASSWORD": password_ or password(app),
         "RESTIC_CACHE_DIR": os.path.join(ROOT, ".cache"),
     }
 
 
+def _initialized(app):
+    return os.path.isfile(os.path.join(repository(app), "config"))
+
+
 def restic(app, *args, input=None, check=True):
+    if _initialized(app):
+        follow_the_key(app)
     result = subprocess.run(
         ["restic", "--quiet", *args], input=input, capture_output=True, text=True, env=_env(app), check=False
     )
@@ -62,9 +74,39 @@ def restic(app, *args, input=None, check=True):
 
 
 def ensure_repository(app):
-    if not os.path.isfile(os.path.join(repository(app), "config")):
+    if not _initialized(app):
         os.makedirs(ROOT, mode=0o700, exist_ok=True)
         restic(app, "init")
+        write_file(os.path.join(repository(app), PASSWORD_FILE), password(app), 0o600)
+
+
+def follow_the_key(app):
+    """When the deploy key changed, so did the repository's password: add the new one to the
+    repository, opened with the one it had (kept root-only in the repository's folder), so that
+    no backup becomes unreadable."""
+    kept_path = os.path.join(repository(app), PASSWORD_FILE)
+    current, kept = password(app), read_file(kept_path)
+    if kept == current:
+        return
+    opens = subprocess.run(
+        ["restic", "--quiet", "cat", "config"], capture_output=True, env=_env(app), check=False
+    )
+    if opens.returncode != 0:
+        if not kept:
+            raise ApplianceError(
+                f"{repository(app)} does not open with the password derived from the deploy key, and the "
+                "one it had is not known: its backups need that key (the deploy key it was made with)"
+            )
+        new_file = os.path.join(repository(app), ".new-password")
+        write_file(new_file, current, 0o600)
+        try:
+            add = ["restic", "--quiet", "key", "add", "--new-password-file", new_file]
+            added = subprocess.run(add, capture_output=True, text=True, env=_env(app, kept), check=False)
+        finally:
+            os.remove(new_file)
+        if added.returncode != 0:
+            raise ApplianceError(f"restic key add ({repository(app)}): {added.stderr.strip()}")
+    write_file(kept_path, current, 0o600)
 
 
 UNIT = "minicl-backup-{app}"

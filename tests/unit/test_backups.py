@@ -103,3 +103,22 @@ def test_a_stream_goes_in_and_comes_out_the_same(tmp_path, monkeypatch, deploy_k
     with pytest.raises(appliances.ApplianceError, match="false"):
         backups.store(APP, "20261202T000000Z", "broken.dump", ["sh", "-c", "echo half; exit 1", "false"])
     assert [b["id"] for b in backups.backups(APP)] == ["20261201T000000Z"]  # the broken one is gone
+
+
+@pytest.mark.skipif(subprocess.run(["which", "restic"], capture_output=True).returncode != 0, reason="restic")
+def test_backups_stay_readable_when_the_deploy_key_changes(tmp_path, monkeypatch, deploy_key):
+    monkeypatch.setattr(backups, "ROOT", str(tmp_path / "backups"))
+    backups.store(APP, "20261201T000000Z", "shop.dump", ["echo", "the data"])
+    kept = tmp_path / "backups" / "db" / "minicl-password"
+    assert oct(kept.stat().st_mode & 0o777) == "0o600"
+    deploy_key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\na new key\n")
+    entry = backups.find(APP)  # opened: the new password was added with the kept one
+    out = backups.stream(APP, entry, "shop.dump")
+    assert out.stdout.read() == b"the data\n" and out.wait() == 0
+    assert kept.read_text() == backups.password(APP)
+    kept.unlink()  # a repository made elsewhere, with another key, and no password kept
+    deploy_key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nyet another key\n")
+    with pytest.raises(
+        appliances.ApplianceError, match="does not open with the password derived from the deploy key"
+    ):
+        backups.backups(APP)
