@@ -82,19 +82,20 @@ def running(name):
         ret["comment"] = f"{pg.SERVICE} runs app {name} as its {place.role}{note}"
         return ret
 
+    restart = pg.CONF_FILE in changed and pg.needs_restart(read_file(pg.CONF_FILE), changed[pg.CONF_FILE])
     pg.write_files(changed)
     if place.clone:
         pg.clone_from(app, app["host"], place.upstream)
     if not pg.running():
         pg.systemctl("start", pg.SERVICE)
-    elif pg.CONF_FILE in changed:
+    elif restart:
         pg.systemctl("restart", pg.SERVICE)
-    elif pg.HBA_FILE in changed:
+    elif pg.CONF_FILE in changed or pg.HBA_FILE in changed:
         pg.systemctl("reload", pg.SERVICE)
     if not pg.wait_ready():
         raise pg.ApplianceError(f"{pg.SERVICE} does not answer after the change (journalctl -u {pg.SERVICE})")
     if place.role == "primary":
-        pgf.apply_primary_changes(app)
+        pgf.apply_primary_changes(app, todo)
     ret["comment"] = f"app {name} converged on {pg.SERVICE} as its {place.role}{note}"
     return ret
 

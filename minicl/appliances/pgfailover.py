@@ -193,15 +193,49 @@ def primary_changes(app, local):
     slots = missing_slots(app)
     if slots:
         todo["replication slots"] = slots
+    if synchronous_to_resume(app):
+        todo["synchronous commits"] = "resumed: a standby streams from this host again"
     return todo
 
 
-def apply_primary_changes(app):
-    if not pg.replica_role_ok(app):
+def apply_primary_changes(app, todo):
+    """Make what ``primary_changes`` found (``todo``), as it found it: a standby that is
+    reconnecting after a reload does not undo what was reported."""
+    if "replication role" in todo:
         pg.set_replica_role(app)
-    if not has_fence_function():
+    if "fencing" in todo:
         create_fence_function()
     create_slots(missing_slots(app))
+    if "synchronous commits" in todo:
+        pg.psql("ALTER SYSTEM RESET synchronous_standby_names")
+        pg.psql("SELECT pg_reload_conf()")
+
+
+# A promoted standby of a synchronous app with no standby of its own would make every commit wait
+# until the old primary is back: the fail-over suspends synchronous commits (ALTER SYSTEM, which
+# overrides minicl.conf) until a standby streams again.
+SUSPENDED_SQL = (
+    "SELECT count(*) FROM pg_file_settings WHERE name = 'synchronous_standby_names' "
+    "AND sourcefile LIKE '%/postgresql.auto.conf' AND setting = ''"
+)
+
+
+def streaming_standbys():
+    return int(pg.psql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") or 0)
+
+
+def synchronous_suspended():
+    return pg.psql(SUSPENDED_SQL) != "0"
+
+
+def suspend_synchronous_commits():
+    pg.psql("ALTER SYSTEM SET synchronous_standby_names = ''")
+    pg.psql("SELECT pg_reload_conf()")
+
+
+def synchronous_to_resume(app):
+    """Suspended, and a standby streams again (or the app is not synchronous any more)."""
+    return synchronous_suspended() and (streaming_standbys() > 0 or not app.get("synchronous"))
 
 
 def has_fence_function():
@@ -266,6 +300,12 @@ def failover(app, wait=30):
     promoted = pg.psql("SELECT pg_promote(true, 60)", check=False) == "t"
     if not report.check(promoted and local_server(app).recovery is False, "promoted this host to primary"):
         return report
+    if app.get("synchronous") and not streaming_standbys():
+        suspend_synchronous_commits()
+        report.lines.append(
+            "info synchronous commits are suspended until a standby streams from this host (the "
+            "converge after that resumes them): meanwhile a commit does not wait for a standby"
+        )
     hosts = [app["host"], *[h for h in app["hosts"] if h != app["host"]]]
     report.data.update(role="primary", previous_primary=old or "", hosts=hosts)
     report.lines.append(

@@ -251,6 +251,28 @@ def file_changes(app, host, upstream=""):
     return {path: text for path, text in wanted.items() if read_file(path) != text}
 
 
+# Read only when the server starts; minicl's other settings take effect with a reload.
+RESTART_SETTINGS = (
+    "listen_addresses",
+    "wal_level",
+    "max_wal_senders",
+    "max_replication_slots",
+    "hot_standby",
+)
+
+
+def needs_restart(old_conf, new_conf):
+    """Whether going from one text of minicl.conf to the other needs a restart (which drops
+    every client's connection) rather than a reload."""
+
+    def settings(text):
+        pairs = (line.partition("=") for line in (text or "").splitlines() if not line.startswith("#"))
+        return {key.strip(): value.strip() for key, sep, value in pairs if sep}
+
+    old, new = settings(old_conf), settings(new_conf)
+    return any(old.get(key) != new.get(key) for key in RESTART_SETTINGS)
+
+
 def write_files(changed):
     for path, text in changed.items():
         if path in (CONF_FILE, HBA_FILE, PGPASS):
@@ -416,6 +438,13 @@ def check_health(app):
             row = standbys.get(peer)
             said = f"{row[1]}, {int(float(row[2]))} bytes behind" if row else "not connected"
             report.check(row is not None and row[1] == "streaming", f"standby {peer}: {said}")
+    if not recovery:
+        from minicl.appliances import pgfailover
+
+        if pgfailover.synchronous_suspended():
+            report.check(
+                False, "synchronous commits are suspended since the fail-over: no standby streams yet"
+            )
     usage = shutil.disk_usage(DATA_DIR)
     free = usage.free / usage.total
     report.data["disk_free_ratio"] = round(free, 3)

@@ -444,3 +444,42 @@ def test_synchronous_commits_wait_for_a_standby_but_converges_do_not(hosts, git_
     beta.systemctl("start", "postgresql@15-main")
     assert writer.wait(timeout=60) == 0
     assert wait_for("the row on the standby", lambda: "31:waits for the standby" in rows(beta), timeout=30)
+
+
+def test_a_failover_of_a_synchronous_app_does_not_leave_its_writes_waiting(hosts):
+    alpha, beta = hosts  # synchronous since the test before; alpha primary
+    alpha.systemctl("stop", "postgresql@15-main")
+    code, report, result = verb(beta, "failover")
+    assert code == 0, result.stdout + result.stderr
+    assert said(report, "info synchronous commits are suspended until a standby streams")
+    as_alice(beta, "INSERT INTO orders VALUES (40, 'no standby, no wait')")  # would wait for ever
+    code, report, _ = verb(beta, "check_health")
+    assert code != 0 and said(report, "FAIL synchronous commits are suspended since the fail-over")
+    # alpha's server starts fenced (another host is primary on a newer timeline), rejoins...
+    alpha.systemctl("start", "postgresql@15-main")
+    assert not is_primary(alpha)
+    code, _, result = salt_call(alpha, "state.apply")
+    assert code == 0, result.stdout + result.stderr
+    # ...and the primary's next converge resumes synchronous commits.
+    code, data, result = salt_call(beta, "state.apply")
+    assert code == 0, result.stdout + result.stderr
+    assert (
+        "synchronous commits"
+        in changed_states(data)["minicl_postgresql_|-minicl-postgresql-db_|-db_|-running"]
+    )
+    show = [
+        "runuser",
+        "-u",
+        "postgres",
+        "--",
+        "psql",
+        "-X",
+        "-A",
+        "-t",
+        "-c",
+        "SHOW synchronous_standby_names",
+    ]
+    assert beta.run(show).stdout.strip() == "ANY 1 (*)"
+    code, report, _ = verb(beta, "check_health")
+    assert code == 0, report
+    assert wait_for("the row on alpha", lambda: "40:no standby, no wait" in rows(alpha), timeout=30)

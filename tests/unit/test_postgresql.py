@@ -209,3 +209,12 @@ def test_a_server_is_fenced_only_when_another_host_is_primary_on_a_newer_timelin
     assert pgf.fence_if_superseded(app_of("alpha"))
     assert (tmp_path / "standby.signal").exists() and (tmp_path / "minicl.fenced").exists()
     assert not pgf.fence_if_superseded(app_of("alpha"))  # a standby's data now: nothing to do
+
+
+def test_only_settings_read_at_start_restart_the_server():
+    standby = pg.render_conf(app_of("beta"), "beta", upstream="alpha")
+    promoted = pg.render_conf(app_of("beta"), "beta")
+    assert not pg.needs_restart(standby, promoted)  # a fail-over's new primary keeps its clients
+    assert not pg.needs_restart(promoted, pg.render_conf(app_of("beta", synchronous=True), "beta"))
+    assert pg.needs_restart(None, promoted)  # the first time
+    assert pg.needs_restart(promoted, promoted.replace("max_wal_senders = 10", "max_wal_senders = 20"))

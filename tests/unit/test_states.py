@@ -363,7 +363,7 @@ def pg_state(monkeypatch, testmode):
     monkeypatch.setattr(pgf, "local_server", lambda app: pgf.Server("beta", True, 0, True))
     monkeypatch.setattr(pgf, "peer_servers", lambda app: {"alpha": pgf.Server("alpha", False, 1, True)})
     monkeypatch.setattr(pgf, "primary_changes", lambda app, local: {})
-    monkeypatch.setattr(pgf, "apply_primary_changes", lambda app: calls.append(("primary changes",)))
+    monkeypatch.setattr(pgf, "apply_primary_changes", lambda app, todo: calls.append(("primary changes",)))
     state = load_state("minicl_postgresql", testmode,
                        {"minicl": {"apps": {"db": APP}, "host": {"name": "beta"}}})  # fmt: skip
     return state, pg, pgf, calls
@@ -423,6 +423,17 @@ def test_postgresql_config_change_restarts(pg_state, monkeypatch, testmode):
         assert ret["result"] is None and ("restart", pg.SERVICE) not in calls
     else:
         assert ret["result"] is True and ("restart", pg.SERVICE) in calls
+
+
+def test_postgresql_standby_settings_change_reloads(pg_state, monkeypatch, testmode):
+    state, pg, pgf, calls = pg_state
+    monkeypatch.setattr(state, "read_file", lambda path: "listen_addresses = '*'\nprimary_slot_name = 'a'\n")
+    monkeypatch.setattr(
+        pg, "file_changes", lambda app, host, upstream: {pg.CONF_FILE: "listen_addresses = '*'\n"}
+    )
+    ret = state.running("db")
+    assert ret["result"] is (None if testmode else True) and ("restart", pg.SERVICE) not in calls
+    assert (("reload", pg.SERVICE) in calls) is (not testmode)
 
 
 def test_postgresql_clone_refused_is_a_failed_state(pg_state, monkeypatch, testmode):
