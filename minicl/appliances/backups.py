@@ -271,6 +271,20 @@ def record(app, ok, now=None):
     metrics.write_backup(app["name"], ok, settings(app)[0], last_success(app), now=now)
 
 
+def check_age(app, report):
+    """check_health's share for every appliance: the last good backup on this host younger than
+    twice the interval (a line of ``report``; none yet is said, not failed)."""
+    interval, _ = settings(app)
+    last = last_success(app)
+    age = None if last is None else time.time() - last
+    report.data["backup_age_seconds"] = None if age is None else int(age)
+    if age is None:
+        report.lines.append("info no backup on this host yet")
+    else:
+        report.check(age <= 2 * interval, f"the last good backup on this host: {age / 3600:.1f} h ago "
+                                          f"(one every {interval / 3600:g} h)")  # fmt: skip
+
+
 def last_success(app):
     """When the last good backup of the app on this host ended (epoch seconds), or None."""
     try:

@@ -451,15 +451,7 @@ def check_health(app):
     report.check(free >= MIN_FREE_RATIO, f"{free:.0%} of the data disk free ({DATA_DIR})")
     from minicl.appliances import backups
 
-    interval, _ = backups.settings(app)
-    last = backups.last_success(app)
-    age = None if last is None else time.time() - last
-    report.data["backup_age_seconds"] = None if age is None else int(age)
-    if age is None:
-        report.lines.append("info no backup on this host yet")
-    else:
-        report.check(age <= 2 * interval, f"the last good backup on this host: {age / 3600:.1f} h ago "
-                                          f"(one every {interval / 3600:g} h)")  # fmt: skip
+    backups.check_age(app, report)
     return report
 
 

@@ -632,7 +632,9 @@ def check_health(app):
         f"{free:.0%} of the data disk free ({DATA_DIR}; a snapshot needs about "
         f"{memory.get('used_memory_human')})",
     )
-    report.lines.append("info backups: not provided yet by this version of the appliance")
+    from minicl.appliances import backups
+
+    backups.check_age(app, report)
     return report
 
 
