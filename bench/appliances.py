@@ -11,7 +11,7 @@ Prints:
   and ``minicl_app.restore`` against a plain copy (``cp -a``) of the same data folder on the same
   host.
 
-    sudo .venv/bin/python bench/appliances.py [--size-mb 1024]
+    sudo .venv/bin/python bench/appliances.py [--size-mb 1024] [--only failover|backup]
 
 The hosts' disks are tmpfs (memory): leave about 5 times ``--size-mb`` free.
 """
@@ -65,7 +65,7 @@ def psql(host, sql, user="postgres", database="shop"):
 
 def cluster(lab, workdir, synchronous):
     """A fresh lab cluster: git, alpha (primary), beta (standby), app db with database shop."""
-    key = os.path.join(workdir, f"deploy-{synchronous}.key")
+    key = os.path.join(tempfile.mkdtemp(dir=workdir), "deploy.key")
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
     example = json.loads((ROOT / "cluster.json.example").read_text())
     example.pop("ca_url")
@@ -155,17 +155,20 @@ def backup_restore(lab, workdir, size_mb):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mb", type=int, default=1024)
+    parser.add_argument("--only", choices=["failover", "backup"], help="run one part only")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: test hosts are Linux namespaces")
     with tempfile.TemporaryDirectory() as workdir, Lab() as lab:
-        for synchronous in (False, True):
+        for synchronous in (False, True) if args.only != "backup" else ():
             found = failover(lab, workdir, synchronous)
             mode = "synchronous " if synchronous else "asynchronous"
             print(f"fail-over, {mode}: first write on the new primary {found['seconds_to_first_write']} s "
                   f"after the power cut (target <= {TARGET_FAILOVER_SECONDS} s; the verb itself "
                   f"{found['failover_verb_seconds']} s); {found['lost']} of {found['acknowledged']} "
                   f"acknowledged transactions lost", flush=True)  # fmt: skip
+        if args.only == "failover":
+            return
         found = backup_restore(lab, workdir, args.size_mb)
         print(f"backup of a {found['database_mb']} MB database: {found['backup_mb_per_s']} MB/s; "
               f"restore {found['restore_mb_per_s']} MB/s; plain copy of its data folder "
