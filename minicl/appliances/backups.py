@@ -22,7 +22,7 @@ import time
 from datetime import datetime, timezone
 
 from minicl import metrics, paths
-from minicl.appliances import ApplianceError, shared_secret
+from minicl.appliances import ApplianceError, Report, shared_secret
 from minicl.diskspace import mb
 from minicl.files import read_file, write_file
 from minicl.schema import duration_seconds, schema
@@ -215,6 +215,48 @@ def backups(app):
         entry["files"] += [os.path.basename(p) for p in snap.get("paths", [])]
         entry["snapshots"].append(snap["short_id"])
     return sorted(found.values(), key=lambda b: b["id"], reverse=True)
+
+
+def take(app, need, what, streams, prepare=None):
+    """The ``backup`` verb of every appliance: ``streams`` ([(file name, argv whose output is
+    that file)]) into one backup, after a check that ``need`` bytes fit (``what`` names it in
+    the error) and ``prepare()`` (a fresh snapshot, say); then the backups beyond retention are
+    removed and the metrics written, also when it fails."""
+    report = Report(app["name"], "backup")
+    try:
+        check_room(app, need, what, ROOT)
+        started = time.monotonic()
+        if prepare:
+            prepare()
+        backup_id = new_id()
+        for filename, producer in streams:
+            store(app, backup_id, filename, producer)
+    except ApplianceError:
+        record(app, False)
+        raise
+    seconds = time.monotonic() - started
+    files = [filename for filename, _ in streams]
+    report.check(
+        True, f"backup {backup_id}: {', '.join(files) or 'nothing'} ({mb(need)} of data) in {seconds:.1f} s"
+    )
+    _, keep = settings(app)
+    removed = prune(app, keep)
+    if removed:
+        report.lines.append(f"info removed the backups beyond the {keep} kept: {', '.join(removed)}")
+    record(app, True)
+    report.data.update(backup=backup_id, files=files, bytes=need, seconds=round(seconds, 2))
+    return report
+
+
+def list_report(app):
+    """The ``list`` verb of every appliance: the app's backups on this host, newest first."""
+    report = Report(app["name"], "list")
+    found = backups(app)
+    report.lines += [f"     {b['id']}  {', '.join(sorted(b['files']))}" for b in found]
+    if not found:
+        report.lines.append(f"info no backup of app {app['name']} on this host yet")
+    report.data["backups"] = [{"id": b["id"], "files": sorted(b["files"])} for b in found]
+    return report
 
 
 def find(app, backup_id=None):

@@ -14,7 +14,6 @@ import time
 
 from minicl.appliances import ApplianceError, Report, backups
 from minicl.appliances import postgresql as pg
-from minicl.diskspace import mb
 
 RESTORING = "{db}_minicl_restoring"
 REPLACED = "{db}_minicl_replaced"
@@ -26,49 +25,15 @@ def _database_size(db):
 
 
 def backup(app):
-    report = Report(app["name"], "backup")
-    try:
-        _backup(app, report)
-    except ApplianceError:
+    """One dump per database of the server (``pg_dump -Fc``, uncompressed) into one backup."""
+    if not (pg.running() and pg.wait_ready(5)):
         backups.record(app, False)
-        raise
-    backups.record(app, report.ok)
-    return report
-
-
-def _backup(app, report):
-    if not report.check(pg.running() and pg.wait_ready(5), f"{pg.SERVICE} answers"):
-        return
+        return Report(app["name"], "backup", ok=False, lines=[f"FAIL {pg.SERVICE} does not answer"])
     databases = pg.own_databases()
-    sizes = {db: _database_size(db) for db in databases}
-    backups.check_room(app, sum(sizes.values()), f"a backup of {', '.join(databases) or 'no database'}",
-                       backups.ROOT)  # fmt: skip
-    backup_id = backups.new_id()
-    started = time.monotonic()
-    for db in databases:
-        producer = ["runuser", "-u", "postgres", "--", "pg_dump", "-Fc", "-Z0", "-d", db]
-        backups.store(app, backup_id, f"{db}.dump", producer)
-    seconds = time.monotonic() - started
-    total = sum(sizes.values())
-    report.check(True, f"backup {backup_id}: {', '.join(databases) or 'no database'} "
-                       f"({mb(total)} of data) in {seconds:.1f} s")  # fmt: skip
-    interval, keep = backups.settings(app)
-    removed = backups.prune(app, keep)
-    if removed:
-        report.lines.append(
-            f"info removed {len(removed)} backup(s) beyond the {keep} kept: {', '.join(removed)}"
-        )
-    report.data.update(backup=backup_id, databases=databases, bytes=total, seconds=round(seconds, 2))
-
-
-def list_backups(app):
-    report = Report(app["name"], "list")
-    found = backups.backups(app)
-    for entry in found:
-        report.lines.append(f"     {entry['id']}  {', '.join(sorted(entry['files']))}")
-    if not found:
-        report.lines.append(f"info no backup of app {app['name']} on this host yet")
-    report.data["backups"] = [{"id": b["id"], "files": sorted(b["files"])} for b in found]
+    need = sum(_database_size(db) for db in databases)
+    streams = [(f"{db}.dump", [*pg.AS_POSTGRES, "pg_dump", "-Fc", "-Z0", "-d", db]) for db in databases]
+    report = backups.take(app, need, f"a backup of {', '.join(databases) or 'no database'}", streams)
+    report.data["databases"] = databases
     return report
 
 

@@ -594,9 +594,9 @@ def restore(app, backup=None, database=None):  # pylint: disable=redefined-outer
 
 
 def list_backups(app):
-    from minicl.appliances import pgbackup
+    from minicl.appliances import backups
 
-    return pgbackup.list_backups(app)
+    return backups.list_report(app)
 
 
 def upgrade(app):

@@ -458,40 +458,17 @@ def backup(app):
     """An RDB snapshot (BGSAVE, then dump.rdb streamed into restic: see appliances.backups)."""
     from minicl.appliances import backups
 
-    report = Report(app["name"], "backup")
-    try:
-        size = os.path.getsize(DUMP) if os.path.exists(DUMP) else 0
-        backups.check_room(app, size, f"a snapshot of {app['name']}", backups.ROOT)
-        started = time.monotonic()
-        fresh_snapshot(app)
-        backup_id = backups.new_id()
-        backups.store(app, backup_id, SNAPSHOT_FILE, ["cat", DUMP])
-    except ApplianceError:
-        backups.record(app, False)
-        raise
-    report.check(
-        True,
-        f"backup {backup_id}: {SNAPSHOT_FILE} ({size / 2**20:.1f} MB) in {time.monotonic() - started:.1f} s",
+    size = os.path.getsize(DUMP) if os.path.exists(DUMP) else 0
+    streams = [(SNAPSHOT_FILE, ["cat", DUMP])]
+    return backups.take(
+        app, size, f"a snapshot of {app['name']}", streams, prepare=lambda: fresh_snapshot(app)
     )
-    _, keep = backups.settings(app)
-    removed = backups.prune(app, keep)
-    if removed:
-        report.lines.append(f"info removed the backups beyond the {keep} kept: {', '.join(removed)}")
-    backups.record(app, True)
-    report.data.update(backup=backup_id, bytes=size)
-    return report
 
 
 def list_backups(app):
     from minicl.appliances import backups
 
-    report = Report(app["name"], "list")
-    found = backups.backups(app)
-    report.lines += [f"     {b['id']}  {', '.join(b['files'])}" for b in found]
-    if not found:
-        report.lines.append(f"info no backup of app {app['name']} on this host yet")
-    report.data["backups"] = [{"id": b["id"], "files": sorted(b["files"])} for b in found]
-    return report
+    return backups.list_report(app)
 
 
 def restore(app, backup=None, database=None):  # pylint: disable=redefined-outer-name

@@ -122,3 +122,32 @@ def test_backups_stay_readable_when_the_deploy_key_changes(tmp_path, monkeypatch
         appliances.ApplianceError, match="does not open with the password derived from the deploy key"
     ):
         backups.backups(APP)
+
+
+def test_a_backup_checks_room_first_stores_every_stream_prunes_and_records(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        backups, "check_room", lambda app, need, what, folder: calls.append(("room", need, what))
+    )
+    monkeypatch.setattr(backups, "store", lambda app, backup_id, name, argv: calls.append(("store", name)))
+    monkeypatch.setattr(
+        backups, "prune", lambda app, keep: calls.append(("prune", keep)) or ["20260101T000000Z"]
+    )
+    monkeypatch.setattr(backups, "record", lambda app, ok: calls.append(("record", ok)))
+    report = backups.take(APP, 2**20, "a backup of shop", [("shop.dump", ["pg_dump"]), ("crm.dump", ["pg_dump"])],
+                          prepare=lambda: calls.append(("prepare",)))  # fmt: skip
+    assert calls == [("room", 2**20, "a backup of shop"), ("prepare",), ("store", "shop.dump"),
+                     ("store", "crm.dump"), ("prune", 2), ("record", True)]  # fmt: skip
+    assert report.ok and report.lines[0].startswith(
+        f"ok   backup {report.data['backup']}: shop.dump, crm.dump (1.0 MB"
+    )
+    assert report.lines[1] == "info removed the backups beyond the 2 kept: 20260101T000000Z"
+
+    def no_room(app, need, what, folder):
+        raise appliances.ApplianceError("not enough room")
+
+    calls.clear()
+    monkeypatch.setattr(backups, "check_room", no_room)
+    with pytest.raises(appliances.ApplianceError):
+        backups.take(APP, 2**40, "a backup of shop", [("shop.dump", ["pg_dump"])])
+    assert calls == [("record", False)]  # nothing stored; the failure is in the metrics
