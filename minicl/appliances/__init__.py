@@ -22,6 +22,7 @@ scrapes it (see minicl.monitor), and both ports answer cluster hosts only (minic
 import hashlib
 import hmac
 import importlib
+import subprocess
 from dataclasses import dataclass, field
 
 from minicl import paths
@@ -67,6 +68,23 @@ class Report:
 
 def verb_function(module_, verb):
     return getattr(module_, "list_backups" if verb == "list" else verb)
+
+
+def systemctl(*args, check=True):
+    """``systemctl`` with ``args``; an ApplianceError naming the command when it fails (unless
+    ``check`` is false: then the result says)."""
+    result = subprocess.run(["systemctl", *args], capture_output=True, text=True, check=False)
+    if check and result.returncode != 0:
+        raise ApplianceError(f"systemctl {' '.join(args)}: {result.stderr.strip() or result.stdout.strip()}")
+    return result
+
+
+def unit_active(unit):
+    return systemctl("is-active", "--quiet", unit, check=False).returncode == 0
+
+
+def unit_enabled(unit):
+    return systemctl("is-enabled", unit, check=False).stdout.strip() == "enabled"
 
 
 def module(kind):

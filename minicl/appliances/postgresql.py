@@ -24,7 +24,7 @@ import sys
 import time
 
 from minicl import paths
-from minicl.appliances import ApplianceError, Report, shared_secret
+from minicl.appliances import ApplianceError, Report, shared_secret, systemctl, unit_active, unit_enabled
 from minicl.files import read_file, write_file
 
 VERSION = "15"
@@ -170,16 +170,12 @@ def psql(sql, database="postgres", check=True):
     return result.stdout.strip() if result.returncode == 0 else None
 
 
-def systemctl(*args, check=True):
-    return run(["systemctl", *args], check=check)
-
-
 def running():
-    return systemctl("is-active", "--quiet", SERVICE, check=False).returncode == 0
+    return unit_active(SERVICE)
 
 
 def starts_at_boot():
-    return systemctl("is-enabled", BOOT_UNIT, check=False).stdout.strip() == "enabled"
+    return unit_enabled(BOOT_UNIT)
 
 
 def wait_ready(seconds=30):

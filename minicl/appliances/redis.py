@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass
 
 from minicl import paths
-from minicl.appliances import ApplianceError, Report, shared_secret
+from minicl.appliances import ApplianceError, Report, shared_secret, systemctl, unit_active, unit_enabled
 from minicl.files import read_file, write_file
 
 PACKAGE = "redis-server"
@@ -224,19 +224,12 @@ def server(app, address="127.0.0.1", timeout=5):
     return Server("replica", master=master, link=link, epoch=epoch, info=info)
 
 
-def systemctl(*args, check=True):
-    result = subprocess.run(["systemctl", *args], capture_output=True, text=True, check=False)
-    if check and result.returncode != 0:
-        raise ApplianceError(f"systemctl {' '.join(args)}: {result.stderr.strip()}")
-    return result
-
-
 def running():
-    return systemctl("is-active", "--quiet", SERVICE, check=False).returncode == 0
+    return unit_active(SERVICE)
 
 
 def starts_at_boot():
-    return systemctl("is-enabled", SERVICE, check=False).stdout.strip() == "enabled"
+    return unit_enabled(SERVICE)
 
 
 def wait_ready(app, seconds=30):
