@@ -7,6 +7,7 @@
 
 A commit's files are written once (``export``: the free space is checked first, and a failure
 leaves no partial folder), ``live`` is switched atomically, and old checkouts are pruned.
+``write_tree`` (the no-partial-folder writer) also writes the pinned minicl's files.
 """
 
 import errno
@@ -77,15 +78,7 @@ class Checkouts:
         target = os.path.join(self.checkouts_dir, commit.hexsha)
         if not os.path.isdir(target):
             self._check_room(commit)
-            staging = target + ".tmp"
-            shutil.rmtree(staging, ignore_errors=True)
-            try:
-                os.mkdir(staging, 0o700)
-                export_tree(commit.tree, staging)
-                os.rename(staging, target)
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
+            write_tree(commit.tree, target, 0o700)
         os.utime(target)  # newest first when pruning, even for a commit that comes back
         return target
 
@@ -133,6 +126,20 @@ class Checkouts:
         entries.sort(key=os.path.getmtime, reverse=True)
         for path in entries[KEEP_CHECKOUTS - 1 :]:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def write_tree(tree, target, mode):
+    """Write a git tree's files to the new folder ``target`` (made with ``mode``), through
+    ``target + ".tmp"`` and one rename: a failure leaves no partial folder behind."""
+    staging = target + ".tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        os.mkdir(staging, mode)
+        export_tree(tree, staging)
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def export_tree(tree, root):

@@ -4,7 +4,9 @@ one branch incrementally from the remote (objects fsck-checked).
 The mirror is only a cache: a damaged one is re-created and fetched again in the same run, and
 ``*.lock`` files a killed git left behind are removed (both under the update lock). Also here:
 the ssh command git fetches with, how a fetch failure and a URL are told (``safe_url`` hides
-passwords), and how the branch moved between two commits (``Mirror.branch_move``).
+passwords), and how the branch moved between two commits (``Mirror.branch_move``). The bare
+repo's creation, stale locks and re-creation (``bare_repo``, ``fetch_recreating``) serve the
+pinned minicl's mirror too (``minicl.pin.SourceMirror``).
 """
 
 import logging
@@ -62,13 +64,79 @@ _LOCAL_DAMAGE = (
 _DISK_FULL = ("diskspace", "No space left")
 
 
-def _git_error_text(exc):
+def git_error_text(exc):
     """The lines of a failed git command's stderr that say why, without git's advice."""
     text = getattr(exc, "stderr", "") or str(exc)
     text = text.replace("stderr:", "").strip().strip("'")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     useful = [line for line in lines if not line.startswith(_GIT_BOILERPLATE) and not line.startswith("@")]
     return " / ".join((useful or lines)[-3:]) or "git failed"
+
+
+def bare_repo(path, url):
+    """The bare repo at ``path`` as a git.Repo, created if missing (objects fsck-checked on
+    fetch), its remote "origin" set to ``url``."""
+    if os.path.isdir(path):
+        repo = git.Repo(path)
+    else:
+        repo = git.Repo.init(path, bare=True, mkdir=True)
+        with repo.config_writer() as cfg:
+            cfg.set_value("fetch", "fsckObjects", "true")
+            # gc --auto runs inside the fetch, under the update lock: no git outlives
+            # update(), so a *.lock found under that lock is always stale.
+            cfg.set_value("gc", "autoDetach", "false")
+    if "origin" in [r.name for r in repo.remotes]:
+        if repo.remotes.origin.url != url:
+            repo.remotes.origin.set_url(url)
+    else:
+        repo.create_remote("origin", url)
+    return repo
+
+
+def fetch_recreating(path, fetch_once):
+    """``fetch_once()``'s answer, fetching into the bare repo at ``path`` (under the update lock).
+
+    *.lock files a killed git left there are removed first. A damaged repo is only a cache: it
+    is re-created and ``fetch_once()`` runs once more (one full fetch), at once, rather than
+    failing or re-downloading the history on every run. A failure of the remote or the network
+    (the repo is fine) or a full disk is raised (git.GitCommandError)."""
+    if os.path.isdir(path):
+        remove_stale_locks(path)
+    try:
+        return fetch_once()
+    except git.GitCommandError as exc:
+        said = str(getattr(exc, "stderr", "") or "")
+        if any(hint in said for hint in _DISK_FULL):
+            raise  # deleting the repo would not make room for fetching it again
+        if not (any(hint in said for hint in _LOCAL_DAMAGE) or _is_broken(path)):
+            raise  # the remote or the network: the repo is fine
+        why = git_error_text(exc)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError, ValueError) as exc:
+        why = f"{type(exc).__name__}: {exc}"  # GitPython cannot even read it
+    log.warning("minicl: the git mirror %s is damaged (%s); re-creating it", path, why)
+    shutil.rmtree(path)
+    return fetch_once()
+
+
+def remove_stale_locks(path):
+    """*.lock files a killed git left in the bare repo at ``path`` (called under the update lock)."""
+    for folder, _dirs, files in os.walk(path):
+        if os.path.relpath(folder, path).startswith("objects"):
+            continue
+        for name in files:
+            if name.endswith(".lock"):
+                lock = os.path.join(folder, name)
+                log.warning("minicl: removing stale git lock %s", lock)
+                os.unlink(lock)
+
+
+def _is_broken(path):
+    """Whether the repo at ``path`` itself is damaged (a local check, no network)."""
+    try:
+        git.Repo(path).git.fsck("--connectivity-only", "--no-dangling", "--no-progress")
+        return False
+    except Exception:  # pylint: disable=broad-except  # cannot open it: config, HEAD, refs, packs
+        return True
 
 
 class Mirror:
@@ -81,45 +149,14 @@ class Mirror:
 
     def repo(self):
         """The mirror's git.Repo, created if missing; origin set to ``url``."""
-        if os.path.isdir(self.path):
-            repo = git.Repo(self.path)
-        else:
-            repo = git.Repo.init(self.path, bare=True, mkdir=True)
-            with repo.config_writer() as cfg:
-                cfg.set_value("fetch", "fsckObjects", "true")
-                # gc --auto runs inside the fetch, under the update lock: no git outlives
-                # update(), so a *.lock found under that lock is always stale.
-                cfg.set_value("gc", "autoDetach", "false")
-        if "origin" in [r.name for r in repo.remotes]:
-            if repo.remotes.origin.url != self.url:
-                repo.remotes.origin.set_url(self.url)
-        else:
-            repo.create_remote("origin", self.url)
-        return repo
+        return bare_repo(self.path, self.url)
 
     def fetch(self, ssh_command, timeout, live=None):
         """Fetch the branch into the mirror (under the update lock); returns the sha of its tip.
         ``ssh_command``: the GIT_SSH_COMMAND; git is killed after 4 x ``timeout`` seconds; the
         trees of a new tip are read through (those of ``live``, the live commit, are not).
-
-        A damaged mirror is only a cache: it is re-created and fetched once more (one full
-        fetch), at once, rather than failing or re-downloading the history on every run."""
-        if os.path.isdir(self.path):
-            self._remove_stale_locks()
-        try:
-            return self._fetch_once(ssh_command, timeout, live)
-        except git.GitCommandError as exc:
-            said = str(getattr(exc, "stderr", "") or "")
-            if any(hint in said for hint in _DISK_FULL):
-                raise  # deleting the mirror would not make room for fetching it again
-            if not (any(hint in said for hint in _LOCAL_DAMAGE) or self._is_broken()):
-                raise  # the remote or the network: the mirror is fine
-            why = _git_error_text(exc)
-        except (git.InvalidGitRepositoryError, git.NoSuchPathError, ValueError) as exc:
-            why = f"{type(exc).__name__}: {exc}"  # GitPython cannot even read it
-        log.warning("minicl: the git mirror %s is damaged (%s); re-creating it", self.path, why)
-        shutil.rmtree(self.path)
-        return self._fetch_once(ssh_command, timeout, live)
+        A damaged mirror is re-created in the same run (``fetch_recreating``)."""
+        return fetch_recreating(self.path, lambda: self._fetch_once(ssh_command, timeout, live))
 
     def _fetch_once(self, ssh_command, timeout, live):
         repo = self.repo()
@@ -142,29 +179,10 @@ class Mirror:
     def fetch_error(self, exc, cache_dir):
         """What a status says about a failed fetch (a git.GitCommandError); for a full disk,
         with the space left in ``cache_dir``."""
-        text = _git_error_text(exc)
+        text = git_error_text(exc)
         if any(hint in text for hint in _DISK_FULL):  # git names its temporary file only
             text += f" ({self.path}: {mb(shutil.disk_usage(cache_dir).free)} free)"
         return f"fetching {safe_url(self.url)} (branch {self.branch}) failed: {text}"
-
-    def _remove_stale_locks(self):
-        """*.lock files a killed git left in the mirror (called under the update lock)."""
-        for folder, _dirs, files in os.walk(self.path):
-            if os.path.relpath(folder, self.path).startswith("objects"):
-                continue
-            for name in files:
-                if name.endswith(".lock"):
-                    path = os.path.join(folder, name)
-                    log.warning("minicl: removing stale git lock %s", path)
-                    os.unlink(path)
-
-    def _is_broken(self):
-        """Whether the mirror itself is damaged (a local check, no network)."""
-        try:
-            git.Repo(self.path).git.fsck("--connectivity-only", "--no-dangling", "--no-progress")
-            return False
-        except Exception:  # pylint: disable=broad-except  # cannot open it: config, HEAD, refs, packs
-            return True
 
     def branch_move(self, live, fetched):
         """A sentence if the branch went back to an ancestor of the live commit, or was rewritten."""
