@@ -1,7 +1,8 @@
 """The local copy of the config repo: fetch, validate, switch the live checkout atomically.
 
-A commit goes live only if its cluster.json validates and (given a ``check``, as the pillar
-does) this host's highstate renders from it. When the remote is unreachable, the new commit is
+A commit goes live only if its cluster.json validates, the minicl it pins (if any, a git
+submodule at ``minicl``: ``minicl.pin``) is consistent and fetched, and (given a ``check``, as
+the pillar does) this host's highstate renders from it. When the remote is unreachable, the new commit is
 invalid, the disk is full, or anything else goes wrong, the live checkout stays as it is and
 the status says why (also when status.json itself cannot be written: ``last_status``).
 ``live`` only moves while no other run holds ``runs.lock``, so a run's pillar and the SLS
@@ -15,8 +16,9 @@ recorded as pending and goes live on the next run.
 ``ConfigRepo`` decides which commit is live: it judges commits (validation, render verdicts)
 and runs an update. The work is done beside it: ``minicl.mirror`` (the git mirror),
 ``minicl.checkouts`` (the checkouts, ``live`` and the verdicts), ``minicl.statusrecord``
-(status.json and ``last_status``), ``minicl.runlock`` (the update lock and the run lock) and
-``minicl.diskspace`` (``NoRoom``, how an error is told). The names other code uses from those
+(status.json and ``last_status``), ``minicl.runlock`` (the update lock and the run lock),
+``minicl.pin`` (the pinned minicl and its mirror) and ``minicl.diskspace`` (``NoRoom``, how an
+error is told). The names other code uses from those
 modules are importable from here too.
 """
 
@@ -32,6 +34,7 @@ from minicl.config import Cluster, ConfigError, Problem, bounded, load_cluster, 
 from minicl.diskspace import NoRoom, describe
 from minicl.errors import MiniclError
 from minicl.mirror import Mirror, git_ssh_command, safe_url
+from minicl.pin import PinError, PinFetchError, SourceMirror, pin_of
 from minicl.runlock import LOCK_WAIT, lock_holders
 from minicl.statusrecord import ERROR_CHARS, last_status
 
@@ -74,6 +77,7 @@ class ConfigRepo:
     /var/lib/minicl, always mode 0700)::
 
         mirror.git/          bare repo, fetched incrementally (objects fsck-checked) from the remote
+        minicl.git/          bare repo of the minicl source the commits pin (made at the first pin)
         checkouts/<sha>/     exact trees of good commits, written from git's objects (newest few kept)
         live -> checkouts/<sha>   what the pillar and the state tree read; replaced with rename(2)
         status.json          last good commit, last good fetch, last error and bad commit
@@ -82,7 +86,7 @@ class ConfigRepo:
         lock                 flock(2): one update at a time
         runs.lock            flock(2): shared by every run from its pillar compile until it exits
 
-    mirror.git is ``minicl.mirror``'s; checkouts, live and verdicts.json are
+    mirror.git is ``minicl.mirror``'s; minicl.git is ``minicl.pin``'s; checkouts, live and verdicts.json are
     ``minicl.checkouts``'s; status.json is ``minicl.statusrecord``'s; the two locks are
     ``minicl.runlock``'s.
     """
@@ -97,6 +101,7 @@ class ConfigRepo:
         self.known_hosts = known_hosts
         self.timeout = int(timeout)
         self.mirror_dir = os.path.join(cache_dir, "mirror.git")
+        self.source_mirror_dir = os.path.join(cache_dir, "minicl.git")
         self.checkouts_dir = os.path.join(cache_dir, "checkouts")
         self.live_path = os.path.join(cache_dir, "live")
         self.status_path = statusrecord.status_path(cache_dir)
@@ -112,6 +117,10 @@ class ConfigRepo:
     def _checkouts(self):
         return Checkouts(self.cache_dir, self.checkouts_dir, self.live_path, self.verdicts_path)
 
+    def source_mirror(self, pin):
+        """The minicl.pin.SourceMirror that holds ``pin``'s commit (a minicl.pin.Pin)."""
+        return SourceMirror(self.source_mirror_dir, pin.url)
+
     # -- reading -----------------------------------------------------------------------
 
     def live_commit(self):
@@ -120,6 +129,28 @@ class ConfigRepo:
 
     def status(self):
         return statusrecord.read_status(self.status_path)
+
+    def live_pin(self):
+        """The minicl.pin.Pin of the live commit (the minicl it pins; fetched into minicl.git
+        before it went live), or None: no live commit, or it pins none. Raises PinError if the
+        live commit cannot be read from mirror.git or its pin is inconsistent (it went live
+        under a minicl that did not read pins)."""
+        live = self.live_commit()
+        if live is None:
+            return None
+        try:
+            with git.Repo(self.mirror_dir) as repo:
+                return pin_of(repo.commit(live), self.url)
+        except (ValueError, git.BadName, git.BadObject, git.GitCommandError) as exc:
+            raise PinError(
+                f"the live commit {live[:12]} cannot be read from {self.mirror_dir} "
+                f"({type(exc).__name__}: {exc}); the next update fetches the branch again"
+            ) from exc
+        except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
+            raise PinError(
+                f"the live commit {live[:12]} cannot be read: {self.mirror_dir} is missing or "
+                f"damaged ({type(exc).__name__}); the next update fetches the branch again"
+            ) from exc
 
     def live_cluster(self):
         """The Cluster of the live checkout (``.commit`` says which); NoGoodCommit if none."""
@@ -225,13 +256,21 @@ class ConfigRepo:
         commit = mirror.repo().commit(fetched)
         try:
             cluster = self._validate_commit(commit)
+            self._fetch_pin(commit, accept_new_host_key)
             cluster.commit = fetched
             target = checkouts.export(commit)
             checkouts.record_verdict(fetched, valid=release.fingerprint())
             problems = self._render_problems(check, fetched, cluster)
             if problems:
                 raise DoesNotRender(problems)
-        except (ConfigError, UnsafeTree, DoesNotRender) as exc:
+        except PinFetchError as exc:  # not the commit's fault: the next run tries again
+            status["error"] = bounded(
+                f"commit {fetched[:12]} pins minicl {exc.commit[:12]} which could not be fetched from "
+                f"{safe_url(exc.url)}: {exc.why}; the last good commit keeps running",
+                ERROR_CHARS,
+            )
+            return self._save(status)
+        except (ConfigError, UnsafeTree, DoesNotRender, PinError) as exc:
             if isinstance(exc, DoesNotRender):
                 why, detail = "does not render on this host", "\n".join(exc.problems.values())
             else:
@@ -278,6 +317,14 @@ class ConfigRepo:
             raise ConfigError([Problem("", "is missing from the top of the config repo", source)])
         text = (commit.tree / "cluster.json").data_stream.read().decode("utf-8", errors="replace")
         return load_cluster(text, source=source, repo_files=files)
+
+    def _fetch_pin(self, commit, accept_new_host_key):
+        """Fetch the minicl ``commit`` pins (if any) into minicl.git. PinError if its pin is
+        inconsistent (a bad commit); PinFetchError if it cannot be fetched now."""
+        pin = pin_of(commit, self.url)
+        if pin is not None:
+            log.debug("minicl: commit %s pins minicl %s", commit.hexsha[:12], pin.commit[:12])
+            self.source_mirror(pin).ensure(pin.commit, self.ssh_command(accept_new_host_key), self.timeout)
 
     @staticmethod
     def _verdict_key(check):

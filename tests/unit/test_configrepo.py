@@ -4,11 +4,13 @@ import json
 import multiprocessing
 import os
 import pathlib
+import shutil
 import subprocess
 
 import pytest
 
 from minicl.configrepo import KEEP_CHECKOUTS, ConfigRepo, NoGoodCommit, safe_url
+from minicl.pin import PinError
 
 EXAMPLE = pathlib.Path(__file__).parents[2] / "cluster.json.example"
 
@@ -503,3 +505,139 @@ def test_an_unreachable_remote_leaves_the_mirror_alone(repo, remote, tmp_path):
     status = repo.update()
     assert status["error"].startswith("fetching file://")
     assert os.path.exists(marker)  # not re-created
+
+
+# --- the minicl the config repo pins (a git submodule at minicl) ---------------------------
+
+
+@pytest.fixture
+def minicl_source(tmp_path):
+    """minicl's repository, next to the config repo's remote (so ../minicl-src reaches it)."""
+    path = tmp_path / "minicl-src"
+    path.mkdir()
+    git(path, "init", "-q", "-b", "main")
+    git(path, "config", "user.name", "t")
+    git(path, "config", "user.email", "t@example.org")
+    commit(path, {"minicl/__init__.py": "VERSION = 1\n"}, "minicl 1")
+    return path
+
+
+def pin_minicl(remote, url):
+    """Pin minicl as a submodule of the config repo; returns (config commit, pinned commit)."""
+    git(remote, "-c", "protocol.file.allow=always", "submodule", "add", "-q", url, "minicl")
+    git(remote, "commit", "-q", "-m", "pin minicl")
+    return git(remote, "rev-parse", "HEAD"), git(remote, "rev-parse", "HEAD:minicl")
+
+
+def test_without_a_pin_nothing_is_fetched(repo, remote):
+    commit(remote, {"cluster.json": example(), "deploy.key": "k\n"})
+    assert "error" not in repo.update()
+    assert repo.live_pin() is None
+    assert not os.path.exists(repo.source_mirror_dir)
+
+
+def test_no_live_commit_has_no_pin(repo):
+    assert repo.live_pin() is None
+
+
+def test_the_pinned_minicl_is_fetched_before_the_commit_goes_live(repo, remote, minicl_source, tmp_path):
+    commit(remote, {"cluster.json": example(), "deploy.key": "k\n"})
+    config_sha, pinned = pin_minicl(remote, f"file://{minicl_source}")
+    status = repo.update()
+    assert status["commit"] == config_sha and "error" not in status
+    pin = repo.live_pin()
+    assert pin == (pinned, f"file://{minicl_source}")
+    source = repo.source_mirror(pin)
+    assert source.path == os.path.join(repo.cache_dir, "minicl.git") and source.has(pinned)
+    source.export(pin.commit, str(tmp_path / "exported"))
+    assert (tmp_path / "exported" / "minicl" / "__init__.py").read_text() == "VERSION = 1\n"
+    assert not (pathlib.Path(repo.live_path) / "minicl").exists()  # the config checkout leaves it out
+
+
+def test_a_relative_pin_url_is_resolved_against_the_config_repo_url(repo, remote, minicl_source):
+    commit(remote, {"cluster.json": example()})
+    config_sha, pinned = pin_minicl(remote, "../minicl-src")
+    assert repo.update()["commit"] == config_sha
+    assert repo.live_pin() == (pinned, f"file://{minicl_source}")
+    assert repo.source_mirror(repo.live_pin()).has(pinned)
+
+
+def test_an_unreachable_pin_is_retried_and_not_a_bad_commit(repo, remote, minicl_source, tmp_path):
+    good = commit(remote, {"cluster.json": example()})
+    repo.update()
+    config_sha, pinned = pin_minicl(remote, f"file://{minicl_source}")
+    os.rename(minicl_source, tmp_path / "away")
+    status = repo.update()
+    assert status["commit"] == good and repo.live_commit() == good
+    assert "bad_commit" not in status
+    assert status["error"].startswith(
+        f"commit {config_sha[:12]} pins minicl {pinned[:12]} which could not be fetched from "
+        f"file://{minicl_source}: "
+    )
+    assert status["error"].endswith("; the last good commit keeps running")
+    assert repo.live_pin() is None
+    os.rename(tmp_path / "away", minicl_source)
+    status = repo.update()
+    assert status["commit"] == config_sha and "error" not in status
+    assert repo.live_pin().commit == pinned
+
+
+def test_a_pin_that_was_not_pushed_is_retried_once_pushed(repo, remote, minicl_source, tmp_path):
+    commit(remote, {"cluster.json": example()})
+    clone = tmp_path / "workstation-minicl"
+    git(tmp_path, "clone", "-q", str(minicl_source), str(clone))
+    git(clone, "config", "user.name", "t")
+    git(clone, "config", "user.email", "t@example.org")
+    unpushed = commit(clone, {"minicl/__init__.py": "VERSION = 2\n"}, "minicl 2")
+    git(
+        remote,
+        "-c",
+        "protocol.file.allow=always",
+        "submodule",
+        "add",
+        "-q",
+        f"file://{minicl_source}",
+        "minicl",
+    )
+    git(remote, "update-index", "--cacheinfo", f"160000,{unpushed},minicl")
+    git(remote, "commit", "-q", "-m", "pin an unpushed minicl")
+    config_sha = git(remote, "rev-parse", "HEAD")
+    status = repo.update()
+    assert repo.live_commit() is None and "bad_commit" not in status
+    assert f"pins minicl {unpushed[:12]} which could not be fetched" in status["error"]
+    assert "(was it pushed?)" in status["error"]
+    git(clone, "push", "-q", "origin", "HEAD:refs/heads/next")
+    assert repo.update()["commit"] == config_sha
+    assert repo.live_pin().commit == unpushed
+
+
+def test_a_gitlink_without_gitmodules_is_a_bad_commit(repo, remote, minicl_source):
+    good = commit(remote, {"cluster.json": example()})
+    repo.update()
+    pinned = git(minicl_source, "rev-parse", "HEAD")
+    git(remote, "update-index", "--add", "--cacheinfo", f"160000,{pinned},minicl")
+    git(remote, "commit", "-q", "-m", "gitlink only")
+    bad = git(remote, "rev-parse", "HEAD")
+    status = repo.update()
+    assert status["commit"] == good and status["bad_commit"] == bad
+    assert status["error"] == (
+        f"commit {bad[:12]} is invalid and was not applied:\n"
+        f"minicl: pinned at {pinned[:12]} (a git submodule), but .gitmodules has no submodule with "
+        "path = minicl, so the hosts cannot know where to fetch it from; add one: "
+        "git config -f .gitmodules submodule.minicl.path minicl && git config -f .gitmodules "
+        "submodule.minicl.url <URL of minicl's repository> && git add .gitmodules"
+    )
+    assert not os.path.exists(repo.source_mirror_dir)
+
+
+def test_live_pin_without_the_mirror_says_why(repo, remote, minicl_source):
+    commit(remote, {"cluster.json": example()})
+    config_sha, _ = pin_minicl(remote, f"file://{minicl_source}")
+    repo.update()
+    shutil.rmtree(repo.mirror_dir)
+    with pytest.raises(
+        PinError, match=f"the live commit {config_sha[:12]} cannot be read: .*mirror.git is missing"
+    ):
+        repo.live_pin()
+    assert repo.update()["commit"] == config_sha
+    assert repo.live_pin() is not None
