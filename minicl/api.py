@@ -9,6 +9,7 @@ users, addresses and roles, and see what a host would get. The ``minicl`` comman
     print(sorted(cluster.users))                # user names; cluster.users[name] is their entry
     print(cluster.addresses())                  # {"v4": [...], "v6": [...]} of every host
     print(api.problems("other/cluster.json"))   # [] if valid, else one line per problem
+    print(api.pin_problems("/path/to/config-repo"))   # the minicl it pins (a git submodule)
     alpha = api.host(cluster, "alpha")          # what alpha gets:
     alpha["states"]                             #   the SLS files of its roles
     alpha["files"]["/etc/nftables.d/minicl.nft"]   # the firewall ruleset minicl renders for it
@@ -19,10 +20,19 @@ nothing here touches the machine it runs on.
 
 import os
 
-from minicl import config, hostview
+from minicl import config, hostview, pin
 from minicl.config import Cluster, ConfigError
 
-__all__ = ["Cluster", "ConfigError", "host", "load", "loads", "problems", "repo_files_on_disk"]
+__all__ = [
+    "Cluster",
+    "ConfigError",
+    "host",
+    "load",
+    "loads",
+    "pin_problems",
+    "problems",
+    "repo_files_on_disk",
+]
 
 
 def repo_files_on_disk(repo_dir):
@@ -53,7 +63,12 @@ def load(path):
 
 def problems(path):
     """Every problem of a cluster.json file, one line each, as ``minicl validate`` prints them;
-    [] if it is valid."""
+    [] if it is valid. At the top of a git work tree, the problems of the minicl it pins too
+    (``pin_problems``)."""
+    return _cluster_problems(path) + pin_problems(os.path.dirname(os.path.abspath(path)))
+
+
+def _cluster_problems(path):
     try:
         load(path)
     except ConfigError as exc:
@@ -63,6 +78,15 @@ def problems(path):
     except UnicodeDecodeError as exc:
         return [f"{path}: not UTF-8 text (byte {exc.start})"]
     return []
+
+
+def pin_problems(repo_dir, staged=False):
+    """The problems of the minicl the config repo at ``repo_dir`` (the top of its git work tree)
+    pins as a git submodule at ``minicl``, one line each; [] if it pins none or all is well.
+    The gitlink in the index and .gitmodules (in the work tree; with ``staged``, in the index)
+    must agree; with ``staged``, the submodule's checkout must also be at the staged commit,
+    hold it, and have no uncommitted changes."""
+    return pin.worktree_problems(repo_dir, staged=staged)
 
 
 def host(cluster, name):

@@ -2,6 +2,9 @@
 
 minicl validate [PATH]      # PATH defaults to ./cluster.json; exit 0 valid, 1 invalid
 minicl validate --staged    # the staged cluster.json of the git repo here (pre-commit hook)
+
+Both also check the minicl the config repo pins (a git submodule at ``minicl``), when PATH's
+folder is the top of a git work tree; ``--staged`` also checks the submodule's checkout.
 minicl show HOST [PATH]     # what HOST gets from cluster.json: roles, SLS files, rendered files
 minicl show HOST --file /etc/nftables.d/minicl.nft   # one rendered file's text
 """
@@ -29,7 +32,8 @@ def _git(*args, cwd=None):
 
 
 def validate_staged(repo_dir="."):
-    """Problems of what ``git commit`` is about to record: cluster.json and deploy.key."""
+    """Problems of what ``git commit`` is about to record: cluster.json, deploy.key and the
+    minicl it pins (if any)."""
     listed = _git("ls-files", "--cached", "-z", cwd=repo_dir)
     if listed.returncode != 0:
         return [f"{os.path.abspath(repo_dir)}: not a git repository ({listed.stderr.decode().strip()})"]
@@ -40,14 +44,18 @@ def validate_staged(repo_dir="."):
             "deploy.key: missing from the commit; the hosts read the repo with it "
             "(ssh-keygen -t ed25519 -N '' -f deploy.key; git add deploy.key)"
         )
+    return problems + _staged_cluster_problems(repo_dir, files) + api.pin_problems(repo_dir, staged=True)
+
+
+def _staged_cluster_problems(repo_dir, files):
     if "cluster.json" not in files:
-        return problems + ["cluster.json: missing from the commit (git add cluster.json)"]
+        return ["cluster.json: missing from the commit (git add cluster.json)"]
     staged = _git("show", ":cluster.json", cwd=repo_dir)
     try:
         text = staged.stdout.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return problems + [f"cluster.json: not UTF-8 text (byte {exc.start})"]
-    return problems + _problems(text, "cluster.json", files)
+        return [f"cluster.json: not UTF-8 text (byte {exc.start})"]
+    return _problems(text, "cluster.json", files)
 
 
 def _problems(text, source, repo_files):
@@ -66,7 +74,7 @@ def main(argv=None):
     check.add_argument(
         "--staged",
         action="store_true",
-        help="check the staged cluster.json and deploy.key of the git repo here",
+        help="check the staged cluster.json, deploy.key and minicl pin of the git repo here",
     )
     check.add_argument("-q", "--quiet", action="store_true", help="print problems only")
     show = sub.add_parser("show", help="what a host gets from cluster.json")

@@ -403,9 +403,11 @@ def _checkout_problems(repo_dir, sha):
             f"{PIN_PATH} to go back"
         )
     dirty = _git(os.path.join(repo_dir, PIN_PATH), "status", "--porcelain", "-z", submodule=True)
-    changed = [record[3:] for record in dirty.stdout.split("\0") if len(record) > 3]
-    if dirty.returncode != 0 or changed:
-        what = ", ".join(changed[:3]) + (", ..." if len(changed) > 3 else "") or _stderr_text(dirty)
+    changed = _changed_paths(dirty.stdout)
+    if dirty.returncode != 0:
+        problems.append(f"{PIN_PATH}: git status failed in the submodule: {_stderr_text(dirty)}")
+    elif changed:
+        what = ", ".join(changed[:3]) + (", ..." if len(changed) > 3 else "")
         problems.append(
             f"{PIN_PATH}: the submodule has uncommitted changes ({what}); commit them in minicl's "
             f"repository and push, then git add {PIN_PATH}"
@@ -418,6 +420,17 @@ def _checkout_problems(repo_dir, sha):
             f"(git -C {PIN_PATH} checkout <commit> && git add {PIN_PATH})"
         )
     return problems
+
+
+def _changed_paths(porcelain):
+    """The paths of ``git status --porcelain -z`` (a rename's or copy's source left out)."""
+    paths, records = [], iter(porcelain.split("\0"))
+    for record in records:
+        if len(record) > 3:
+            paths.append(record[3:])
+            if record[0] in "RC":
+                next(records, None)
+    return paths
 
 
 def _git(cwd, *args, submodule=False):

@@ -483,3 +483,174 @@ def test_hook_bypassed_with_no_verify(hooked_repo, bad_text):
     done = git(repo, "commit", "-q", "--no-verify", "-m", "forced", env=env, check=False)
     assert done.returncode == 0, done.stderr
     assert commit_count(repo, env) == 1
+
+
+# --- the minicl the config repo pins (a git submodule at minicl) ---------------------------
+
+UNCOMMITTED = (
+    "minicl: the submodule has uncommitted changes ({}); commit them in minicl's repository "
+    "and push, then git add minicl"
+)
+
+
+@pytest.fixture
+def minicl_source(tmp_path, git_env):
+    path = tmp_path / "minicl-src"
+    path.mkdir()
+    git(path, "init", "-q", "-b", "main")
+    (path / "setup.py").write_text("# minicl\n")
+    git(path, "add", "setup.py")
+    git(path, "-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-q", "-m", "minicl 1")
+    return path
+
+
+@pytest.fixture
+def pinned(repo, minicl_source, good_text):
+    """The repo with cluster.json, deploy.key and minicl pinned, all staged; the pinned sha."""
+    stage(repo, {"cluster.json": good_text, "deploy.key": "dummy deploy key\n"})
+    git(
+        repo,
+        "-c",
+        "protocol.file.allow=always",
+        "submodule",
+        "add",
+        "-q",
+        f"file://{minicl_source}",
+        "minicl",
+    )
+    git(repo / "minicl", "config", "user.name", "t")
+    git(repo / "minicl", "config", "user.email", "t@example.org")
+    return git(repo, "rev-parse", ":minicl").stdout.strip()
+
+
+def test_a_clean_pin_validates(pinned, repo, capsys, monkeypatch):
+    assert staged(capsys, repo, monkeypatch) == (0, "staged cluster.json: valid\n", "")
+    assert run_main(capsys, "validate", "cluster.json") == (0, "cluster.json: valid\n", "")
+
+
+def test_a_staged_gitlink_without_gitmodules(pinned, repo, capsys, monkeypatch):
+    git(repo, "rm", "-q", "--cached", ".gitmodules")  # still in the work tree
+    code, out, err = staged(capsys, repo, monkeypatch)
+    assert (code, out) == (1, "")
+    assert err.splitlines() == [
+        f"minicl: pinned at {pinned[:12]} (a git submodule), but .gitmodules has no submodule with "
+        "path = minicl, so the hosts cannot know where to fetch it from; add one: "
+        "git config -f .gitmodules submodule.minicl.path minicl && git config -f .gitmodules "
+        "submodule.minicl.url <URL of minicl's repository> && git add .gitmodules",
+        REFUSED,
+    ]
+    # the plain check reads the work tree's .gitmodules, which has it
+    assert run_main(capsys, "validate", "cluster.json") == (0, "cluster.json: valid\n", "")
+    (repo / ".gitmodules").unlink()
+    code, out, _ = run_main(capsys, "validate", "cluster.json")
+    assert code == 1 and out.startswith(f"minicl: pinned at {pinned[:12]} (a git submodule), but")
+
+
+def test_a_pin_without_url(pinned, repo, capsys, monkeypatch):
+    git(repo, "config", "-f", ".gitmodules", "--unset", "submodule.minicl.url")
+    git(repo, "add", ".gitmodules")
+    line = (
+        '.gitmodules: submodule "minicl" (path = minicl) has no url, so the hosts cannot know where '
+        "to fetch the pinned minicl from; set it: git config -f .gitmodules submodule.minicl.url "
+        "<URL of minicl's repository> && git add .gitmodules"
+    )
+    assert staged(capsys, repo, monkeypatch) == (1, "", f"{line}\n{REFUSED}\n")
+    assert run_main(capsys, "validate", "cluster.json") == (1, f"{line}\n", "")
+
+
+def test_a_gitmodules_section_for_a_plain_folder(repo, capsys, monkeypatch, good_text):
+    stage(repo, {"cluster.json": good_text, "deploy.key": "k\n", "minicl/copy.py": ""})
+    monkeypatch.chdir(repo)
+    assert run_main(capsys, "validate", "cluster.json") == (0, "cluster.json: valid\n", "")  # no pin
+    stage(repo, {".gitmodules": '[submodule "minicl"]\n\tpath = minicl\n\turl = ../minicl.git\n'})
+    code, out, _ = run_main(capsys, "validate", str(repo / "cluster.json"))
+    assert code == 1
+    assert out.startswith(
+        '.gitmodules: submodule "minicl" has path = minicl, but minicl is a folder of files in the '
+        "repo, not a pinned commit (a git submodule); pin minicl with git rm -r minicl && "
+    )
+
+
+def test_a_pin_is_only_checked_at_the_top_of_a_work_tree(pinned, repo, capsys, good_text):
+    git(repo, "rm", "-q", "--cached", ".gitmodules")
+    (repo / ".gitmodules").unlink()
+    (repo / "sub").mkdir()
+    (repo / "sub" / "cluster.json").write_text(good_text)
+    path = repo / "sub" / "cluster.json"
+    assert run_main(capsys, "validate", str(path)) == (0, f"{path}: valid\n", "")
+
+
+def test_a_dirty_submodule_is_refused(pinned, repo, capsys, monkeypatch):
+    (repo / "minicl" / "setup.py").write_text("# changed\n")
+    (repo / "minicl" / "new.py").write_text("")
+    code, out, err = staged(capsys, repo, monkeypatch)
+    assert (code, out) == (1, "")
+    assert err.splitlines() == [UNCOMMITTED.format("setup.py, new.py"), REFUSED]
+    # the plain check does not look at the submodule's checkout
+    assert run_main(capsys, "validate", "cluster.json") == (0, "cluster.json: valid\n", "")
+
+
+def test_a_checked_out_commit_that_is_not_the_pin_is_refused(pinned, repo, capsys, monkeypatch):
+    (repo / "minicl" / "setup.py").write_text("# minicl 2\n")
+    git(repo / "minicl", "commit", "-q", "-am", "minicl 2")
+    newer = git(repo / "minicl", "rev-parse", "HEAD").stdout.strip()
+    code, _, err = staged(capsys, repo, monkeypatch)
+    assert code == 1
+    assert err.splitlines() == [
+        f"minicl: the submodule has {newer[:12]} checked out but {pinned[:12]} is staged as the pin; "
+        "run git add minicl to pin the checked-out commit, or git submodule update minicl to go back",
+        REFUSED,
+    ]
+    git(repo, "add", "minicl")
+    assert staged(capsys, repo, monkeypatch) == (0, "staged cluster.json: valid\n", "")
+
+
+def test_a_staged_pin_the_submodule_does_not_have_is_refused(pinned, repo, capsys, monkeypatch):
+    missing = "1" * 40
+    git(repo, "update-index", "--cacheinfo", f"160000,{missing},minicl")
+    code, _, err = staged(capsys, repo, monkeypatch)
+    assert code == 1
+    lines = err.splitlines()
+    assert lines[0].startswith(
+        f"minicl: the submodule has {pinned[:12]} checked out but {missing[:12]} is staged"
+    )
+    assert lines[1:] == [
+        f"minicl: the staged pin {missing[:12]} is not a commit of minicl's repository in minicl/; fetch "
+        "it there (git -C minicl fetch) or pin a commit it has (git -C minicl checkout <commit> && "
+        "git add minicl)",
+        REFUSED,
+    ]
+
+
+def test_a_submodule_not_checked_out_is_fine(pinned, repo, capsys, monkeypatch, tmp_path):
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-q", "-m", "pinned")
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(repo), str(clone))
+    assert os.listdir(clone / "minicl") == []
+    assert git(clone, "submodule", "status").stdout.startswith("-")
+    assert staged(capsys, clone, monkeypatch) == (0, "staged cluster.json: valid\n", "")
+
+
+def test_hook_checks_the_pin(hooked_repo, minicl_source, good_text):
+    repo, env = hooked_repo
+    env = dict(env, PYTHONPATH=str(REPO_ROOT))  # the console script runs this tree's minicl
+    stage(repo, {"cluster.json": good_text, "deploy.key": "dummy deploy key\n"})
+    git(
+        repo,
+        "-c",
+        "protocol.file.allow=always",
+        "submodule",
+        "add",
+        "-q",
+        f"file://{minicl_source}",
+        "minicl",
+    )
+    (repo / "minicl" / "setup.py").write_text("# changed\n")
+    done = git(repo, "commit", "-q", "-m", "dirty pin", env=env, check=False)
+    assert done.returncode != 0
+    assert done.stderr.splitlines() == [UNCOMMITTED.format("setup.py"), REFUSED]
+    assert commit_count(repo, env) == 0
+    git(repo / "minicl", "checkout", "-q", "setup.py")
+    done = git(repo, "commit", "-q", "-m", "clean pin", env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    assert commit_count(repo, env) == 1
