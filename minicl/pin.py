@@ -281,7 +281,8 @@ class SourceMirror:
         """Have the commit (a sha) in the mirror: at once if it is there already, else fetched
         (every branch and tag, then the sha itself). ``ssh_command``: the GIT_SSH_COMMAND; git is
         killed after 4 x ``timeout`` seconds. Raises PinFetchError if it cannot be fetched (the
-        network, access, or PinNotFound: the repository does not have it)."""
+        network, access, or PinNotFound: the repository does not have it). Call it under the
+        config repo's update lock (``ConfigRepo.locked()``): it removes *.lock files as stale."""
         if not _SHA.fullmatch(commit):
             raise PinError(f"{PIN_PATH}: {commit!r} is not a commit sha; a pin is the full sha of a commit")
         try:
