@@ -23,6 +23,8 @@ files it renders come from the same commit). The pillar is always the live (last
       states:    SLS names of this host's roles (the top file applies them)
       status:    {ok, commit, commit_time, last_good_fetch, error, bad_commit, pending_commit, ...}
       applied_file: where the base role records the commit it converged to
+      release:   {pin: {commit, url}} of the minicl the live commit pins (the minicl submodule), or
+                 {pin: None}
 
 Before a new commit goes live, this host's highstate is rendered from it (masterless): a commit
 whose SLS files do not render here is a bad commit for this host. SLS files of the live commit
@@ -133,6 +135,9 @@ def _compile(config_repo, minion_id, applied_file):
     # The commit actually read; a pending commit goes live when no other run is in progress.
     status = dict(status, commit=cluster.commit, ok=not status.get("error"))
     pillar = hostview.pillar_for(cluster, minion_id, status, applied_file)
+    if pillar is not None:
+        pin = config_repo.live_pin()
+        pillar["minicl"]["release"] = {"pin": pin._asdict() if pin else None}
     if pillar is None:
         short = minion_id.split(".")[0]
         return _refuse(

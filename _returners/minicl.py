@@ -6,15 +6,18 @@ Each recorded run also leaves one line in the system log (``journalctl -t minicl
 minicl-minion.service, ``journalctl -u minicl-minion`` shows the scheduled ones).
 Only real highstates are recorded (``state.apply`` or ``state.highstate`` without an SLS and
 without ``test=True``; not one Salt refused because another run was in progress); then the
-host checks run too. See minicl.metrics for the metrics. ``minicl_textfile_dir`` in the minion
+host checks run too, and the failed states are kept for minicl's self-update
+(``last_run.json`` in the cache dir: a new release's first run is judged against them). See
+minicl.metrics for the metrics. ``minicl_textfile_dir`` in the minion
 config overrides the exporter's textfile directory (Debian's /var/lib/prometheus/node-exporter).
 """
 
 import logging
+import os
 import syslog
 
 try:
-    from minicl import configrepo, metrics, paths, statusrecord
+    from minicl import configrepo, metrics, paths, selfupdate, statusrecord
     from minicl.files import read_json
 
     HAS_MINICL = True
@@ -33,16 +36,23 @@ def __virtual__():
     return __virtualname__
 
 
+def _cache_dir():
+    """The config repo's cache dir: masterless, from the minicl external pillar's options."""
+    for entry in __opts__.get("ext_pillar") or []:
+        if isinstance(entry, dict) and "minicl" in entry:
+            return (entry["minicl"] or {}).get("cache_dir", paths.STATE_DIR)
+    return None
+
+
 def _config_status():
     """The config repo's status of this run: masterless, what this process's pillar compile
     found (even if status.json could not be written), else this host's status.json; under a
     master, the pillar's copy."""
-    for entry in __opts__.get("ext_pillar") or []:
-        if isinstance(entry, dict) and "minicl" in entry:
-            cache_dir = (entry["minicl"] or {}).get("cache_dir", paths.STATE_DIR)
-            return configrepo.last_status(cache_dir) or statusrecord.read_status(
-                statusrecord.status_path(cache_dir)
-            )
+    cache_dir = _cache_dir()
+    if cache_dir:
+        return configrepo.last_status(cache_dir) or statusrecord.read_status(
+            statusrecord.status_path(cache_dir)
+        )
     return (__pillar__.get("minicl") or {}).get("status") or {}
 
 
@@ -65,6 +75,17 @@ def returner(ret):
             status,
             applied.get("commit"),
             directory=__opts__.get("minicl_textfile_dir", metrics.TEXTFILE_DIR),
+        )
+        state_return = ret.get("return")
+        selfupdate.record_run(
+            [
+                key
+                for key, state in state_return.items()
+                if isinstance(state, dict) and state.get("result") is False
+            ]
+            if isinstance(state_return, dict)
+            else ["(nothing rendered)"],
+            _cache_dir() or os.path.dirname(applied_file or paths.APPLIED_FILE),
         )
         __salt__["minicl_checks.run"]()
     except Exception:  # pylint: disable=broad-except

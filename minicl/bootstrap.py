@@ -28,7 +28,7 @@ import sys
 
 import yaml
 
-from minicl import config, minion, netinfo, paths, saltext, schedule
+from minicl import config, minion, netinfo, paths, releases, saltext, schedule, selfupdate
 from minicl.configrepo import ConfigRepo, NoGoodCommit, safe_url
 from minicl.errors import MiniclError
 from minicl.files import write_file
@@ -133,7 +133,7 @@ def minion_config(args, minion_id):
         "id": minion_id,
         "file_client": "local",
         "master_type": "disable",  # salt-minion runs the schedule without a master
-        "file_roots": {"base": [saltext.states_dir(), os.path.join(args.cache_dir, "live")]},
+        "file_roots": {"base": [states_dir(), os.path.join(args.cache_dir, "live")]},
         "ext_pillar": [{"minicl": pillar_options(args)}],
         # After every job, minicl's returner records highstate results for the monitor.
         "return": "minicl",
@@ -214,9 +214,17 @@ def host_key_fingerprints(known_hosts, url):
     return [line for line in out.splitlines() if line and not line.startswith("#")]
 
 
+def states_dir():
+    """minicl's state tree as the minion config names it: through ``current`` when minicl runs
+    from a release, so the file follows a switch of releases."""
+    share = releases.share_dir()
+    return os.path.join(share, "states") if share else saltext.states_dir()
+
+
 def salt_program(name="salt-call"):
-    """A Salt program of this Python environment (the venv minicl is installed in)."""
-    candidate = os.path.join(os.path.dirname(sys.executable), name)
+    """A Salt program of minicl's venv: ``<root>/current/bin/<name>`` when minicl runs from a
+    release, else the one next to this Python."""
+    candidate = releases.program(name)
     found = candidate if os.path.exists(candidate) else shutil.which(name)
     if not found:
         raise BootstrapError(
@@ -235,13 +243,49 @@ def start_schedule(args):
             "(and from this host's init system at boot)"
         )
     try:
-        minion.install_and_restart(minion.unit_text(salt_minion, args.salt_config_dir), write_file)
+        minion.install_and_restart(
+            minion.unit_text(salt_minion, args.salt_config_dir, python=releases.program("python")), write_file
+        )
     except minion.MinionUnitError as exc:
         raise BootstrapError(str(exc)) from None
     return (
         f"{minion.UNIT_NAME} enabled and started: highstate on the schedule of cluster.json "
         "(the first one after one interval: this run was the first)"
     )
+
+
+def follow_pin(repo, minion_id, cache_dir):
+    """Put this host on the minicl the config repo pins, from the start: built, self-checked
+    and current before the first run (the rest of bootstrap runs the current release)."""
+    pin = repo.live_pin()
+    root = releases.root()
+    if pin is None:
+        return
+    if root is None:
+        print(
+            f"minicl-bootstrap: WARNING: the config repo pins minicl {pin.commit[:12]}, but this minicl "
+            f"runs from {sys.prefix}, not from a release: install it with install.sh to follow the pin",
+            file=sys.stderr,
+        )
+        return
+    if releases.record(root, releases.name_of(pin.commit)) and releases.current(root) == releases.name_of(
+        pin.commit
+    ):
+        print(f"minicl-bootstrap: minicl {pin.commit[:12]} (pinned by the config repo) is current")
+        return
+    print(f"minicl-bootstrap: building minicl {pin.commit[:12]}, pinned by the config repo", flush=True)
+    wheelhouse = (repo.live_cluster().data.get("self_update") or {}).get("wheelhouse")
+    try:
+        name = selfupdate.build_and_check(
+            root, pin._asdict(), repo.source_mirror(pin), minion_id, cache_dir, wheelhouse
+        )
+    except selfupdate.UpdateError as exc:
+        raise BootstrapError(
+            f"minicl {pin.commit[:12]}, pinned by the config repo: its {exc.stage} failed: {exc}"
+        ) from None
+    releases.switch(root, name)
+    selfupdate.mark_good(pin.commit)
+    print(f"minicl-bootstrap: minicl {pin.commit[:12]} is current ({releases.path(root, name)})")
 
 
 def run(args):
@@ -301,6 +345,7 @@ def run(args):
         print(snippet_for_this_host(short))
         return EXIT_NOT_IN_CLUSTER
 
+    follow_pin(repo, minion_id, args.cache_dir)
     # The scheduler's jobs, before the minion starts (the base role keeps them up to date).
     write_file(schedule.config_path(args.salt_config_dir), schedule.render(cluster))
     repo.release_run_lock()  # the salt-call below is the run now

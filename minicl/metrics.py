@@ -33,6 +33,7 @@ from minicl.files import write_file
 TEXTFILE_DIR = paths.TEXTFILE_DIR
 RUN_FILE = "minicl_run.prom"
 CHECKS_FILE = "minicl_checks.prom"
+RELEASE_FILE = "minicl_release.prom"
 HIGHSTATE_FUNCTIONS = ("state.apply", "state.highstate")
 ERROR_LABEL_MAX = 200
 
@@ -179,6 +180,44 @@ def write_backup(app, ok, interval, last_success, directory=TEXTFILE_DIR, now=No
     gauge("minicl_app_backup_last_attempt_timestamp_seconds", "When the app's last backup ended.",
           now if now is not None else time.time())  # fmt: skip
     return _write(registry, directory, f"minicl_backup_{app}.prom")
+
+
+def write_release(version, commit, good_since, failed, waiting=None, directory=TEXTFILE_DIR):
+    """Writes minicl_release.prom: the minicl this host runs, and how its updates go.
+    ``failed``: the record of the pinned commit's failed update ({} if none); ``waiting``:
+    why the host waits for the canaries, if it does."""
+    registry = CollectorRegistry()
+    Gauge(
+        "minicl_release_info",
+        "The minicl this host runs: its version and commit.",
+        ["version", "commit"],
+        registry=registry,
+    ).labels(version, commit or "").set(1)
+    if good_since:
+        Gauge(
+            "minicl_release_good_since_timestamp_seconds",
+            "Since when the running minicl has run well here (passed its first run).",
+            ["commit"],
+            registry=registry,
+        ).labels(commit or "").set(good_since)
+    Gauge(
+        "minicl_update_failed", "1 if the pinned minicl failed here and was not kept.", registry=registry
+    ).set(1 if failed else 0)
+    if failed:
+        Gauge(
+            "minicl_update_error_info",
+            "Why the pinned minicl failed here (the host stays on the running one).",
+            ["commit", "stage", "error"],
+            registry=registry,
+        ).labels(failed.get("commit", ""), failed.get("stage", ""), _one_line(failed.get("error", ""))).set(1)
+    if waiting:
+        Gauge(
+            "minicl_update_waiting_info",
+            "Why this host waits before taking the pinned minicl.",
+            ["reason"],
+            registry=registry,
+        ).labels(_one_line(waiting)).set(1)
+    return _write(registry, directory, RELEASE_FILE)
 
 
 def last_run_timestamp(run_file_text):

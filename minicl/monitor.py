@@ -142,6 +142,7 @@ def alert_rules(cluster):
     wait = _duration(FOR_SCRAPES * scrape)
     stale = STALE_RUNS * cluster.seconds("schedule", "interval") + cluster.seconds("schedule", "splay")
     free = f"{FULL_RATIO:.0%}"
+    rollout_time = _duration(rollout_seconds(cluster))
 
     def rule(name, expr, summary, description, for_=wait, severity="critical"):
         return _rule(name, expr, summary, description, for_, severity)
@@ -210,6 +211,26 @@ def alert_rules(cluster):
             for_=None,
         ),
         rule(
+            "MiniclUpdateFailed",
+            "minicl_update_error_info == 1",
+            "{{ $labels.instance }}: the pinned minicl failed there and was not kept",
+            "minicl {{ $labels.commit }}, pinned by the config repo, failed its {{ $labels.stage }} on "
+            "{{ $labels.instance }}: {{ $labels.error }}. The host keeps running its previous minicl "
+            "and does not try that commit again until the pin changes: fix minicl and bump the pin, "
+            "or pin the previous commit again.",
+            for_=None,
+        ),
+        rule(
+            "MiniclVersionsDiffer",
+            "count(count by (version) (minicl_release_info)) > 1",
+            "the hosts run different minicl versions",
+            f"Hosts have run different minicl versions for longer than a rollout takes ({rollout_time}): "
+            "a host could not update, waits for a canary, or was left behind. "
+            "'count by (version, instance) (minicl_release_info)' on the monitor shows which.",
+            for_=rollout_time,
+            severity="warning",
+        ),
+        rule(
             "MailQueueStuck",
             'minicl_check_ok{check=~"mail queue.*"} == 0',
             "{{ $labels.instance }}: mail is stuck in the queue",
@@ -244,6 +265,13 @@ def alert_rules(cluster):
         ),
         *app_alert_rules(cluster),
     ]
+
+
+def rollout_seconds(cluster):
+    """How long a new minicl may take to reach every host: the canaries' soak time (if there are
+    canaries), two schedule intervals plus the splay, and an hour to build and check it."""
+    soak = cluster.seconds("rollout", "soak") if (cluster.data.get("rollout") or {}).get("canaries") else 0
+    return soak + 2 * (cluster.seconds("schedule", "interval") + cluster.seconds("schedule", "splay")) + 3600
 
 
 def _rule(name, expr, summary, description, for_, severity="critical", labels=None):

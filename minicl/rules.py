@@ -120,6 +120,10 @@ def semantic_problems(data, source, repo_files):
                     settings.get("public_ports"), f"roles.{path_key(role)}.public_ports", source
                 )
 
+    rollout = data.get("rollout")
+    if isinstance(rollout, dict) and isinstance(hosts, dict):
+        problems += _rollout_problems(rollout, hosts, source)
+
     apps = data.get("apps")
     if isinstance(apps, dict):
         problems += _app_problems(
@@ -197,6 +201,28 @@ def _app_problems(apps, hosts, users, source):
             owner = spec.get("owner") if isinstance(spec, dict) else None
             if isinstance(owner, str) and owner not in users:
                 add(f"{where}.owner", f'{quoted(owner)} is not a user in "users"')
+    return problems
+
+
+def _rollout_problems(rollout, hosts, source):
+    problems = []
+    canaries = rollout.get("canaries") or []
+    for i, name in enumerate(canaries if isinstance(canaries, list) else []):
+        if isinstance(name, str) and name not in hosts:
+            problems.append(
+                Problem(f"rollout.canaries[{i}]", f"{quoted(name)} is not a host in hosts", source)
+            )
+    monitors = [h for h, spec in hosts.items() if "monitor" in ((spec or {}).get("roles") or [])]
+    if canaries and not monitors:
+        problems.append(
+            Problem(
+                "rollout.canaries",
+                "the other hosts learn from the monitor's Prometheus when the canaries have run a new "
+                "minicl for the soak time, but no host has the monitor role: give one the monitor "
+                "role, or remove the canaries",
+                source,
+            )
+        )
     return problems
 
 

@@ -628,16 +628,52 @@ class GitServer:
     def stop_sshd(self):
         self.host.stop_sshd()
 
-    def commit(self, files, message, branch="main", remove=()):
-        """Write ``files`` ({path: text}) into the work tree, commit and push; returns the sha."""
-        self.host.run(
-            f"cd {self.WORK} && (git checkout -q {branch} 2>/dev/null || git checkout -q -b {branch})"
-        )
+    def commit(self, files, message, branch="main", remove=(), work=WORK):
+        """Write ``files`` ({path: text}) into the work tree, commit and push; returns the sha.
+        ``work``: the work clone of another repository (``add_source_repo``)."""
+        self.host.run(f"cd {work} && (git checkout -q {branch} 2>/dev/null || git checkout -q -b {branch})")
         for path, text in files.items():
-            self.host.write(f"{self.WORK}/{path}", text, 0o600)
+            self.host.write(f"{work}/{path}", text, 0o600)
         for path in remove:
-            self.host.run(["git", "-C", self.WORK, "rm", "-q", "-r", path])
-        self.host.run(["git", "-C", self.WORK, "add", "-A"])
-        self.host.run(["git", "-C", self.WORK, "commit", "-q", "--allow-empty", "-m", message])
-        self.host.run(["git", "-C", self.WORK, "push", "-q", "origin", branch])
-        return self.host.run(["git", "-C", self.WORK, "rev-parse", "HEAD"]).stdout.strip()
+            self.host.run(["git", "-C", work, "rm", "-q", "-r", path])
+        self.host.run(["git", "-C", work, "add", "-A"])
+        self.host.run(["git", "-C", work, "commit", "-q", "--allow-empty", "-m", message])
+        self.host.run(["git", "-C", work, "push", "-q", "origin", branch])
+        return self.host.run(["git", "-C", work, "rev-parse", "HEAD"]).stdout.strip()
+
+    def source_url(self, name):
+        return f"ssh://git@{self.host.ipv4}/srv/git/{name}.git"
+
+    def add_source_repo(self, name, source=SOURCE_ROOT):
+        """A second repository, /srv/git/<name>.git, whose first commit holds the files of
+        ``source`` as they are on disk (tracked and new files, not ignored ones; this machine's
+        tree is visible in the host). Returns the work clone to ``commit(..., work=)`` to."""
+        work = f"/root/{name}-work"
+        listed = subprocess.run(
+            ["git", "-C", source, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            capture_output=True,
+            check=True,
+        ).stdout.decode()
+        files = [f for f in listed.split("\0") if f and os.path.lexists(os.path.join(source, f))]
+        self.host.run(
+            f"set -e; git init -q --bare -b main /srv/git/{name}.git; chown -R git:git /srv/git;"
+            f"mkdir {work}; cd {work}; git init -q -b main;"
+            f"tar -C {source} -cf - -T - | tar -xf -;"
+            f"git add -A; git commit -q -m 'minicl as it is on disk';"
+            f"git remote add origin /srv/git/{name}.git; git push -q -u origin main",
+            input="\n".join(files) + "\n",
+        )
+        return work
+
+    def pin(self, name, commit, message=None):
+        """Commit the config repo with the submodule ``name`` (its repository from
+        ``add_source_repo``, at ``../<name>.git`` from the config repo) at ``commit``; pushes."""
+        path = f"{self.WORK}/{name}"
+        if not self.host.exists(f"{path}/.git"):
+            self.host.run(
+                f"cd {self.WORK} && git -c protocol.file.allow=always submodule add -q ../{name}.git {name}"
+            )
+        self.host.run(
+            f"cd {path} && git -c protocol.file.allow=always fetch -q origin && git checkout -q {commit}"
+        )
+        return self.commit({}, message or f"pin {name} at {commit[:12]}")

@@ -46,3 +46,15 @@ if ! .venv/bin/python -c "import minicl, salt, saltfactories" 2>/dev/null \
     .venv/bin/pip install -q -e '.[tests]'
     touch .venv/.minicl-installed
 fi
+
+# The lab's wheelhouse: the Python packages a host needs to build a minicl release (Salt and
+# minicl's other dependencies, at the versions of .venv, and setuptools), for the tests of
+# minicl's self-update: test hosts have no route to the package index.
+if [ ! -f .wheelhouse/.complete ] || [ setup.cfg -nt .wheelhouse/.complete ]; then
+    echo "setup: building the lab's wheelhouse in .wheelhouse"
+    rm -rf .wheelhouse
+    .venv/bin/pip freeze --exclude-editable > .venv/constraints.txt
+    .venv/bin/pip wheel -q --disable-pip-version-check -w .wheelhouse -c .venv/constraints.txt . setuptools
+    rm -f .wheelhouse/minicl-*.whl  # releases are built from minicl's source, never from a wheel
+    touch .wheelhouse/.complete
+fi

@@ -160,6 +160,9 @@ def test_returner_records_highstates_for_the_monitor(loaders, workdir, tmp_path,
     assert f'minicl_config_commit_info{{commit="{status["commit"]}"}} 1.0' in run
     assert "minicl_run_success 0.0" in run and 'minicl_run_states{result="changed"} 1.0' in run
     assert 'minicl_check_ok{check="ssh"}' in (tmp_path / "minicl_checks.prom").read_text()
+    # What failed, for the first run of a new minicl release to be judged against.
+    last_run = json.loads((workdir / "minicl-cache" / "last_run.json").read_text())
+    assert last_run["failed"] == ["file_|-b_|-b_|-managed"]
     assert logged == [
         (
             syslog.LOG_ERR,

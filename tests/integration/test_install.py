@@ -30,7 +30,11 @@ def release_venv():
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"Next: {RELEASE}/bin/minicl-bootstrap" in result.stdout
     installed = subprocess.run(
-        [str(RELEASE / "bin" / "python"), "-c", "import minicl, os; print(os.path.dirname(minicl.__file__))"],
+        [
+            str(RELEASE / "current" / "bin" / "python"),
+            "-c",
+            "import minicl, os; print(os.path.dirname(minicl.__file__))",
+        ],
         check=True,
         capture_output=True,
         text=True,
@@ -41,7 +45,7 @@ def release_venv():
 
 
 def test_a_host_install_carries_no_lab_and_no_test_dependency(release_venv):
-    python = str(release_venv / "bin" / "python")
+    python = str(release_venv / "current" / "bin" / "python")
     for module in ("minicl_lab", "aiosmtpd", "pytest", "saltfactories"):
         found = subprocess.run([python, "-c", f"import {module}"], capture_output=True, text=True, cwd="/")
         assert found.returncode != 0 and "ModuleNotFoundError" in found.stderr, module
@@ -74,7 +78,8 @@ def test_bootstrap_with_a_regular_install(release_venv, lab, git_server, deploy_
     assert result.returncode == 0, result.stdout + result.stderr
     assert "minicl_users.managed" in result.stdout  # _states/ came from share/minicl
     conf = host.read("/etc/salt/minion.d/minicl.conf")
-    assert f"{release_venv}/share/minicl/states" in conf
+    # Through "current": the minion config follows the release minicl switches to.
+    assert f"{release_venv}/current/share/minicl/states" in conf
 
     out = host.run([f"{bin_dir}/salt-call", "--local", "--out=json", "grains.item", "minicl_ipv4"], env=env)
     assert json.loads(out.stdout)["local"]["minicl_ipv4"] == ["198.51.100.41"]

@@ -8,3 +8,4 @@ include:
   - minicl.base.schedule
   - minicl.base.applied
   - minicl.base.left_out
+  - minicl.base.release
