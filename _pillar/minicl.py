@@ -23,8 +23,8 @@ files it renders come from the same commit). The pillar is always the live (last
       states:    SLS names of this host's roles (the top file applies them)
       status:    {ok, commit, commit_time, last_good_fetch, error, bad_commit, pending_commit, ...}
       applied_file: where the base role records the commit it converged to
-      release:   {pin: {commit, url}} of the minicl the live commit pins (the minicl submodule), or
-                 {pin: None}
+      release:   {pin: {commit, url}} of the minicl the live commit pins (the minicl submodule),
+                 {pin: None} without one (and under a master), {pin: None, error} if unreadable
 
 Before a new commit goes live, this host's highstate is rendered from it (masterless): a commit
 whose SLS files do not render here is a bad commit for this host. SLS files of the live commit
@@ -43,6 +43,7 @@ try:
     from minicl import hostview, paths
     from minicl.config import ConfigError, host_snippet
     from minicl.configrepo import ConfigRepo, NoGoodCommit
+    from minicl.pin import PinError
     from minicl.rendercheck import RenderCheck
 
     HAS_DEPS = True
@@ -136,8 +137,7 @@ def _compile(config_repo, minion_id, applied_file):
     status = dict(status, commit=cluster.commit, ok=not status.get("error"))
     pillar = hostview.pillar_for(cluster, minion_id, status, applied_file)
     if pillar is not None:
-        pin = config_repo.live_pin()
-        pillar["minicl"]["release"] = {"pin": pin._asdict() if pin else None}
+        pillar["minicl"]["release"] = _release(config_repo)
     if pillar is None:
         short = minion_id.split(".")[0]
         return _refuse(
@@ -147,6 +147,19 @@ def _compile(config_repo, minion_id, applied_file):
             f"'minicl-bootstrap --print-snippet' prints the entry, e.g. {host_snippet(short, ['ADDRESS'])}"
         )
     return pillar
+
+
+def _release(config_repo):
+    """{pin} of the minicl the live commit pins (masterless only: under a master, hosts are
+    updated by hand), or {pin: None, error} when the pin cannot be read."""
+    if __opts__.get("__role") != "minion":
+        return {"pin": None}
+    try:
+        pin = config_repo.live_pin()
+    except PinError as exc:
+        log.error("minicl: %s", exc)
+        return {"pin": None, "error": str(exc)}
+    return {"pin": pin._asdict() if pin else None}
 
 
 def _refuse(message):

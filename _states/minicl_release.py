@@ -42,7 +42,10 @@ def __virtual__():
 def pinned(name="minicl"):
     """The pinned minicl runs here, or is on its way (see above)."""
     minicl = __pillar__["minicl"]
-    pin = (minicl.get("release") or {}).get("pin")
+    release = minicl.get("release") or {}
+    if release.get("error"):
+        return statekit.new_ret(name, False) | {"comment": f"minicl release: {release['error']}"}
+    pin = release.get("pin")
     cluster, host = cluster_model.from_pillar(__pillar__)
     cluster.commit = (minicl.get("status") or {}).get("commit")
     cache_dir = os.path.dirname(minicl["applied_file"])

@@ -31,6 +31,9 @@ LATE = {"delta": ["198.51.100.184/24"]}  # in cluster.json from the start, insta
 USER, PASSWORD = "cluster@example.org", "relay-secret-Upd8"
 SOAK = 30
 RELEASE_STATE = "minicl_release_|-minicl-release_|-minicl_|-pinned"
+BREAKS_RENDER = "{{ salt['no_such.function']() }}\n"  # added to an SLS file of minicl's
+# Passes test=True (cmd.run would run), fails for real.
+FAILS_FOR_REAL = "\nminicl-lab-fails-for-real:\n  cmd.run:\n    - name: 'false'\n"
 
 
 def config(wheelhouse):
@@ -260,7 +263,7 @@ def test_a_commit_whose_highstate_does_not_render_is_refused_by_the_canary(
             git_server,
             work,
             "states/minicl/base/applied.sls",
-            lambda t: t + "{{ salt['no_such.function']() }}\n",
+            lambda t: t + BREAKS_RENDER,
         ),
         "lab: minicl whose highstate does not render",
         work=work,
@@ -272,7 +275,7 @@ def test_a_commit_whose_highstate_does_not_render_is_refused_by_the_canary(
     assert "does not render" in state["comment"] and "no_such.function" in state["comment"], state["comment"]
     assert current(alpha) == p1[:12] and minion_release(alpha) == p1[:12]
     assert p2[:12] not in alpha.run(f"ls {RELEASES}").stdout
-    alert_mail(relay, "MiniclUpdateFailed", "alpha", f"{p2} failed its self-check", timeout=120)
+    alert_mail(relay, "MiniclUpdateFailed", "alpha", p2, "self-check", "no_such.function", timeout=120)
     # The others never take it.
     code, state = release_state(beta)
     assert state["changes"] == {} and "alpha does not run it successfully" in state["comment"]
@@ -292,7 +295,8 @@ def test_a_commit_that_fails_its_first_run_is_rolled_back_and_not_tried_again(
             git_server,
             work,
             "states/minicl/base/applied.sls",
-            lambda t: t + "\nminicl-lab-fails-for-real:\n  cmd.run:\n    - name: 'false'\n",
+            # On top of the commit before (p2, which does not render), without its break.
+            lambda t: t.replace(BREAKS_RENDER, "") + FAILS_FOR_REAL,
         ),
         "lab: minicl that passes its self-check and fails for real",
         work=work,

@@ -438,3 +438,19 @@ def test_the_monitor_alerts_on_a_failed_update_and_on_a_rollout_that_takes_too_l
     assert differ["for"] == f"{2 * 3600 + 2 * (15 + 2) * 60 + 3600}s"
     without = {rule["alert"]: rule for rule in monitor.alert_rules(Cluster(EXAMPLE))}
     assert without["MiniclVersionsDiffer"]["for"] == f"{2 * (15 + 2) * 60 + 3600}s"
+
+
+def test_the_state_fails_when_the_pin_cannot_be_read(testmode):
+    error = "the live commit 3f1c9a2b44e0 cannot be read: /var/lib/minicl/mirror.git is missing or damaged"
+    pillar = {
+        "minicl": {
+            "cluster": EXAMPLE,
+            "host": {"name": "alpha"},
+            "applied_file": "/var/lib/minicl/applied.json",
+            "release": {"pin": None, "error": error},
+        }
+    }
+    state = loader.load_state("minicl_release", testmode, pillar)
+    ret = state.pinned("minicl")
+    assert ret["result"] is False and ret["changes"] == {}
+    assert ret["comment"] == f"minicl release: {error}"
