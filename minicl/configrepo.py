@@ -248,6 +248,7 @@ class ConfigRepo:
                 status.pop(key, None)
             status["last_good_fetch"] = status["checked_at"]
             self._check_live(status, live, check)
+            self._fetch_live_pin(status, mirror, live, accept_new_host_key)
             return self._save(status)
         verdict_key = self._verdict_key(check)
         if status.get("bad_commit") == fetched and status.get("bad_key") == verdict_key and previous_error:
@@ -317,6 +318,20 @@ class ConfigRepo:
             raise ConfigError([Problem("", "is missing from the top of the config repo", source)])
         text = (commit.tree / "cluster.json").data_stream.read().decode("utf-8", errors="replace")
         return load_cluster(text, source=source, repo_files=files)
+
+    def _fetch_live_pin(self, status, mirror, live, accept_new_host_key):
+        """The live commit's pin in minicl.git, if the commit went live under a minicl that did
+        not fetch pins (then installed again): fetched now, once, or said in the status."""
+        try:
+            self._fetch_pin(mirror.repo().commit(live), accept_new_host_key)
+        except PinFetchError as exc:
+            status["error"] = bounded(
+                f"the live commit {live[:12]} pins minicl {exc.commit[:12]}, which could not be fetched "
+                f"from {safe_url(exc.url)}: {exc.why}",
+                ERROR_CHARS,
+            )
+        except PinError:
+            pass  # an inconsistent pin of the live commit: the pillar reports it (live_pin)
 
     def _fetch_pin(self, commit, accept_new_host_key):
         """Fetch the minicl ``commit`` pins (if any) into minicl.git. PinError if its pin is

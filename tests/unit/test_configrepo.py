@@ -641,3 +641,23 @@ def test_live_pin_without_the_mirror_says_why(repo, remote, minicl_source):
         repo.live_pin()
     assert repo.update()["commit"] == config_sha
     assert repo.live_pin() is not None
+
+
+def test_a_live_commit_whose_pin_was_never_fetched_gets_it_on_the_next_update(
+    repo, remote, minicl_source, tmp_path
+):
+    # As on a host whose live commit went live under a minicl that did not fetch pins.
+    commit(remote, {"cluster.json": example()})
+    _, pinned = pin_minicl(remote, f"file://{minicl_source}")
+    repo.update()
+    shutil.rmtree(repo.source_mirror_dir)
+    os.rename(minicl_source, tmp_path / "away")
+    status = repo.update()
+    assert (
+        f"pins minicl {pinned[:12]}, which could not be fetched from file://{minicl_source}"
+        in status["error"]
+    )
+    assert repo.live_commit() == status["commit"]  # the config commit keeps running
+    os.rename(tmp_path / "away", minicl_source)
+    assert "error" not in repo.update()
+    assert repo.source_mirror(repo.live_pin()).has(pinned)
