@@ -34,6 +34,11 @@ RELEASE_STATE = "minicl_release_|-minicl-release_|-minicl_|-pinned"
 BREAKS_RENDER = "{{ salt['no_such.function']() }}\n"  # added to an SLS file of minicl's
 # Passes test=True (cmd.run would run), fails for real.
 FAILS_FOR_REAL = "\nminicl-lab-fails-for-real:\n  cmd.run:\n    - name: 'false'\n"
+# The minion dies as it loads its grains (salt-call does not: the self-check passes).
+KILLS_THE_MINION = (
+    "\nimport os as _os, sys as _sys\n"
+    "if _os.path.basename(_sys.argv[0]) == 'salt-minion':\n    _os._exit(3)\n"
+)
 
 
 def config(wheelhouse):
@@ -325,3 +330,30 @@ def test_a_commit_that_fails_its_first_run_is_rolled_back_and_not_tried_again(
     assert state["result"] is False and state["changes"] == {}
     assert f"does not try {p3[:12]} again until the pin changes" in state["comment"]
     assert current(alpha) == p1[:12]
+
+
+def test_a_minion_that_does_not_come_back_is_rolled_back(cluster, git_server, minicl_repo):
+    alpha = cluster["alpha"]
+    work, p1 = minicl_repo["work"], minicl_repo["p1"]
+    files = edit(git_server, work, "_grains/minicl.py", lambda t: t + KILLS_THE_MINION)
+    # On top of the commit before (p3), without what made its first run fail.
+    files.update(
+        edit(git_server, work, "states/minicl/base/applied.sls", lambda t: t.replace(FAILS_FOR_REAL, ""))
+    )
+    p4 = git_server.commit(files, "lab: minicl whose minion dies at start", work=work)
+    git_server.pin("minicl", p4)
+    code, state = release_state(alpha)
+    assert state["result"] is True and state["changes"] == {"minicl": {"old": p1, "new": p4}}, state
+    wait_for(
+        "the roll-back on alpha",
+        lambda: (record(alpha).get("failed") or {}).get("commit") == p4,
+        300,
+        explain=lambda: json.dumps(record(alpha)) + "\n" + alpha.journal(lines=40),
+    )
+    assert "minicl-minion.service did not stay up" in record(alpha)["failed"]["error"]
+    wait_for(
+        "alpha's minion back on the previous release",
+        lambda: current(alpha) == p1[:12] and minion_release(alpha) == p1[:12],
+        120,
+    )
+    assert alpha.unit_state("minicl-minion.service") == "active"
