@@ -129,8 +129,9 @@ def test_monitor_scrapes_every_host_with_run_metrics(cluster):
 def test_textfile_metrics_are_readable_by_the_exporter(cluster):
     alpha = cluster["alpha"]
     listing = alpha.run("stat -c '%a %n' /var/lib/prometheus/node-exporter/minicl_*.prom").stdout.split("\n")
-    assert listing[:2] == [
+    assert listing[:3] == [
         "644 /var/lib/prometheus/node-exporter/minicl_checks.prom",
+        "644 /var/lib/prometheus/node-exporter/minicl_release.prom",
         "644 /var/lib/prometheus/node-exporter/minicl_run.prom",
     ]
     run = alpha.read("/var/lib/prometheus/node-exporter/minicl_run.prom")
