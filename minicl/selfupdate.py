@@ -42,7 +42,6 @@ from minicl.files import read_json, write_file
 
 RECORD_FILE = f"{paths.STATE_DIR}/release.json"
 LAST_RUN_NAME = "last_run.json"  # in the cache dir: the failed states of the last highstate
-MINION_UNIT = "minicl-minion.service"
 RUN_WAIT = 3600  # the trial waits this long for the run that started it (and others) to end
 MINION_SETTLE = 15  # a restarted minion must stay up this long
 FIRST_RUN_TIMEOUT = 3600
@@ -320,35 +319,46 @@ def wait_for_runs(cache_dir, timeout=RUN_WAIT, poll=1.0):
 
 def _minion(prop):
     out = subprocess.run(
-        ["systemctl", "show", "-p", prop, "--value", MINION_UNIT], capture_output=True, text=True, check=False
+        ["systemctl", "show", "-p", prop, "--value", minion.UNIT_NAME],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     return out.stdout.strip()
 
 
 def _minion_scheduled():
-    return subprocess.run(["systemctl", "is-enabled", "--quiet", MINION_UNIT], check=False).returncode == 0
+    return (
+        subprocess.run(["systemctl", "is-enabled", "--quiet", minion.UNIT_NAME], check=False).returncode == 0
+    )
 
 
 def restart_minion(release_dir, settle=MINION_SETTLE):
     """Restart minicl-minion.service (its ExecStop lets jobs finish) and check that it runs
     ``release_dir``'s code and stays up for ``settle`` seconds."""
     done = subprocess.run(
-        ["systemctl", "restart", MINION_UNIT], capture_output=True, text=True, check=False, timeout=900
+        ["systemctl", "restart", minion.UNIT_NAME], capture_output=True, text=True, check=False, timeout=900
     )
     if done.returncode != 0:
-        raise UpdateError(f"systemctl restart {MINION_UNIT} failed: {done.stderr.strip()}", stage="first run")
+        raise UpdateError(
+            f"systemctl restart {minion.UNIT_NAME} failed: {done.stderr.strip()}", stage="first run"
+        )
     restarts = _minion("NRestarts")
     time.sleep(settle)
     state, pid = _minion("ActiveState"), _minion("MainPID")
     if state != "active" or _minion("NRestarts") != restarts or pid in ("", "0"):
-        raise UpdateError(f"{MINION_UNIT} did not stay up under the new release ({state})", stage="first run")
+        raise UpdateError(
+            f"{minion.UNIT_NAME} did not stay up under the new release ({state})", stage="first run"
+        )
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             argv = f.read().split(b"\0")
     except OSError:
         argv = []
     if not any(arg.decode(errors="replace").startswith(release_dir + "/") for arg in argv):
-        raise UpdateError(f"{MINION_UNIT} does not run {release_dir} after its restart", stage="first run")
+        raise UpdateError(
+            f"{minion.UNIT_NAME} does not run {release_dir} after its restart", stage="first run"
+        )
 
 
 def first_run(release_dir, timeout=FIRST_RUN_TIMEOUT):
