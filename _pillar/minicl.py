@@ -135,7 +135,8 @@ def _compile(config_repo, minion_id, applied_file):
         return _refuse(exc.summary() if isinstance(exc, ConfigError) else str(exc))
     # The commit actually read; a pending commit goes live when no other run is in progress.
     status = dict(status, commit=cluster.commit, ok=not status.get("error"))
-    pillar = hostview.pillar_for(cluster, minion_id, status, applied_file)
+    checkout = os.path.join(config_repo.checkouts_dir, cluster.commit)
+    pillar = hostview.pillar_for(cluster, minion_id, status, applied_file, checkout)
     if pillar is not None:
         pillar["minicl"]["release"] = _release(config_repo)
     if pillar is None:

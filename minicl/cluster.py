@@ -22,6 +22,7 @@ DEFAULT_CONFIRM_SECONDS = 30
 MINICL_ROLE_STATES = {
     "base": ["minicl.base"],
     "monitor": ["minicl.monitor"],
+    "repository": ["minicl.repository"],
 }
 
 

@@ -19,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from minicl import appliances, paths
+from minicl import appliances, packages, paths
 from minicl.config import parse_port_spec
 from minicl.errors import MiniclError
 from minicl.files import read_file, write_file
@@ -101,10 +101,13 @@ def host_spec(cluster, host, local_rules="", listening_ssh_ports=()):
         proto, low, high = parse_port_spec(spec)
         ports[proto].append((low, high))
     ssh_ports = sorted({cluster.firewall_option("ssh_port"), *listening_ssh_ports})
-    # An app's ports (its service's and its exporter's) answer the cluster's hosts only, not a
-    # host's trusted_sources.
+    # An app's ports (its service's and its exporter's) and the cluster's apt repository answer
+    # the cluster's hosts only, not a host's trusted_sources.
     apps = cluster.apps_of(host).values()
-    app_ports = sorted({port for app in apps for port in appliances.cluster_only_ports(app["type"])})
+    app_ports = sorted(
+        {port for app in apps for port in appliances.cluster_only_ports(app["type"])}
+        | set(packages.cluster_only_ports(cluster, host))
+    )
     return Spec(
         _collapse_networks(v4),
         _collapse_networks(v6),

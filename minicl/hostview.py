@@ -3,12 +3,13 @@ for it (firewall ruleset, sshd drop-in, Postfix main.cf, the minion's schedule, 
 monitor host the Prometheus and Alertmanager files). The external pillar and ``minicl.api``
 both build it here."""
 
-from minicl import firewall, mail, monitor, paths, schedule, sshd
+from minicl import firewall, mail, monitor, packages, paths, schedule, sshd
 
 
-def pillar_for(cluster, minion_id, status, applied_file=paths.APPLIED_FILE):
+def pillar_for(cluster, minion_id, status, applied_file=paths.APPLIED_FILE, checkout=None):
     """The ``minicl`` pillar of ``minion_id`` (short name or FQDN), or None if it is not a host
-    of ``cluster``. Group roles in ``status["skipped_states"]`` are left out of ``states``."""
+    of ``cluster``. Group roles in ``status["skipped_states"]`` are left out of ``states``.
+    ``checkout``: the config repo's files at the cluster's commit (the packages keys are read there)."""
     host = cluster.host_for_minion(minion_id)
     if host is None:
         return None
@@ -22,6 +23,7 @@ def pillar_for(cluster, minion_id, status, applied_file=paths.APPLIED_FILE):
             "apps": cluster.apps_of(host),
             "status": status,
             "applied_file": applied_file,
+            "packages": packages.pillar(cluster, host, checkout),
         }
     }
 

@@ -12,6 +12,7 @@ import json
 import re
 from urllib.parse import urlparse
 
+from minicl import packages
 from minicl.cluster import MINICL_ROLE_STATES
 from minicl.credentials import crypt_hash_problem, ssh_key_problem
 from minicl.problems import Problem, path_key, quoted
@@ -124,6 +125,9 @@ def semantic_problems(data, source, repo_files):
     if isinstance(rollout, dict) and isinstance(hosts, dict):
         problems += _rollout_problems(rollout, hosts, source)
 
+    if isinstance(hosts, dict):
+        problems += _packages_problems(data.get("packages"), hosts, source, repo_files)
+
     apps = data.get("apps")
     if isinstance(apps, dict):
         problems += _app_problems(
@@ -222,6 +226,71 @@ def _rollout_problems(rollout, hosts, source):
                 "role, or remove the canaries",
                 source,
             )
+        )
+    return problems
+
+
+def _packages_problems(section, hosts, source, repo_files):
+    """One repository host when there is a packages section, its keys and files in the repo."""
+    problems = []
+    specs = {h: spec for h, spec in hosts.items() if isinstance(spec, dict)}
+    servers = [h for h, spec in specs.items() if packages.ROLE in (spec.get("roles") or [])]
+    users = [h for h, spec in specs.items() if "packages" in spec]
+    if not isinstance(section, dict):
+        for host in servers:
+            problems.append(
+                Problem(
+                    f"hosts.{path_key(host)}.roles",
+                    f'the {packages.ROLE} role serves the packages of the "packages" section, and '
+                    "there is none: add one (upstream, list), or remove the role",
+                    source,
+                )
+            )
+        for host in users:
+            problems.append(
+                Problem(f"hosts.{path_key(host)}.packages", 'there is no "packages" section to use', source)
+            )
+        return problems
+    if not servers:
+        problems.append(
+            Problem(
+                "packages",
+                f"no host has the {packages.ROLE} role: give it to the host that serves the "
+                "cluster's repository",
+                source,
+            )  # fmt: skip
+        )
+    elif len(servers) > 1:
+        problems.append(
+            Problem(
+                "packages",
+                f"the {packages.ROLE} role is on {', '.join(sorted(servers))}: give it to one host only",
+                source,
+            )  # fmt: skip
+        )
+    if repo_files is None:
+        return problems
+    for name in (packages.SIGNING_KEY, packages.PUBLIC_KEY):
+        if name not in repo_files:
+            problems.append(
+                Problem(
+                    "packages",
+                    f"the config repo has no {name}: create the repository's signing key "
+                    "with 'minicl packages-key' (README: Upgrading the cluster's packages) and commit "
+                    f"{packages.SIGNING_KEY} and {packages.PUBLIC_KEY}",
+                    source,
+                )  # fmt: skip
+            )
+    upstream = section.get("upstream")
+    key = upstream.get("key") if isinstance(upstream, dict) else None
+    if isinstance(key, str) and key not in repo_files:
+        problems.append(
+            Problem("packages.upstream.key", f"{quoted(key)} is not a file of the config repo", source)
+        )
+    local = section.get("local")
+    if isinstance(local, str) and not any(f.startswith(local.rstrip("/") + "/") for f in repo_files):
+        problems.append(
+            Problem("packages.local", f"{quoted(local)} is not a folder of the config repo", source)
         )
     return problems
 

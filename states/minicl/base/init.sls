@@ -1,6 +1,7 @@
 {#- minicl's base role: on every host. Later parts of minicl add their SLS files here. #}
 include:
   - minicl.base.users
+  - minicl.base.packages
   - minicl.base.firewall
   - minicl.base.sshd
   - minicl.base.mail

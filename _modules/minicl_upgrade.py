@@ -1,0 +1,107 @@
+"""Execution module: this host's package upgrades from the cluster's repository.
+
+    salt-call --local minicl_upgrade.plan        # what moving to the newest snapshot would change
+    salt-call --local minicl_upgrade.plan snapshot=20261204T053000Z
+    salt-call --local minicl_upgrade.apply       # upgrade now; undone by itself if a check fails
+    salt-call --local minicl_upgrade.rollback    # back to the snapshot before the last upgrade
+    salt-call --local minicl_upgrade.status      # the snapshot this host is at, its upgrades
+
+Each sets a non-zero exit code (with ``--retcode-passthrough``) when it failed.
+"""
+
+try:
+    from minicl import aptsource, upgrade
+    from minicl.errors import MiniclError
+
+    HAS_MINICL = True
+except ImportError as exc:  # pragma: no cover
+    HAS_MINICL = False
+    IMPORT_ERROR = str(exc)
+
+__virtualname__ = "minicl_upgrade"
+
+
+def __virtual__():
+    if not HAS_MINICL:
+        return False, f"the minicl package is not importable: {IMPORT_ERROR}"
+    return __virtualname__
+
+
+def _view():
+    view = (__pillar__.get("minicl") or {}).get("packages") or {}
+    if view.get("use", "none") == "none":
+        raise upgrade.UpgradeError(
+            "this host does not use the cluster's repository (cluster.json packages.use, or the host's "
+            "packages)"
+        )
+    return view
+
+
+def _target(view, snapshot):
+    if snapshot:
+        return str(snapshot)
+    found = aptsource.target_snapshot(view, aptsource.published(view["url"]))
+    if found is None:
+        raise upgrade.UpgradeError("the repository has published no snapshot yet")
+    return found
+
+
+def _apps():
+    return list(((__pillar__.get("minicl") or {}).get("apps") or {}).values())
+
+
+def _failed(message):
+    __context__["retcode"] = 1
+    return {"ok": False, "error": message}
+
+
+def plan(snapshot=None):
+    """The upgrades moving to ``snapshot`` (default: the one this host may use) would bring,
+    each with the services that would need a restart and whether it needs a reboot.
+    CLI Example: ``salt-call --local minicl_upgrade.plan``"""
+    try:
+        view = _view()
+        found = upgrade.plan(view["url"], _target(view, snapshot), view["use"], view["list"])
+    except MiniclError as exc:
+        return _failed(str(exc))
+    found["current"] = upgrade.record().get("snapshot") or aptsource.configured_snapshot()
+    return found
+
+
+def apply(snapshot=None):
+    """Upgrade this host to ``snapshot`` now; undone by itself when a check fails after it.
+    CLI Example: ``salt-call --local minicl_upgrade.apply``"""
+    try:
+        view = _view()
+        target = _target(view, snapshot)
+        done = upgrade.apply(view["url"], target, view["use"], view["list"], view["public_key"], _apps(),
+                             log=lambda line: None)  # fmt: skip
+    except MiniclError as exc:
+        return _failed(str(exc))
+    if not done["ok"]:
+        __context__["retcode"] = 1
+    return done
+
+
+def rollback():
+    """Back to the snapshot before the last upgrade that stayed, with its package versions.
+    CLI Example: ``salt-call --local minicl_upgrade.rollback``"""
+    try:
+        view = _view()
+        done = upgrade.rollback(view["url"], view["use"], view["list"], view["public_key"], _apps(),
+                                log=lambda line: None)  # fmt: skip
+    except MiniclError as exc:
+        return _failed(str(exc))
+    if not done["ok"]:
+        __context__["retcode"] = 1
+    return done
+
+
+def status():
+    """The snapshot this host is at and the upgrades that stayed.
+    CLI Example: ``salt-call --local minicl_upgrade.status``"""
+    found = upgrade.record()
+    return {
+        "snapshot": found.get("snapshot") or aptsource.configured_snapshot(),
+        "history": found.get("history", []),
+    }

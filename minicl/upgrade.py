@@ -1,0 +1,284 @@
+"""Upgrading a host's packages from the cluster's repository, one snapshot at a time, undone by
+itself when the host or its apps fail their checks after it.
+
+``plan``: what moving to a snapshot would change (apt's simulation against a private copy of
+the minicl source, see ``minicl.aptsource.PrivateApt``), each package flagged with the services
+that run its files now (they need a restart) and whether it needs a reboot (a kernel or
+microcode: a rehearsal cannot try those).
+
+``apply``: a copy of each version about to change is kept (the way back never depends on the
+repository), every local app takes its safety backup, the source moves to the snapshot, apt
+upgrades, then minicl's host checks and each local app's check_health and test run. A check that
+passed before and fails after undoes it all: the kept versions go back, the source goes back,
+and an app that failed restores its safety backup. ``rollback``: the same way back on purpose,
+to the snapshot before the last upgrade that stayed (an app restores its backup only where its
+data format changed).
+
+The record (``RECORD``): the snapshot this host is at and the upgrades that stayed.
+"""
+
+import json
+import os
+import re
+import subprocess
+import time
+
+from minicl import aptsource, checks, paths
+from minicl.appliances import ApplianceError
+from minicl.appliances import module as appliance_module
+from minicl.appliances import upgrades as app_upgrades
+from minicl.errors import MiniclError
+from minicl.files import read_file, read_json, write_file
+
+RECORD = f"{paths.STATE_DIR}/packages.json"
+INSTALL_OPTIONS = ["-y", "-o", "Dpkg::Options::=--force-confold", "-o", "Dpkg::Options::=--force-confdef"]
+# Packages a running system cannot take without a reboot, whatever a rehearsal shows.
+REBOOT_PACKAGES = re.compile(r"^(linux-image-|linux-modules-|intel-microcode$|amd64-microcode$)")
+_INST = re.compile(r"^Inst (\S+) (?:\[(\S+)\] )?\((\S+) ([^)]*)\)")
+
+
+class UpgradeError(MiniclError):
+    """An upgrade that could not start or complete; the message says what to do."""
+
+
+def record():
+    return read_json(RECORD) or {"snapshot": None, "history": []}
+
+
+def _save(found):
+    write_file(RECORD, json.dumps(found, indent=1) + "\n", 0o644)
+
+
+def parse_simulation(text):
+    """[{package, from, to}] of apt-get -s output (``from`` None for a new package)."""
+    return [
+        {"package": m.group(1), "from": m.group(2), "to": m.group(3)}
+        for m in map(_INST.match, text.splitlines())
+        if m
+    ]
+
+
+def installed(names=None):
+    """{package: version} of the installed packages (of ``names``)."""
+    result = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Package} ${Version} ${db:Status-Status}\\n", *(names or [])],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    found = {}
+    for line in result.stdout.splitlines():
+        parts = line.split(" ")
+        if len(parts) == 3 and parts[2] == "installed":
+            found[parts[0]] = parts[1]
+    return found
+
+
+def upgrade_args(mode, listed):
+    """apt-get arguments that upgrade what the host takes from the repository."""
+    if mode == "all":
+        return ["upgrade"]
+    present = sorted(installed(listed))
+    return ["install", "--only-upgrade", *present] if present else None
+
+
+def units_running_files(package, proc="/proc"):
+    """The systemd units whose processes run or map a file of ``package`` now: they run the old
+    code until restarted (what needrestart finds after an upgrade, foreseen)."""
+    listed = subprocess.run(["dpkg-query", "-L", package], capture_output=True, text=True, check=False)
+    files = {f for f in listed.stdout.splitlines() if f.startswith("/") and not f.startswith("/usr/share/")}
+    units = set()
+    for pid in filter(str.isdigit, os.listdir(proc)):
+        try:
+            with open(f"{proc}/{pid}/maps", encoding="utf-8", errors="replace") as f:
+                mapped = {line.split(None, 5)[5].strip() for line in f if len(line.split(None, 5)) == 6}
+            mapped.add(os.readlink(f"{proc}/{pid}/exe"))
+            if not mapped & files:
+                continue
+            with open(f"{proc}/{pid}/cgroup", encoding="utf-8") as f:
+                cgroup = f.read().strip().split("::", 1)[-1]
+        except OSError:
+            continue
+        unit = next((part for part in reversed(cgroup.split("/")) if part.endswith(".service")), None)
+        if unit:
+            units.add(unit)
+    return sorted(units)
+
+
+def needrestart():
+    """Debian's needrestart in batch mode (lists only): {"reboot": bool, "services": [...]}."""
+    result = subprocess.run(
+        ["needrestart", "-b", "-r", "l"], capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"},
+        check=False,
+    )  # fmt: skip
+    found = {"reboot": False, "services": []}
+    for line in result.stdout.splitlines():
+        key, _, value = line.partition(":")
+        if key == "NEEDRESTART-KSTA" and value.strip() in ("2", "3"):
+            found["reboot"] = True
+        elif key == "NEEDRESTART-SVC":
+            found["services"].append(value.strip())
+    return found
+
+
+def plan(url, snapshot, mode, listed):
+    """{snapshot, changes: [{package, from, to, restart: [units], reboot}], reboot} of moving
+    this host to ``snapshot``."""
+    args = upgrade_args(mode, listed)
+    changes = []
+    if args:
+        with aptsource.PrivateApt(url, snapshot) as apt:
+            apt.run(["update"])
+            changes = parse_simulation(apt.run(args, simulate=True))
+    for change in changes:
+        change["restart"] = units_running_files(change["package"]) if change["from"] else []
+        change["reboot"] = bool(REBOOT_PACKAGES.match(change["package"]))
+    return {"snapshot": snapshot, "changes": changes, "reboot": any(c["reboot"] for c in changes)}
+
+
+def host_checks():
+    """{check: ok} of minicl's host checks, and the failed units (by name) as "unit <name>"."""
+    found = {}
+    for check in checks.run_all():
+        if check.name == "systemd units":
+            failed = check.reason[len("failed: ") :].split(", ") if not check.ok else []
+            found.update({f"unit {unit}": False for unit in failed})
+        else:
+            found[check.name] = check.ok
+    return found
+
+
+def new_failures(before, after):
+    """Checks that passed (or did not exist) before and fail after."""
+    return sorted(name for name, ok in after.items() if not ok and before.get(name, True))
+
+
+def _app_checks(apps):
+    """{app name: (ok, [failure lines])} after their check_health (given time to settle) and test."""
+    found = {}
+    for app in apps:
+        report = app_upgrades.Report(app["name"], "check")
+        ok = app_upgrades._checks(appliance_module(app["type"]), app, report)  # pylint: disable=protected-access
+        found[app["name"]] = (ok, [line for line in report.lines if line.startswith("FAIL")])
+    return found
+
+
+def point_source(files):
+    """Write the minicl source's files and update its lists; when apt refuses the repository
+    (a bad signature, no answer), the files go back to what they were and the error is raised."""
+    before = {path: read_file(path) for path in files}
+    for path, text in files.items():
+        write_file(path, text, 0o644)
+    try:
+        aptsource.update_minicl_source()
+    except aptsource.SourceError:
+        for path, text in before.items():
+            if text:
+                write_file(path, text, 0o644)
+            elif os.path.exists(path):
+                os.unlink(path)
+        raise
+
+
+def apply(url, snapshot, mode, listed, public_key, apps, log=print):
+    """Move this host to ``snapshot``; returns {ok, lines, changes, undone}. ``apps``: the apps
+    of this host as the pillar has them."""
+    found = record()
+    previous = found.get("snapshot") or aptsource.configured_snapshot()
+    lines = []
+
+    def say(line):
+        lines.append(line)
+        log(line)
+
+    planned = plan(url, snapshot, mode, listed)
+    changing = {c["package"]: c["from"] for c in planned["changes"] if c["from"]}
+    debs = app_upgrades.keep_copies(changing) if changing else []
+    if changing:
+        say("kept a copy of " + ", ".join(f"{n} {v}" for n, v in sorted(changing.items())))
+    backups = {}
+    for app in apps:
+        report = appliance_module(app["type"]).backup(app)
+        if not report.ok:
+            raise UpgradeError(
+                f"the safety backup of app {app['name']} failed: {'; '.join(report.lines[-2:])}"
+            )
+        backups[app["name"]] = report.data.get("backup")
+        say(f"safety backup of {app['name']}: {backups[app['name']]}")
+    formats = {app["name"]: data_format(app) for app in apps}
+    checked_before = host_checks()
+    files = aptsource.render(url, snapshot, mode, listed, public_key)
+    old_files = aptsource.render(url, previous, mode, listed, public_key) if previous else None
+    point_source(files)
+    args = upgrade_args(mode, listed)
+    if args:
+        aptsource.apt_get([*args, *INSTALL_OPTIONS])
+    after = installed(sorted({c["package"] for c in planned["changes"]}))
+    moved = [
+        f"{c['package']} {c['from'] or '(new)'} -> {after.get(c['package'])}" for c in planned["changes"]
+    ]
+    say(f"snapshot {previous} -> {snapshot}: {', '.join(moved) or 'nothing to upgrade'}")
+    failed = new_failures(checked_before, host_checks())
+    apps_checked = _app_checks(apps)
+    for name in failed:
+        say(f"FAIL host check {name} after the upgrade")
+    for name, (ok, bad) in apps_checked.items():
+        say(
+            f"{'ok  ' if ok else 'FAIL'} app {name} after the upgrade"
+            + (f": {'; '.join(bad)}" if bad else "")
+        )
+    if not failed and all(ok for ok, _ in apps_checked.values()):
+        entry = {"at": int(time.time()), "from": previous, "to": snapshot, "before": changing,
+                 "after": {n: after.get(n) for n in changing}, "debs": debs, "backups": backups,
+                 "formats": formats}  # fmt: skip
+        _save({"snapshot": snapshot, "history": [*found.get("history", []), entry]})
+        return {"ok": True, "lines": lines, "changes": planned["changes"], "undone": False}
+    say("the upgrade failed its checks: undoing it")
+    _undo(changing, debs, old_files, [a for a in apps if not apps_checked[a["name"]][0]], backups, say)
+    return {"ok": False, "lines": lines, "changes": planned["changes"], "undone": True}
+
+
+def _undo(versions, debs, old_files, apps_to_restore, backups, say):
+    if debs:
+        app_upgrades.install_debs(debs)
+        say("back to " + ", ".join(f"{n} {v}" for n, v in sorted(versions.items())))
+    if old_files:
+        point_source(old_files)
+    for app in apps_to_restore:
+        module = appliance_module(app["type"])
+        app_upgrades._healthy(module, app)  # pylint: disable=protected-access
+        restored = module.restore(app, backup=backups[app["name"]])
+        say(f"{'restored' if restored.ok else 'FAIL restoring'} the safety backup of {app['name']}")
+
+
+def rollback(url, mode, listed, public_key, apps, log=print):
+    """Back to the snapshot before the last upgrade that stayed: its package versions (kept
+    copies) and its source; an app whose data format changed restores its safety backup."""
+    found = record()
+    history = found.get("history") or []
+    if not history:
+        raise UpgradeError("no upgrade recorded on this host: nothing to roll back to")
+    last = history[-1]
+    lines = []
+
+    def say(line):
+        lines.append(line)
+        log(line)
+
+    changed = [a for a in apps if last.get("formats", {}).get(a["name"]) not in (None, data_format(a))]
+    old_files = aptsource.render(url, last["from"], mode, listed, public_key) if last["from"] else None
+    _undo(last["before"], [d for d in last["debs"] if os.path.exists(d)], old_files, changed,
+          last.get("backups", {}), say)  # fmt: skip
+    now = installed(sorted(last["before"]))
+    ok = all(now.get(n) == v for n, v in last["before"].items())
+    _save({"snapshot": last["from"], "history": history[:-1]})
+    say(f"{'ok  ' if ok else 'FAIL'} snapshot {last['to']} -> {last['from']}")
+    return {"ok": ok, "lines": lines}
+
+
+def data_format(app):
+    """What the app's appliance says its data format is (changes only with an upgrade that
+    needs the data converted), or None."""
+    try:
+        describe = getattr(appliance_module(app["type"]), "data_format", None)
+        return describe(app) if describe else None
+    except ApplianceError:
+        return None
