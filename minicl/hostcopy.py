@@ -36,7 +36,8 @@ What the copy is made of:
   ``/proc``, ``/sys``, ``/dev``, ``/run`` and ``/tmp``, are the copy's own.
 - Before PID 1 starts, in the copy's ``/etc`` only: ``minicl-minion.service`` and every timer the
   host enables are masked (a copy must not converge or run maintenance), and so are the units
-  in ``mask``; the journal is kept in memory (``Storage=volatile``) so that journald does not copy
+  in ``mask`` and ``systemd-remount-fs.service`` (the host's fstab options do not apply to the
+  copy's root); the journal is kept in memory (``Storage=volatile``) so that journald does not copy
   the host's journal files up; the hostname is ``<host>-copy``. The machine-id stays the host's.
   Every other service the host enables starts in the copy.
 
@@ -94,6 +95,11 @@ PSEUDO_FILESYSTEMS = frozenset(
     }
 )
 OWN_TREES = ("/proc", "/sys", "/dev", "/run", "/tmp")
+
+# Masked in every copy, besides the host's timers: the minion would converge the copy, and
+# systemd-remount-fs applies the host's fstab options to "/", which the copy's overlay root
+# refuses (the unit fails, the copy boots "degraded" for nothing).
+ALWAYS_MASKED = (MINION_UNIT, "systemd-remount-fs.service")
 
 ENTER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -236,9 +242,10 @@ def enabled_timers(unit_dirs=("/etc/systemd/system", "/usr/lib/systemd/system", 
 
 
 def masked_units(timers, mask=()):
-    """What a copy masks: the minion, the host's timers, then ``mask``; each once, in that order."""
+    """What a copy masks: ALWAYS_MASKED, the host's ``timers``, then ``mask``; each once, in that
+    order."""
     units = []
-    for unit in (MINION_UNIT, *timers, *mask):
+    for unit in (*ALWAYS_MASKED, *timers, *mask):
         if check_unit_name(unit) not in units:
             units.append(unit)
     return units
@@ -284,6 +291,8 @@ def boot_items(mounts, binds, masks):
         for path in (source, target):
             if not os.path.isabs(path) or ".." in path.split("/"):
                 raise HostCopyError(f"bind {source} -> {target}: give absolute paths without '..'")
+        if not os.path.exists(source):
+            raise HostCopyError(f"bind {source} -> {target}: {source} does not exist on this host")
         items += ["bind", "rw" if writable else "ro", source, target]
     for unit in masks:
         items += ["mask", check_unit_name(unit)]
@@ -469,7 +478,7 @@ class HostCopy:
                     self._proc.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     pass
-                self._check_alive(0, "the copy's root could not be built")
+                self._check_alive(0, f"the copy's root could not be built (on a tmpfs of {self.tmpfs_size})")
             buffered += chunk
 
     def _check_alive(self, deadline, what, wait_for=None):
