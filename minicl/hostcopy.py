@@ -103,6 +103,46 @@ ALWAYS_MASKED = (MINION_UNIT, "systemd-remount-fs.service")
 
 ENTER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
+# The root's view of the kernel, for a root built at $R before systemd boots in it; shared with
+# the test hosts (minicl_lab.testhosts). /proc is new, /proc/sys read-only but for /proc/sys/net,
+# /sys read-only, cgroup2 rooted at the caller's cgroup (in a cgroup namespace of its own: the
+# same root for a caller that is in one already), /dev private, /tmp and /run fresh.
+KERNEL_VIEW = r"""
+mount -t proc proc "$R/proc"
+# Kernel-wide knobs stay out of reach; the settings of the root's own network namespace do not.
+mount --bind "$R/proc/sys" "$R/proc/sys"
+mount -o remount,bind,ro "$R/proc/sys"
+mount --bind "$R/proc/sys/net" "$R/proc/sys/net"
+mount -o remount,bind,rw "$R/proc/sys/net"
+mount -t sysfs -o ro sysfs "$R/sys"
+unshare --cgroup mount -t cgroup2 cgroup2 "$R/sys/fs/cgroup"
+# A private /dev with only the harmless devices, not the machine's disks.
+mount -t tmpfs -o mode=0755,nosuid minicl-dev "$R/dev"
+for dev in null zero full random urandom tty; do
+    touch "$R/dev/$dev"
+    mount --bind "/dev/$dev" "$R/dev/$dev"
+done
+mkdir -p "$R/dev/pts" "$R/dev/shm"
+mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts "$R/dev/pts"
+ln -s pts/ptmx "$R/dev/ptmx"
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/dev/shm"
+ln -s /proc/self/fd "$R/dev/fd"
+ln -s /proc/self/fd/0 "$R/dev/stdin"; ln -s /proc/self/fd/1 "$R/dev/stdout"
+ln -s /proc/self/fd/2 "$R/dev/stderr"
+# Empty at every boot, as Debian's tmp.conf makes /tmp; the machine's /tmp and /run stay outside.
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/tmp"
+mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$R/run"
+"""
+
+# Makes $R the root (systemd refuses a chroot) and lets go of the old one.
+PIVOT_ROOT = r"""
+cd "$R"
+mkdir -p .minicl-oldroot
+pivot_root . .minicl-oldroot
+umount -l /.minicl-oldroot
+rmdir /.minicl-oldroot
+"""
+
 # The service's main process, in the host's namespaces and in the service's delegated cgroup:
 # splits that cgroup into supervisor/ (for unshare, which waits for the copy's PID 1) and payload/
 # (for the copy), hands the controllers on to them, and starts the copy's namespaces.
@@ -134,33 +174,12 @@ mount -t tmpfs -o "mode=0700,size=$SIZE" minicl-hostcopy "$D"
 mkdir "$D/upper" "$D/work" "$D/root"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$D/upper,workdir=$D/work" "$D/root"
 R=$D/root
-mount -t proc proc "$R/proc"
-# Kernel-wide knobs stay out of reach; the copy's own network namespace settings do not.
-mount --bind "$R/proc/sys" "$R/proc/sys"
-mount -o remount,bind,ro "$R/proc/sys"
-mount --bind "$R/proc/sys/net" "$R/proc/sys/net"
-mount -o remount,bind,rw "$R/proc/sys/net"
+@KERNEL_VIEW@
+# The copy is root on the host's kernel: no magic SysRq (a reboot of the real machine) either.
 if [ -e "$R/proc/sysrq-trigger" ]; then
     mount --bind "$R/proc/sysrq-trigger" "$R/proc/sysrq-trigger"
     mount -o remount,bind,ro "$R/proc/sysrq-trigger"
 fi
-mount -t sysfs -o ro sysfs "$R/sys"
-unshare --cgroup mount -t cgroup2 cgroup2 "$R/sys/fs/cgroup"
-# A private /dev with only the harmless devices, not the host's disks.
-mount -t tmpfs -o mode=0755,nosuid minicl-dev "$R/dev"
-for dev in null zero full random urandom tty; do
-    touch "$R/dev/$dev"
-    mount --bind "/dev/$dev" "$R/dev/$dev"
-done
-mkdir -p "$R/dev/pts" "$R/dev/shm"
-mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts "$R/dev/pts"
-ln -s pts/ptmx "$R/dev/ptmx"
-mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/dev/shm"
-ln -s /proc/self/fd "$R/dev/fd"
-ln -s /proc/self/fd/0 "$R/dev/stdin"; ln -s /proc/self/fd/1 "$R/dev/stdout"
-ln -s /proc/self/fd/2 "$R/dev/stderr"
-mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/tmp"
-mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$R/run"
 n=0
 while [ $# -gt 0 ]; do
     case $1 in
@@ -196,15 +215,12 @@ printf '[Journal]\nStorage=volatile\n' > "$R/etc/systemd/journald.conf.d/zz-mini
 hostname "$NAME"
 echo "$NAME" > "$R/etc/hostname"
 printf '127.0.1.1\t%s\n' "$NAME" >> "$R/etc/hosts"
-cd "$R"
-mkdir .minicl-oldroot
-pivot_root . .minicl-oldroot
-umount -l /.minicl-oldroot
-rmdir /.minicl-oldroot
+@PIVOT_ROOT@
 echo ready
 exec </dev/null >/dev/null 2>&1
 exec unshare --cgroup env -i container=minicl-hostcopy /lib/systemd/systemd --system --unit=multi-user.target
 """
+BOOT = BOOT.replace("\n@KERNEL_VIEW@\n", KERNEL_VIEW).replace("\n@PIVOT_ROOT@\n", PIVOT_ROOT)
 
 
 class HostCopyError(MiniclError):
