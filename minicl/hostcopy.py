@@ -38,8 +38,9 @@ What the copy is made of:
   host enables are masked (a copy must not converge or run maintenance), and so are the units
   in ``mask`` and ``systemd-remount-fs.service`` (the host's fstab options do not apply to the
   copy's root); the journal is kept in memory (``Storage=volatile``) so that journald does not copy
-  the host's journal files up; the hostname is ``<host>-copy``. The machine-id stays the host's.
-  Every other service the host enables starts in the copy.
+  the host's journal files up; the hostname is ``<host>-copy`` (``/etc/hostname`` and
+  ``/etc/hosts`` in the copy say so). The machine-id stays the host's. Every other service the
+  host enables starts in the copy.
 
 Limits: a file written in the copy is first copied up whole to the tmpfs (a database page
 written means its whole segment file in memory), so the copy needs memory for every file its
