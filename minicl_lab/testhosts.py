@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 
+from minicl.hostcopy import KERNEL_VIEW, PIVOT_ROOT, enter_command
 from minicl.saltext import SOURCE_ROOT
 
 # Units a freshly installed Debian server runs, if their package is on this machine. Every other
@@ -65,6 +66,7 @@ exec "$2" -c "$3"
 """
 
 # PID 1 of a boot, before it becomes systemd: builds the root, waits for the network, pivots.
+# The kernel's view and the pivot are minicl.hostcopy's, the same as in a copy of a real host.
 # Arguments: host folder, host name, then "ro:PATH" / "rw:PATH" folders of this machine to bind.
 BOOT = r"""
 set -eu
@@ -72,30 +74,7 @@ D=$1; NAME=$2; shift 2
 mkdir -p "$D/upper" "$D/work" "$D/root"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$D/upper,workdir=$D/work" "$D/root"
 R=$D/root
-mount -t proc proc "$R/proc"
-# Kernel-wide knobs stay out of reach; the host's own network namespace settings do not.
-mount --bind "$R/proc/sys" "$R/proc/sys"
-mount -o remount,bind,ro "$R/proc/sys"
-mount --bind "$R/proc/sys/net" "$R/proc/sys/net"
-mount -o remount,bind,rw "$R/proc/sys/net"
-mount -t sysfs -o ro sysfs "$R/sys"
-mount -t cgroup2 cgroup2 "$R/sys/fs/cgroup"
-# A private /dev with only the harmless devices, not the machine's disks.
-mount -t tmpfs -o mode=0755,nosuid minicl-dev "$R/dev"
-for dev in null zero full random urandom tty; do
-    touch "$R/dev/$dev"
-    mount --bind "/dev/$dev" "$R/dev/$dev"
-done
-mkdir -p "$R/dev/pts" "$R/dev/shm"
-mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts "$R/dev/pts"
-ln -s pts/ptmx "$R/dev/ptmx"
-mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/dev/shm"
-ln -s /proc/self/fd "$R/dev/fd"
-ln -s /proc/self/fd/0 "$R/dev/stdin"; ln -s /proc/self/fd/1 "$R/dev/stdout"
-ln -s /proc/self/fd/2 "$R/dev/stderr"
-# Empty at every boot, as Debian's tmp.conf makes it; the machine's /tmp and /run stay outside.
-mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/tmp"
-mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$R/run"
+@KERNEL_VIEW@
 for bind in "$@"; do
     dir=${bind#*:}
     mkdir -p "$R$dir"
@@ -126,14 +105,11 @@ if [ ! -e "$D/installed" ]; then
 fi
 echo ready
 read -r go
-cd "$R"
-mkdir -p .minicl-oldroot
-pivot_root . .minicl-oldroot
-umount -l /.minicl-oldroot
-rmdir /.minicl-oldroot
+@PIVOT_ROOT@
 exec </dev/null >/dev/null 2>&1
 exec env -i container=minicl-testhost /lib/systemd/systemd --system --unit=multi-user.target
 """
+BOOT = BOOT.replace("\n@KERNEL_VIEW@\n", KERNEL_VIEW).replace("\n@PIVOT_ROOT@\n", PIVOT_ROOT)
 
 
 class CommandFailed(subprocess.CalledProcessError):
@@ -370,26 +346,7 @@ class Host:
         The process first joins the host's cgroup (a leaf beside systemd's tree), so that
         ``systemd-run --scope`` (Salt's service module) can move it like any process of the host.
         """
-        enter = os.path.join(self.cgroup, "minicl-enter")
-        env = [
-            "env",
-            "-i",
-            f"PATH={self.path}",
-            "HOME=/root",
-            "LANG=C.UTF-8",
-            "USER=root",
-            "LOGNAME=root",
-            "SHELL=/bin/sh",
-        ]
-        return [
-            "sh",
-            "-c",
-            'mkdir -p "$0" && echo $$ > "$0/cgroup.procs" && exec "$@"',
-            enter,
-            *self.ns.nsenter("-a", "-r", "-w"),
-            *env,
-            *cmd,
-        ]
+        return enter_command(self.pid, os.path.join(self.cgroup, "minicl-enter"), cmd, {"PATH": self.path})
 
     def shell_hint(self):
         """How a person enters this host from this machine."""
