@@ -2,7 +2,8 @@
 
     salt-call --local minicl_upgrade.plan        # what moving to the newest snapshot would change
     salt-call --local minicl_upgrade.plan snapshot=20261204T053000Z
-    salt-call --local minicl_upgrade.apply       # upgrade now; undone by itself if a check fails
+    salt-call --local minicl_upgrade.rehearse    # the upgrade tried on a throwaway copy of this host
+    salt-call --local minicl_upgrade.apply       # upgrade now, after a green rehearsal; undone on failure
     salt-call --local minicl_upgrade.rollback    # back to the snapshot before the last upgrade
     salt-call --local minicl_upgrade.status      # the snapshot this host is at, its upgrades
 
@@ -68,14 +69,32 @@ def plan(snapshot=None):
     return found
 
 
-def apply(snapshot=None):
-    """Upgrade this host to ``snapshot`` now; undone by itself when a check fails after it.
+def apply(snapshot=None, rehearsal=True):
+    """Upgrade this host to ``snapshot`` now, after a green rehearsal (one runs first if there is
+    none for this snapshot and the packages installed now; ``rehearsal=False`` skips it); undone
+    by itself when a check fails after it.
     CLI Example: ``salt-call --local minicl_upgrade.apply``"""
     try:
         view = _view()
         target = _target(view, snapshot)
         done = upgrade.apply(view["url"], target, view["use"], view["list"], view["public_key"], _apps(),
-                             log=lambda line: None)  # fmt: skip
+                             log=lambda line: None, rehearsal=bool(rehearsal))  # fmt: skip
+    except MiniclError as exc:
+        return _failed(str(exc))
+    if not done["ok"]:
+        __context__["retcode"] = 1
+    return done
+
+
+def rehearse(snapshot=None):
+    """Upgrade a throwaway copy of this host (its own namespaces, no network) to ``snapshot`` and
+    run minicl's host checks and every local app's check_health and test there; this host is
+    not changed. Kernel upgrades are installed in the copy but cannot be booted there.
+    CLI Example: ``salt-call --local minicl_upgrade.rehearse``"""
+    try:
+        view = _view()
+        done = upgrade.rehearse(view["url"], _target(view, snapshot), view["use"], view["list"], _apps(),
+                                log=lambda line: None)  # fmt: skip
     except MiniclError as exc:
         return _failed(str(exc))
     if not done["ok"]:

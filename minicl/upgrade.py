@@ -17,20 +17,23 @@ data format changed).
 The record (``RECORD``): the snapshot this host is at and the upgrades that stayed.
 """
 
+import hashlib
 import json
 import os
 import re
 import subprocess
+import sys
 import time
 
-from minicl import aptsource, checks, paths
-from minicl.appliances import ApplianceError
+from minicl import aptsource, checks, hostcopy, paths
+from minicl.appliances import ApplianceError, Report
 from minicl.appliances import module as appliance_module
 from minicl.appliances import upgrades as app_upgrades
 from minicl.errors import MiniclError
 from minicl.files import read_file, read_json, write_file
 
 RECORD = f"{paths.STATE_DIR}/packages.json"
+REHEARSALS = f"{paths.STATE_DIR}/rehearsals.json"  # {snapshot: the last rehearsal of moving to it}
 INSTALL_OPTIONS = ["-y", "-o", "Dpkg::Options::=--force-confold", "-o", "Dpkg::Options::=--force-confdef"]
 # Packages a running system cannot take without a reboot, whatever a rehearsal shows.
 REBOOT_PACKAGES = re.compile(r"^(linux-image-|linux-modules-|intel-microcode$|amd64-microcode$)")
@@ -56,6 +59,14 @@ def parse_simulation(text):
         for m in map(_INST.match, text.splitlines())
         if m
     ]
+
+
+def moves(changes, installed_now=None):
+    """ "a 1.0 -> 1.1, b (new) -> 2.0": ``changes`` as planned, or as ``installed_now`` has them."""
+    now = installed_now or {}
+    return ", ".join(
+        f"{c['package']} {c['from'] or '(new)'} -> {now.get(c['package'], c['to'])}" for c in changes
+    )
 
 
 def installed(names=None):
@@ -155,7 +166,7 @@ def _app_checks(apps):
     """{app name: (ok, [failure lines])} after their check_health (given time to settle) and test."""
     found = {}
     for app in apps:
-        report = app_upgrades.Report(app["name"], "check")
+        report = Report(app["name"], "check")
         ok = app_upgrades._checks(appliance_module(app["type"]), app, report)  # pylint: disable=protected-access
         found[app["name"]] = (ok, [line for line in report.lines if line.startswith("FAIL")])
     return found
@@ -178,9 +189,17 @@ def point_source(files):
         raise
 
 
-def apply(url, snapshot, mode, listed, public_key, apps, log=print):
+def apply(url, snapshot, mode, listed, public_key, apps, log=print, rehearsal=True):
     """Move this host to ``snapshot``; returns {ok, lines, changes, undone}. ``apps``: the apps
-    of this host as the pillar has them."""
+    of this host as the pillar has them. ``rehearsal``: only after a green rehearsal of it on
+    this host as it is (one runs first when there is none)."""
+    if rehearsal and not green_rehearsal(snapshot):
+        rehearsed = rehearse(url, snapshot, mode, listed, apps, log)
+        if not rehearsed["ok"]:
+            line = f"not upgraded: the rehearsal of snapshot {snapshot} failed"
+            log(line)
+            return {"ok": False, "lines": [*rehearsed["lines"], line], "changes": rehearsed["changes"],
+                    "undone": False, "rehearsal": rehearsed}  # fmt: skip
     found = record()
     previous = found.get("snapshot") or aptsource.configured_snapshot()
     lines = []
@@ -212,10 +231,7 @@ def apply(url, snapshot, mode, listed, public_key, apps, log=print):
     if args:
         aptsource.apt_get([*args, *INSTALL_OPTIONS])
     after = installed(sorted({c["package"] for c in planned["changes"]}))
-    moved = [
-        f"{c['package']} {c['from'] or '(new)'} -> {after.get(c['package'])}" for c in planned["changes"]
-    ]
-    say(f"snapshot {previous} -> {snapshot}: {', '.join(moved) or 'nothing to upgrade'}")
+    say(f"snapshot {previous} -> {snapshot}: {moves(planned['changes'], after) or 'nothing to upgrade'}")
     failed = new_failures(checked_before, host_checks())
     apps_checked = _app_checks(apps)
     for name in failed:
@@ -282,3 +298,92 @@ def data_format(app):
         return describe(app) if describe else None
     except ApplianceError:
         return None
+
+
+def checks_now(apps):
+    """{"host": {check: ok}, "apps": {name: [ok, [failure lines]]}}: what a rehearsal compares
+    before and after the upgrade inside the copy."""
+    return {"host": host_checks(), "apps": {n: [ok, bad] for n, (ok, bad) in _app_checks(apps).items()}}
+
+
+def rehearsals():
+    return read_json(REHEARSALS) or {}
+
+
+def green_rehearsal(snapshot):
+    """The last rehearsal of moving this host to ``snapshot`` if it passed with the packages
+    installed now, else None."""
+    found = rehearsals().get(snapshot)
+    return found if found and found["ok"] and found.get("installed") == _fingerprint() else None
+
+
+def _fingerprint():
+    """Of the packages installed now: a rehearsal holds for the host as it was rehearsed."""
+    listed = "\n".join(f"{name}={version}" for name, version in sorted(installed().items()))
+    return hashlib.sha256(listed.encode()).hexdigest()
+
+
+def rehearse(url, snapshot, mode, listed, apps, log=print):
+    """Upgrade a throwaway copy of this host (minicl.hostcopy) to ``snapshot`` and run minicl's
+    host checks and each local app's check_health and test there, before and after; the real
+    host is untouched. Returns {ok, snapshot, changes, failures, restart, reboot, lines}; the
+    result is kept for the rollout (``green_rehearsal``)."""
+    lines = []
+
+    def say(line):
+        lines.append(line)
+        log(line)
+
+    planned = plan(url, snapshot, mode, listed)
+    args = upgrade_args(mode, listed)
+    result = {"snapshot": snapshot, "changes": planned["changes"], "failures": [], "restart": [],
+              "reboot": planned["reboot"], "lines": lines}  # fmt: skip
+    if not planned["changes"]:
+        say(f"nothing to upgrade for snapshot {snapshot}")
+        return _kept(dict(result, ok=True))
+    if planned["reboot"]:
+        say("NOTE a kernel or microcode upgrade: the copy shares this host's running kernel, so the "
+            "new one is installed but cannot be booted in a rehearsal")  # fmt: skip
+    check_program = [sys.executable, "-c", "import json, sys; from minicl import upgrade; "
+                     "print(json.dumps(upgrade.checks_now(json.load(sys.stdin))))"]  # fmt: skip
+    with aptsource.PrivateApt(url, snapshot) as apt:
+        apt.run(["update"])
+        apt.run([*args, "-d", "-y"])  # the packages, fetched here: the copy has no network
+        with hostcopy.HostCopy("rehearsal", binds=[(apt.dir, apt.dir, True)]) as copy:
+            state = copy.boot()
+            say(f"booted a copy of this host ({state})")
+            before = json.loads(copy.run(check_program, input=json.dumps(apps)).stdout)
+            upgraded = copy.run(
+                ["apt-get", "-q", *apt.options, "--no-download", *args, *INSTALL_OPTIONS],
+                check=False, env=aptsource.APT_ENV, timeout=1800,
+            )  # fmt: skip
+            if upgraded.returncode != 0:
+                bad = [
+                    line for line in (upgraded.stdout + upgraded.stderr).splitlines() if line.startswith("E:")
+                ]
+                result["failures"].append(
+                    f"apt-get in the copy: {' | '.join(bad[-3:]) or upgraded.returncode}"
+                )
+            else:
+                say(f"upgraded the copy: {moves(planned['changes'])}")
+            after = json.loads(copy.run(check_program, input=json.dumps(apps)).stdout)
+            restart = copy.run(["needrestart", "-b", "-r", "l"], check=False, env={"LC_ALL": "C"})
+    result["failures"] += [f"host check {name}" for name in new_failures(before["host"], after["host"])]
+    for name, (ok, bad) in after["apps"].items():
+        if before["apps"].get(name, [True])[0] and not ok:
+            result["failures"].append(f"app {name}: {'; '.join(bad) or 'failed'}")
+    result["restart"] = [line.split(":", 1)[1].strip() for line in restart.stdout.splitlines()
+                         if line.startswith("NEEDRESTART-SVC:")]  # fmt: skip
+    for failure in result["failures"]:
+        say(f"FAIL {failure}")
+    result["ok"] = not result["failures"]
+    say(f"{'ok  ' if result['ok'] else 'FAIL'} rehearsal of snapshot {snapshot}; this host was not changed")
+    return _kept(result)
+
+
+def _kept(result):
+    found = rehearsals()
+    found[result["snapshot"]] = {"ok": result["ok"], "at": int(time.time()), "failures": result["failures"],
+                                 "installed": _fingerprint()}  # fmt: skip
+    write_file(REHEARSALS, json.dumps(found, indent=1) + "\n", 0o644)
+    return result

@@ -162,16 +162,32 @@ def test_plan_names_the_upgrade_and_the_service_to_restart(cluster, upstream):
     assert candidate(alpha, WEB) == "1.0" and version(alpha, WEB) == "1.0"
 
 
-def test_a_broken_upgrade_is_undone(cluster):
+def test_a_broken_upgrade_fails_its_rehearsal_and_the_host_is_untouched(cluster):
+    _, alpha, _, _ = cluster
+    sources = alpha.read("/etc/apt/sources.list.d/minicl.sources")
+    code, data, result = salt_call(alpha, "minicl_upgrade.rehearse")
+    assert code != 0, result.stdout
+    rehearsal = data["local"]
+    assert not rehearsal["ok"] and rehearsal["failures"] == [f"host check unit {WEB}.service"], rehearsal
+    assert any(line.startswith("booted a copy of this host") for line in rehearsal["lines"]), rehearsal
+    assert version(alpha, WEB) == "1.0" and alpha.unit_state(f"{WEB}.service") == "active"
+    assert alpha.read("/etc/apt/sources.list.d/minicl.sources") == sources
+    assert "minicl-hostcopy" not in alpha.run(["systemctl", "list-units", "--all", "--plain"]).stdout
+    # apply refuses a snapshot whose rehearsal failed.
+    code, data, result = salt_call(alpha, "minicl_upgrade.apply")
+    assert code != 0 and not data["local"]["undone"], result.stdout
+    assert data["local"]["lines"][-1].startswith("not upgraded: the rehearsal of snapshot")
+    assert version(alpha, WEB) == "1.0"
+
+
+def test_a_broken_upgrade_applied_without_rehearsal_is_undone(cluster):
     _, alpha, _, _ = cluster
     before = alpha.read("/etc/apt/sources.list.d/minicl.sources")
-    code, data, result = salt_call(alpha, "minicl_upgrade.apply")
+    code, data, result = salt_call(alpha, "minicl_upgrade.apply", "rehearsal=False")
     assert code != 0, result.stdout
     done = data["local"]
     assert done["undone"], done
-    assert any(line.startswith(f"FAIL host check unit {WEB}.service") for line in done["lines"]), done[
-        "lines"
-    ]
+    assert any(line.startswith(f"FAIL host check unit {WEB}.service") for line in done["lines"]), done["lines"]
     assert version(alpha, WEB) == "1.0"
     wait_for("the lab service back", lambda: alpha.unit_state(f"{WEB}.service") == "active", timeout=20)
     assert alpha.read("/etc/apt/sources.list.d/minicl.sources") == before
