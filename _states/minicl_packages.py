@@ -10,15 +10,21 @@
       minicl_packages.source:          # on every host that uses it (cluster.json packages.use)
         - name: minicl
 
+    minicl-package-upgrades:
+      minicl_packages.upgraded:        # the scheduled step of the rollout (minicl.package_rollout)
+        - name: minicl
+
 ``repository`` looks upstream when it is due (packages.every, or the section, packages.key or
 the local packages changed) and publishes a new snapshot when something changed; see
 minicl.aptrepo. ``source`` points apt at the snapshot the host is at (``minicl_upgrade.apply``
-moves it), at first the newest published one, trusting packages.key.pub only. Neither upgrades
-a package. ``test=True`` says what would change and changes nothing.
+moves it), at first the newest published one, trusting packages.key.pub only. ``upgraded``
+rehearses and upgrades the host to a new snapshot when the rollout lets it (window, canaries,
+no failure elsewhere). ``test=True`` says what would change and changes nothing.
 """
 
 try:
-    from minicl import aptrepo, aptsource, statekit, upgrade
+    from minicl import aptrepo, aptsource, package_rollout, statekit, upgrade
+    from minicl import cluster as cluster_model
     from minicl.files import read_file
 
     HAS_MINICL = True
@@ -110,4 +116,19 @@ def source(name="minicl"):
         return ret
     upgrade.point_source(files)
     ret["comment"] = f"apt points at snapshot {snapshot}"
+    return ret
+
+
+@_guarded(label="package upgrades")
+def upgraded(name="minicl"):
+    """This host is at the newest snapshot the rollout lets it take (see minicl.package_rollout)."""
+    ret = statekit.new_ret(name)
+    view = _view()
+    if view.get("use", "none") == "none":
+        ret["comment"] = "this host does not use the cluster's repository (packages.use)"
+        return ret
+    cluster, host = cluster_model.from_pillar(__pillar__)
+    apps = list(((__pillar__.get("minicl") or {}).get("apps") or {}).values())
+    result, changes, comment = package_rollout.converge(view, cluster, host, apps, test=__opts__["test"])
+    ret.update(result=result, changes=changes, comment=comment)
     return ret

@@ -34,6 +34,7 @@ TEXTFILE_DIR = paths.TEXTFILE_DIR
 RUN_FILE = "minicl_run.prom"
 CHECKS_FILE = "minicl_checks.prom"
 RELEASE_FILE = "minicl_release.prom"
+PACKAGES_FILE = "minicl_packages.prom"
 HIGHSTATE_FUNCTIONS = ("state.apply", "state.highstate")
 ERROR_LABEL_MAX = 200
 
@@ -232,6 +233,43 @@ def last_run_timestamp(run_file_text):
 def _one_line(text):
     line = " ".join(str(text).split())
     return line if len(line) <= ERROR_LABEL_MAX else line[: ERROR_LABEL_MAX - 3] + "..."
+
+
+def write_packages(snapshot, good_since, failed, reboot, directory=TEXTFILE_DIR):
+    """Writes minicl_packages.prom: the package snapshot this host is at, and how its upgrades
+    go. ``failed``: the record of the snapshot that failed here ({} if none)."""
+    registry = CollectorRegistry()
+    if snapshot:
+        Gauge(
+            "minicl_packages_snapshot_info", "The snapshot of the cluster's repository this host is at.",
+            ["snapshot"], registry=registry,
+        ).labels(snapshot).set(1)  # fmt: skip
+    if snapshot and good_since:
+        Gauge(
+            "minicl_packages_good_since_timestamp_seconds",
+            "Since when this host runs its snapshot successfully (its upgrade passed its checks).",
+            ["snapshot"], registry=registry,
+        ).labels(snapshot).set(good_since)  # fmt: skip
+    Gauge(
+        "minicl_packages_upgrade_failed",
+        "1 if the upgrade to the newest snapshot failed here.",
+        registry=registry,
+    ).set(1 if failed else 0)
+    if failed:
+        Gauge(
+            "minicl_packages_upgrade_error_info",
+            "Which snapshot failed here, at which stage, with which packages, and why.",
+            ["snapshot", "stage", "packages", "error"],
+            registry=registry,
+        ).labels(
+            failed.get("snapshot", ""), failed.get("stage", ""), _one_line(failed.get("packages", "")),
+            _one_line(failed.get("error", "")),
+        ).set(1)  # fmt: skip
+    Gauge(
+        "minicl_packages_reboot_required", "1 if an upgrade installed what needs a reboot (a kernel).",
+        registry=registry,
+    ).set(1 if reboot else 0)  # fmt: skip
+    return _write(registry, directory, PACKAGES_FILE)
 
 
 def _write(registry, directory, name):

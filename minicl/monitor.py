@@ -221,6 +221,27 @@ def alert_rules(cluster):
             for_=None,
         ),
         rule(
+            "MiniclPackagesUpgradeFailed",
+            "minicl_packages_upgrade_error_info == 1",
+            "{{ $labels.instance }}: the upgrade to snapshot {{ $labels.snapshot }} failed "
+            "({{ $labels.packages }})",
+            "The {{ $labels.stage }} of the upgrade of {{ $labels.packages }} to snapshot "
+            "{{ $labels.snapshot }} failed on {{ $labels.instance }}: {{ $labels.error }}. The host keeps "
+            "its packages, and the rollout of that snapshot stops on every host. "
+            "'salt-call --local minicl_upgrade.rehearse' there shows the details; a newer snapshot "
+            "(a fixed package) starts the rollout again.",
+            for_=None,
+        ),
+        rule(
+            "MiniclRebootRequired",
+            "minicl_packages_reboot_required == 1",
+            "{{ $labels.instance }} needs a reboot",
+            "An upgrade on {{ $labels.instance }} installed what takes effect only after a reboot (a "
+            "kernel, microcode; needrestart says so). Reboot it when it suits you.",
+            for_="1h",
+            severity="warning",
+        ),
+        rule(
             "MiniclVersionsDiffer",
             "count(count by (version) (minicl_release_info)) > 1",
             "the hosts run different minicl versions",

@@ -87,6 +87,7 @@ def pillar(cluster, host, checkout=None):
         "url": base_url(cluster),
         "list": sorted(found["list"]),
         "snapshot": found.get("snapshot"),
+        "window": found.get("window"),
         "public_key": _read(checkout, PUBLIC_KEY) if checkout else None,
     }
     if ROLE in cluster.host_roles(host):

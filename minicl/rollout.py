@@ -1,9 +1,11 @@
-"""Canaries first: may this host take a new minicl now, or must it wait for the canaries?
+"""Canaries first: may this host take a new minicl (or a new package snapshot) now, or must it
+wait for the canaries?
 
 cluster.json's ``rollout`` names canary hosts and a soak time. A canary takes a new pin on its
 next run; every other host takes it only once every canary has run it successfully for the soak
 time, which it reads from the monitor's Prometheus (every host may reach port 9090 of a monitor).
-No canaries: every host takes a new pin on its next run.
+No canaries: every host takes a new pin on its next run. Package snapshots go the same way
+(minicl.upgrade, through ``may_take``).
 
     ready, why = rollout.may_update(cluster, host, commit)
 """
@@ -45,10 +47,11 @@ def query(cluster, promql, timeout=QUERY_TIMEOUT):
     raise MonitorUnreachable("; ".join(tried) or "no host has the monitor role")
 
 
-def canary_progress(cluster, commit, ask=query):
-    """{canary: seconds it has run ``commit`` successfully}; a canary missing has not (yet)."""
+def canary_progress(cluster, good_since, ask=query):
+    """{canary: seconds it has run it successfully}, ``good_since`` being the PromQL selector of
+    the metric that says since when a host runs it well; a canary missing has not (yet)."""
     soak = soak_seconds(cluster)
-    good = ask(cluster, f'time() - minicl_release_good_since_timestamp_seconds{{commit="{commit}"}}')
+    good = ask(cluster, f"time() - {good_since}")
     failing = ask(cluster, f"min_over_time(minicl_run_success[{int(soak)}s]) == 0")
     failed_hosts = {row["metric"].get("instance") for row in failing}
     return {
@@ -60,18 +63,27 @@ def canary_progress(cluster, commit, ask=query):
 
 def may_update(cluster, host, commit, ask=query):
     """(True, why) if ``host`` may take minicl ``commit`` now; (False, why) if it must wait."""
+    return may_take(
+        cluster, host, f'minicl_release_good_since_timestamp_seconds{{commit="{commit}"}}',
+        f"minicl {commit[:12]}", "a new minicl", ask,
+    )  # fmt: skip
+
+
+def may_take(cluster, host, good_since, what, kind, ask=query):
+    """(True, why) if ``host`` may take ``what`` (``kind`` in general: "a new minicl") now, the
+    canaries' progress read from ``good_since`` (see canary_progress); (False, why) if it must wait."""
     names = canaries(cluster)
     if not names:
-        return True, "no canaries in cluster.json: every host takes a new minicl on its next run"
+        return True, f"no canaries in cluster.json: every host takes {kind} on its next run"
     if host in names:
         return True, f"{host} is a canary"
     soak = soak_seconds(cluster)
     try:
-        progress = canary_progress(cluster, commit, ask)
+        progress = canary_progress(cluster, good_since, ask)
     except MonitorUnreachable as exc:
         return False, (
             f"waiting for the canaries ({', '.join(names)}): no monitor answered ({exc}); hosts other "
-            "than the canaries take a new minicl only once the monitor shows every canary ran it "
+            f"than the canaries take {kind} only once the monitor shows every canary ran it "
             f"successfully for {cluster.duration('rollout', 'soak')}"
         )
     behind = []
@@ -83,7 +95,7 @@ def may_update(cluster, host, commit, ask=query):
             behind.append(f"{name} has run it for {int(ran)} s")
     if behind:
         return False, (
-            f"waiting for the canaries to run minicl {commit[:12]} successfully for "
+            f"waiting for the canaries to run {what} successfully for "
             f"{cluster.duration('rollout', 'soak')}: " + "; ".join(behind)
         )
     return (

@@ -48,7 +48,7 @@ def record():
     return read_json(RECORD) or {"snapshot": None, "history": []}
 
 
-def _save(found):
+def save(found):
     write_file(RECORD, json.dumps(found, indent=1) + "\n", 0o644)
 
 
@@ -245,7 +245,9 @@ def apply(url, snapshot, mode, listed, public_key, apps, log=print, rehearsal=Tr
         entry = {"at": int(time.time()), "from": previous, "to": snapshot, "before": changing,
                  "after": {n: after.get(n) for n in changing}, "debs": debs, "backups": backups,
                  "formats": formats}  # fmt: skip
-        _save({"snapshot": snapshot, "history": [*found.get("history", []), entry]})
+        found.update(snapshot=snapshot, history=[*found.get("history", []), entry])
+        found.pop("failed", None)
+        save(found)
         return {"ok": True, "lines": lines, "changes": planned["changes"], "undone": False}
     say("the upgrade failed its checks: undoing it")
     _undo(changing, debs, old_files, [a for a in apps if not apps_checked[a["name"]][0]], backups, say)
@@ -285,7 +287,9 @@ def rollback(url, mode, listed, public_key, apps, log=print):
           last.get("backups", {}), say)  # fmt: skip
     now = installed(sorted(last["before"]))
     ok = all(now.get(n) == v for n, v in last["before"].items())
-    _save({"snapshot": last["from"], "history": history[:-1]})
+    found.update(snapshot=last["from"], history=history[:-1])
+    found.pop("failed", None)
+    save(found)
     say(f"{'ok  ' if ok else 'FAIL'} snapshot {last['to']} -> {last['from']}")
     return {"ok": ok, "lines": lines}
 

@@ -13,4 +13,13 @@ minicl-apt-source:
     - require:
       - service: minicl-repository-nginx  {#- this host serves the repository: after it is up #}
 {%- endif %}
+
+{#- After every other state of the run (the apps are converged). Salt runs states of the same
+    order by state name: minicl_packages before minicl_release (minicl's own update). #}
+minicl-package-upgrades:
+  minicl_packages.upgraded:
+    - name: minicl
+    - order: last
+    - require:
+      - minicl_packages: minicl-apt-source
 {%- endif %}
