@@ -28,6 +28,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
+from minicl.errors import MiniclError
 from minicl.files import read_json, write_file
 
 DPKG_INFO = "/var/lib/dpkg/info"
@@ -54,7 +55,7 @@ UNSIGNED_SETTINGS = (
 APT_TRUE = {"yes", "true", "with", "on", "enable"}  # apt's StringToBool, besides non-zero numbers
 
 
-class IntegrityError(RuntimeError):
+class IntegrityError(MiniclError):
     """dpkg or apt could not be asked, or answered what this module does not understand."""
 
 
