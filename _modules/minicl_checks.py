@@ -4,11 +4,13 @@
 
 Checks: disk and inode use per real filesystem, load against the CPU count, available memory,
 mail queue size and age, failed systemd units and clock sync (where systemd runs), sshd and
-Postfix up. Every run also updates the checks' metrics for the monitor (minicl.metrics).
+Postfix up, installed files unchanged from their packages and apt sources signed
+(minicl.integrity, which keeps its record in minicl's state dir). Every run also updates the
+checks' metrics for the monitor (minicl.metrics).
 """
 
 try:
-    from minicl import checks, config, metrics, sshd
+    from minicl import checks, config, metrics, paths, sshd
 
     HAS_MINICL = True
 except ImportError as exc:  # pragma: no cover
@@ -35,8 +37,17 @@ def run():
         if cluster
         else (sshd.listening_ports() or [22])[0]
     )
-    found = checks.run_all(ssh_port)
+    found = checks.run_all(ssh_port, _state_dir())
     metrics.write_checks(found, __opts__.get("minicl_textfile_dir", metrics.TEXTFILE_DIR))
     if any(not check.ok for check in found):
         __context__["retcode"] = 1
     return {check.name: f"{'OK' if check.ok else 'FAIL'} {check.reason}" for check in found}
+
+
+def _state_dir():
+    """minicl's state dir: the config repo's cache dir from the minicl external pillar's options
+    (as the minicl returner finds it), else /var/lib/minicl."""
+    for entry in __opts__.get("ext_pillar") or []:
+        if isinstance(entry, dict) and "minicl" in entry:
+            return (entry["minicl"] or {}).get("cache_dir", paths.STATE_DIR)
+    return paths.STATE_DIR

@@ -3,8 +3,8 @@
     for check in run_all(ssh_port=22):
         print(check)          # "disk /: OK 41% used" / "postfix: FAIL not running (postfix status: ...)"
 
-Every check reads the system directly (statvfs, /proc, postqueue, systemctl, a TCP connect);
-the inputs can be injected for tests.
+Every check reads the system directly (statvfs, /proc, postqueue, systemctl, a TCP connect,
+dpkg and apt through minicl.integrity); the inputs can be injected for tests.
 """
 
 import os
@@ -13,7 +13,7 @@ import socket
 import subprocess
 from dataclasses import dataclass
 
-from minicl import mail, paths
+from minicl import integrity, mail, paths
 
 # Filesystems that hold data; pseudo and in-memory ones (proc, tmpfs, overlay, ...) are left out.
 REAL_FILESYSTEMS = frozenset(
@@ -41,6 +41,7 @@ LOAD_PER_CPU = 2.0
 MEMORY_AVAILABLE_MIN = 0.05
 QUEUE_SIZE_MAX = 50
 QUEUE_AGE_MAX = 3600
+NAMED_MAX = 5  # a failing check names this many files or sources, then "and N more"
 
 
 @dataclass
@@ -204,10 +205,42 @@ def postfix_check():
     return Check("postfix", False, f"not running ({(result.stderr or result.stdout).strip()})", 0)
 
 
-def run_all(ssh_port=22):
+def _some(items):
+    named = ", ".join(str(item) for item in items[:NAMED_MAX])
+    return named + (f" and {len(items) - NAMED_MAX} more" if len(items) > NAMED_MAX else "")
+
+
+def packages_verified_check(record_path, verify=integrity.verify_installed):
+    """Installed files, other than conffiles, against their packages' md5sums (minicl.integrity)."""
+    try:
+        changed, packages = verify(record_path)
+    except (OSError, integrity.IntegrityError) as exc:
+        return Check("packages verified", False, f"cannot verify the installed files: {exc}")
+    if not changed:
+        return Check("packages verified", True, f"the files of {packages} packages match them", 0)
+    return Check(
+        "packages verified",
+        False,
+        f"{len(changed)} installed file(s) differ from their package: {_some(changed)}",
+        len(changed),
+    )
+
+
+def apt_sources_check(unsigned_sources=integrity.unsigned_sources):
+    try:
+        found = unsigned_sources()
+    except (OSError, integrity.IntegrityError) as exc:
+        return Check("apt sources signed", False, f"cannot read apt's sources: {exc}")
+    if not found:
+        return Check("apt sources signed", True, "every source is signed", 0)
+    return Check("apt sources signed", False, f"unsigned: {_some(found)}", len(found))
+
+
+def run_all(ssh_port=22, state_dir=paths.STATE_DIR):
     checks = disk_checks(real_mounts())
     checks += [load_check(), memory_check()]
     checks += mail_queue_checks()
     checks += systemd_checks()
     checks += [port_check("ssh", ssh_port), postfix_check()]
+    checks += [packages_verified_check(os.path.join(state_dir, integrity.RECORD_NAME)), apt_sources_check()]
     return checks

@@ -13,7 +13,7 @@ import json
 
 import yaml
 
-from minicl import appliances, paths
+from minicl import appliances, paths, schedule
 from minicl.appliances import backups
 from minicl.schema import DURATION_UNITS
 
@@ -31,8 +31,8 @@ HEARTBEAT_INTERVAL = "24h"
 REPEAT_INTERVAL = "4h"
 # Filesystems that can never fill up (or are read-only images) in node_exporter's metrics.
 NOT_FILLING = "ramfs|squashfs|iso9660|nsfs|fuse.lxcfs"
-# Checks with their own alert (disk/inode space from node_exporter, the mail queue).
-OWN_ALERT_CHECKS = "disk .*|inodes .*|mail queue.*"
+# Checks with their own alert (disk/inode space from node_exporter, the mail queue, package integrity).
+OWN_ALERT_CHECKS = "disk .*|inodes .*|mail queue.*|packages verified|apt sources signed"
 # The metric by which an app type's exporter says that it reaches the service.
 UP_METRICS = {"postgresql": "pg_up", "redis": "redis_up"}
 # Replication lag: a standby this far behind for LAG_FOR is lagging (a burst of writes is not).
@@ -257,6 +257,30 @@ def alert_rules(cluster):
             "{{ $labels.instance }}: mail is stuck in the queue",
             "The {{ $labels.check }} check fails on {{ $labels.instance }}: "
             "'salt-call --local minicl_mail.queue' there says why the relay does not take the mail.",
+            for_=None,
+        ),
+        rule(
+            "MiniclFilesChanged",
+            'minicl_check_ok{check="packages verified"} == 0',
+            "{{ $labels.instance }}: installed files differ from their packages",
+            "Files that packages installed on {{ $labels.instance }} (programs, libraries; not "
+            "configuration files) differ from what their package shipped, are missing, or could not be "
+            "verified: tampering, a failing disk, or an edit by hand. 'salt-call --local minicl_checks.run' "
+            "there names them (check 'packages verified'), 'dpkg --verify' (or 'debsums -c') lists them "
+            "all; 'apt-get install --reinstall <package>' puts a package's files back.",
+            # Longer than a checks interval: a package being upgraded while the check ran is
+            # verified again by the next run.
+            for_=_duration(schedule.CHECKS_INTERVAL + FOR_SCRAPES * scrape),
+        ),
+        rule(
+            "MiniclUnsignedSource",
+            'minicl_check_ok{check="apt sources signed"} == 0',
+            "{{ $labels.instance }}: apt may install unsigned packages",
+            "An apt source of {{ $labels.instance }} is not checked against a signature ([trusted=yes], "
+            "Trusted: yes, allow-insecure) or apt's configuration accepts unsigned repositories "
+            "(Acquire::AllowInsecureRepositories, ...): whoever is between the host and the repository "
+            "can give it packages. 'salt-call --local minicl_checks.run' there names the file and line "
+            "(check 'apt sources signed').",
             for_=None,
         ),
         rule(

@@ -79,6 +79,8 @@ def test_every_alert_the_issue_names_exists(data):
         "ConfigError",
         "MailQueueStuck",
         "CheckFailing",
+        "MiniclFilesChanged",
+        "MiniclUnsignedSource",
         "Watchdog",
         "AppExporterDown",
         "AppDown",
@@ -314,6 +316,61 @@ def _filled(text, labels, value=""):
     for key, label in labels.items():
         text = text.replace("{{ $labels." + key + " }}", label)
     return text.replace("{{ $value }}", value)
+
+
+@pytest.mark.skipif(not shutil.which("promtool"), reason="promtool comes with Debian's prometheus package")
+def test_package_integrity_checks_have_their_own_alerts(data, tmp_path):
+    """A changed file alerts after more than a checks interval (a package being upgraded while the
+    check ran is verified again by the next run), an unsigned source at once; neither is also a
+    CheckFailing."""
+    data["monitoring"] = {"scrape_interval": "1m"}
+    rules = {rule["alert"]: rule for rule in monitor.alert_rules(config.Cluster(data))}
+    assert rules["MiniclFilesChanged"]["for"] == "540s"  # the 5 min checks interval and 4 scrapes
+    (tmp_path / "rules.yml").write_text(monitor.render_rules(config.Cluster(data)))
+
+    def fired(name, check):
+        labels = {"job": "node", "instance": "beta", "check": check, **rules[name]["labels"]}
+        annotations = {key: _filled(text, labels) for key, text in rules[name]["annotations"].items()}
+        return [{"exp_labels": labels, "exp_annotations": annotations}]
+
+    tests = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {
+                        "series": 'minicl_check_ok{job="node",instance="beta",check="packages verified"}',
+                        "values": "0x12",
+                    },
+                    {
+                        "series": 'minicl_check_ok{job="node",instance="beta",check="apt sources signed"}',
+                        "values": "0x12",
+                    },
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "8m", "alertname": "MiniclFilesChanged", "exp_alerts": []},
+                    {
+                        "eval_time": "9m",
+                        "alertname": "MiniclFilesChanged",
+                        "exp_alerts": fired("MiniclFilesChanged", "packages verified"),
+                    },
+                    {
+                        "eval_time": "0m",
+                        "alertname": "MiniclUnsignedSource",
+                        "exp_alerts": fired("MiniclUnsignedSource", "apt sources signed"),
+                    },
+                    {"eval_time": "10m", "alertname": "CheckFailing", "exp_alerts": []},
+                ],
+            }
+        ],
+    }
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests))
+    result = subprocess.run(
+        ["promtool", "test", "rules", "tests.yml"], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.skipif(not shutil.which("promtool"), reason="promtool comes with Debian's prometheus package")
