@@ -11,7 +11,7 @@ Each sets a non-zero exit code (with ``--retcode-passthrough``) when it failed.
 """
 
 try:
-    from minicl import aptsource, upgrade
+    from minicl import aptsource, package_rollout, upgrade
     from minicl.errors import MiniclError
 
     HAS_MINICL = True
@@ -81,6 +81,7 @@ def apply(snapshot=None, rehearsal=True):
                              log=lambda line: None, rehearsal=bool(rehearsal))  # fmt: skip
     except MiniclError as exc:
         return _failed(str(exc))
+    package_rollout.write_metrics()
     if not done["ok"]:
         __context__["retcode"] = 1
     return done
@@ -103,7 +104,8 @@ def rehearse(snapshot=None):
 
 
 def rollback():
-    """Back to the snapshot before the last upgrade that stayed, with its package versions.
+    """Back to the snapshot before the last upgrade that stayed, with its package versions; the
+    rollout holds that snapshot back (on every host) until a newer one is published.
     CLI Example: ``salt-call --local minicl_upgrade.rollback``"""
     try:
         view = _view()
@@ -111,6 +113,7 @@ def rollback():
                                 log=lambda line: None)  # fmt: skip
     except MiniclError as exc:
         return _failed(str(exc))
+    package_rollout.write_metrics()
     if not done["ok"]:
         __context__["retcode"] = 1
     return done

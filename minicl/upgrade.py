@@ -12,7 +12,7 @@ upgrades, then minicl's host checks and each local app's check_health and test r
 passed before and fails after undoes it all: the kept versions go back, the source goes back,
 and an app that failed restores its safety backup. ``rollback``: the same way back on purpose,
 to the snapshot before the last upgrade that stayed (an app restores its backup only where its
-data format changed).
+data format changed); the rollout then holds that snapshot back everywhere, as if it had failed.
 
 The record (``RECORD``): the snapshot this host is at and the upgrades that stayed.
 """
@@ -287,8 +287,13 @@ def rollback(url, mode, listed, public_key, apps, log=print):
           last.get("backups", {}), say)  # fmt: skip
     now = installed(sorted(last["before"]))
     ok = all(now.get(n) == v for n, v in last["before"].items())
+    # Held: the rollout does not take this snapshot again (on any host: it stops there, and the
+    # admins hear of it), a newer one it does.
     found.update(snapshot=last["from"], history=history[:-1])
-    found.pop("failed", None)
+    found["failed"] = {
+        "snapshot": last["to"], "at": int(time.time()), "stage": "rollback",
+        "packages": ", ".join(sorted(last["before"])) or "-", "error": "rolled back by hand",
+    }  # fmt: skip
     save(found)
     say(f"{'ok  ' if ok else 'FAIL'} snapshot {last['to']} -> {last['from']}")
     return {"ok": ok, "lines": lines}

@@ -1,10 +1,12 @@
 """The cluster's apt repository and package upgrades on systemd test hosts.
 
 The lab's upstream archive (minicl_lab.aptlab, on the git host) has minicl-lab-web (a service
-with its own binary), its dependency minicl-lab-lib and minicl-lab-other, which is not listed.
-depot has the repository role; alpha and beta use it for the listed package. Checked from the
-outside: what the repository publishes, what apt on the hosts sees and installs, the service,
-the port from a cluster host and from a host outside the cluster."""
+with its own binary: 1.0 works, 1.1 does not start, 1.2 works again), its dependency
+minicl-lab-lib and minicl-lab-other, which is not listed. depot has the repository role; alpha
+(the canary) and beta use it for the listed package; watch is the monitor, whose Alertmanager
+mails the fake relay. Checked from the outside: what the repository publishes, what apt on the
+hosts sees and installs, the service, the port from a cluster host and from a host outside the
+cluster, the monitor's view and the alert mail."""
 
 import json
 
@@ -12,12 +14,25 @@ import pytest
 
 from minicl_lab import aptlab
 
-from .conftest import bootstrap_all, changed_states, cluster_config, salt_call, wait_for
+from .conftest import (
+    alert_mail,
+    bootstrap_all,
+    changed_states,
+    cluster_config,
+    monitor_state,
+    salt_call,
+    wait_for,
+)
 
 DEPOT = ["198.51.100.71/24"]
 ALPHA = ["198.51.100.72/24"]
 BETA = ["198.51.100.73/24"]
+WATCH = ["198.51.100.74/24"]
 OUTSIDE = ["198.51.100.79/24"]
+RELAY = ["198.51.100.78/24"]
+USER, PASSWORD = "cluster@example.org", "relay-secret-Pkg5"
+SOAK = 20
+UPGRADED = "minicl_packages_|-minicl-package-upgrades_|-minicl_|-upgraded"
 PORT = 8080
 WEB, LIB, OTHER, LOCAL = aptlab.WEB, aptlab.LIB, aptlab.OTHER, "minicl-lab-local"
 
@@ -35,10 +50,11 @@ def upstream(git_server):
 
 
 @pytest.fixture(scope="module")
-def cluster(lab, git_server, deploy_key, upstream):
+def cluster(lab, relay, git_server, deploy_key, upstream):
     depot = lab.add_host("depot", DEPOT)
     alpha = lab.add_host("alpha", ALPHA)
     beta = lab.add_host("beta", BETA)
+    watch = lab.add_host("watch", WATCH)
     outside = lab.add_host("outside", OUTSIDE)
     secret, public, _ = aptlab.make_key(
         git_server.host, "/root/cluster-gnupg", "cluster packages <root@localhost>"
@@ -46,7 +62,17 @@ def cluster(lab, git_server, deploy_key, upstream):
     # A package the group built itself, committed to the config repo.
     git_server.host.run(f"mkdir -p {git_server.WORK}/debs")
     config = cluster_config(
-        {"depot": entry(DEPOT, "repository"), "alpha": entry(ALPHA), "beta": entry(BETA)},
+        {
+            "depot": entry(DEPOT, "repository"),
+            "alpha": entry(ALPHA),
+            "beta": entry(BETA),
+            "watch": entry(WATCH, "monitor"),
+        },
+        smtp={"relay": "relay.example.org", "port": 587, "username": USER, "password": PASSWORD},
+        ca_url="http://relay.example.org/ca.crt",
+        monitoring={"scrape_interval": "1s", "retention": "1d"},
+        schedule={"interval": "1h", "splay": "1m"},  # runs come from the tests
+        rollout={"canaries": ["alpha"], "soak": f"{SOAK}s"},
         packages={
             "upstream": {"url": upstream.url, "distribution": aptlab.DIST, "key": "keys/upstream.asc"},
             "list": [WEB, LOCAL],
@@ -64,9 +90,11 @@ def cluster(lab, git_server, deploy_key, upstream):
         },
         "the cluster's repository",
     )
+    for host in (depot, alpha, beta, watch):
+        host.run(f"echo '{RELAY[0].split('/')[0]} relay.example.org' >> /etc/hosts")
     bootstrap_all({"depot": depot}, git_server, deploy_key)  # it publishes the first snapshot
-    bootstrap_all({"alpha": alpha, "beta": beta}, git_server, deploy_key)
-    return depot, alpha, beta, outside
+    bootstrap_all({"alpha": alpha, "beta": beta, "watch": watch}, git_server, deploy_key)
+    return depot, alpha, beta, outside, watch
 
 
 def build_local(git_server):
@@ -100,6 +128,21 @@ def version(host, package):
     return result.stdout.split()[0] if result.stdout.endswith(" installed") else None
 
 
+def upgraded_state(host):
+    code, data, result = salt_call(host, "state.apply")
+    assert isinstance(data, dict), result.stdout + result.stderr
+    return data["local"][UPGRADED]
+
+
+def prometheus(watch, query):
+    out = watch.run(
+        ["python3", "-c", "import sys, urllib.parse, urllib.request; print(urllib.request.urlopen("
+         "'http://127.0.0.1:9090/api/v1/query?' + urllib.parse.urlencode({'query': sys.argv[1]})).read().decode())",
+         query]
+    ).stdout  # fmt: skip
+    return json.loads(out)["data"]["result"]
+
+
 def refresh(depot):
     code, data, result = salt_call(depot, "minicl_repository.refresh")
     assert code == 0, result.stdout + result.stderr
@@ -107,7 +150,7 @@ def refresh(depot):
 
 
 def test_the_repository_has_the_list_and_its_dependencies_only(cluster, upstream):
-    depot, alpha, _, _ = cluster
+    depot, alpha, *_ = cluster
     published = snapshots(depot)
     assert len(published) == 1
     content = published[0]["packages"]
@@ -126,7 +169,7 @@ def test_the_repository_has_the_list_and_its_dependencies_only(cluster, upstream
 
 
 def test_the_repository_answers_the_cluster_only(cluster):
-    depot, alpha, _, outside = cluster
+    depot, alpha, _, outside, _ = cluster
     ip = DEPOT[0].split("/")[0]
     assert alpha.can_connect(ip, PORT)
     assert not outside.can_connect(ip, PORT)
@@ -134,17 +177,18 @@ def test_the_repository_answers_the_cluster_only(cluster):
 
 
 def test_a_second_run_changes_nothing(cluster):
-    for host in cluster[:3]:
+    for host in (*cluster[:3], cluster[4]):
         code, data, result = salt_call(host, "state.apply")
         assert code == 0, result.stdout + result.stderr
         assert changed_states(data) == {}, (host, changed_states(data))
 
 
 def test_plan_names_the_upgrade_and_the_service_to_restart(cluster, upstream):
-    depot, alpha, _, _ = cluster
-    alpha.run(["apt-get", "install", "-y", "-q", WEB], env={"DEBIAN_FRONTEND": "noninteractive"})
-    assert version(alpha, WEB) == "1.0"
-    wait_for("the lab service", lambda: alpha.unit_state(f"{WEB}.service") == "active", timeout=20)
+    depot, alpha, beta, *_ = cluster
+    for host in (alpha, beta):  # as a role of the config repo would install it
+        host.run(["apt-get", "install", "-y", "-q", WEB], env={"DEBIAN_FRONTEND": "noninteractive"})
+        assert version(host, WEB) == "1.0"
+        wait_for("the lab service", lambda h=host: h.unit_state(f"{WEB}.service") == "active", timeout=20)
     upstream.add(WEB, "1.1")
     upstream.publish()
     done = refresh(depot)
@@ -162,18 +206,43 @@ def test_plan_names_the_upgrade_and_the_service_to_restart(cluster, upstream):
     assert candidate(alpha, WEB) == "1.0" and version(alpha, WEB) == "1.0"
 
 
-def test_a_broken_upgrade_fails_its_rehearsal_and_the_host_is_untouched(cluster):
-    _, alpha, _, _ = cluster
+def test_a_broken_snapshot_fails_its_rehearsal_on_the_canary_and_stops_the_rollout(cluster, relay):
+    depot, alpha, beta, _, watch = cluster
+    newest = snapshots(depot)[-1]["name"]
     sources = alpha.read("/etc/apt/sources.list.d/minicl.sources")
+    # beta waits for the canary.
+    state = upgraded_state(beta)
+    assert state["result"] is True and state["changes"] == {}, state
+    assert f"waiting for the canaries to run snapshot {newest}" in state["comment"], state
+    # The canary rehearses it: the copy's service fails; the real alpha is untouched.
+    state = upgraded_state(alpha)
+    assert state["result"] is False and state["changes"] == {}, state
+    assert f"snapshot {newest} failed its rehearsal ({WEB})" in state["comment"], state
+    assert f"unit {WEB}.service" in state["comment"], state
+    assert version(alpha, WEB) == "1.0" and alpha.unit_state(f"{WEB}.service") == "active"
+    assert alpha.read("/etc/apt/sources.list.d/minicl.sources") == sources
+    assert "minicl-hostcopy" not in alpha.run(["systemctl", "list-units", "--all", "--plain"]).stdout
+    alert_mail(relay, "MiniclPackagesUpgradeFailed", "alpha", newest, WEB, timeout=120)
+    # The failure stops the rollout for beta too, and alpha does not try that snapshot again.
+    wait_for(
+        "the failure at the monitor",
+        lambda: prometheus(watch, f'minicl_packages_upgrade_error_info{{snapshot="{newest}"}}'),
+        60,
+        explain=lambda: monitor_state(watch),
+    )
+    state = upgraded_state(beta)
+    assert f"the rollout of snapshot {newest} is stopped: it failed on alpha ({WEB})" in state["comment"], (
+        state
+    )
+    assert version(beta, WEB) == "1.0"
+    state = upgraded_state(alpha)
+    assert state["result"] is True and f"snapshot {newest} failed here (rehearsal" in state["comment"], state
+    # By hand: the rehearsal's report, and apply refuses the snapshot.
     code, data, result = salt_call(alpha, "minicl_upgrade.rehearse")
     assert code != 0, result.stdout
     rehearsal = data["local"]
     assert not rehearsal["ok"] and rehearsal["failures"] == [f"host check unit {WEB}.service"], rehearsal
     assert any(line.startswith("booted a copy of this host") for line in rehearsal["lines"]), rehearsal
-    assert version(alpha, WEB) == "1.0" and alpha.unit_state(f"{WEB}.service") == "active"
-    assert alpha.read("/etc/apt/sources.list.d/minicl.sources") == sources
-    assert "minicl-hostcopy" not in alpha.run(["systemctl", "list-units", "--all", "--plain"]).stdout
-    # apply refuses a snapshot whose rehearsal failed.
     code, data, result = salt_call(alpha, "minicl_upgrade.apply")
     assert code != 0 and not data["local"]["undone"], result.stdout
     assert data["local"]["lines"][-1].startswith("not upgraded: the rehearsal of snapshot")
@@ -181,39 +250,79 @@ def test_a_broken_upgrade_fails_its_rehearsal_and_the_host_is_untouched(cluster)
 
 
 def test_a_broken_upgrade_applied_without_rehearsal_is_undone(cluster):
-    _, alpha, _, _ = cluster
+    _, alpha, *_ = cluster
     before = alpha.read("/etc/apt/sources.list.d/minicl.sources")
     code, data, result = salt_call(alpha, "minicl_upgrade.apply", "rehearsal=False")
     assert code != 0, result.stdout
     done = data["local"]
     assert done["undone"], done
-    assert any(line.startswith(f"FAIL host check unit {WEB}.service") for line in done["lines"]), done["lines"]
+    assert any(line.startswith(f"FAIL host check unit {WEB}.service") for line in done["lines"]), done[
+        "lines"
+    ]
     assert version(alpha, WEB) == "1.0"
     wait_for("the lab service back", lambda: alpha.unit_state(f"{WEB}.service") == "active", timeout=20)
     assert alpha.read("/etc/apt/sources.list.d/minicl.sources") == before
 
 
-def test_a_fixed_upgrade_stays_and_rollback_returns_to_the_first_version(cluster, upstream):
-    depot, alpha, _, _ = cluster
+def test_a_fixed_snapshot_reaches_the_canary_then_the_others_after_the_soak(cluster, upstream):
+    depot, alpha, beta, _, watch = cluster
     upstream.add(WEB, "1.2")
     upstream.publish()
     newest = refresh(depot)["snapshot"]
-    code, data, result = salt_call(alpha, "minicl_upgrade.apply")
-    assert code == 0, result.stdout + result.stderr
+    state = upgraded_state(alpha)
+    assert state["result"] is True and state["changes"]["snapshot"]["new"] == newest, state
     assert version(alpha, WEB) == "1.2" and alpha.unit_state(f"{WEB}.service") == "active"
     assert f"/{newest}/" in alpha.read("/etc/apt/sources.list.d/minicl.sources")
-    code, data, result = salt_call(alpha, "state.apply")
-    assert code == 0 and changed_states(data) == {}, changed_states(data or {"local": {}})
-    code, data, result = salt_call(alpha, "minicl_upgrade.rollback")
+    state = upgraded_state(beta)
+    assert state["changes"] == {} and f"waiting for the canaries to run snapshot {newest}" in state["comment"]
+    assert version(beta, WEB) == "1.0"
+    wait_for(
+        "the canary's soak at the monitor",
+        lambda: prometheus(
+            watch, f'time() - minicl_packages_good_since_timestamp_seconds{{snapshot="{newest}"}} > {SOAK}'
+        ),
+        120,
+        explain=lambda: monitor_state(watch),
+    )
+    state = upgraded_state(beta)
+    assert state["result"] is True and state["changes"]["snapshot"]["new"] == newest, state
+    assert version(beta, WEB) == "1.2"
+    for host in (alpha, beta):
+        code, data, result = salt_call(host, "state.apply")
+        assert code == 0 and changed_states(data) == {}, changed_states(data)
+        assert "minicl_packages_reboot_required 0.0" in host.read(
+            "/var/lib/prometheus/node-exporter/minicl_packages.prom"
+        )
+
+
+def test_rollback_returns_a_host_to_the_first_version_and_holds_the_snapshot(cluster):
+    depot, _, beta, *_ = cluster
+    newest = snapshots(depot)[-1]["name"]
+    code, data, result = salt_call(beta, "minicl_upgrade.rollback")
     assert code == 0, result.stdout + result.stderr
-    assert version(alpha, WEB) == "1.0"
-    wait_for("the lab service", lambda: alpha.unit_state(f"{WEB}.service") == "active", timeout=20)
-    assert f"/{snapshots(depot)[0]['name']}/" in alpha.read("/etc/apt/sources.list.d/minicl.sources")
+    assert version(beta, WEB) == "1.0"
+    wait_for("the lab service", lambda: beta.unit_state(f"{WEB}.service") == "active", timeout=20)
+    assert f"/{snapshots(depot)[0]['name']}/" in beta.read("/etc/apt/sources.list.d/minicl.sources")
+    state = upgraded_state(beta)
+    assert state["changes"] == {} and f"snapshot {newest} failed here (rollback" in state["comment"], state
+    assert version(beta, WEB) == "1.0"
+
+
+def test_a_pending_reboot_is_a_metric(cluster):
+    _, alpha, *_ = cluster
+    prom = "/var/lib/prometheus/node-exporter/minicl_packages.prom"
+    assert "minicl_packages_reboot_required 0.0" in alpha.read(prom)
+    alpha.run("touch /run/reboot-required")
+    upgraded_state(alpha)
+    assert "minicl_packages_reboot_required 1.0" in alpha.read(prom)
+    alpha.reboot()
+    upgraded_state(alpha)
+    assert "minicl_packages_reboot_required 0.0" in alpha.read(prom)
 
 
 @pytest.mark.parametrize("tamper", ["wrongly signed", "unsigned"])
 def test_a_wrongly_signed_or_unsigned_repository_is_refused(cluster, tamper):
-    depot, alpha, _, _ = cluster
+    depot, alpha, *_ = cluster
     newest = snapshots(depot)[-1]["name"]
     dist = f"/var/lib/minicl-repository/public/{newest}/dists/minicl"
     depot.run(f"cp -a {dist} /root/dist-saved")
