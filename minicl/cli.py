@@ -7,6 +7,7 @@ Both also check the minicl the config repo pins (a git submodule at ``minicl``),
 folder is the top of a git work tree; ``--staged`` also checks the submodule's checkout.
 minicl show HOST [PATH]     # what HOST gets from cluster.json: roles, SLS files, rendered files
 minicl show HOST --file /etc/nftables.d/minicl.nft   # one rendered file's text
+minicl packages-key         # a signing key for the cluster's apt repository: packages.key(.pub) here
 """
 
 import argparse
@@ -14,8 +15,9 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
-from minicl import api
+from minicl import api, packages
 
 EXIT_INVALID = 1
 
@@ -81,7 +83,11 @@ def main(argv=None):
     show.add_argument("host", help="short name or FQDN")
     show.add_argument("path", nargs="?", default="cluster.json", help="default: ./cluster.json")
     show.add_argument("--file", help="print only this rendered file (e.g. /etc/nftables.d/minicl.nft)")
+    key = sub.add_parser("packages-key", help="create packages.key and packages.key.pub here (gpg)")
+    key.add_argument("--name", default="minicl cluster packages", help="the key's user id")
     args = parser.parse_args(argv)
+    if args.command == "packages-key":
+        return packages_key(args.name)
     if args.command == "show":
         return show_host(args.host, args.path, args.file)
 
@@ -97,6 +103,40 @@ def main(argv=None):
         return EXIT_INVALID
     if not args.quiet:
         print(f"{'staged cluster.json' if args.staged else args.path}: valid")
+    return 0
+
+
+def packages_key(name, folder="."):
+    """A new OpenPGP signing key for the cluster's repository: packages.key (the secret key,
+    armored, mode 0600) and packages.key.pub (what hosts trust), in ``folder``. Refuses to
+    overwrite either."""
+    secret_path, public_path = (os.path.join(folder, n) for n in (packages.SIGNING_KEY, packages.PUBLIC_KEY))
+    for path in (secret_path, public_path):
+        if os.path.exists(path):
+            print(f"minicl: {path} exists: remove it first to replace the key (hosts trust the old one)",
+                  file=sys.stderr)  # fmt: skip
+            return EXIT_INVALID
+    with tempfile.TemporaryDirectory(prefix="minicl-gnupg-") as home:
+        gpg = ["gpg", "--batch", "--quiet", "--homedir", home]
+        made = subprocess.run([*gpg, "--passphrase", "", "--quick-gen-key", name, "rsa3072", "sign", "never"],
+                              capture_output=True, text=True, check=False)  # fmt: skip
+        if made.returncode != 0:
+            print(f"minicl: gpg could not create the key: {made.stderr.strip()}", file=sys.stderr)
+            return EXIT_INVALID
+        secret = subprocess.run(
+            [*gpg, "--armor", "--export-secret-keys"], capture_output=True, check=True
+        ).stdout
+        public = subprocess.run([*gpg, "--armor", "--export"], capture_output=True, check=True).stdout
+        subprocess.run(
+            ["gpgconf", "--homedir", home, "--kill", "gpg-agent"], capture_output=True, check=False
+        )
+    fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(secret)
+    with open(public_path, "wb") as f:
+        f.write(public)
+    print(f"wrote {secret_path} (secret: the repository host signs with it) and {public_path}; "
+          f"git add {packages.SIGNING_KEY} {packages.PUBLIC_KEY}")  # fmt: skip
     return 0
 
 
