@@ -335,18 +335,26 @@ def _fingerprint():
 def rehearse(url, snapshot, mode, listed, apps, log=print):
     """Upgrade a throwaway copy of this host (minicl.hostcopy) to ``snapshot`` and run minicl's
     host checks and each local app's check_health and test there, before and after; the real
-    host is untouched. Returns {ok, snapshot, changes, failures, restart, reboot, lines}; the
-    result is kept for the rollout (``green_rehearsal``)."""
+    host is untouched. Returns {ok, snapshot, changes, failures, restart, reboot, lines, seconds
+    (of each phase)}; the result is kept for the rollout (``green_rehearsal``)."""
     lines = []
 
     def say(line):
         lines.append(line)
         log(line)
 
+    seconds, started = {}, [time.monotonic()]
+
+    def lap(phase):
+        now = time.monotonic()
+        seconds[phase] = round(now - started[0], 1)
+        started[0] = now
+
     planned = plan(url, snapshot, mode, listed)
     args = upgrade_args(mode, listed)
+    lap("plan")
     result = {"snapshot": snapshot, "changes": planned["changes"], "failures": [], "restart": [],
-              "reboot": planned["reboot"], "lines": lines}  # fmt: skip
+              "reboot": planned["reboot"], "lines": lines, "seconds": seconds}  # fmt: skip
     if not planned["changes"]:
         say(f"nothing to upgrade for snapshot {snapshot}")
         return _kept(dict(result, ok=True))
@@ -358,10 +366,13 @@ def rehearse(url, snapshot, mode, listed, apps, log=print):
     with aptsource.PrivateApt(url, snapshot) as apt:
         apt.run(["update"])
         apt.run([*args, "-d", "-y"])  # the packages, fetched here: the copy has no network
+        lap("download")
         with hostcopy.HostCopy("rehearsal", binds=[(apt.dir, apt.dir, True)]) as copy:
             state = copy.boot()
+            lap("boot")
             say(f"booted a copy of this host ({state})")
             before = json.loads(copy.run(check_program, input=json.dumps(apps)).stdout)
+            lap("checks before")
             upgraded = copy.run(
                 ["apt-get", "-q", *apt.options, "--no-download", *args, *INSTALL_OPTIONS],
                 check=False, env=aptsource.APT_ENV, timeout=1800,
@@ -375,7 +386,9 @@ def rehearse(url, snapshot, mode, listed, apps, log=print):
                 )
             else:
                 say(f"upgraded the copy: {moves(planned['changes'])}")
+            lap("upgrade")
             after = json.loads(copy.run(check_program, input=json.dumps(apps)).stdout)
+            lap("checks after")
             restart = copy.run(["needrestart", "-b", "-r", "l"], check=False, env={"LC_ALL": "C"})
     result["failures"] += [f"host check {name}" for name in new_failures(before["host"], after["host"])]
     for name, (ok, bad) in after["apps"].items():

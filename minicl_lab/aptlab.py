@@ -97,8 +97,9 @@ class Upstream:
     def url(self):
         return f"http://{self.host.ipv4}:{PORT}/"
 
-    def add(self, name, version):
-        """Build ``name`` at ``version`` into the pool (publish() makes it visible)."""
+    def add(self, name, version, size=0):
+        """Build ``name`` at ``version`` into the pool (publish() makes it visible), with ``size``
+        bytes of random data in it."""
         tree = f"/root/build/{name}-{version}"
         control = (
             f"Package: {name}\nVersion: {version}\nArchitecture: amd64\nSection: misc\nPriority: optional\n"
@@ -118,6 +119,8 @@ class Upstream:
             self.host.write(f"{tree}/lib/systemd/system/{WEB}.service", UNIT)
             self.host.write(f"{tree}/DEBIAN/postinst", POSTINST, 0o755)
         self.host.write(f"{tree}/usr/share/doc/{name}/version", f"{version}\n")
+        if size:
+            self.host.run(f"head -c {size} /dev/urandom > {tree}/usr/share/doc/{name}/data")
         self.host.write(f"{tree}/DEBIAN/control", control)
         self.host.run(
             f"cd {tree} && find . -path ./DEBIAN -prune -o -type f -printf '%P\\0'"
