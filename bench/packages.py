@@ -78,8 +78,13 @@ def main():
             "upstream": {"url": upstream.url, "distribution": aptlab.DIST, "key": "upstream.asc"},
             "list": names,
         }
-        files = {"cluster.json": json.dumps(config, indent=2), "deploy.key": deploy[0],
-                 "packages.key": secret, "packages.key.pub": public, "upstream.asc": upstream.public}  # fmt: skip
+        files = {
+            "cluster.json": json.dumps(config, indent=2),
+            "deploy.key": deploy[0],
+            "packages.key": secret,
+            "packages.key.pub": public,
+            "upstream.asc": upstream.public,
+        }
         git.commit(files, "bench")
         hosts = {"depot": lab.add_host("depot", DEPOT), "alpha": lab.add_host("alpha", ALPHA)}
         for host in hosts.values():
