@@ -611,3 +611,25 @@ def cleanup(app):
     from minicl.appliances import pgbackup
 
     return pgbackup.cleanup(app)
+
+
+def data_format(app):  # pylint: disable=unused-argument
+    """The cluster's on-disk format: its major version and catalog version (pg_controldata). A
+    package upgrade that changes it needs the data converted (minicl.upgrade restores the safety
+    backup when such an upgrade is rolled back)."""
+    try:
+        with open(os.path.join(DATA_DIR, "PG_VERSION"), encoding="ascii") as f:
+            major = f.read().strip()
+    except OSError:
+        return None
+    control = subprocess.run([f"{BIN}/pg_controldata", DATA_DIR], capture_output=True, text=True, check=False,
+                             env={**os.environ, "LC_ALL": "C"})  # fmt: skip
+    catalog = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in control.stdout.splitlines()
+            if line.startswith("Catalog version")
+        ),
+        "?",
+    )
+    return f"{major}/{catalog}"

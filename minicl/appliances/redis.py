@@ -718,3 +718,12 @@ def failover(app):
         f'info commit to cluster.json: "apps": {{"{app["name"]}": {{"hosts": {json.dumps(hosts)}, ...}}}}'
     )
     return report
+
+
+def data_format(app):  # pylint: disable=unused-argument
+    """The RDB format the installed server writes, which follows its major.minor version (7.0,
+    7.2, ...): minicl.upgrade restores the safety backup when an upgrade that changed it is
+    rolled back (an older server cannot read a newer RDB file)."""
+    found = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, check=False).stdout
+    match = re.search(r"v=(\d+)\.(\d+)", found)
+    return f"{match.group(1)}.{match.group(2)}" if match else None

@@ -318,3 +318,21 @@ def test_the_upgraded_state_waits_or_upgrades(apt_files, monkeypatch, testmode, 
         )
     else:
         assert ret["result"] is True and applied == ["S1"]
+
+
+def test_rollback_restores_an_app_only_where_its_data_format_changed(apt_files, monkeypatch):
+    upgrade.save({"snapshot": "S1", "history": [{"from": "S0", "to": "S1", "before": {"web": "1.0"},
+                  "debs": [], "backups": {"cache": "b1", "db": "b2"}, "formats": {"cache": "7.0", "db": "15/1"}}]})  # fmt: skip
+    formats = {"cache": "7.2", "db": "15/1"}
+    monkeypatch.setattr(upgrade, "data_format", lambda app: formats[app["name"]])
+    undone = []
+    monkeypatch.setattr(
+        upgrade, "_undo", lambda versions, debs, files, apps, backups, say: undone.append(apps)
+    )
+    monkeypatch.setattr(upgrade, "installed", lambda names=None: {"web": "1.0"})
+    apps = [{"name": "cache", "type": "redis"}, {"name": "db", "type": "postgresql"}]
+    done = upgrade.rollback(VIEW["url"], "listed", ["web"], "KEY", apps, log=lambda line: None)
+    assert done["ok"] and [a["name"] for a in undone[0]] == ["cache"]
+    held = upgrade.record()
+    assert held["snapshot"] == "S0" and held["history"] == []
+    assert held["failed"]["snapshot"] == "S1" and held["failed"]["stage"] == "rollback"
