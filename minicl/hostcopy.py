@@ -2,8 +2,9 @@
 
 The copy is the host's own filesystem seen through overlayfs (lower dir ``/``, upper and work dirs
 on a fresh tmpfs), with ``/lib/systemd/systemd`` as its PID 1 in new mount, UTS, PID, IPC, cgroup
-and network namespaces. Its network namespace holds only ``lo``: there is no route anywhere, so
-nothing inside reaches the network or the rest of the cluster. Every write inside lands on the
+and network namespaces. Its network namespace holds only ``lo`` (with the host's own addresses
+when asked, so that services bound to them start): there is no route anywhere, so nothing inside
+reaches the network or the rest of the cluster. Every write inside lands on the
 tmpfs; the real host's files, users, firewall, mail queue, services and sysctls stay as they are,
 and ``destroy`` throws everything away. Needs root on a host booted with systemd on the unified
 cgroup2 hierarchy (Debian 12's default).
@@ -49,6 +50,7 @@ its files while a copy runs may or may not show inside it. The copy shares the h
 (modules, kernel-wide sysctls, the clock) and must not be used to try those.
 """
 
+import ipaddress
 import os
 import re
 import select
@@ -166,6 +168,7 @@ exec unshare --mount --uts --net --pid --ipc --propagation private --fork --kill
 #   robind PATH          ... one that cannot be overlaid: show it read-only
 #   bind ro|rw SRC DST   a folder of the host shown inside
 #   mask UNIT            a unit masked in the copy's /etc
+#   addr ADDRESS/LEN     one of the host's addresses, on the copy's lo (services bound to it start)
 BOOT = r"""
 set -eu
 PAYLOAD=$1; D=$2; SIZE=$3; NAME=$4; shift 4
@@ -206,6 +209,9 @@ while [ $# -gt 0 ]; do
         shift 4 ;;
     mask)
         ln -sfn /dev/null "$R/etc/systemd/system/$2"
+        shift 2 ;;
+    addr)
+        ip addr add "$2" dev lo
         shift 2 ;;
     *)
         echo "unknown item $1" >&2; exit 2 ;;
@@ -298,10 +304,14 @@ def copy_hostname(hostname):
     return hostname.split(".")[0][: 64 - len("-copy")] + "-copy"
 
 
-def boot_items(mounts, binds, masks):
+def boot_items(mounts, binds, masks, addresses=()):
     """The item arguments of BOOT (see there) for ``mounts`` (from ``copied_mounts``), ``binds``
-    ([(path_on_host, path_in_copy, writable)]) and ``masks`` (unit names)."""
+    ([(path_on_host, path_in_copy, writable)]), ``masks`` (unit names) and ``addresses`` (the
+    host's own IP addresses, given to the copy's ``lo``)."""
     items = []
+    for address in addresses:
+        parsed = ipaddress.ip_address(address)  # ValueError for anything else
+        items += ["addr", f"{parsed}/{parsed.max_prefixlen}"]
     for kind, path in mounts:
         items += [kind, path]
     for source, target, writable in binds:
@@ -406,16 +416,19 @@ class HostCopy:
     inside, e.g. a package cache; a writable one is the one way for the copy to change the host.
     ``mask``: unit names masked in the copy, besides the minion and the host's timers.
     ``tmpfs_size``: the size of the tmpfs that takes every write of the copy (``mount -t tmpfs``
-    syntax: ``"50%"`` of RAM, ``"4g"``).
+    syntax: ``"50%"`` of RAM, ``"4g"``). ``addresses``: the host's own IP addresses, on the
+    copy's ``lo`` (as /32 and /128: services bound to them start, and a connection to them stays
+    in the copy; the rest of the network stays out of reach).
     """
 
-    def __init__(self, name="rehearsal", binds=(), mask=(), tmpfs_size="50%"):
+    def __init__(self, name="rehearsal", binds=(), mask=(), tmpfs_size="50%", addresses=()):
         self.name = check_name(name)
         self.binds = [(str(s), str(t), bool(w)) for s, t, w in binds]
         self.mask = [check_unit_name(u) for u in mask]
         if not re.fullmatch(r"[0-9]+[kmgKMG%]?", str(tmpfs_size)):
             raise HostCopyError(f"tmpfs_size {tmpfs_size!r}: give a size such as '50%' or '4g'")
         self.tmpfs_size = str(tmpfs_size)
+        self.addresses = [str(a) for a in addresses]
         self.unit = f"{UNIT_PREFIX}{name}.service"
         self.tmpfs_dir = f"/run/{UNIT_PREFIX}{name}"  # mounted on in the copy's namespace only
         self.hostname = copy_hostname(socket.gethostname())
@@ -445,7 +458,7 @@ class HostCopy:
             self.tmpfs_dir,
             self.tmpfs_size,
             self.hostname,
-            *boot_items(mounts, self.binds, self.masked),
+            *boot_items(mounts, self.binds, self.masked, self.addresses),
         ]
         self._proc = subprocess.Popen(
             systemd_run_command(self.unit, args, f"minicl throwaway copy of this host ({self.name})"),

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from minicl import aptsource, checks, hostcopy, paths
+from minicl import aptsource, checks, hostcopy, netinfo, paths
 from minicl.appliances import ApplianceError, Report
 from minicl.appliances import module as appliance_module
 from minicl.appliances import upgrades as app_upgrades
@@ -367,7 +367,9 @@ def rehearse(url, snapshot, mode, listed, apps, log=print):
         apt.run(["update"])
         apt.run([*args, "-d", "-y"])  # the packages, fetched here: the copy has no network
         lap("download")
-        with hostcopy.HostCopy("rehearsal", binds=[(apt.dir, apt.dir, True)]) as copy:
+        found = netinfo.global_addresses()
+        own = netinfo.all_global(found, "ipv4") + netinfo.all_global(found, "ipv6")
+        with hostcopy.HostCopy("rehearsal", binds=[(apt.dir, apt.dir, True)], addresses=own) as copy:
             state = copy.boot()
             lap("boot")
             say(f"booted a copy of this host ({state})")
@@ -392,7 +394,10 @@ def rehearse(url, snapshot, mode, listed, apps, log=print):
             restart = copy.run(["needrestart", "-b", "-r", "l"], check=False, env={"LC_ALL": "C"})
     result["failures"] += [f"host check {name}" for name in new_failures(before["host"], after["host"])]
     for name, (ok, bad) in after["apps"].items():
-        if before["apps"].get(name, [True])[0] and not ok:
+        was_ok = before["apps"].get(name, [True])[0]
+        say(f"{'ok  ' if ok else 'FAIL'} app {name}: check_health and test in the copy after the upgrade"
+            + ("" if ok or was_ok else " (failed before it too)"))  # fmt: skip
+        if was_ok and not ok:
             result["failures"].append(f"app {name}: {'; '.join(bad) or 'failed'}")
     result["restart"] = [line.split(":", 1)[1].strip() for line in restart.stdout.splitlines()
                          if line.startswith("NEEDRESTART-SVC:")]  # fmt: skip

@@ -73,6 +73,7 @@ def cluster(lab, relay, git_server, deploy_key, upstream):
         monitoring={"scrape_interval": "1s", "retention": "1d"},
         schedule={"interval": "1h", "splay": "1m"},  # runs come from the tests
         rollout={"canaries": ["alpha"], "soak": f"{SOAK}s"},
+        apps={"cache": {"type": "redis", "hosts": ["alpha"]}},  # checked in rehearsals, backed up first
         packages={
             "upstream": {"url": upstream.url, "distribution": aptlab.DIST, "key": "keys/upstream.asc"},
             "list": [WEB, LOCAL],
@@ -243,6 +244,9 @@ def test_a_broken_snapshot_fails_its_rehearsal_on_the_canary_and_stops_the_rollo
     rehearsal = data["local"]
     assert not rehearsal["ok"] and rehearsal["failures"] == [f"host check unit {WEB}.service"], rehearsal
     assert any(line.startswith("booted a copy of this host") for line in rehearsal["lines"]), rehearsal
+    assert "ok   app cache: check_health and test in the copy after the upgrade" in rehearsal["lines"], (
+        rehearsal
+    )
     code, data, result = salt_call(alpha, "minicl_upgrade.apply")
     assert code != 0 and not data["local"]["undone"], result.stdout
     assert data["local"]["lines"][-1].startswith("not upgraded: the rehearsal of snapshot")
@@ -273,6 +277,8 @@ def test_a_fixed_snapshot_reaches_the_canary_then_the_others_after_the_soak(clus
     assert state["result"] is True and state["changes"]["snapshot"]["new"] == newest, state
     assert version(alpha, WEB) == "1.2" and alpha.unit_state(f"{WEB}.service") == "active"
     assert f"/{newest}/" in alpha.read("/etc/apt/sources.list.d/minicl.sources")
+    code, data, result = salt_call(alpha, "minicl_upgrade.status")
+    assert data["local"]["history"][-1]["backups"]["cache"], data  # the app's safety backup came first
     state = upgraded_state(beta)
     assert state["changes"] == {} and f"waiting for the canaries to run snapshot {newest}" in state["comment"]
     assert version(beta, WEB) == "1.0"

@@ -158,3 +158,10 @@ def test_commands_enter_the_copys_cgroup_then_all_its_namespaces_with_a_clean_en
 def test_run_before_boot_says_what_to_do():
     with pytest.raises(HostCopyError, match=r"not booted: call boot\(\) first"):
         HostCopy().run(["true"])
+
+
+def test_the_hosts_addresses_go_on_the_copys_lo_as_host_routes():
+    items = hostcopy.boot_items([], [], [], ["198.51.100.72", "2001:db8::72"])
+    assert items == ["addr", "198.51.100.72/32", "addr", "2001:db8::72/128"]
+    with pytest.raises(ValueError):
+        hostcopy.boot_items([], [], [], ["198.51.100.0/24"])
