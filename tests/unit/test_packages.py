@@ -336,3 +336,30 @@ def test_rollback_restores_an_app_only_where_its_data_format_changed(apt_files, 
     held = upgrade.record()
     assert held["snapshot"] == "S0" and held["history"] == []
     assert held["failed"]["snapshot"] == "S1" and held["failed"]["stage"] == "rollback"
+
+
+@pytest.mark.parametrize("testmode", [True, False])
+def test_the_repository_state(monkeypatch, tmp_path, testmode):
+    keyring = tmp_path / "upstream.gpg"
+    keyring.write_bytes(b"KEYRING")
+    settings = {"upstream": {"url": "u", "distribution": "d", "components": ["main"]}, "list": ["web"],
+                "every": "1d", "keep": 10}  # fmt: skip
+    view = dict(VIEW, repository={"settings": settings, "signing_key": "SECRET", "upstream_key_file": str(keyring),
+                                  "local_dir": None})  # fmt: skip
+    monkeypatch.setattr(aptrepo, "STATE", str(tmp_path / "state.json"))
+    monkeypatch.setattr(aptrepo, "index", lambda: [])
+    refreshed = []
+    monkeypatch.setattr(aptrepo, "refresh", lambda *a, **k: refreshed.append(a) or {"snapshot": "S1", "why": "x",
+                                                                                  "dropped": []})  # fmt: skip
+    ret = loader.load_state("minicl_packages", testmode, {"minicl": {"packages": view}}).repository("minicl")
+    if testmode:
+        assert ret["result"] is None and ret["comment"] == "would look upstream: no snapshot published yet"
+        assert not refreshed
+    else:
+        assert ret["result"] is True and ret["changes"] == {"snapshot": "S1", "dropped": []}, ret
+        assert refreshed[0][1] == "SECRET" and refreshed[0][3] == b"KEYRING"
+        assert "SECRET" not in json.dumps(ret)
+    other = loader.load_state("minicl_packages", testmode, {"minicl": {"packages": VIEW}}).repository(
+        "minicl"
+    )
+    assert other["result"] is True and other["comment"] == "this host does not have the repository role"
