@@ -35,6 +35,7 @@ except ImportError as exc:  # pragma: no cover
 _guarded = statekit.guarded if HAS_MINICL else (lambda func=None, **kwargs: func or (lambda f: f))
 
 __virtualname__ = "minicl_packages"
+NOT_USED = "this host does not use the cluster's repository (packages.use)"
 
 
 def __virtual__():
@@ -60,11 +61,12 @@ def repository(name="minicl"):
         return ret
     settings = repo["settings"]
     if __opts__["test"]:
-        debs = aptrepo.local_debs(repo["local_dir"])
+        state = aptrepo.read_json(aptrepo.STATE)
+        # The key as last imported: finding a new key's fingerprint needs gpg, which test mode spares.
         wanted = aptrepo.inputs(
-            settings, (aptrepo.read_json(aptrepo.STATE).get("inputs") or {}).get("key"), debs
+            settings, (state.get("inputs") or {}).get("key"), aptrepo.local_debs(repo["local_dir"])
         )
-        why = aptrepo.due(settings, aptrepo.read_json(aptrepo.STATE), wanted, _seconds(settings["every"]))
+        why = aptrepo.due(settings, state, wanted)
         ret["result"] = None if why else True
         ret["comment"] = (
             f"would look upstream: {why}" if why else "up to date; next look when packages.every has passed"
@@ -85,20 +87,13 @@ def repository(name="minicl"):
     return ret
 
 
-def _seconds(duration):
-    from minicl.schema import duration_seconds  # pylint: disable=import-outside-toplevel
-
-    return duration_seconds(duration)
-
-
 @_guarded(label="minicl apt source")
 def source(name="minicl"):
     """apt knows the cluster's repository at this host's snapshot, signed by packages.key.pub."""
     ret = statekit.new_ret(name)
     view = _view()
     if view.get("use", "none") == "none":
-        ret["comment"] = "this host does not use the cluster's repository (packages.use)"
-        return ret
+        return dict(ret, comment=NOT_USED)
     snapshot = upgrade.record().get("snapshot") or aptsource.configured_snapshot()
     if snapshot is None:
         snapshot = aptsource.target_snapshot(view, aptsource.published(view["url"]))
@@ -125,8 +120,7 @@ def upgraded(name="minicl"):
     ret = statekit.new_ret(name)
     view = _view()
     if view.get("use", "none") == "none":
-        ret["comment"] = "this host does not use the cluster's repository (packages.use)"
-        return ret
+        return dict(ret, comment=NOT_USED)
     cluster, host = cluster_model.from_pillar(__pillar__)
     apps = list(((__pillar__.get("minicl") or {}).get("apps") or {}).values())
     result, changes, comment = package_rollout.converge(view, cluster, host, apps, test=__opts__["test"])

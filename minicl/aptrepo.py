@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from minicl import packages
 from minicl.errors import MiniclError
 from minicl.files import read_json, write_file
+from minicl.schema import duration_seconds
 
 ROOT = "/var/lib/minicl-repository"  # aptly's rootDir; public/ is what nginx serves
 CONFIG = f"{ROOT}/aptly.conf"
@@ -89,14 +90,14 @@ def inputs(settings, signing_fingerprint, local_debs):
     }
 
 
-def due(settings, state, wanted_inputs, every_seconds, now=None):
+def due(settings, state, wanted_inputs, now=None):
     """Why a refresh is due now, or None."""
     now = time.time() if now is None else now
     if not index():
         return "no snapshot published yet"
     if state.get("inputs") != wanted_inputs:
         return "the packages section, packages.key or the local packages changed"
-    if now - state.get("refreshed_at", 0) >= every_seconds:
+    if now - state.get("refreshed_at", 0) >= duration_seconds(settings["every"]):
         return f"the last look upstream was more than {settings['every']} ago"
     return None
 
@@ -273,15 +274,13 @@ class Repository:
 def refresh(settings, secret_key, public_key, upstream_key, local_folder=None, force=False, now=None):
     """Look upstream and publish a new snapshot when something changed. Returns
     {"snapshot": new name or None, "why": reason it ran or None, "dropped": [...]}."""
-    from minicl.schema import duration_seconds  # pylint: disable=import-outside-toplevel
-
     repo = Repository()
     with repo.locked():
         fingerprint = repo.prepare(secret_key, public_key, upstream_key)
         debs = local_debs(local_folder)
         wanted = inputs(settings, fingerprint, debs)
         state = read_json(STATE)
-        why = "asked for" if force else due(settings, state, wanted, duration_seconds(settings["every"]), now)
+        why = "asked for" if force else due(settings, state, wanted, now)
         if why is None:
             return {"snapshot": None, "why": None, "dropped": []}
         repo.update_mirror(settings)

@@ -388,7 +388,8 @@ def _tail(text, lines=30):
     return "\n".join((text or "").rstrip().splitlines()[-lines:])
 
 
-def _children(pid):
+def child_pids(pid):
+    """The PIDs of ``pid``'s children ([] when it is gone)."""
     try:
         with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
             return [int(p) for p in f.read().split()]
@@ -396,7 +397,8 @@ def _children(pid):
         return []
 
 
-def _comm(pid):
+def process_name(pid):
+    """``pid``'s command name (comm), or None when it is gone."""
     try:
         with open(f"/proc/{pid}/comm", encoding="ascii") as f:
             return f.read().strip()
@@ -539,8 +541,8 @@ class HostCopy:
         systemd."""
         main = int(_systemctl("show", "--property=MainPID", "--value", self.unit).stdout.strip() or 0)
         while True:
-            children = _children(main) if main else []
-            if len(children) == 1 and _comm(children[0]) == "systemd":
+            children = child_pids(main) if main else []
+            if len(children) == 1 and process_name(children[0]) == "systemd":
                 return children[0]
             self._check_alive(deadline, "systemd did not start as the copy's PID 1")
             time.sleep(0.05)
@@ -646,7 +648,7 @@ def check_host():
     cgroup2 hierarchy, and the tools."""
     if os.geteuid() != 0:
         raise HostCopyError("a host copy needs root (namespaces, mounts): run it as root")
-    init = _comm(1)
+    init = process_name(1)
     if init != "systemd" or not os.path.isdir("/run/systemd/system"):
         raise HostCopyError(
             f"a host copy needs systemd as PID 1 (PID 1 here is {init!r}): "

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 
-from minicl.hostcopy import KERNEL_VIEW, PIVOT_ROOT, enter_command
+from minicl.hostcopy import KERNEL_VIEW, PIVOT_ROOT, child_pids, enter_command, process_name
 from minicl.saltext import SOURCE_ROOT
 
 # Units a freshly installed Debian server runs, if their package is on this machine. Every other
@@ -120,22 +120,6 @@ class CommandFailed(subprocess.CalledProcessError):
         )
 
 
-def _children(pid):
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        return []
-
-
-def _comm(pid):
-    try:
-        with open(f"/proc/{pid}/comm", encoding="ascii") as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
 def cgroup2_root():
     """Where this machine mounts the cgroup2 hierarchy (/sys/fs/cgroup, or .../unified on hybrid)."""
     with open("/proc/self/mountinfo", encoding="utf-8") as f:
@@ -180,7 +164,7 @@ class _Namespace:
             self.proc.kill()
             _, err = self.proc.communicate(timeout=10)
             raise RuntimeError(f"test host did not start: {err.strip() or line}")
-        children = _children(self.proc.pid)
+        children = child_pids(self.proc.pid)
         if len(children) != 1:
             self.proc.kill()
             raise RuntimeError(f"cannot find the namespace init of unshare {self.proc.pid}")
@@ -283,7 +267,7 @@ class Host:
         self.ns.proc.stdin.write("go\n")
         self.ns.proc.stdin.close()
         deadline = time.monotonic() + timeout
-        while _comm(self.pid) != "systemd" or not os.path.exists(
+        while process_name(self.pid) != "systemd" or not os.path.exists(
             f"/proc/{self.pid}/root/run/systemd/private"
         ):
             if self.ns.proc.poll() is not None or time.monotonic() > deadline:

@@ -225,12 +225,12 @@ def test_the_repository_is_due_when_its_inputs_change_or_time_has_passed(monkeyp
     wanted = aptrepo.inputs(settings, "FPR", {"x.deb": "sha"})
     assert wanted["list"] == ["a", "b"]
     monkeypatch.setattr(aptrepo, "index", lambda: [])
-    assert aptrepo.due(settings, {}, wanted, 86400) == "no snapshot published yet"
+    assert aptrepo.due(settings, {}, wanted) == "no snapshot published yet"
     monkeypatch.setattr(aptrepo, "index", lambda: [{"name": "S1"}])
     state = {"inputs": wanted, "refreshed_at": 1000}
-    assert aptrepo.due(settings, state, wanted, 86400, now=2000) is None
-    assert "more than 1d ago" in aptrepo.due(settings, state, wanted, 86400, now=1000 + 86400)
-    assert "changed" in aptrepo.due(settings, state, dict(wanted, list=["a"]), 86400, now=2000)
+    assert aptrepo.due(settings, state, wanted, now=2000) is None
+    assert "more than 1d ago" in aptrepo.due(settings, state, wanted, now=1000 + 86400)
+    assert "changed" in aptrepo.due(settings, state, dict(wanted, list=["a"]), now=2000)
     site = aptrepo.render_nginx_site(8080)
     assert "listen 8080;" in site and "listen [::]:8080;" in site and f"root {aptrepo.ROOT}/public;" in site
 
