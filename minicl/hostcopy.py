@@ -609,7 +609,7 @@ class HostCopy:
                 f"{_tail(stop.stderr)}; stop it by hand (systemctl kill -s KILL {self.unit})"
             )
         if cgroup:
-            _remove_cgroup(f"/sys/fs/cgroup{cgroup}")
+            remove_cgroup(f"/sys/fs/cgroup{cgroup}")
         self._enter_cgroup = None
         try:
             os.rmdir(self.tmpfs_dir)
@@ -626,7 +626,7 @@ class HostCopy:
         return f"<HostCopy {self.name} pid={self.pid}>"
 
 
-def _remove_cgroup(path, timeout=10):
+def remove_cgroup(path, timeout=10):
     """Remove a cgroup folder and its children, deepest first, once their processes are gone
     (systemd removes a stopped unit's cgroup; this is for what it may leave)."""
     deadline = time.monotonic() + timeout
@@ -639,7 +639,7 @@ def _remove_cgroup(path, timeout=10):
                 break
             except OSError as exc:
                 if time.monotonic() > deadline:
-                    raise HostCopyError(f"cannot remove the copy's cgroup {top}: {exc}") from exc
+                    raise HostCopyError(f"cannot remove the cgroup {top}: {exc}") from exc
                 time.sleep(0.05)
 
 

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 
-from minicl.hostcopy import KERNEL_VIEW, PIVOT_ROOT, child_pids, enter_command, process_name
+from minicl.hostcopy import KERNEL_VIEW, PIVOT_ROOT, child_pids, enter_command, process_name, remove_cgroup
 from minicl.saltext import SOURCE_ROOT
 
 # Units a freshly installed Debian server runs, if their package is on this machine. Every other
@@ -128,22 +128,6 @@ def cgroup2_root():
             if fields[fields.index("-") + 1] == "cgroup2":
                 return fields[4]
     raise RuntimeError("no cgroup2 hierarchy mounted on this machine: test hosts need one for systemd")
-
-
-def _remove_cgroup(path, timeout=10):
-    """Remove a cgroup folder and its children, deepest first, once their processes are gone."""
-    deadline = time.monotonic() + timeout
-    for top, _, _ in sorted(os.walk(path), key=lambda entry: -entry[0].count(os.sep)):
-        while True:
-            try:
-                os.rmdir(top)
-                break
-            except FileNotFoundError:
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
 
 
 class _Namespace:
@@ -288,7 +272,7 @@ class Host:
         self.run(["systemctl", "reboot"])
         if not self.ns.wait(timeout):
             raise RuntimeError(f"{self.name}: PID 1 still runs {timeout} s after systemctl reboot")
-        _remove_cgroup(self.cgroup)
+        remove_cgroup(self.cgroup)
         return self.boot(timeout)
 
     def crash(self):
@@ -296,7 +280,7 @@ class Host:
         ``boot``."""
         self._stop_spawned()
         self.ns.kill()
-        _remove_cgroup(self.cgroup)
+        remove_cgroup(self.cgroup)
 
     def destroy(self):
         """Kill PID 1 (everything in the host dies with it), then the holder of its disk."""
@@ -304,7 +288,7 @@ class Host:
         if self.ns:
             self.ns.kill()
         if os.path.isdir(self.cgroup):
-            _remove_cgroup(self.cgroup)
+            remove_cgroup(self.cgroup)
         self._holder.kill()
 
     @property
