@@ -83,7 +83,7 @@ class PrivateApt:
     its own: what a plan or a rehearsal reads, leaving the host's own apt state as it is."""
 
     def __init__(self, url, snapshot):
-        self.dir = tempfile.mkdtemp(prefix="minicl-apt-")
+        self.dir = tempfile.mkdtemp(prefix="minicl-apt-", dir="/var/tmp")  # on disk: packages can be large
         os.makedirs(os.path.join(self.dir, "lists", "partial"))
         os.makedirs(os.path.join(self.dir, "cache", "archives", "partial"))
         with open(os.path.join(self.dir, "minicl.sources"), "w", encoding="utf-8") as f:

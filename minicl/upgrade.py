@@ -91,27 +91,34 @@ def upgrade_args(mode, listed):
     return ["install", "--only-upgrade", *present] if present else None
 
 
-def units_running_files(package, proc="/proc"):
-    """The systemd units whose processes run or map a file of ``package`` now: they run the old
-    code until restarted (what needrestart finds after an upgrade, foreseen)."""
-    listed = subprocess.run(["dpkg-query", "-L", package], capture_output=True, text=True, check=False)
-    files = {f for f in listed.stdout.splitlines() if f.startswith("/") and not f.startswith("/usr/share/")}
-    units = set()
+def running_files(proc="/proc"):
+    """{file: {units}}: the files each service's processes run or map now (their programs and
+    libraries), to foresee which services an upgrade leaves on old code (what needrestart finds
+    after it)."""
+    found = {}
     for pid in filter(str.isdigit, os.listdir(proc)):
         try:
-            with open(f"{proc}/{pid}/maps", encoding="utf-8", errors="replace") as f:
-                mapped = {line.split(None, 5)[5].strip() for line in f if len(line.split(None, 5)) == 6}
-            mapped.add(os.readlink(f"{proc}/{pid}/exe"))
-            if not mapped & files:
-                continue
             with open(f"{proc}/{pid}/cgroup", encoding="utf-8") as f:
                 cgroup = f.read().strip().split("::", 1)[-1]
+            unit = next((part for part in reversed(cgroup.split("/")) if part.endswith(".service")), None)
+            if unit is None:
+                continue
+            with open(f"{proc}/{pid}/maps", encoding="utf-8", errors="replace") as f:
+                mapped = {
+                    fields[5].strip() for fields in (line.split(None, 5) for line in f) if len(fields) == 6
+                }
+            mapped.add(os.readlink(f"{proc}/{pid}/exe"))
         except OSError:
             continue
-        unit = next((part for part in reversed(cgroup.split("/")) if part.endswith(".service")), None)
-        if unit:
-            units.add(unit)
-    return sorted(units)
+        for path in mapped:
+            found.setdefault(path, set()).add(unit)
+    return found
+
+
+def units_running_files(package, running):
+    """The units (of ``running_files()``) that run or map a file of ``package``."""
+    listed = subprocess.run(["dpkg-query", "-L", package], capture_output=True, text=True, check=False)
+    return sorted({unit for path in listed.stdout.splitlines() for unit in running.get(path, ())})
 
 
 def needrestart():
@@ -139,8 +146,9 @@ def plan(url, snapshot, mode, listed):
         with aptsource.PrivateApt(url, snapshot) as apt:
             apt.run(["update"])
             changes = parse_simulation(apt.run(args, simulate=True))
+    running = running_files() if changes else {}
     for change in changes:
-        change["restart"] = units_running_files(change["package"]) if change["from"] else []
+        change["restart"] = units_running_files(change["package"], running) if change["from"] else []
         change["reboot"] = bool(REBOOT_PACKAGES.match(change["package"]))
     return {"snapshot": snapshot, "changes": changes, "reboot": any(c["reboot"] for c in changes)}
 
@@ -228,8 +236,14 @@ def apply(url, snapshot, mode, listed, public_key, apps, log=print, rehearsal=Tr
     old_files = aptsource.render(url, previous, mode, listed, public_key) if previous else None
     point_source(files)
     args = upgrade_args(mode, listed)
-    if args:
-        aptsource.apt_get([*args, *INSTALL_OPTIONS])
+    try:
+        if args:
+            aptsource.apt_get([*args, *INSTALL_OPTIONS])
+    except aptsource.SourceError as exc:
+        say(f"FAIL apt-get: {exc}")
+        say("the upgrade failed: undoing it")
+        _undo(changing, debs, old_files, [], backups, say)
+        return {"ok": False, "lines": lines, "changes": planned["changes"], "undone": True, "error": str(exc)}
     after = installed(sorted({c["package"] for c in planned["changes"]}))
     say(f"snapshot {previous} -> {snapshot}: {moves(planned['changes'], after) or 'nothing to upgrade'}")
     failed = new_failures(checked_before, host_checks())
@@ -408,8 +422,8 @@ def rehearse(url, snapshot, mode, listed, apps, log=print):
     return _kept(result)
 
 
-def _kept(result):
-    found = rehearsals()
+def _kept(result, keep=10):
+    found = dict(sorted(rehearsals().items(), key=lambda item: item[1]["at"])[-(keep - 1) :])
     found[result["snapshot"]] = {"ok": result["ok"], "at": int(time.time()), "failures": result["failures"],
                                  "installed": _fingerprint()}  # fmt: skip
     write_file(REHEARSALS, json.dumps(found, indent=1) + "\n", 0o644)

@@ -363,3 +363,23 @@ def test_the_repository_state(monkeypatch, tmp_path, testmode):
         "minicl"
     )
     assert other["result"] is True and other["comment"] == "this host does not have the repository role"
+
+
+def test_the_services_running_a_packages_files_are_foreseen(tmp_path, monkeypatch):
+    for pid, unit, exe, maps in (
+        ("10", "0::/system.slice/web.service", "/usr/bin/web", "/usr/lib/libweb.so.1"),
+        ("11", "0::/user.slice/user-0.slice/session-1.scope", "/usr/bin/web", ""),  # not a service
+        ("12", "0::/system.slice/other.service", "/usr/bin/other", "/usr/lib/libc.so.6"),
+    ):
+        (tmp_path / pid).mkdir()
+        (tmp_path / pid / "cgroup").write_text(unit + "\n")
+        (tmp_path / pid / "maps").write_text(f"7f00-7f01 r-xp 00000000 08:01 1234  {maps}\n" if maps else "")
+        (tmp_path / pid / "exe").symlink_to(exe)
+    running = upgrade.running_files(str(tmp_path))
+    assert running["/usr/bin/web"] == {"web.service"} and running["/usr/lib/libc.so.6"] == {"other.service"}
+
+    class Listed:
+        stdout = "/.\n/usr/lib/libweb.so.1\n/usr/share/doc/libweb/copyright\n"
+
+    monkeypatch.setattr(upgrade.subprocess, "run", lambda *a, **k: Listed)
+    assert upgrade.units_running_files("libweb1", running) == ["web.service"]
