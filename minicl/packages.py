@@ -75,6 +75,16 @@ def _read(checkout, name):
         return None
 
 
+def local_dir(local, checkout):
+    """The folder of the group's own .deb files: absolute (on the repository host), or in the
+    config repo's checkout; None without one."""
+    if not local:
+        return None
+    if os.path.isabs(local):
+        return local
+    return os.path.join(checkout, local) if checkout else None
+
+
 def pillar(cluster, host, checkout=None):
     """``minicl:packages`` of ``host``: how it uses the repository, and on the repository host
     what it needs to build it. ``checkout``: the config repo's files (keys are read from there);
@@ -98,6 +108,6 @@ def pillar(cluster, host, checkout=None):
             "upstream_key_file": os.path.join(checkout, upstream_key)
             if checkout and upstream_key
             else DEBIAN_KEYRING,
-            "local_dir": os.path.join(checkout, found["local"]) if checkout and found.get("local") else None,
+            "local_dir": local_dir(found.get("local"), checkout),
         }
     return view

@@ -288,7 +288,8 @@ def _packages_problems(section, hosts, source, repo_files):
             Problem("packages.upstream.key", f"{quoted(key)} is not a file of the config repo", source)
         )
     local = section.get("local")
-    if isinstance(local, str) and not any(f.startswith(local.rstrip("/") + "/") for f in repo_files):
+    in_repo = isinstance(local, str) and not local.startswith("/")
+    if in_repo and not any(f.startswith(local.rstrip("/") + "/") for f in repo_files):
         problems.append(
             Problem("packages.local", f"{quoted(local)} is not a folder of the config repo", source)
         )

@@ -104,6 +104,13 @@ def test_the_pillar_carries_keys_from_the_checkout_and_the_secret_only_to_the_re
     watch = packages.pillar(cluster, "watch", str(tmp_path))
     assert watch["repository"]["signing_key"] == "SECRET"
     assert watch["repository"]["upstream_key_file"] == packages.DEBIAN_KEYRING
+    data["packages"]["local"] = "debs"
+    assert packages.pillar(Cluster(data), "watch", str(tmp_path))["repository"]["local_dir"] == str(
+        tmp_path / "debs"
+    )
+    data["packages"]["local"] = "/srv/debs"  # a folder on the repository host
+    assert packages.pillar(Cluster(data), "watch", str(tmp_path))["repository"]["local_dir"] == "/srv/debs"
+    assert messages(data, KEYS) == []
     del data["packages"]
     assert packages.pillar(Cluster(data), "alpha") is None
 
