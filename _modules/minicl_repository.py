@@ -33,11 +33,11 @@ def refresh():
     CLI Example: ``salt-call --local minicl_repository.refresh``"""
     view = _repository()
     repo = view["repository"]
-    with open(repo["upstream_key_file"], "rb") as f:
-        upstream_key = f.read()
     try:
-        done = aptrepo.refresh(repo["settings"], repo["signing_key"], view["public_key"], upstream_key,
-                               repo["local_dir"], force=True)  # fmt: skip
+        done = aptrepo.refresh(
+            repo["settings"], repo["signing_key"], view["public_key"], repo["upstream_key_files"],
+            repo["local_dir"], force=True,
+        )  # fmt: skip
     except aptrepo.RepositoryError as exc:
         __context__["retcode"] = 1
         return {"error": str(exc)}

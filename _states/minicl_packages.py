@@ -72,10 +72,8 @@ def repository(name="minicl"):
             f"would look upstream: {why}" if why else "up to date; next look when packages.every has passed"
         )
         return ret
-    with open(repo["upstream_key_file"], "rb") as f:
-        upstream_key = f.read()
     done = aptrepo.refresh(
-        settings, repo["signing_key"], _view()["public_key"], upstream_key, repo["local_dir"]
+        settings, repo["signing_key"], _view()["public_key"], repo["upstream_key_files"], repo["local_dir"]
     )
     if done["why"] is None:
         ret["comment"] = "up to date; next look when packages.every has passed"

@@ -33,7 +33,7 @@ GNUPGHOME = f"{ROOT}/gnupg"
 UPSTREAM_KEYRING = f"{ROOT}/upstream.gpg"
 STATE = f"{ROOT}/minicl-repository.json"  # {refreshed_at, inputs}: when and from what the last refresh ran
 LOCK = f"{ROOT}/aptly.lock"
-MIRROR = "upstream"
+MIRROR = "upstream"  # the mirrors are upstream-<hash of URL and distribution>
 LOCAL_REPO = "local"
 NGINX_SITE = "/etc/nginx/sites-available/minicl-repository"
 NGINX_ENABLED = "/etc/nginx/sites-enabled/minicl-repository"
@@ -79,11 +79,11 @@ def snapshot_name(now=None):
 
 def inputs(settings, signing_fingerprint, local_debs):
     """What a refresh depends on besides upstream's content: a change of any of it is due."""
-    upstream = settings["upstream"]
     return {
-        "url": upstream["url"],
-        "distribution": upstream["distribution"],
-        "components": upstream["components"],
+        "upstream": [
+            {"url": u["url"], "distribution": u["distribution"], "components": u["components"]}
+            for u in settings["upstream"]
+        ],
         "list": sorted(settings["list"]),
         "key": signing_fingerprint,
         "local": sorted(local_debs),
@@ -156,8 +156,9 @@ class Repository:
             raise RepositoryError(f"gpg {args[0]}: {result.stderr.decode(errors='replace').strip()}")
         return result.stdout
 
-    def prepare(self, secret_key, public_key, upstream_key):
-        """aptly's config, the signing key in aptly's GnuPG home and the upstream keyring.
+    def prepare(self, secret_key, public_key, upstream_key_files):
+        """aptly's config, the signing key in aptly's GnuPG home and the upstream keyring (the
+        keys of ``upstream_key_files``, armored or binary, in one binary keyring).
         Returns the signing key's fingerprint. The secret key never leaves GNUPGHOME (0700)."""
         os.makedirs(self.root, mode=0o755, exist_ok=True)
         os.makedirs(os.path.join(self.root, "public"), mode=0o755, exist_ok=True)
@@ -181,39 +182,48 @@ class Repository:
                 f"{packages.PUBLIC_KEY} is not the public key of {packages.SIGNING_KEY}: the hosts "
                 "would refuse every snapshot; export it again (gpg --armor --export)"
             )
+        keyring = b""
+        for path in upstream_key_files:
+            try:
+                with open(path, "rb") as f:
+                    keyring += dearmor(f.read())
+            except OSError as exc:
+                raise RepositoryError(f"cannot read the upstream key {path}: {exc.strerror}") from exc
         with open(UPSTREAM_KEYRING + ".new", "wb") as f:
-            f.write(dearmor(upstream_key))
+            f.write(keyring)
         os.replace(UPSTREAM_KEYRING + ".new", UPSTREAM_KEYRING)
         return public[0]
 
-    def _mirror_filter(self):
-        shown = self.aptly("mirror", "show", "-json", MIRROR, check=False)
+    def _mirror(self, name):
+        shown = self.aptly("mirror", "show", "-json", name, check=False)
         try:
             return json.loads(shown) if shown.strip().startswith("{") else None
         except ValueError:
             return None
 
-    def update_mirror(self, settings):
-        """Create or adjust the upstream mirror to the list, then download what is new."""
-        upstream = settings["upstream"]
+    def update_mirrors(self, settings):
+        """One mirror per upstream, filtered to the list (and what it needs), adjusted when the
+        list changes; mirrors of upstreams no longer in cluster.json are dropped. Downloads what
+        is new; returns the mirrors' names."""
         wanted_filter = " | ".join(sorted(settings["list"]))
-        current = self._mirror_filter()
-        if current is not None and (
-            current.get("ArchiveRoot") != upstream["url"].rstrip("/") + "/"
-            or current.get("Distribution") != upstream["distribution"]
-            or sorted(current.get("Components") or []) != sorted(upstream["components"])
-        ):
-            self.aptly("mirror", "drop", "-force", MIRROR)
-            current = None
-        if current is None:
-            self.aptly(
-                "mirror", "create", f"-keyring={UPSTREAM_KEYRING}", f"-filter={wanted_filter}",
-                "-filter-with-deps", MIRROR, upstream["url"], upstream["distribution"],
-                *upstream["components"],
-            )  # fmt: skip
-        elif current.get("Filter") != wanted_filter:
-            self.aptly("mirror", "edit", f"-filter={wanted_filter}", "-filter-with-deps", MIRROR)
-        self.aptly("mirror", "update", f"-keyring={UPSTREAM_KEYRING}", MIRROR)
+        names = []
+        for upstream in settings["upstream"]:
+            name = mirror_name(upstream)
+            names.append(name)
+            current = self._mirror(name)
+            if current is None:
+                self.aptly(
+                    "mirror", "create", f"-keyring={UPSTREAM_KEYRING}", f"-filter={wanted_filter}",
+                    "-filter-with-deps", name, upstream["url"], upstream["distribution"],
+                    *upstream["components"],
+                )  # fmt: skip
+            elif current.get("Filter") != wanted_filter:
+                self.aptly("mirror", "edit", f"-filter={wanted_filter}", "-filter-with-deps", name)
+            self.aptly("mirror", "update", f"-keyring={UPSTREAM_KEYRING}", name)
+        for old in self.aptly("mirror", "list", "-raw").split():
+            if old.startswith(f"{MIRROR}-") and old not in names:
+                self.aptly("mirror", "drop", "-force", old)
+        return names
 
     def update_local(self, folder, debs):
         """The local repo holds exactly the .deb files of ``folder``."""
@@ -232,17 +242,20 @@ class Repository:
                 found[name] = version if name not in found else max(found[name], version, key=_version_key)
         return found
 
-    def snapshot_and_publish(self, fingerprint, name=None):
-        """A snapshot of the mirror and the local repo; published only when it differs from the
-        newest one. Returns the new snapshot's name, or None when nothing changed."""
+    def snapshot_and_publish(self, fingerprint, mirrors, name=None):
+        """A snapshot of the mirrors and the local repo, merged (the newest version of each
+        package wins); published only when it differs from the newest one. Returns the new
+        snapshot's name, or None when nothing changed."""
         name = name or snapshot_name()
-        self.aptly("snapshot", "create", f"{MIRROR}-{name}", "from", "mirror", MIRROR)
-        self.aptly("snapshot", "create", f"{LOCAL_REPO}-{name}", "from", "repo", LOCAL_REPO)
-        self.aptly("snapshot", "merge", "-latest", name, f"{MIRROR}-{name}", f"{LOCAL_REPO}-{name}")
+        parts = [f"{mirror}-{name}" for mirror in mirrors] + [f"{LOCAL_REPO}-{name}"]
+        for mirror, part in zip(mirrors, parts[:-1], strict=True):
+            self.aptly("snapshot", "create", part, "from", "mirror", mirror)
+        self.aptly("snapshot", "create", parts[-1], "from", "repo", LOCAL_REPO)
+        self.aptly("snapshot", "merge", "-latest", name, *parts)
         content = self.packages_of(name)
         published = index()
         if published and published[-1]["packages"] == content:
-            for snap in (name, f"{MIRROR}-{name}", f"{LOCAL_REPO}-{name}"):
+            for snap in (name, *parts):
                 self.aptly("snapshot", "drop", snap)
             return None
         self.aptly(
@@ -251,7 +264,7 @@ class Repository:
             f"-component={packages.COMPONENT}", f"-origin={packages.ORIGIN}", f"-label={packages.ORIGIN}",
             name, name,
         )  # fmt: skip
-        entry = {"name": name, "created": int(time.time()), "packages": content}
+        entry = {"name": name, "created": int(time.time()), "packages": content, "parts": parts}
         write_file(f"{self.root}/public/{packages.INDEX}", json.dumps([*published, entry], indent=1) + "\n")
         return name
 
@@ -265,29 +278,37 @@ class Repository:
         for entry in old:
             name = entry["name"]
             self.aptly("publish", "drop", packages.DISTRIBUTION, name, check=False)
-            for snap in (name, f"{MIRROR}-{name}", f"{LOCAL_REPO}-{name}"):
+            for snap in (name, *entry.get("parts", [])):
                 self.aptly("snapshot", "drop", snap, check=False)
         self.aptly("db", "cleanup")
         return [entry["name"] for entry in old]
 
 
-def refresh(settings, secret_key, public_key, upstream_key, local_folder=None, force=False, now=None):
+def refresh(settings, secret_key, public_key, upstream_key_files, local_folder=None, force=False, now=None):
     """Look upstream and publish a new snapshot when something changed. Returns
     {"snapshot": new name or None, "why": reason it ran or None, "dropped": [...]}."""
     repo = Repository()
     with repo.locked():
-        fingerprint = repo.prepare(secret_key, public_key, upstream_key)
+        fingerprint = repo.prepare(secret_key, public_key, upstream_key_files)
         debs = local_debs(local_folder)
         wanted = inputs(settings, fingerprint, debs)
         state = read_json(STATE)
         why = "asked for" if force else due(settings, state, wanted, now)
         if why is None:
             return {"snapshot": None, "why": None, "dropped": []}
-        repo.update_mirror(settings)
+        mirrors = repo.update_mirrors(settings)
         repo.update_local(local_folder, debs)
-        name = repo.snapshot_and_publish(fingerprint)
+        name = repo.snapshot_and_publish(fingerprint, mirrors)
         write_file(STATE, json.dumps({"refreshed_at": int(time.time()), "inputs": wanted}, indent=1) + "\n")
         return {"snapshot": name, "why": why, "dropped": repo.prune(settings["keep"])}
+
+
+def mirror_name(upstream):
+    """The aptly mirror of an upstream: named after its URL, distribution and components."""
+    what = (
+        f"{upstream['url'].rstrip('/')} {upstream['distribution']} {' '.join(sorted(upstream['components']))}"
+    )
+    return f"{MIRROR}-{hashlib.sha256(what.encode()).hexdigest()[:10]}"
 
 
 def fingerprints(key_text):

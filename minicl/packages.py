@@ -32,9 +32,11 @@ def settings(cluster):
     given = cluster.data.get("packages")
     if not given:
         return None
-    properties = schema()["properties"]["packages"]["properties"]
-    found = {**_defaults(properties), **given}
-    found["upstream"] = {**_defaults(properties["upstream"]["properties"]), **given["upstream"]}
+    full = schema()
+    found = {**_defaults(full["properties"]["packages"]["properties"]), **given}
+    upstream_defaults = _defaults(full["$defs"]["upstream"]["properties"])
+    upstreams = given["upstream"] if isinstance(given["upstream"], list) else [given["upstream"]]
+    found["upstream"] = [{**upstream_defaults, **u} for u in upstreams]
     return found
 
 
@@ -75,6 +77,15 @@ def _read(checkout, name):
         return None
 
 
+def upstream_key_files(upstreams, checkout):
+    """The files of the keys the upstream archives are checked against: those cluster.json
+    names (in the config repo), and Debian's archive keyring for an upstream that names none."""
+    files = [os.path.join(checkout or "", u["key"]) for u in upstreams if u.get("key")]
+    if any(not u.get("key") for u in upstreams):
+        files.append(DEBIAN_KEYRING)
+    return sorted(set(files))
+
+
 def local_dir(local, checkout):
     """The folder of the group's own .deb files: absolute (on the repository host), or in the
     config repo's checkout; None without one."""
@@ -101,13 +112,10 @@ def pillar(cluster, host, checkout=None):
         "public_key": _read(checkout, PUBLIC_KEY) if checkout else None,
     }
     if ROLE in cluster.host_roles(host):
-        upstream_key = found["upstream"].get("key")
         view["repository"] = {
             "settings": found,
             "signing_key": _read(checkout, SIGNING_KEY) if checkout else None,
-            "upstream_key_file": os.path.join(checkout, upstream_key)
-            if checkout and upstream_key
-            else DEBIAN_KEYRING,
+            "upstream_key_files": upstream_key_files(found["upstream"], checkout),
             "local_dir": local_dir(found.get("local"), checkout),
         }
     return view

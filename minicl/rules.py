@@ -282,11 +282,15 @@ def _packages_problems(section, hosts, source, repo_files):
                 )  # fmt: skip
             )
     upstream = section.get("upstream")
-    key = upstream.get("key") if isinstance(upstream, dict) else None
-    if isinstance(key, str) and key not in repo_files:
-        problems.append(
-            Problem("packages.upstream.key", f"{quoted(key)} is not a file of the config repo", source)
-        )
+    entries = {"packages.upstream": upstream} if isinstance(upstream, dict) else {
+        f"packages.upstream[{i}]": u for i, u in enumerate(upstream if isinstance(upstream, list) else [])
+    }  # fmt: skip
+    for where, entry in entries.items():
+        key = entry.get("key") if isinstance(entry, dict) else None
+        if isinstance(key, str) and key not in repo_files:
+            problems.append(
+                Problem(f"{where}.key", f"{quoted(key)} is not a file of the config repo", source)
+            )
     local = section.get("local")
     in_repo = isinstance(local, str) and not local.startswith("/")
     if in_repo and not any(f.startswith(local.rstrip("/") + "/") for f in repo_files):

@@ -120,9 +120,7 @@ def _schema_problem(error, source):
             source,
         )
     if kind == "oneOf":
-        if isinstance(value, list) and not value:
-            return Problem(path, "must list at least one entry", source)
-        return Problem(path, f"must be a string or a list of strings, not {shown}", source)
+        return _one_of_problem(error, path, value, shown, source)
     if kind == "minLength":
         return Problem(path, "must not be empty", source)
     if kind == "minProperties":
@@ -143,3 +141,28 @@ def _schema_problem(error, source):
         return Problem(path, f"{shown} is not a duration ({error.schema['description'].rstrip('.')})", source)
     message = error.message if not _is_secret(path) else f"is invalid ({kind})"
     return Problem(path, message, source)
+
+
+def _one_of_problem(error, path, value, shown, source):
+    """A value that fits none of the forms a field may take ("one key, or a list of them"): the
+    problems inside the form of its own type, else what the forms are."""
+    if isinstance(value, list) and not value:
+        return Problem(path, "must list at least one entry", source)
+    branches = {}
+    for sub in error.context:
+        branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+    wrong_type = {
+        index: next((e for e in subs if e.validator == "type" and not e.relative_path), None)
+        for index, subs in branches.items()
+    }
+    fitting = [subs for index, subs in branches.items() if wrong_type[index] is None]
+    if len(fitting) == 1:
+        problems = []
+        for sub in fitting[0]:
+            found = _schema_problem(sub, source)
+            problems += found if isinstance(found, list) else [found]
+        return problems
+    forms = [_TYPE_NAMES.get(e.validator_value, str(e.validator_value)) for e in wrong_type.values() if e]
+    if len(forms) == 2 and forms[1] == "a list":
+        forms[1] = f"a list of {forms[0].split(' ', 1)[1]}s"
+    return Problem(path, f"must be {' or '.join(forms) or 'one of its forms'}, not {shown}", source)

@@ -83,7 +83,7 @@ class Upstream:
         self.secret, self.public, self.fingerprint = make_key(
             host, GNUPGHOME, "lab upstream <root@localhost>"
         )
-        host.run(f"mkdir -p {ROOT}/pool/main {ROOT}/dists/{DIST}/main/binary-amd64")
+        host.run(f"mkdir -p {ROOT}/pool")
         host.write(f"{ROOT}/upstream.asc", self.public)
         self.server = host.spawn(
             ["python3", "-m", "http.server", "-b", host.ipv4, "-d", ROOT, str(PORT)],
@@ -97,9 +97,9 @@ class Upstream:
     def url(self):
         return f"http://{self.host.ipv4}:{PORT}/"
 
-    def add(self, name, version, size=0):
-        """Build ``name`` at ``version`` into the pool (publish() makes it visible), with ``size``
-        bytes of random data in it."""
+    def add(self, name, version, size=0, dist=DIST):
+        """Build ``name`` at ``version`` into the pool of distribution ``dist`` (publish() makes
+        it visible), with ``size`` bytes of random data in it."""
         tree = f"/root/build/{name}-{version}"
         control = (
             f"Package: {name}\nVersion: {version}\nArchitecture: amd64\nSection: misc\nPriority: optional\n"
@@ -125,20 +125,23 @@ class Upstream:
         self.host.run(
             f"cd {tree} && find . -path ./DEBIAN -prune -o -type f -printf '%P\\0'"
             " | xargs -0 md5sum > DEBIAN/md5sums"
-            f" && dpkg-deb -Zxz --root-owner-group --build {tree} {ROOT}/pool/main/ >/dev/null"
+            f" && mkdir -p {ROOT}/pool/{dist}"
+            f" && dpkg-deb -Zxz --root-owner-group --build {tree} {ROOT}/pool/{dist}/ >/dev/null"
         )
 
-    def publish(self, sign=True):
-        """Index the pool into dists/lab and sign the Release file (InRelease and Release.gpg)."""
-        dist = f"dists/{DIST}"
+    def publish(self, sign=True, name=DIST):
+        """Index the pool of distribution ``name`` into dists/<name> and sign its Release file
+        (InRelease and Release.gpg)."""
+        dist = f"dists/{name}"
         apt_ftparchive = (
             "apt-ftparchive -o APT::FTPArchive::Release::Origin=lab -o APT::FTPArchive::Release::Label=lab"
-            f" -o APT::FTPArchive::Release::Suite={DIST} -o APT::FTPArchive::Release::Codename={DIST}"
+            f" -o APT::FTPArchive::Release::Suite={name} -o APT::FTPArchive::Release::Codename={name}"
             " -o APT::FTPArchive::Release::Architectures=amd64 -o APT::FTPArchive::Release::Components=main"
         )
         gpg = f"GNUPGHOME={GNUPGHOME} gpg --batch -q --yes -u {self.fingerprint}"
         self.host.run(
-            f"set -e; cd {ROOT}; dpkg-scanpackages --multiversion pool/main"
+            f"set -e; cd {ROOT}; mkdir -p pool/{name} {dist}/main/binary-amd64;"
+            f" dpkg-scanpackages --multiversion pool/{name}"
             f" > {dist}/main/binary-amd64/Packages 2>/dev/null; gzip -9nkf {dist}/main/binary-amd64/Packages;"
             f" {apt_ftparchive} release {dist} > {dist}/Release.new; mv {dist}/Release.new {dist}/Release;"
             f" rm -f {dist}/InRelease {dist}/Release.gpg"

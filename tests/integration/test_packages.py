@@ -32,6 +32,7 @@ OUTSIDE = ["198.51.100.79/24"]
 RELAY = ["198.51.100.78/24"]
 USER, PASSWORD = "cluster@example.org", "relay-secret-Pkg5"
 SOAK = 20
+UPDATES = "lab-updates"  # a second upstream: the archive's updates, where the fixed 1.2 arrives
 UPGRADED = "minicl_packages_|-minicl-package-upgrades_|-minicl_|-upgraded"
 PORT = 8080
 WEB, LIB, OTHER, LOCAL = aptlab.WEB, aptlab.LIB, aptlab.OTHER, "minicl-lab-local"
@@ -46,6 +47,7 @@ def upstream(git_server):
     archive = aptlab.Upstream(git_server.host)
     archive.add(WEB, "1.0")
     archive.publish()
+    archive.publish(name=UPDATES)  # empty for now, as an archive's updates often are
     return archive
 
 
@@ -75,7 +77,10 @@ def cluster(lab, relay, git_server, deploy_key, upstream):
         rollout={"canaries": ["alpha"], "soak": f"{SOAK}s"},
         apps={"cache": {"type": "redis", "hosts": ["alpha"]}},  # checked in rehearsals, backed up first
         packages={
-            "upstream": {"url": upstream.url, "distribution": aptlab.DIST, "key": "keys/upstream.asc"},
+            "upstream": [
+                {"url": upstream.url, "distribution": aptlab.DIST, "key": "keys/upstream.asc"},
+                {"url": upstream.url, "distribution": UPDATES, "key": "keys/upstream.asc"},
+            ],
             "list": [WEB, LOCAL],
             "local": "debs",
         },
@@ -270,9 +275,10 @@ def test_a_broken_upgrade_applied_without_rehearsal_is_undone(cluster):
 
 def test_a_fixed_snapshot_reaches_the_canary_then_the_others_after_the_soak(cluster, upstream):
     depot, alpha, beta, _, watch = cluster
-    upstream.add(WEB, "1.2")
-    upstream.publish()
+    upstream.add(WEB, "1.2", dist=UPDATES)
+    upstream.publish(name=UPDATES)
     newest = refresh(depot)["snapshot"]
+    assert snapshots(depot)[-1]["packages"][WEB] == "1.2"  # the newest of both upstreams wins
     state = upgraded_state(alpha)
     assert state["result"] is True and state["changes"]["snapshot"]["new"] == newest, state
     assert version(alpha, WEB) == "1.2" and alpha.unit_state(f"{WEB}.service") == "active"

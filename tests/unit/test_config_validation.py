@@ -193,7 +193,7 @@ def test_top_level_must_be_an_object(problems, data, expected):
         (
             ("users", "bob", "ssh_key"),
             [5],
-            "cluster.json: users.bob.ssh_key: must be a string or a list of strings, not [5]",
+            "cluster.json: users.bob.ssh_key[0]: must be a string, not an integer",
         ),
         (
             ("hosts", "alpha", "ip"),
@@ -203,7 +203,7 @@ def test_top_level_must_be_an_object(problems, data, expected):
         (
             ("hosts", "alpha", "ip"),
             ["198.51.100.11", None],
-            'cluster.json: hosts.alpha.ip: must be a string or a list of strings, not ["198.51.100.11", null]',
+            "cluster.json: hosts.alpha.ip[1]: must be a string, not null",
         ),
         (
             ("hosts", "alpha", "roles"),

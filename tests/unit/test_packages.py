@@ -84,8 +84,8 @@ def test_what_hosts_learn_of_the_repository(data):
     data["hosts"]["alpha"]["packages"] = "all"
     assert packages.use(cluster, "alpha") == "all"
     settings = packages.settings(cluster)
-    assert settings["upstream"] == {"url": "http://deb.debian.org/debian", "distribution": "bookworm",
-                                    "components": ["main"]}  # fmt: skip
+    assert settings["upstream"] == [{"url": "http://deb.debian.org/debian", "distribution": "bookworm",
+                                     "components": ["main"]}]  # fmt: skip
     assert (settings["every"], settings["keep"], settings["port"]) == ("1d", 10, 8080)
     assert packages.cluster_only_ports(cluster, "watch") == [8080]
     assert packages.cluster_only_ports(cluster, "alpha") == []
@@ -103,7 +103,32 @@ def test_the_pillar_carries_keys_from_the_checkout_and_the_secret_only_to_the_re
     assert "SECRET" not in json.dumps(alpha)
     watch = packages.pillar(cluster, "watch", str(tmp_path))
     assert watch["repository"]["signing_key"] == "SECRET"
-    assert watch["repository"]["upstream_key_file"] == packages.DEBIAN_KEYRING
+    assert watch["repository"]["upstream_key_files"] == [packages.DEBIAN_KEYRING]
+    data["packages"]["upstream"] = [
+        {"url": "http://deb.debian.org/debian", "key": "keys/debian.asc"},
+        {"url": "http://security.debian.org/debian-security", "distribution": "bookworm-security"},
+    ]
+    watch = packages.pillar(Cluster(data), "watch", str(tmp_path))
+    assert watch["repository"]["upstream_key_files"] == sorted(
+        [packages.DEBIAN_KEYRING, f"{tmp_path}/keys/debian.asc"]
+    )
+    assert [u["distribution"] for u in watch["repository"]["settings"]["upstream"]] == [
+        "bookworm",
+        "bookworm-security",
+    ]
+    assert messages(data, KEYS) == [
+        'packages.upstream[0].key: "keys/debian.asc" is not a file of the config repo'
+    ]
+    assert messages(data, KEYS | {"keys/debian.asc"}) == []
+    data["packages"]["upstream"][1]["bogus"] = 1
+    assert messages(data, KEYS | {"keys/debian.asc"}) == [
+        "packages.upstream[1].bogus: unknown field (allowed here: components, distribution, key, url)"
+    ]
+    data["packages"]["upstream"] = "http://deb.debian.org/debian"
+    assert messages(data, KEYS) == [
+        'packages.upstream: must be an object or a list of objects, not "http://deb.debian.org/debian"'
+    ]
+    data["packages"]["upstream"] = {"url": "http://deb.debian.org/debian"}
     data["packages"]["local"] = "debs"
     assert packages.pillar(Cluster(data), "watch", str(tmp_path))["repository"]["local_dir"] == str(
         tmp_path / "debs"
@@ -227,7 +252,7 @@ def test_the_rollout_decides():
 
 
 def test_the_repository_is_due_when_its_inputs_change_or_time_has_passed(monkeypatch):
-    settings = {"upstream": {"url": "u", "distribution": "d", "components": ["main"]}, "list": ["b", "a"],
+    settings = {"upstream": [{"url": "u", "distribution": "d", "components": ["main"]}], "list": ["b", "a"],
                 "every": "1d"}  # fmt: skip
     wanted = aptrepo.inputs(settings, "FPR", {"x.deb": "sha"})
     assert wanted["list"] == ["a", "b"]
@@ -348,10 +373,9 @@ def test_rollback_restores_an_app_only_where_its_data_format_changed(apt_files, 
 @pytest.mark.parametrize("testmode", [True, False])
 def test_the_repository_state(monkeypatch, tmp_path, testmode):
     keyring = tmp_path / "upstream.gpg"
-    keyring.write_bytes(b"KEYRING")
-    settings = {"upstream": {"url": "u", "distribution": "d", "components": ["main"]}, "list": ["web"],
+    settings = {"upstream": [{"url": "u", "distribution": "d", "components": ["main"]}], "list": ["web"],
                 "every": "1d", "keep": 10}  # fmt: skip
-    view = dict(VIEW, repository={"settings": settings, "signing_key": "SECRET", "upstream_key_file": str(keyring),
+    view = dict(VIEW, repository={"settings": settings, "signing_key": "SECRET", "upstream_key_files": [str(keyring)],
                                   "local_dir": None})  # fmt: skip
     monkeypatch.setattr(aptrepo, "STATE", str(tmp_path / "state.json"))
     monkeypatch.setattr(aptrepo, "index", lambda: [])
@@ -364,7 +388,7 @@ def test_the_repository_state(monkeypatch, tmp_path, testmode):
         assert not refreshed
     else:
         assert ret["result"] is True and ret["changes"] == {"snapshot": "S1", "dropped": []}, ret
-        assert refreshed[0][1] == "SECRET" and refreshed[0][3] == b"KEYRING"
+        assert refreshed[0][1] == "SECRET" and refreshed[0][3] == [str(keyring)]
         assert "SECRET" not in json.dumps(ret)
     other = loader.load_state("minicl_packages", testmode, {"minicl": {"packages": VIEW}}).repository(
         "minicl"
