@@ -41,7 +41,7 @@ def _view():
 def _target(view, snapshot):
     if snapshot:
         return str(snapshot)
-    found = aptsource.target_snapshot(view, aptsource.published(view["url"]))
+    found = aptsource.allowed_snapshot(view)
     if found is None:
         raise upgrade.UpgradeError("the repository has published no snapshot yet")
     return found
@@ -65,7 +65,7 @@ def plan(snapshot=None):
         found = upgrade.plan(view["url"], _target(view, snapshot), view["use"], view["list"])
     except MiniclError as exc:
         return _failed(str(exc))
-    found["current"] = upgrade.record().get("snapshot") or aptsource.configured_snapshot()
+    found["current"] = upgrade.current_snapshot()
     return found
 
 
@@ -78,7 +78,7 @@ def apply(snapshot=None, rehearsal=True):
         view = _view()
         target = _target(view, snapshot)
         done = upgrade.apply(view["url"], target, view["use"], view["list"], view["public_key"], _apps(),
-                             log=lambda line: None, rehearsal=bool(rehearsal))  # fmt: skip
+                             rehearsal=bool(rehearsal))  # fmt: skip
     except MiniclError as exc:
         return _failed(str(exc))
     package_rollout.write_metrics()
@@ -94,8 +94,7 @@ def rehearse(snapshot=None):
     CLI Example: ``salt-call --local minicl_upgrade.rehearse``"""
     try:
         view = _view()
-        done = upgrade.rehearse(view["url"], _target(view, snapshot), view["use"], view["list"], _apps(),
-                                log=lambda line: None)  # fmt: skip
+        done = upgrade.rehearse(view["url"], _target(view, snapshot), view["use"], view["list"], _apps())
     except MiniclError as exc:
         return _failed(str(exc))
     if not done["ok"]:
@@ -109,8 +108,7 @@ def rollback():
     CLI Example: ``salt-call --local minicl_upgrade.rollback``"""
     try:
         view = _view()
-        done = upgrade.rollback(view["url"], view["use"], view["list"], view["public_key"], _apps(),
-                                log=lambda line: None)  # fmt: skip
+        done = upgrade.rollback(view["url"], view["use"], view["list"], view["public_key"], _apps())
     except MiniclError as exc:
         return _failed(str(exc))
     package_rollout.write_metrics()
@@ -123,7 +121,4 @@ def status():
     """The snapshot this host is at and the upgrades that stayed.
     CLI Example: ``salt-call --local minicl_upgrade.status``"""
     found = upgrade.record()
-    return {
-        "snapshot": found.get("snapshot") or aptsource.configured_snapshot(),
-        "history": found.get("history", []),
-    }
+    return {"snapshot": upgrade.current_snapshot(found), "history": found.get("history", [])}

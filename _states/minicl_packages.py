@@ -92,9 +92,9 @@ def source(name="minicl"):
     view = _view()
     if view.get("use", "none") == "none":
         return dict(ret, comment=NOT_USED)
-    snapshot = upgrade.record().get("snapshot") or aptsource.configured_snapshot()
+    snapshot = upgrade.current_snapshot()
     if snapshot is None:
-        snapshot = aptsource.target_snapshot(view, aptsource.published(view["url"]))
+        snapshot = aptsource.allowed_snapshot(view)
         if snapshot is None:
             ret["comment"] = "the repository has published no snapshot yet: the source follows on a later run"
             return ret

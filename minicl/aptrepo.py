@@ -233,13 +233,13 @@ class Repository:
             self.aptly("repo", "add", LOCAL_REPO, *[os.path.join(folder, name) for name in sorted(debs)])
 
     def packages_of(self, snapshot):
-        """{package: version} of a snapshot (the newest version of each)."""
+        """{package: version} of a merged snapshot (``merge -latest`` keeps one version of each)."""
         found = {}
         for line in self.aptly("snapshot", "show", "-with-packages", snapshot).splitlines():
             ref = line.strip()
             if ref.count("_") >= 2 and not ref.endswith(":"):
                 name, version, _arch = ref.rsplit("_", 2)
-                found[name] = version if name not in found else max(found[name], version, key=_version_key)
+                found[name] = version
         return found
 
     def snapshot_and_publish(self, fingerprint, mirrors, name=None):
@@ -340,13 +340,3 @@ def dearmor(key):
     if result.returncode != 0:
         raise RepositoryError(f"gpg --dearmor: {result.stderr.decode(errors='replace').strip()}")
     return result.stdout
-
-
-def _version_key(version):
-    """Sort key for Debian versions, through dpkg's own comparison."""
-    return _DebVersion(version)
-
-
-class _DebVersion(str):
-    def __lt__(self, other):
-        return subprocess.run(["dpkg", "--compare-versions", self, "lt", other], check=False).returncode == 0

@@ -138,6 +138,11 @@ def published(base_url, timeout=10):
         raise SourceError(f"cannot read {base_url}{packages.INDEX}: {exc}") from exc
 
 
+def allowed_snapshot(view):
+    """The snapshot ``view`` (minicl:packages) allows now, from what the repository publishes."""
+    return target_snapshot(view, published(view["url"]))
+
+
 def target_snapshot(view, snapshots):
     """The snapshot ``view`` (minicl:packages) allows: the one cluster.json holds the cluster
     at, else the newest published."""

@@ -99,11 +99,11 @@ def write_metrics(found=None):
 def converge(view, cluster, host, apps, test=False, ask=rollout.query):
     """The scheduled step of the rollout on ``host``: (result, changes, comment)."""
     found = upgrade.record()
-    current = found.get("snapshot") or aptsource.configured_snapshot()
+    current = upgrade.current_snapshot(found)
     if current is None:
         return True, {}, "apt does not point at the cluster's repository yet (minicl-apt-source)"
     try:
-        target = aptsource.target_snapshot(view, aptsource.published(view["url"]))
+        target = aptsource.allowed_snapshot(view)
     except aptsource.SourceError as exc:
         write_metrics(found)
         return True, {}, f"staying at snapshot {current}: {exc}"
@@ -115,9 +115,7 @@ def converge(view, cluster, host, apps, test=False, ask=rollout.query):
     if test:
         return None, {"snapshot": {"old": current, "new": target}}, f"would rehearse and upgrade: {why}"
     try:
-        done = upgrade.apply(
-            view["url"], target, view["use"], view["list"], view["public_key"], apps, log=lambda _: None
-        )
+        done = upgrade.apply(view["url"], target, view["use"], view["list"], view["public_key"], apps)
     except MiniclError as exc:
         done = {"ok": False, "lines": [f"FAIL {exc}"], "changes": [], "undone": False, "error": str(exc)}
     found = upgrade.record()

@@ -48,6 +48,12 @@ def record():
     return read_json(RECORD) or {"snapshot": None, "history": []}
 
 
+def current_snapshot(found=None):
+    """The snapshot this host is at: the record's, else the one its minicl source names (a
+    host no upgrade has moved yet)."""
+    return (found if found is not None else record()).get("snapshot") or aptsource.configured_snapshot()
+
+
 def save(found):
     write_file(RECORD, json.dumps(found, indent=1) + "\n", 0o644)
 
@@ -197,24 +203,20 @@ def point_source(files):
         raise
 
 
-def apply(url, snapshot, mode, listed, public_key, apps, log=print, rehearsal=True):
+def apply(url, snapshot, mode, listed, public_key, apps, rehearsal=True):
     """Move this host to ``snapshot``; returns {ok, lines, changes, undone}. ``apps``: the apps
     of this host as the pillar has them. ``rehearsal``: only after a green rehearsal of it on
     this host as it is (one runs first when there is none)."""
     if rehearsal and not green_rehearsal(snapshot):
-        rehearsed = rehearse(url, snapshot, mode, listed, apps, log)
+        rehearsed = rehearse(url, snapshot, mode, listed, apps)
         if not rehearsed["ok"]:
             line = f"not upgraded: the rehearsal of snapshot {snapshot} failed"
-            log(line)
             return {"ok": False, "lines": [*rehearsed["lines"], line], "changes": rehearsed["changes"],
                     "undone": False, "rehearsal": rehearsed}  # fmt: skip
     found = record()
-    previous = found.get("snapshot") or aptsource.configured_snapshot()
+    previous = current_snapshot(found)
     lines = []
-
-    def say(line):
-        lines.append(line)
-        log(line)
+    say = lines.append
 
     planned = plan(url, snapshot, mode, listed)
     changing = {c["package"]: c["from"] for c in planned["changes"] if c["from"]}
@@ -281,7 +283,7 @@ def _undo(versions, debs, old_files, apps_to_restore, backups, say):
         say(f"{'restored' if restored.ok else 'FAIL restoring'} the safety backup of {app['name']}")
 
 
-def rollback(url, mode, listed, public_key, apps, log=print):
+def rollback(url, mode, listed, public_key, apps):
     """Back to the snapshot before the last upgrade that stayed: its package versions (kept
     copies) and its source; an app whose data format changed restores its safety backup."""
     found = record()
@@ -290,10 +292,7 @@ def rollback(url, mode, listed, public_key, apps, log=print):
         raise UpgradeError("no upgrade recorded on this host: nothing to roll back to")
     last = history[-1]
     lines = []
-
-    def say(line):
-        lines.append(line)
-        log(line)
+    say = lines.append
 
     changed = [a for a in apps if last.get("formats", {}).get(a["name"]) not in (None, data_format(a))]
     old_files = aptsource.render(url, last["from"], mode, listed, public_key) if last["from"] else None
@@ -346,17 +345,13 @@ def _fingerprint():
     return hashlib.sha256(listed.encode()).hexdigest()
 
 
-def rehearse(url, snapshot, mode, listed, apps, log=print):
+def rehearse(url, snapshot, mode, listed, apps):
     """Upgrade a throwaway copy of this host (minicl.hostcopy) to ``snapshot`` and run minicl's
     host checks and each local app's check_health and test there, before and after; the real
     host is untouched. Returns {ok, snapshot, changes, failures, restart, reboot, lines, seconds
     (of each phase)}; the result is kept for the rollout (``green_rehearsal``)."""
     lines = []
-
-    def say(line):
-        lines.append(line)
-        log(line)
-
+    say = lines.append
     seconds, started = {}, [time.monotonic()]
 
     def lap(phase):

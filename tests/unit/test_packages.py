@@ -363,7 +363,7 @@ def test_rollback_restores_an_app_only_where_its_data_format_changed(apt_files, 
     )
     monkeypatch.setattr(upgrade, "installed", lambda names=None: {"web": "1.0"})
     apps = [{"name": "cache", "type": "redis"}, {"name": "db", "type": "postgresql"}]
-    done = upgrade.rollback(VIEW["url"], "listed", ["web"], "KEY", apps, log=lambda line: None)
+    done = upgrade.rollback(VIEW["url"], "listed", ["web"], "KEY", apps)
     assert done["ok"] and [a["name"] for a in undone[0]] == ["cache"]
     held = upgrade.record()
     assert held["snapshot"] == "S0" and held["history"] == []
