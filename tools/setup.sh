@@ -5,7 +5,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES="gcc python3-dev git openssh-server openssh-client iproute2 util-linux python3-venv procps sudo passwd nftables postfix libsasl2-modules bsd-mailx ca-certificates openssl prometheus-node-exporter prometheus prometheus-alertmanager postgresql prometheus-postgres-exporter restic redis-server prometheus-redis-exporter dpkg-repack aptly gnupg nginx needrestart apt-utils dpkg-dev"
+DEBIAN_PACKAGES="gcc python3-dev git openssh-server openssh-client iproute2 util-linux python3-venv procps sudo passwd nftables postfix libsasl2-modules bsd-mailx ca-certificates openssl prometheus-node-exporter prometheus prometheus-alertmanager postgresql prometheus-postgres-exporter restic redis-server prometheus-redis-exporter dpkg-repack aptly gnupg nginx needrestart apt-utils dpkg-dev haproxy keepalived certbot pebble prometheus-nginx-exporter prometheus-haproxy-exporter syslog-ng-core syslog-ng-scl"
 
 missing=""
 for pkg in $DEBIAN_PACKAGES; do
@@ -29,7 +29,7 @@ if [ -n "$missing" ]; then
     if [ -d /run/systemd/system ]; then
         case " $missing " in *" openssh-server "*) systemctl disable --quiet ssh.service ssh.socket 2>/dev/null || true; esac
         case " $missing " in *" postfix "*) systemctl disable --quiet postfix.service 2>/dev/null || true; esac
-        for unit in prometheus-node-exporter prometheus prometheus-alertmanager postgresql prometheus-postgres-exporter redis-server prometheus-redis-exporter nginx; do
+        for unit in prometheus-node-exporter prometheus prometheus-alertmanager postgresql prometheus-postgres-exporter redis-server prometheus-redis-exporter nginx haproxy keepalived prometheus-nginx-exporter prometheus-haproxy-exporter syslog-ng; do
             case " $missing " in *" $unit "*) systemctl disable --quiet "$unit.service" 2>/dev/null || true; esac
         done
     fi
