@@ -26,9 +26,11 @@ def __virtual__():
     return __virtualname__
 
 
-def run():
+def run(verify_packages=True):
     """Run every check; returns {check: "OK reason" | "FAIL reason"} and sets a non-zero retcode
-    when one fails. CLI Example: ``salt-call --local minicl_checks.run --retcode-passthrough``
+    when one fails. ``verify_packages=False`` reports the installed files as the last
+    verification found them (the checks after each highstate do: the scheduled checks, every
+    5 minutes, verify them). CLI Example: ``salt-call --local minicl_checks.run --retcode-passthrough``
     """
     cluster = (__pillar__.get("minicl") or {}).get("cluster")
     # A job of a masterless salt-minion has no pillar: ask sshd itself.
@@ -37,7 +39,7 @@ def run():
         if cluster
         else (sshd.listening_ports() or [22])[0]
     )
-    found = checks.run_all(ssh_port, _state_dir())
+    found = checks.run_all(ssh_port, _state_dir(), verify_packages)
     metrics.write_checks(found, __opts__.get("minicl_textfile_dir", metrics.TEXTFILE_DIR))
     if any(not check.ok for check in found):
         __context__["retcode"] = 1

@@ -219,6 +219,16 @@ def verify_installed(
     return changed, len(prints)
 
 
+def last_verified(record_path):
+    """([Changed], number of packages) as the last ``verify_installed`` left them at
+    ``record_path``, without looking at any file; None if there is no record yet."""
+    record = read_json(record_path)
+    if record.get("version") != RECORD_VERSION:
+        return None
+    changed = [Changed(path, package, missing) for path, package, missing in record.get("changed", [])]
+    return changed, len(record.get("packages", {}))
+
+
 # --- apt sources -------------------------------------------------------------------------------
 
 

@@ -357,3 +357,23 @@ def test_apt_sources_check():
     check = checks.apt_sources_check(lambda: ["/etc/apt/sources.list line 2: trusted=yes"])
     assert not check.ok and check.value == 1
     assert check.reason == "unsigned: /etc/apt/sources.list line 2: trusted=yes"
+
+
+def test_after_a_run_the_check_reports_the_last_verification_without_looking(dpkg, tmp_path):
+    record = tmp_path / "packages-verified.json"
+
+    def verify(path):
+        return dpkg.verify(path, 1000)
+
+    # No record yet: even the quick check verifies.
+    first = checks.packages_verified_check(record, verify=verify, fresh=False)
+    assert first.ok and dpkg.calls == [None]
+    with open(dpkg.path("/usr/bin/tac"), "a") as f:
+        f.write("x")
+    # The record's result, no file looked at: the change is for the next scheduled check.
+    assert checks.packages_verified_check(record, verify=verify, fresh=False) == first
+    assert dpkg.calls == [None]
+    found = checks.packages_verified_check(record, verify=lambda path: dpkg.verify(path, 1300))
+    assert not found.ok and dpkg.calls == [None, ["coreutils"]]
+    assert checks.packages_verified_check(record, verify=verify, fresh=False) == found
+    assert integrity.last_verified(tmp_path / "none.json") is None
