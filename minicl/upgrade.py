@@ -208,7 +208,11 @@ def apply(url, snapshot, mode, listed, public_key, apps, rehearsal=True):
     of this host as the pillar has them. ``rehearsal``: only after a green rehearsal of it on
     this host as it is (one runs first when there is none)."""
     if rehearsal and not green_rehearsal(snapshot):
-        rehearsed = rehearse(url, snapshot, mode, listed, apps)
+        try:
+            rehearsed = rehearse(url, snapshot, mode, listed, apps)
+        except MiniclError as exc:  # no copy booted, no plan: the rehearsal failed, not the upgrade
+            failure = f"the rehearsal could not run: {exc}"
+            rehearsed = {"ok": False, "lines": [f"FAIL {failure}"], "changes": [], "failures": [failure]}
         if not rehearsed["ok"]:
             line = f"not upgraded: the rehearsal of snapshot {snapshot} failed"
             return {"ok": False, "lines": [*rehearsed["lines"], line], "changes": rehearsed["changes"],

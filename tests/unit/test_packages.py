@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from minicl import aptrepo, aptsource, cli, firewall, package_rollout, packages, upgrade
+from minicl import aptrepo, aptsource, cli, firewall, hostcopy, package_rollout, packages, upgrade
 from minicl.cluster import Cluster
 from minicl.config import validate
 from minicl.rollout import MonitorUnreachable
@@ -414,3 +414,22 @@ def test_the_services_running_a_packages_files_are_foreseen(tmp_path, monkeypatc
 
     monkeypatch.setattr(upgrade.subprocess, "run", lambda *a, **k: Listed)
     assert upgrade.units_running_files("libweb1", running) == ["web.service"]
+
+
+def test_a_copy_that_does_not_boot_is_a_failed_rehearsal_not_a_failed_upgrade(apt_files, monkeypatch):
+    upgrade.save({"snapshot": "S0", "history": []})
+    monkeypatch.setattr(package_rollout, "write_metrics", lambda found=None: None)
+    monkeypatch.setattr(package_rollout, "decide", lambda *a, **k: ("upgrade", "the canary"))
+    monkeypatch.setattr(upgrade, "green_rehearsal", lambda snapshot: False)
+
+    def no_boot(*args):
+        raise hostcopy.HostCopyError("the copy did not boot: systemd exited (status 1)")
+
+    monkeypatch.setattr(upgrade, "rehearse", no_boot)
+    monkeypatch.setattr(upgrade, "plan", lambda *a: pytest.fail("no upgrade without a rehearsal"))
+    result, changes, comment = package_rollout.converge(VIEW, None, "alpha", {})
+    assert (result, changes) == (False, {})
+    failed = upgrade.record()["failed"]
+    assert failed["stage"] == "rehearsal" and failed["snapshot"] == "S1"
+    assert failed["error"] == "the rehearsal could not run: the copy did not boot: systemd exited (status 1)"
+    assert comment.startswith("snapshot S1 failed its rehearsal")
