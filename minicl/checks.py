@@ -212,10 +212,12 @@ def _some(items):
 
 def packages_verified_check(record_path, verify=integrity.verify_installed, fresh=True):
     """Installed files, other than conffiles, against their packages' md5sums (minicl.integrity).
-    Not ``fresh``: the last verification's result, if there is one (no file looked at)."""
+    Not ``fresh``: the last verification's result (no file looked at), or "not verified yet"."""
     try:
-        last = None if fresh else integrity.last_verified(record_path)
-        changed, packages = last or verify(record_path)
+        last = verify(record_path) if fresh else integrity.last_verified(record_path)
+        if last is None:
+            return Check("packages verified", True, "not verified yet: the scheduled checks verify them")
+        changed, packages = last
     except (OSError, integrity.IntegrityError) as exc:
         return Check("packages verified", False, f"cannot verify the installed files: {exc}")
     if not changed:

@@ -365,8 +365,11 @@ def test_after_a_run_the_check_reports_the_last_verification_without_looking(dpk
     def verify(path):
         return dpkg.verify(path, 1000)
 
-    # No record yet: even the quick check verifies.
-    first = checks.packages_verified_check(record, verify=verify, fresh=False)
+    # No record yet (a host just bootstrapped): not verified yet, nothing looked at.
+    unknown = checks.packages_verified_check(record, verify=verify, fresh=False)
+    assert unknown.ok and unknown.value is None and dpkg.calls == []
+    assert unknown.reason == "not verified yet: the scheduled checks verify them"
+    first = checks.packages_verified_check(record, verify=verify)
     assert first.ok and dpkg.calls == [None]
     with open(dpkg.path("/usr/bin/tac"), "a") as f:
         f.write("x")
