@@ -78,11 +78,7 @@ def returner(ret):
         )
         state_return = ret.get("return")
         selfupdate.record_run(
-            [
-                key
-                for key, state in state_return.items()
-                if isinstance(state, dict) and state.get("result") is False
-            ]
+            list(metrics.failed_states(state_return))
             if isinstance(state_return, dict)
             else ["(nothing rendered)"],
             _cache_dir() or os.path.dirname(applied_file or paths.APPLIED_FILE),

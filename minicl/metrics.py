@@ -66,6 +66,15 @@ def refused_as_concurrent(state_return):
     )
 
 
+def failed_states(state_return):
+    """{state key: its comment on one line} of the states that failed in a highstate's return."""
+    return {
+        key: " ".join(str(state.get("comment")).split())
+        for key, state in state_return.items()
+        if isinstance(state, dict) and state.get("result") is False
+    }
+
+
 def run_summary(state_return):
     """{succeeded, failed, changed} of a highstate's return. A list instead of a dict of
     state results means nothing ran (render or pillar errors): counted as one failure."""

@@ -384,11 +384,7 @@ def first_run(release_dir, timeout=FIRST_RUN_TIMEOUT):
         raise UpdateError(
             "its highstate did not render: " + " / ".join(map(str, lines))[:600], stage="first run"
         )
-    return {
-        key: " ".join(str(state.get("comment")).split())[:200]
-        for key, state in states.items()
-        if isinstance(state, dict) and state.get("result") is False
-    }
+    return {key: comment[:200] for key, comment in metrics.failed_states(states).items()}
 
 
 def state_name(key):

@@ -147,3 +147,13 @@ def test_check_metrics(tmp_path):
 def test_nothing_written_without_a_node_exporter(tmp_path):
     assert metrics.write_checks([], directory=str(tmp_path / "absent")) is None
     assert not (tmp_path / "absent").exists()
+
+
+def test_failed_states_name_each_failure_with_its_comment_on_one_line():
+    ret = {
+        "a": {"result": True, "comment": "fine"},
+        "b": {"result": False, "comment": "nft said:\n  Error: no such table"},
+        "c": {"result": None, "comment": "would change"},
+        "d": "not a state",
+    }
+    assert metrics.failed_states(ret) == {"b": "nft said: Error: no such table"}
