@@ -8,6 +8,7 @@ folder is the top of a git work tree; ``--staged`` also checks the submodule's c
 minicl show HOST [PATH]     # what HOST gets from cluster.json: roles, SLS files, rendered files
 minicl show HOST --file /etc/nftables.d/minicl.nft   # one rendered file's text
 minicl packages-key         # a signing key for the cluster's apt repository: packages.key(.pub) here
+minicl logging-ca DOMAIN    # the central logging CA: logging-ca.key and logging-ca.crt here
 """
 
 import argparse
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 
-from minicl import api, packages
+from minicl import api, centrallog, logcerts, packages
 
 EXIT_INVALID = 1
 
@@ -85,7 +86,11 @@ def main(argv=None):
     show.add_argument("--file", help="print only this rendered file (e.g. /etc/nftables.d/minicl.nft)")
     key = sub.add_parser("packages-key", help="create packages.key and packages.key.pub here (gpg)")
     key.add_argument("--name", default="minicl cluster packages", help="the key's user id")
+    ca = sub.add_parser("logging-ca", help="create logging-ca.key and logging-ca.crt here (openssl)")
+    ca.add_argument("domain", help="the cluster's domain, named in the CA's certificate")
     args = parser.parse_args(argv)
+    if args.command == "logging-ca":
+        return logging_ca(args.domain)
     if args.command == "packages-key":
         return packages_key(args.name)
     if args.command == "show":
@@ -137,6 +142,22 @@ def packages_key(name, folder="."):
         f.write(public)
     print(f"wrote {secret_path} (secret: the repository host signs with it) and {public_path}; "
           f"git add {packages.SIGNING_KEY} {packages.PUBLIC_KEY}")  # fmt: skip
+    return 0
+
+
+def logging_ca(domain, folder="."):
+    """The central logging CA: logging-ca.key (secret, 0600) and logging-ca.crt in ``folder``.
+    Refuses to overwrite either."""
+    try:
+        key, cert = logcerts.make_ca(folder, domain)
+    except logcerts.CertError as exc:
+        print(f"minicl: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except subprocess.CalledProcessError as exc:
+        print(f"minicl: openssl could not create the CA: {exc.stderr.strip()}", file=sys.stderr)
+        return EXIT_INVALID
+    print(f"wrote {key} (secret: each host signs its logging certificate with it) and {cert}; "
+          f"git add {centrallog.CA_KEY} {centrallog.CA_CERT}")  # fmt: skip
     return 0
 
 

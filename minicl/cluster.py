@@ -23,6 +23,7 @@ MINICL_ROLE_STATES = {
     "base": ["minicl.base"],
     "monitor": ["minicl.monitor"],
     "repository": ["minicl.repository"],
+    "log": ["minicl.log"],
 }
 
 

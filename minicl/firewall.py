@@ -19,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from minicl import appliances, packages, paths
+from minicl import appliances, centrallog, packages, paths
 from minicl.config import parse_port_spec
 from minicl.errors import MiniclError
 from minicl.files import read_file, write_file
@@ -107,6 +107,7 @@ def host_spec(cluster, host, local_rules="", listening_ssh_ports=()):
     app_ports = sorted(
         {port for app in apps for port in appliances.cluster_only_ports(app["type"])}
         | set(packages.cluster_only_ports(cluster, host))
+        | set(centrallog.cluster_only_ports(cluster, host))
     )
     return Spec(
         _collapse_networks(v4),

@@ -3,7 +3,7 @@ for it (firewall ruleset, sshd drop-in, Postfix main.cf, the minion's schedule, 
 monitor host the Prometheus and Alertmanager files). The external pillar and ``minicl.api``
 both build it here."""
 
-from minicl import firewall, mail, monitor, packages, paths, schedule, sshd
+from minicl import centrallog, firewall, mail, monitor, packages, paths, schedule, sshd
 
 
 def pillar_for(cluster, minion_id, status, applied_file=paths.APPLIED_FILE, checkout=None):
@@ -24,6 +24,7 @@ def pillar_for(cluster, minion_id, status, applied_file=paths.APPLIED_FILE, chec
             "status": status,
             "applied_file": applied_file,
             "packages": packages.pillar(cluster, host, checkout),
+            "logging": centrallog.pillar(cluster, host, checkout),
         }
     }
 
@@ -38,6 +39,8 @@ def configuration(cluster, host):
         paths.POSTFIX_MAIN_CF: mail.render_main_cf(cluster, host),
         schedule.config_path(paths.SALT_CONFIG_DIR): schedule.render(cluster),
     }
+    if centrallog.pillar(cluster, host) is not None:
+        files[centrallog.SYSLOG_NG_CONF] = centrallog.render_syslog_ng(cluster, host)
     if "monitor" in cluster.host_roles(host):
         files.update(
             {

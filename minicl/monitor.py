@@ -13,7 +13,7 @@ import json
 
 import yaml
 
-from minicl import appliances, paths, schedule
+from minicl import appliances, centrallog, paths, schedule
 from minicl.appliances import backups
 from minicl.schema import DURATION_UNITS
 
@@ -309,6 +309,7 @@ def alert_rules(cluster):
             severity="none",
         ),
         *app_alert_rules(cluster),
+        *centrallog.alert_rules(cluster, rule, wait),
     ]
 
 

@@ -12,7 +12,7 @@ import json
 import re
 from urllib.parse import urlparse
 
-from minicl import packages
+from minicl import centrallog, packages
 from minicl.cluster import MINICL_ROLE_STATES
 from minicl.credentials import crypt_hash_problem, ssh_key_problem
 from minicl.problems import Problem, path_key, quoted
@@ -127,6 +127,9 @@ def semantic_problems(data, source, repo_files):
 
     if isinstance(hosts, dict):
         problems += _packages_problems(data.get("packages"), hosts, source, repo_files)
+
+    if isinstance(hosts, dict):
+        problems += _logging_problems(data, hosts, source, repo_files)
 
     apps = data.get("apps")
     if isinstance(apps, dict):
@@ -542,3 +545,58 @@ def trusted_source_problem(text):
             "use public_ports for services open to everyone"
         )
     return None
+
+
+def _logging_problems(data, hosts, source, repo_files):
+    """One log host when there is a logging section, the CA's files, and apps' tracing only
+    where the app type can emit traces."""
+    problems = []
+
+    def add(path, message):
+        problems.append(Problem(path, message, source))
+
+    section = data.get("logging")
+    specs = {h: spec for h, spec in hosts.items() if isinstance(spec, dict)}
+    servers = [h for h, spec in specs.items() if centrallog.ROLE in (spec.get("roles") or [])]
+    apps = data.get("apps") if isinstance(data.get("apps"), dict) else {}
+    tracing = {n: a for n, a in apps.items() if isinstance(a, dict) and a.get("logging") == "tracing"}
+    if not isinstance(section, dict):
+        for host in servers:
+            add(
+                f"hosts.{path_key(host)}.roles",
+                f'the {centrallog.ROLE} role receives the logs of the "logging" section, and there is '
+                'none: add one ("logging": {}), or remove the role',
+            )
+        for name in tracing:
+            add(f"apps.{path_key(name)}.logging", 'tracing needs "logging": {"tracing": {"endpoint": ...}}')
+        return problems
+    if not servers:
+        add(
+            "logging",
+            f"no host has the {centrallog.ROLE} role: give it to the host that stores the cluster's "
+            'logs, or remove "logging"',
+        )
+    elif len(servers) > 1:
+        on = ", ".join(sorted(servers))
+        add("logging", f"the {centrallog.ROLE} role is on {on}: give it to one host only")
+    retention = section.get("retention")
+    pattern = schema()["$defs"]["duration"]["pattern"]
+    if isinstance(retention, str) and re.search(pattern, retention) and duration_seconds(retention) < 86400:
+        add("logging.retention", "must be at least 1d (the log host keeps whole days)")
+    if section.get("ca") == "ca_url" and not data.get("ca_url"):
+        add("logging.ca", 'is ca_url, but there is no "ca_url": name the CA, or use "minicl"')
+    if section.get("ca", centrallog.DEFAULT_CA) == centrallog.DEFAULT_CA and repo_files is not None:
+        for name in (centrallog.CA_KEY, centrallog.CA_CERT):
+            if name not in repo_files:
+                add(
+                    "logging",
+                    f"the config repo has no {name}: create the logging CA with 'minicl logging-ca' "
+                    f"(README: Central logging) and commit {centrallog.CA_KEY} and {centrallog.CA_CERT}",
+                )
+    for name, app in tracing.items():
+        why = centrallog.TRACING.get(app.get("type"))
+        if why:
+            add(f"apps.{path_key(name)}.logging", f"{why}; use syslog")
+        elif not isinstance(section.get("tracing"), dict):
+            add(f"apps.{path_key(name)}.logging", 'tracing needs "logging": {"tracing": {"endpoint": ...}}')
+    return problems

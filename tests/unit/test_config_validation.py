@@ -24,7 +24,7 @@ MD5 = "$1$abcdefgh$IQtUouv7y7Q9dRWkQEPCc."
 ED25519_ALICE = "AAAAC3NzaC1lZDI1NTE5AAAAIDXiN8smzPToGFR7LTsRBOsGaNV+5wJWTUJ76mG/LuzV"
 ED25519_BOB = "AAAAC3NzaC1lZDI1NTE5AAAAIDN2KgJLrXZ347sa3bJGeAeCVfjIn1/S8QcLKX5RrGbP"
 
-TOP_FIELDS = "admin_email, apps, ca_url, domain, firewall, hosts, monitoring, packages, roles, rollout, schedule, self_update, smtp, users"
+TOP_FIELDS = "admin_email, apps, ca_url, domain, firewall, hosts, logging, monitoring, packages, roles, rollout, schedule, self_update, smtp, users"
 KEY_TYPES = (
     "ecdsa-sha2-nistp256, ecdsa-sha2-nistp384, ecdsa-sha2-nistp521, "
     "sk-ecdsa-sha2-nistp256@openssh.com, sk-ssh-ed25519@openssh.com, ssh-ed25519, ssh-rsa"
@@ -110,6 +110,7 @@ def test_every_allowed_field_is_accepted(example_with_apps, problems):
         "rollout",
         "self_update",
         "packages",
+        "logging",  # needs the logging CA's files in a config repo (tests/unit/test_logging.py)
     }
     assert set(example_with_apps["smtp"]) == {"relay", "port", "username", "password"}
     keys = {key for app in example_with_apps["apps"].values() for key in app}
@@ -1018,7 +1019,7 @@ def test_role_not_checked_without_repo_files(example_data, problems):
 
 def test_minicl_roles_need_no_roles_dir(example_data, problems):
     example_data["hosts"]["alpha"]["roles"] = ["base", "monitor"]
-    assert set(config.MINICL_ROLE_STATES) == {"base", "monitor", "repository"}
+    assert set(config.MINICL_ROLE_STATES) == {"base", "monitor", "repository", "log"}
     assert problems(example_data, repo_files=[]) == []
 
 

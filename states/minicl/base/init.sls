@@ -6,6 +6,7 @@ include:
   - minicl.base.sshd
   - minicl.base.mail
   - minicl.base.monitoring
+  - minicl.base.logging
   - minicl.base.schedule
   - minicl.base.applied
   - minicl.base.left_out
