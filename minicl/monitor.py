@@ -407,6 +407,16 @@ def app_alert_rules(cluster):
             "warning",
         ),
         _rule(
+            "NginxConnectionsDropped",
+            "rate(nginx_connections_accepted[5m]) - rate(nginx_connections_handled[5m]) > 0",
+            "{{ $labels.instance }}: nginx of {{ $labels.app }} drops connections",
+            "nginx on {{ $labels.instance }} (app {{ $labels.app }}) accepts connections it does not "
+            "handle, for 5m: it is out of worker_connections or open files. "
+            "'salt-call --local minicl_app.monitor {{ $labels.app }}' there shows the figures.",
+            LAG_FOR,
+            "warning",
+        ),
+        _rule(
             "AppBackupStale",
             "time() - minicl_app_backup_last_success_timestamp_seconds > on(instance, app) group_left()"
             f" {BACKUP_STALE_INTERVALS} * minicl_app_backup_interval_seconds",
