@@ -19,8 +19,27 @@ BACKEND = ["203.0.113.101/24"]
 CLIENT = ["203.0.113.109/24"]
 GIT = ["203.0.113.119/24"]
 WEB_IP, BACKEND_IP = WEB[0].split("/")[0], BACKEND[0].split("/")[0]
-BIG = 2 * 2**20  # the download that spans a reload: about 30 s at RATE
-RATE = "64k"
+BIG = 8 * 2**20  # the download that spans a reload: more than the sockets' buffers hold
+# A client that reads slowly (a small receive buffer, 1 KiB at a time) until /root/go exists.
+SLOW_CLIENT = """\
+import hashlib, http.client, os, socket, sys, time
+sock = socket.socket()
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+sock.connect((sys.argv[1], 80))
+conn = http.client.HTTPConnection(sys.argv[2])
+conn.sock = sock
+conn.request("GET", sys.argv[3])
+response = conn.getresponse()
+digest, size = hashlib.sha256(), 0
+while chunk := response.read(1024):
+    digest.update(chunk)
+    size += len(chunk)
+    if size == 1024:
+        open("/root/started", "w").close()
+    if not os.path.exists("/root/go"):
+        time.sleep(0.02)
+print(response.status, size, digest.hexdigest())
+"""
 
 
 def entry(addresses):
@@ -185,23 +204,10 @@ def test_a_reload_keeps_a_download_and_a_refused_configuration_keeps_the_running
     hosts, git_server, pki, big
 ):
     web, _, client = hosts
-    download = client.spawn(
-        [
-            "curl",
-            "-sSf",
-            "--limit-rate",
-            RATE,
-            "--resolve",
-            f"www.example.test:80:{WEB_IP}",
-            "-o",
-            "/root/big.txt",
-            "-w",
-            "%{http_code} %{size_download} %{time_total}",
-            "http://www.example.test/big.txt",
-        ]  # fmt: skip
-    )
+    client.write("/root/slow.py", SLOW_CLIENT)
+    download = client.spawn(["python3", "/root/slow.py", WEB_IP, "www.example.test", "/big.txt"])
     try:
-        wait_for("the download to start", lambda: client.exists("/root/big.txt"), timeout=10)
+        wait_for("the download to start", lambda: client.exists("/root/started"), timeout=10)
         extra = {"server_names": ["extra.example.test"], "root": "sites/www"}
         git_server.commit({"cluster.json": dump(config(extra=extra))}, "an extra site")
         code, data, result = salt_call(web, "state.apply")
@@ -209,6 +215,9 @@ def test_a_reload_keeps_a_download_and_a_refused_configuration_keeps_the_running
         assert "nginx reloaded (nginx -t first)" in json.dumps(changed_states(data))
         assert curl(client, "http://extra.example.test/").stdout == "<h1>static www</h1>\n"
         assert download.poll() is None, f"the download ended before the reload: {download.communicate()}"
+        # nginx's old worker still serves it: it shuts down once the download is done.
+        workers = web.run(["ps", "-C", "nginx", "-o", "args="]).stdout
+        assert "nginx: worker process is shutting down" in workers, workers
 
         # A key that does not match its certificate: nginx -t refuses, the old files stay.
         git_server.commit({"tls/secure.key": pki["other.key"]}, "a wrong key")
@@ -225,11 +234,10 @@ def test_a_reload_keeps_a_download_and_a_refused_configuration_keeps_the_running
         web.systemctl("reload", "nginx")  # even a reload by hand reads the old, good files
         assert curl(client, "https://secure.example.test/", "--cacert", "/root/ca.crt").returncode == 0
 
-        assert download.wait(timeout=120) == 0, download.stderr.read()
-        assert (
-            hashlib.sha256(client.read("/root/big.txt").encode()).hexdigest()
-            == hashlib.sha256(big.encode()).hexdigest()
-        )
+        client.write("/root/go", "")
+        out, err = download.communicate(timeout=60)
+        assert download.returncode == 0, err
+        assert out.split() == ["200", str(len(big)), hashlib.sha256(big.encode()).hexdigest()], out
     finally:
         if download.poll() is None:
             download.kill()
