@@ -261,3 +261,13 @@ def test_second_runs_change_nothing_and_show_no_key(hosts, pki):
     assert secret not in web.run("journalctl --no-pager -q", check=False).stdout
     found = web.run(["grep", "-rlsF", secret, "/etc", "/var/log", "/var/www", "/tmp", "/root"], check=False)
     assert found.stdout.split() == ["/etc/nginx/minicl-tls/web/secure.key"], found.stdout
+
+
+def test_after_a_reboot_the_sites_answer_and_nothing_changes(hosts):
+    web, _, client = hosts
+    web.reboot()
+    assert wait_for("nginx active", lambda: web.unit_state("nginx") == "active", timeout=60)
+    assert curl(client, "http://www.example.test/").stdout == "<h1>static www</h1>\n"
+    assert curl(client, "https://secure.example.test/", "--cacert", "/root/ca.crt").returncode == 0
+    code, data, result = salt_call(web, "state.apply")
+    assert code == 0 and changed_states(data) == {}, result.stdout + result.stderr
