@@ -406,6 +406,11 @@ def prune_releases(app):
 # -- requests -----------------------------------------------------------------------------
 
 
+def probe_name(server_name):
+    """A name to ask for ``server_name``: a wildcard's ("*.example.org") with a label in place."""
+    return f"minicl-check.{server_name[2:]}" if server_name.startswith("*.") else server_name
+
+
 def request(name, address, port, tls, path="/", timeout=TIMEOUT):
     """GET ``path`` at ``address``:``port`` for the server name ``name`` (its Host header, and
     its SNI over TLS; the certificate is not verified: the test is about nginx answering).
@@ -441,7 +446,11 @@ def certificate_days_left(path):
 def stub_status():
     """nginx's stub_status figures."""
     with urllib.request.urlopen(f"http://{STATUS_ADDRESS}/stub_status", timeout=TIMEOUT) as f:
-        text = f.read().decode()
+        return parse_stub_status(f.read().decode())
+
+
+def parse_stub_status(text):
+    """{active, accepted, handled, requests, reading, writing, waiting} from stub_status's text."""
     numbers = [int(n) for n in re.findall(r"\d+", text)]
     keys = ("active", "accepted", "handled", "requests", "reading", "writing", "waiting")
     if len(numbers) != len(keys):
@@ -463,7 +472,7 @@ def check_health(app):
     report.data["sites"] = {}
     for name, site in sorted(app["sites"].items()):
         tls = bool(site.get("tls"))
-        server_name = site["server_names"][0]
+        server_name = probe_name(site["server_names"][0])
         found = report.data["sites"][name] = {}
         try:
             status, _ = request(server_name, "127.0.0.1", 443 if tls else 80, tls)
@@ -491,7 +500,7 @@ def test(app):
     address = address_of(app["addresses"])
     for _, site in sorted(app["sites"].items()):
         tls = bool(site.get("tls"))
-        for server_name in site["server_names"]:
+        for server_name in map(probe_name, site["server_names"]):
             scheme = "https" if tls else "http"
             try:
                 status, _ = request(server_name, address, 443 if tls else 80, tls)

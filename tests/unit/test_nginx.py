@@ -74,6 +74,19 @@ def test_unknown_names_get_no_answer_and_stub_status_is_on_loopback_only():
     )
 
 
+def test_a_wildcard_name_is_probed_with_a_label_in_place():
+    assert nginx.probe_name("*.example.org") == "minicl-check.example.org"
+    assert nginx.probe_name("www.example.org") == "www.example.org"
+
+
+def test_stub_status_is_read_into_figures():
+    text = "Active connections: 3 \nserver accepts handled requests\n 10 9 31 \nReading: 0 Writing: 1 Waiting: 2 \n"
+    assert nginx.parse_stub_status(text) == {"active": 3, "accepted": 10, "handled": 9, "requests": 31,
+                                             "reading": 0, "writing": 1, "waiting": 2}  # fmt: skip
+    with pytest.raises(ApplianceError, match="stub_status said something unexpected"):
+        nginx.parse_stub_status("<html>404</html>")
+
+
 def test_a_proxy_to_an_unknown_host_is_an_error():
     app = web_app(x={"server_names": ["x.example.org"], "proxy": ["nope:80"]})
     with pytest.raises(ApplianceError, match='host "nope" is not under "hosts"'):
