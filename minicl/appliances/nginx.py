@@ -18,7 +18,7 @@ A new configuration replaces the running one only if ``nginx -t`` accepts it: th
 written, nginx tests the whole configuration, and on a refusal the previous files are put back
 (nginx keeps serving them: it only reads its files at a reload) and the state fails with
 nginx's own message. Then ``systemctl reload nginx``: the old workers finish their requests.
-(nginx cannot test a configuration under another name: its includes are absolute paths. A
+(Tested in place: Debian's nginx.conf includes absolute paths, which a staging copy would rewrite. A
 restart by someone else in the moment between the write and the put-back would read the new
 files; nginx itself never reloads on its own.)
 """
