@@ -191,12 +191,14 @@ def test_the_verbs(hosts):
 
 
 def test_the_exporter_reads_nginx(hosts):
-    web, _, client = hosts
+    web, backend, client = hosts
     metrics = wait_for(
         "the exporter", lambda: web.run(["curl", "-sf", "http://127.0.0.1:9113/metrics"], check=False).stdout
     )
     assert "nginx_up 1" in metrics and "nginx_http_requests_total" in metrics
-    assert not client.can_connect(WEB_IP, 9113)  # cluster hosts only
+    scraped = backend.run(["curl", "-sf", f"http://{WEB_IP}:9113/metrics"], check=False).stdout
+    assert "nginx_up 1" in scraped  # a cluster host (the monitor's place) scrapes it
+    assert not client.can_connect(WEB_IP, 9113)  # the outside does not
     assert not client.can_connect(WEB_IP, 8073)  # stub_status: loopback only
 
 
