@@ -104,8 +104,14 @@ def host_spec(cluster, host, local_rules="", listening_ssh_ports=()):
     # An app's ports (its service's and its exporter's) and the cluster's apt repository answer
     # the cluster's hosts only, not a host's trusted_sources.
     apps = cluster.apps_of(host).values()
+    for app in apps:
+        ports["tcp"] += [(port, port) for port in appliances.public_ports(app)]
     app_ports = sorted(
-        {port for app in apps for port in appliances.cluster_only_ports(app["type"])}
+        {
+            port
+            for app in apps
+            for port in appliances.cluster_only_ports(app["type"], app.get("public", False))
+        }
         | set(packages.cluster_only_ports(cluster, host))
         | set(centrallog.cluster_only_ports(cluster, host))
     )

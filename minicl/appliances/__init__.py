@@ -40,7 +40,7 @@ CONTRACT = (
     "monitor",
     "cleanup",
 )
-TYPES = ("postgresql", "redis")
+TYPES = ("postgresql", "redis", "nginx")
 
 
 class ApplianceError(MiniclError):
@@ -154,11 +154,23 @@ def exporter_setup(apps):
     return setup
 
 
-def cluster_only_ports(kind):
-    """The TCP ports of an app type that answer the cluster's hosts only: the service's own and
-    its exporter's."""
+def service_ports(kind):
+    """The TCP ports an app type's service listens on (``PORTS``, else ``PORT``)."""
+    found = module(kind)
+    return list(getattr(found, "PORTS", (found.PORT,)))
+
+
+def cluster_only_ports(kind, public=False):
+    """The TCP ports of an app type that answer the cluster's hosts only: the service's own
+    (unless the app is ``public``: see public_ports) and its exporter's."""
     found = exporter(kind)
-    return [module(kind).PORT] + ([found.port] if found else [])
+    return ([] if public else service_ports(kind)) + ([found.port] if found else [])
+
+
+def public_ports(app):
+    """The TCP ports open to the world for ``app``: its service's, if cluster.json says
+    ``"public": true`` (an nginx app), else none."""
+    return service_ports(app["type"]) if app.get("public") else []
 
 
 def shared_secret(app_name, purpose, key_path=None):

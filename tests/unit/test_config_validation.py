@@ -113,6 +113,11 @@ def test_every_allowed_field_is_accepted(example_with_apps, problems):
         "logging",  # needs the logging CA's files in a config repo (tests/unit/test_logging.py)
     }
     assert set(example_with_apps["smtp"]) == {"relay", "port", "username", "password"}
+    # nginx's keys (the example has no site: its files would have to be in the repo)
+    example_with_apps["apps"]["web"] = {"type": "nginx", "hosts": ["watch"], "public": True, "sites": {
+        "www": {"server_names": ["www.example.org"], "root": "sites/www",
+                "tls": {"certificate": "tls/www.crt", "key": "tls/www.key"}},
+        "shop": {"server_names": ["shop.example.org"], "proxy": ["alpha:8080", "beta:8080"]}}}  # fmt: skip
     keys = {key for app in example_with_apps["apps"].values() for key in app}
     assert keys == set(schema()["$defs"]["app"]["properties"])
     assert problems(example_with_apps) == []
