@@ -131,9 +131,9 @@ def test_nothing_written_while_the_log_host_is_down_is_lost(hosts):
     vault, alpha, _ = hosts
     count = 200
     vault.systemctl("stop", "syslog-ng")
-    # RFC 5425 has no acknowledgements: a line written into the connection the log host just
-    # closed is gone (README: limits). Lines written once the client knows the log host is down
-    # wait in its disk buffer.
+    # RFC 5425 has no acknowledgements: a line written right as the log host goes away can be
+    # lost (README: Central logging, limits). Lines written once the client has dropped its
+    # connection wait in its disk buffer.
     wait_for(
         "the client to see the log host gone",
         lambda: not alpha.run(f"ss -Htn dst {LOG_IP}:{PORT}", check=False).stdout.strip(),
