@@ -142,8 +142,8 @@ def main():
         vault.systemctl("start", "syslog-ng")
         seen, end = wait_lines(lines, "outage", args.burst)
         print(f"catch-up: {seen} of {args.burst} lines written during an outage stored, the last "
-              f"{end - start:.1f} s after the log host's syslog-ng started (a line written into the "
-              "connection the log host closed is lost: README, limits)", flush=True)  # fmt: skip
+              f"{end - start:.1f} s after the log host's syslog-ng started (README: Central logging, "
+              "limits)", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
