@@ -3,7 +3,7 @@ for it (firewall ruleset, sshd drop-in, Postfix main.cf, the minion's schedule, 
 monitor host the Prometheus and Alertmanager files). The external pillar and ``minicl.api``
 both build it here."""
 
-from minicl import firewall, mail, monitor, packages, paths, schedule, sshd
+from minicl import acme, firewall, mail, monitor, packages, paths, schedule, sshd
 
 
 def pillar_for(cluster, minion_id, status, applied_file=paths.APPLIED_FILE, checkout=None):
@@ -24,6 +24,7 @@ def pillar_for(cluster, minion_id, status, applied_file=paths.APPLIED_FILE, chec
             "status": status,
             "applied_file": applied_file,
             "packages": packages.pillar(cluster, host, checkout),
+            "acme": acme.pillar(cluster, checkout),
         }
     }
 

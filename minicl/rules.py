@@ -133,15 +133,19 @@ def semantic_problems(data, source, repo_files):
         problems += _app_problems(
             apps, hosts if isinstance(hosts, dict) else {}, users if isinstance(users, dict) else {}, source
         )
+    from minicl import frontrules  # the haproxy apps and the acme section
+
+    problems += frontrules.problems(data, source, repo_files)
     return problems
 
 
-APP_TYPES = ("postgresql", "redis")
+APP_TYPES = ("postgresql", "redis", "haproxy")
 APP_ONLY_KEYS = {
     "databases": "postgresql",
     "synchronous": "postgresql",
     "maxmemory": "redis",
     "maxmemory_policy": "redis",
+    **{key: "haproxy" for key in ("address", "domains", "backends", "routes", "default", "public")},
 }
 MEMORY = re.compile(r"([0-9]+)(k|kb|m|mb|g|gb)?")
 MEMORY_UNITS = {None: 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}

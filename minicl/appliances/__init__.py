@@ -40,7 +40,7 @@ CONTRACT = (
     "monitor",
     "cleanup",
 )
-TYPES = ("postgresql", "redis")
+TYPES = ("postgresql", "redis", "haproxy")
 
 
 class ApplianceError(MiniclError):
@@ -158,7 +158,21 @@ def cluster_only_ports(kind):
     """The TCP ports of an app type that answer the cluster's hosts only: the service's own and
     its exporter's."""
     found = exporter(kind)
-    return [module(kind).PORT] + ([found.port] if found else [])
+    own = getattr(module(kind), "CLUSTER_ONLY_PORTS", (module(kind).PORT,))
+    return list(own) + ([found.port] if found else [])
+
+
+def public_ports(app):
+    """Port specs ("443/tcp") an app opens to the world on its hosts (its module's
+    ``public_ports(app)``; none by default)."""
+    found = getattr(module(app["type"]), "public_ports", None)
+    return list(found(app)) if found else []
+
+
+def peer_protocols(kind):
+    """IP protocols ("vrrp") the hosts of an app speak among themselves: accepted from the app's
+    other hosts only (its module's ``PEER_PROTOCOLS``)."""
+    return tuple(getattr(module(kind), "PEER_PROTOCOLS", ()))
 
 
 def shared_secret(app_name, purpose, key_path=None):
