@@ -84,7 +84,7 @@ def read_certificate(name, pem_text):
     return Certificate(
         name,
         domains,
-        cert.not_valid_after.replace(tzinfo=datetime.timezone.utc),
+        cert.not_valid_after_utc,
         format(cert.serial_number, "x"),
     )
 

@@ -148,8 +148,8 @@ def render_haproxy(app, cluster_hosts, with_tls):
         "frontend minicl-http",
         *[f"    bind {bracket(ip)}:{HTTP_PORT} transparent" for ip in addresses],
         "    acl acme_challenge path_beg /.well-known/acme-challenge/",
-        "    use_backend minicl-acme if acme_challenge",
         "    http-request redirect scheme https code 301 unless acme_challenge",
+        "    use_backend minicl-acme if acme_challenge",
         "",
     ]
     if with_tls:
@@ -270,6 +270,7 @@ def render_check_script(app):
         f"# Managed by minicl (app {app['name']}): keepalived runs it every second. It fails while\n"
         "# haproxy is not active (this proxy then gives the address up), and tells node_exporter\n"
         "# whether this proxy holds the address.\n"
+        "umask 022\n"
         "held=0\n"
         f'ip -o addr show | grep -q " {address}/" && held=1\n'
         f"f={path}\n"
@@ -325,10 +326,11 @@ def holds_address(app):
 
 def config_check(path):
     """haproxy -c on ``path``: None if it is valid, else haproxy's message."""
-    result = subprocess.run(["haproxy", "-c", "-q", "-f", path], capture_output=True, text=True, check=False)
+    result = subprocess.run(["haproxy", "-c", "-f", path], capture_output=True, text=True, check=False)
     if result.returncode == 0:
         return None
-    return " ".join((result.stderr or result.stdout).split())[-800:] or f"exit code {result.returncode}"
+    alerts = [line for line in (result.stderr + result.stdout).splitlines() if "[ALERT]" in line]
+    return " ".join(" ".join(alerts).split())[-800:] or f"exit code {result.returncode}"
 
 
 def pem_of(name):
@@ -582,14 +584,14 @@ def test(app):
         names = cert.extensions.get_extension_for_class(
             x509.SubjectAlternativeName
         ).value.get_values_for_type(x509.DNSName)
-        fresh = cert.not_valid_after.timestamp() > time.time()
+        fresh = cert.not_valid_after_utc.timestamp() > time.time()
         report.check(
             0 < status < 500,
             f"https://{domain}/ through {address}: HTTP {status} (backend {backend_of(app, domain)})",
         )
         report.check(
             domain in names and fresh,
-            f"its certificate names {domain} and is valid until {cert.not_valid_after:%Y-%m-%d}",
+            f"its certificate names {domain} and is valid until {cert.not_valid_after_utc:%Y-%m-%d}",
         )
     return report
 
