@@ -448,6 +448,11 @@ def apply_plan(app, cluster_data, settings, todo):
             text = render_haproxy(app, hosts, with_tls=False)
         install_haproxy_conf(text)
         reload_or_start()
+    elif todo.pem:  # certbot renewed it on its own (certbot.timer): haproxy loads the new pem
+        problem = config_check(CONF_FILE)
+        if problem:
+            raise ApplianceError(f"haproxy -c rejects {CONF_FILE} with the new certificate: {problem}")
+        reload_or_start()
     elif todo.start_haproxy:
         systemctl("start", SERVICE)
     if todo.start_keepalived:

@@ -166,8 +166,16 @@ def test_vrrp_comes_from_the_other_proxy_only(proxies):
     assert "meta l4proto vrrp drop" in listing
 
 
+def test_the_exporter_reads_haproxy(proxies):
+    metrics = proxies["alpha"].run("curl -sS -m 5 http://127.0.0.1:9101/metrics").stdout
+    assert "haproxy_up 1" in metrics
+    assert 'haproxy_server_up{backend="site",server="web-8080"} 1' in metrics
+
+
 def test_a_second_run_changes_nothing_and_shows_no_secret(proxies):
     for host in proxies.values():
+        code, data, result = salt_call(host, "state.apply", "test=True")
+        assert code == 0 and changed_states(data) == {}, result.stdout
         code, data, result = salt_call(host, "state.apply")
         assert code == 0, result.stdout + result.stderr
         assert changed_states(data) == {}
