@@ -135,8 +135,8 @@ def main():
         web_ip = front.WEB[0].split("/")[0]
 
         direct = load(outside, web_ip, 80, "http", args.clients, args.seconds)
-        through = load(outside, front.ADDRESS, 443, "https", args.clients, args.seconds)
-        fresh = load(outside, front.ADDRESS, 443, "https", args.clients, args.seconds, reuse=False)
+        through = load(outside, "www.front.test", 443, "https", args.clients, args.seconds)
+        fresh = load(outside, "www.front.test", 443, "https", args.clients, args.seconds, reuse=False)
         print(f"requests/s, {args.clients} clients, {args.seconds:.0f} s each:")
         print(f"  nginx directly (HTTP, keep-alive):           {direct:8.0f}")
         print(f"  through the front (HTTPS, keep-alive):       {through:8.0f}")

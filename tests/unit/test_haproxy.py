@@ -3,6 +3,8 @@ the firewall and alert rules it adds, and when a certificate is due."""
 
 import datetime
 import json
+import shutil
+import subprocess
 
 import pytest
 
@@ -179,3 +181,14 @@ def test_certbot_runs_standalone_on_the_proxys_own_address(front_data):
     assert "--standalone" in argv and argv[argv.index("--http-01-address") + 1] == "198.51.100.11"
     assert argv[-4:] == ["-d", "a.org", "-d", "b.org"]
     assert argv[argv.index("--server") + 1] == "https://acme.example.org/dir"
+
+
+@pytest.mark.skipif(not shutil.which("promtool"), reason="promtool comes with Debian's prometheus package")
+def test_the_front_rules_pass_promtool(front_data, tmp_path):
+    path = tmp_path / "rules.yml"
+    path.write_text(monitor.render_rules(config.Cluster(front_data)))
+    result = subprocess.run(
+        ["promtool", "check", "rules", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr
+    assert "FrontAddressHeldTwice" in path.read_text()
