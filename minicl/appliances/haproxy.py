@@ -257,7 +257,13 @@ def render_keepalived(app, interface):
     ]
     if len(addresses) > 1:  # IPv6 is not in IPv4 VRRP adverts: moved along, "excluded"
         lines += ["    virtual_ipaddress_excluded {", f"        {with_prefix(addresses[1])}", "    }"]
-    lines += ["    track_script {", "        minicl_haproxy", "    }", "}"]
+    lines += [
+        "    track_script {",
+        "        minicl_haproxy",
+        "    }",
+        f'    notify_stop "{CHECK_SCRIPT} stopped"',
+        "}",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -269,10 +275,10 @@ def render_check_script(app):
         "#!/bin/sh\n"
         f"# Managed by minicl (app {app['name']}): keepalived runs it every second. It fails while\n"
         "# haproxy is not active (this proxy then gives the address up), and tells node_exporter\n"
-        "# whether this proxy holds the address.\n"
+        "# whether this proxy holds the address (0 when keepalived stops: notify_stop).\n"
         "umask 022\n"
         "held=0\n"
-        f'ip -o addr show | grep -q " {address}/" && held=1\n'
+        f'[ "$1" = stopped ] || ! ip -o addr show | grep -q " {address}/" || held=1\n'
         f"f={path}\n"
         'if [ -d "${f%/*}" ]; then\n'
         f"    printf '# HELP {HELD_METRIC} 1 if this proxy holds the address of the front.\\n"

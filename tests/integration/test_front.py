@@ -252,6 +252,23 @@ def test_failover_moves_the_address_to_the_other_proxy(proxies, outside):
     assert code == 0 and report["holder"] == other, result.stdout
     assert wait_for("the address on the other proxy", lambda: holder(proxies) == other, timeout=10)
     assert wait_for("the page through the other proxy", lambda: fetch(outside).stdout == PAGE, timeout=10)
+    # keepalived stopped on the holder: the address moves, and its metric does not stay at 1.
+    proxies[other].systemctl("stop", "keepalived")
+    try:
+        assert wait_for("the address back on the first proxy", lambda: holder(proxies) == first, timeout=10)
+        assert held(proxies[other]) == "0" and wait_for(
+            "held on the first", lambda: held(proxies[first]) == "1"
+        )
+    finally:
+        proxies[other].systemctl("start", "keepalived")
+
+
+def held(host):
+    text = host.run("curl -sS -m 3 http://127.0.0.1:9100/metrics").stdout
+    return next(
+        (line.split()[-1] for line in text.splitlines() if line.startswith("minicl_front_address_held{")),
+        None,
+    )
 
 
 def test_the_page_is_served_when_the_proxy_holding_the_address_dies(proxies, outside):
@@ -266,3 +283,13 @@ def test_the_page_is_served_when_the_proxy_holding_the_address_dies(proxies, out
         interval=0.2,
     )
     assert f" {ADDRESS}/" in proxies[survivor].run("ip -o addr show").stdout
+    # Back from the power cut, it serves again as the standby (the address stays: nopreempt).
+    proxies[dying].boot()
+    for unit in ("haproxy", "keepalived"):
+        assert wait_for(
+            f"{unit} back", lambda unit=unit: proxies[dying].unit_state(unit) == "active", timeout=60
+        )
+    assert wait_for("its check running", lambda: held(proxies[dying]) == "0", timeout=30)
+    assert holder(proxies) == survivor
+    code, data, result = salt_call(proxies[dying], "state.apply")
+    assert code == 0 and changed_states(data) == {}, result.stdout
