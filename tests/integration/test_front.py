@@ -240,6 +240,19 @@ def test_a_certificate_is_renewed_when_due(proxies, outside, git_server):
     assert code == 0 and STATE not in changed_states(data), result.stdout  # not renewed again
 
 
+def test_a_certificate_renewed_by_hand_reaches_haproxy_at_the_next_run(proxies, outside):
+    on = proxies[holder(proxies)]
+    old = served_serial(outside)
+    on.run(
+        ["certbot", "renew", "--force-renewal", "--no-random-sleep-on-renew", "--quiet"],
+        env={"REQUESTS_CA_BUNDLE": "/etc/minicl/acme-ca.pem"},
+    )
+    assert served_serial(outside) == old  # haproxy still has the old one
+    code, data, result = salt_call(on, "state.apply")
+    assert code == 0 and "/etc/haproxy/certs/front.pem" in changed_states(data)[STATE], result.stdout
+    assert served_serial(outside) not in (old, "")
+
+
 def test_failover_moves_the_address_to_the_other_proxy(proxies, outside):
     first = holder(proxies)
     other = next(name for name in proxies if name != first)

@@ -6,6 +6,15 @@ minicl-haproxy-packages:
       - keepalived
       - certbot
     - install_recommends: False
+
+{#- minicl's runs renew the certificates (minicl.acme): Debian's timer would renew by other rules
+    and, for a private ACME server, without its CA. #}
+minicl-haproxy-certbot-timer:
+  service.dead:
+    - name: certbot.timer
+    - enable: False
+    - require:
+      - pkg: minicl-haproxy-packages
 {%- for name, app in salt['pillar.get']('minicl:apps', {}).items() if app['type'] == 'haproxy' %}
 {%- if app.get('packages') %}
 
