@@ -188,6 +188,22 @@ def test_a_second_run_changes_nothing_and_shows_no_secret(proxies):
         ]
 
 
+def test_a_bad_front_entry_is_refused_naming_the_field(proxies, outside, git_server):
+    data = config(acmelab.pebble_directory(outside))
+    data["apps"]["front"]["address"] = BETA[0].split("/")[0]
+    git_server.commit({"cluster.json": json.dumps(data, indent=2)}, "the front on beta's own address")
+    alpha = proxies["alpha"]
+    code, _, result = salt_call(alpha, "state.apply")
+    assert code == 0, result.stdout + result.stderr  # the last good commit ran
+    code, status, _ = salt_call(alpha, "minicl.status")
+    assert "apps.front.address: 203.0.113.122 is the own address of host beta" in status["local"]["error"]
+    assert ADDRESS in alpha.read("/etc/keepalived/keepalived.conf")
+    assert fetch(outside).stdout == PAGE
+    git_server.commit(
+        {"cluster.json": json.dumps(config(acmelab.pebble_directory(outside)), indent=2)}, "fixed"
+    )
+
+
 def test_a_configuration_haproxy_rejects_never_replaces_the_running_one(proxies, outside, git_server):
     on = proxies[holder(proxies)]
     before = on.read("/etc/haproxy/haproxy.cfg")
