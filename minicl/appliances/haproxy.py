@@ -53,6 +53,9 @@ CONF_FILE = "/etc/haproxy/haproxy.cfg"
 CERTS_DIR = "/etc/haproxy/certs"
 KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
 CHECK_SCRIPT = "/etc/keepalived/minicl-front-check"
+KEEPALIVED_DROPIN = "/etc/systemd/system/keepalived.service.d/minicl.conf"
+# Once keepalived has stopped (its checks with it), the metric says whether the address is still here.
+DROPIN_TEXT = f"# Managed by minicl.\n[Service]\nExecStopPost=-{CHECK_SCRIPT}\n"
 VERBS = ("check_health", "test", "failover", "monitor")
 PACKAGES = ("haproxy", "keepalived", "certbot")
 # For minicl.firewall: the ACME challenges between proxies answer cluster hosts only (80 and 443
@@ -261,7 +264,6 @@ def render_keepalived(app, interface):
         "    track_script {",
         "        minicl_haproxy",
         "    }",
-        f'    notify_stop "{CHECK_SCRIPT} stopped"',
         "}",
     ]
     return "\n".join(lines) + "\n"
@@ -275,10 +277,10 @@ def render_check_script(app):
         "#!/bin/sh\n"
         f"# Managed by minicl (app {app['name']}): keepalived runs it every second. It fails while\n"
         "# haproxy is not active (this proxy then gives the address up), and tells node_exporter\n"
-        "# whether this proxy holds the address (0 when keepalived stops: notify_stop).\n"
+        "# whether this proxy holds the address (also once keepalived has stopped: ExecStopPost).\n"
         "umask 022\n"
         "held=0\n"
-        f'[ "$1" = stopped ] || ! ip -o addr show | grep -q " {address}/" || held=1\n'
+        f'ip -o addr show | grep -q " {address}/" && held=1\n'
         f"f={path}\n"
         'if [ -d "${f%/*}" ]; then\n'
         f"    printf '# HELP {HELD_METRIC} 1 if this proxy holds the address of the front.\\n"
@@ -379,6 +381,7 @@ def plan(app, cluster_data, settings):
     files = {
         KEEPALIVED_CONF: (render_keepalived(app, interface), 0o600),
         CHECK_SCRIPT: (render_check_script(app), 0o755),
+        KEEPALIVED_DROPIN: (DROPIN_TEXT, 0o644),
         **{path: (text, 0o644) for path, text in acme.ca_file_wanted(settings).items()},
     }
     files = {path: spec for path, spec in files.items() if read_file(path) != spec[0]}
@@ -442,6 +445,8 @@ def apply_plan(app, cluster_data, settings, todo):
     """Carry out a plan: keepalived, haproxy (checked first), then the certificate, if due."""
     for path, (text, mode) in todo.files.items():
         write_file(path, text, mode)
+    if KEEPALIVED_DROPIN in todo.files:
+        systemctl("daemon-reload")
     for unit in todo.enable:
         systemctl("enable", unit)
     current_pem = read_file(cert_path(app))

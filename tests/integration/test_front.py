@@ -1,10 +1,14 @@
 """The front on systemd test hosts: two proxies (haproxy + keepalived + certbot) with a floating
 address, a backend host, and an outside host running the ACME server (Debian's pebble) that is
 also the client. The client fetches a page over HTTPS through the address with the certificate
-pebble issued; the verbs; a second run changes nothing; a haproxy configuration that haproxy
-rejects never replaces the running one; renewal when due; failover moves the address; the
-proxy holding the address is killed and the other serves the same request."""
+pebble issued; the verbs; the exporter; VRRP from the other proxy only; a second run changes
+nothing and shows no secret; a bad front entry refused naming the field; a haproxy
+configuration that haproxy rejects never replaces the running one; renewal when due, and by
+hand; failover moves the address; the proxy holding the address is killed and the other serves
+the same request; back from its power cut it is the standby."""
 
+import hashlib
+import hmac
 import json
 
 import pytest
@@ -172,14 +176,33 @@ def test_the_exporter_reads_haproxy(proxies):
     assert 'haproxy_server_up{backend="site",server="web-8080"} 1' in metrics
 
 
-def test_a_second_run_changes_nothing_and_shows_no_secret(proxies):
+def test_a_second_run_changes_nothing_and_shows_no_secret(proxies, deploy_key):
+    password = hmac.new(deploy_key[0].encode(), b"minicl front vrrp password", hashlib.sha256).hexdigest()[:8]
     for host in proxies.values():
         code, data, result = salt_call(host, "state.apply", "test=True")
         assert code == 0 and changed_states(data) == {}, result.stdout
         code, data, result = salt_call(host, "state.apply")
         assert code == 0, result.stdout + result.stderr
         assert changed_states(data) == {}
-        assert "auth_pass" not in result.stdout
+        assert "auth_pass" not in result.stdout and password not in result.stdout + result.stderr
+        assert password in host.read("/etc/keepalived/keepalived.conf")
+        found = host.run(
+            [
+                "grep",
+                "-rlsF",
+                password,
+                "/etc/keepalived",
+                "/etc/haproxy",
+                "/etc/default",
+                "/etc/minicl",
+                "/var/lib/minicl",
+                "/var/log/salt",
+                "/var/lib/prometheus",
+            ],
+            check=False,
+        )
+        assert found.stdout.split() == ["/etc/keepalived/keepalived.conf"]
+        assert password not in host.run("journalctl --no-pager -q", check=False).stdout
         assert host.run(
             "stat -c '%a' /etc/keepalived/keepalived.conf /etc/haproxy/certs/front.pem"
         ).stdout.split() == [
@@ -285,9 +308,8 @@ def test_failover_moves_the_address_to_the_other_proxy(proxies, outside):
     proxies[other].systemctl("stop", "keepalived")
     try:
         assert wait_for("the address back on the first proxy", lambda: holder(proxies) == first, timeout=10)
-        assert held(proxies[other]) == "0" and wait_for(
-            "held on the first", lambda: held(proxies[first]) == "1"
-        )
+        assert held(proxies[other]) == "0"  # written after keepalived stopped (ExecStopPost)
+        assert wait_for("held on the first", lambda: held(proxies[first]) == "1")
     finally:
         proxies[other].systemctl("start", "keepalived")
 

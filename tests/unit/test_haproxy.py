@@ -132,7 +132,7 @@ def test_keepalived_speaks_unicast_to_the_other_proxies_and_tracks_haproxy(front
     assert f"auth_pass {password}\n" in alpha and len(password) == 8
     assert password not in haproxy.redacted(alpha, app_of(front_data, "alpha"))
     script = haproxy.render_check_script(app_of(front_data, "alpha"))
-    assert '! ip -o addr show | grep -q " 198.51.100.30/" || held=1' in script and script.endswith(
+    assert 'ip -o addr show | grep -q " 198.51.100.30/" && held=1' in script and script.endswith(
         "exec systemctl is-active --quiet haproxy.service\n"
     )
 
