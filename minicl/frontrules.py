@@ -1,6 +1,7 @@
 """The rules of cluster.json for the front: the haproxy apps (address, domains, backends, routes)
 and the ``acme`` section they get their certificates from, as problems naming the field."""
 
+import hashlib
 import ipaddress
 from urllib.parse import urlparse
 
@@ -11,8 +12,6 @@ RESERVED_PREFIX = "minicl"  # minicl's own backends and frontends (the ACME chal
 
 def vrid(app_name):
     """The VRRP virtual router id of an app (1-255), the same on every host of it."""
-    import hashlib
-
     return int(hashlib.sha256(app_name.encode()).hexdigest(), 16) % 255 + 1
 
 
@@ -31,7 +30,8 @@ def parse_server(text):
 
 
 def problems(data, source, repo_files):
-    from minicl import rules
+    """The problems of the haproxy apps and the acme section of cluster.json ``data``."""
+    from minicl import rules  # rules calls this module: imported here, not at the top
 
     found = []
 

@@ -17,6 +17,9 @@ Its service listens on ``PORT``. An appliance with a Prometheus exporter declare
 ``render_exporter_defaults(app)`` (``EXPORTER_DEFAULTS_SECRET = True`` if it holds a secret, so
 that no state output shows it): every host of its apps runs the exporter, the monitor
 scrapes it (see minicl.monitor), and both ports answer cluster hosts only (minicl.firewall).
+An appliance whose own ports differ from ``PORT`` lists them in ``CLUSTER_ONLY_PORTS``; one that
+serves the world declares ``public_ports(app)`` ("443/tcp", ...); IP protocols its hosts speak
+among themselves (VRRP) go in ``PEER_PROTOCOLS``: accepted from the app's other hosts only.
 """
 
 import hashlib
