@@ -99,14 +99,20 @@ def host_spec(cluster, host, local_rules="", listening_ssh_ports=()):
     v6 = [t for t in trusted if ipaddress.ip_network(t, strict=False).version == 6]
     ports = {"tcp": [], "udp": []}
     apps = cluster.apps_of(host).values()
-    for spec in cluster.public_ports(host) + [p for app in apps for p in appliances.public_ports(app)]:
+    for spec in cluster.public_ports(host):
         proto, low, high = parse_port_spec(spec)
         ports[proto].append((low, high))
     ssh_ports = sorted({cluster.firewall_option("ssh_port"), *listening_ssh_ports})
     # An app's ports (its service's and its exporter's) and the cluster's apt repository answer
     # the cluster's hosts only, not a host's trusted_sources.
+    for app in apps:
+        ports["tcp"] += [(port, port) for port in appliances.public_ports(app)]
     app_ports = sorted(
-        {port for app in apps for port in appliances.cluster_only_ports(app["type"])}
+        {
+            port
+            for app in apps
+            for port in appliances.cluster_only_ports(app["type"], appliances.is_public(app))
+        }
         | set(packages.cluster_only_ports(cluster, host))
     )
     return Spec(

@@ -24,6 +24,7 @@ def pillar_for(cluster, minion_id, status, applied_file=paths.APPLIED_FILE, chec
             "status": status,
             "applied_file": applied_file,
             "packages": packages.pillar(cluster, host, checkout),
+            "checkout": checkout,  # the config repo's files (an nginx site's folder, certificates)
             "acme": acme.pillar(cluster, checkout),
         }
     }

@@ -34,7 +34,7 @@ NOT_FILLING = "ramfs|squashfs|iso9660|nsfs|fuse.lxcfs"
 # Checks with their own alert (disk/inode space from node_exporter, the mail queue, package integrity).
 OWN_ALERT_CHECKS = "disk .*|inodes .*|mail queue.*|packages verified|apt sources signed"
 # The metric by which an app type's exporter says that it reaches the service.
-UP_METRICS = {"postgresql": "pg_up", "redis": "redis_up", "haproxy": "haproxy_up"}
+UP_METRICS = {"postgresql": "pg_up", "redis": "redis_up", "nginx": "nginx_up", "haproxy": "haproxy_up"}
 # Replication lag: a standby this far behind for LAG_FOR is lagging (a burst of writes is not).
 PG_LAG_BYTES = 64 * 2**20  # WAL not replayed yet (the exporter of Debian 12 has no lag in seconds)
 REDIS_LAG_SECONDS = 10  # since the replica last acknowledged; a replica acknowledges every second
@@ -405,6 +405,16 @@ def app_alert_rules(cluster):
             "The replica {{ $labels.slave_ip }} of app {{ $labels.app }} has not acknowledged the writes of "
             "its master {{ $labels.instance }} for {{ $value }} s, and for more than "
             f"{REDIS_LAG_SECONDS} s for {LAG_FOR}. " + check + " on the replica shows its link.",
+            LAG_FOR,
+            "warning",
+        ),
+        _rule(
+            "NginxConnectionsDropped",
+            "rate(nginx_connections_accepted[5m]) - rate(nginx_connections_handled[5m]) > 0",
+            "{{ $labels.instance }}: nginx of {{ $labels.app }} drops connections",
+            "nginx on {{ $labels.instance }} (app {{ $labels.app }}) accepts connections it does not "
+            "handle, for 5m: it is out of worker_connections or open files. "
+            "'salt-call --local minicl_app.monitor {{ $labels.app }}' there shows the figures.",
             LAG_FOR,
             "warning",
         ),

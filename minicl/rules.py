@@ -133,19 +133,22 @@ def semantic_problems(data, source, repo_files):
         problems += _app_problems(
             apps, hosts if isinstance(hosts, dict) else {}, users if isinstance(users, dict) else {}, source
         )
+        problems += _nginx_problems(apps, hosts if isinstance(hosts, dict) else {}, source, repo_files)
     from minicl import frontrules  # the haproxy apps and the acme section
 
     problems += frontrules.problems(data, source, repo_files)
     return problems
 
 
-APP_TYPES = ("postgresql", "redis", "haproxy")
+APP_TYPES = ("postgresql", "redis", "nginx", "haproxy")
 APP_ONLY_KEYS = {
     "databases": "postgresql",
     "synchronous": "postgresql",
     "maxmemory": "redis",
     "maxmemory_policy": "redis",
-    **{key: "haproxy" for key in ("address", "domains", "backends", "routes", "default", "public")},
+    "sites": "nginx",
+    "public": ("nginx", "haproxy"),
+    **{key: "haproxy" for key in ("address", "domains", "backends", "routes", "default")},
 }
 MEMORY = re.compile(r"([0-9]+)(k|kb|m|mb|g|gb)?")
 MEMORY_UNITS = {None: 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}
@@ -179,8 +182,9 @@ def _app_problems(apps, hosts, users, source):
             continue
         kind = app.get("type")
         for key, owner_type in APP_ONLY_KEYS.items():
-            if key in app and kind in APP_TYPES and kind != owner_type:
-                add(f"{base}.{key}", f"only a {owner_type} app has {key} (this one is {kind})")
+            owners = (owner_type,) if isinstance(owner_type, str) else owner_type
+            if key in app and kind in APP_TYPES and kind not in owners:
+                add(f"{base}.{key}", f"only a {' or '.join(owners)} app has {key} (this one is {kind})")
         app_hosts = app.get("hosts")
         for i, host in enumerate(app_hosts if isinstance(app_hosts, list) else []):
             if not isinstance(host, str):
@@ -209,6 +213,71 @@ def _app_problems(apps, hosts, users, source):
             owner = spec.get("owner") if isinstance(spec, dict) else None
             if isinstance(owner, str) and owner not in users:
                 add(f"{where}.owner", f'{quoted(owner)} is not a user in "users"')
+    return problems
+
+
+def _repo_path_problem(path, repo_files, folder=False):
+    """Why ``path`` is not a file (or ``folder``) of the config repo, or None."""
+    if path.startswith("/") or ".." in path.split("/"):
+        return f"{quoted(path)} must be a path inside the config repo (relative, no ..)"
+    if repo_files is None:
+        return None
+    if folder and not any(f.startswith(path.rstrip("/") + "/") for f in repo_files):
+        return f"{quoted(path)} is not a folder of the config repo"
+    if not folder and path not in repo_files:
+        return f"{quoted(path)} is not a file of the config repo"
+    return None
+
+
+def _nginx_problems(apps, hosts, source, repo_files):
+    """nginx apps: sites, each static (root) or a proxy to cluster hosts, names, TLS files."""
+    problems = []
+
+    def add(path, message):
+        problems.append(Problem(path, message, source))
+
+    for name, app in apps.items():
+        if not isinstance(app, dict) or app.get("type") != "nginx":
+            continue
+        base = f"apps.{path_key(name)}"
+        if "backup" in app:
+            add(f"{base}.backup", "an nginx app keeps no data to back up: remove backup")
+        sites = app.get("sites")
+        if not sites:
+            add(f"{base}.sites", 'an nginx app serves at least one site: add one under "sites"')
+            continue
+        names = {}
+        for site, spec in sites.items() if isinstance(sites, dict) else []:
+            where = f"{base}.sites.{path_key(site)}"
+            if not isinstance(spec, dict):
+                continue
+            if ("root" in spec) == ("proxy" in spec):
+                add(where, "give either root (static files) or proxy (backends), not " +
+                    ("both" if "root" in spec else "neither"))  # fmt: skip
+            for i, server_name in enumerate(spec.get("server_names") or []):
+                if not isinstance(server_name, str):
+                    continue
+                if not is_dns_name(server_name.removeprefix("*.")):
+                    add(f"{where}.server_names[{i}]", f"{quoted(server_name)} is not a DNS name (or *.name)")
+                elif names.setdefault(server_name, site) != site:
+                    add(
+                        f"{where}.server_names[{i}]",
+                        f"{quoted(server_name)} is also a name of site {names[server_name]}",
+                    )
+            if isinstance(spec.get("root"), str) and (
+                why := _repo_path_problem(spec["root"], repo_files, True)
+            ):
+                add(f"{where}.root", why)
+            for i, target in enumerate(spec.get("proxy") or []):
+                host, sep, port = target.rpartition(":") if isinstance(target, str) else ("", "", "")
+                if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+                    add(f"{where}.proxy[{i}]", f'{quoted(target)} is not "host:port" (a port 1-65535)')
+                elif host not in hosts:
+                    add(f"{where}.proxy[{i}]", f'host {quoted(host)} is not under "hosts"')
+            tls = spec.get("tls")
+            for key in ("certificate", "key") if isinstance(tls, dict) else ():
+                if isinstance(tls.get(key), str) and (why := _repo_path_problem(tls[key], repo_files)):
+                    add(f"{where}.tls.{key}", why)
     return problems
 
 

@@ -17,9 +17,10 @@ Its service listens on ``PORT``. An appliance with a Prometheus exporter declare
 ``render_exporter_defaults(app)`` (``EXPORTER_DEFAULTS_SECRET = True`` if it holds a secret, so
 that no state output shows it): every host of its apps runs the exporter, the monitor
 scrapes it (see minicl.monitor), and both ports answer cluster hosts only (minicl.firewall).
-An appliance whose own ports differ from ``PORT`` lists them in ``CLUSTER_ONLY_PORTS``; one that
-serves the world declares ``public_ports(app)`` ("443/tcp", ...); IP protocols its hosts speak
-among themselves (VRRP) go in ``PEER_PROTOCOLS``: accepted from the app's other hosts only.
+Ports that answer the cluster's hosts only whether the app is public or not go in
+``CLUSTER_ONLY_PORTS``; ``PUBLIC_DEFAULT`` says whether an app without "public" is open to the
+world; IP protocols its hosts speak among themselves (VRRP) go in ``PEER_PROTOCOLS``: accepted
+from the app's other hosts only.
 """
 
 import hashlib
@@ -43,7 +44,7 @@ CONTRACT = (
     "monitor",
     "cleanup",
 )
-TYPES = ("postgresql", "redis", "haproxy")
+TYPES = ("postgresql", "redis", "nginx", "haproxy")
 
 
 class ApplianceError(MiniclError):
@@ -157,19 +158,30 @@ def exporter_setup(apps):
     return setup
 
 
-def cluster_only_ports(kind):
-    """The TCP ports of an app type that answer the cluster's hosts only: the service's own and
-    its exporter's."""
+def service_ports(kind):
+    """The TCP ports an app type's service listens on (``PORTS``, else ``PORT``)."""
+    found = module(kind)
+    return list(getattr(found, "PORTS", (found.PORT,)))
+
+
+def cluster_only_ports(kind, public=False):
+    """The TCP ports of an app type that answer the cluster's hosts only: the service's own
+    (unless the app is ``public``: see public_ports) and its exporter's."""
     found = exporter(kind)
-    own = getattr(module(kind), "CLUSTER_ONLY_PORTS", (module(kind).PORT,))
-    return list(own) + ([found.port] if found else [])
+    extra = list(getattr(module(kind), "CLUSTER_ONLY_PORTS", ()))
+    return ([] if public else service_ports(kind)) + extra + ([found.port] if found else [])
+
+
+def is_public(app):
+    """Whether an app's service ports are open to the world: its ``public``, by default its
+    module's ``PUBLIC_DEFAULT`` (false but for the front)."""
+    return bool(app.get("public", getattr(module(app["type"]), "PUBLIC_DEFAULT", False)))
 
 
 def public_ports(app):
-    """Port specs ("443/tcp") an app opens to the world on its hosts (its module's
-    ``public_ports(app)``; none by default)."""
-    found = getattr(module(app["type"]), "public_ports", None)
-    return list(found(app)) if found else []
+    """The TCP ports open to the world for ``app``: its service's, if it is public (see
+    is_public), else none."""
+    return service_ports(app["type"]) if is_public(app) else []
 
 
 def peer_protocols(kind):

@@ -47,6 +47,8 @@ SERVICE = "haproxy"
 KEEPALIVED = "keepalived"
 PORT = 443
 HTTP_PORT = 80
+PORTS = (HTTP_PORT, PORT)  # the front: open to the world unless the app says "public": false
+PUBLIC_DEFAULT = True
 ACME_PORT = 8402  # certbot's standalone server on each proxy's own address
 STATS_PORT = 8404  # 127.0.0.1 only
 CONF_FILE = "/etc/haproxy/haproxy.cfg"
@@ -58,8 +60,8 @@ KEEPALIVED_DROPIN = "/etc/systemd/system/keepalived.service.d/minicl.conf"
 DROPIN_TEXT = f"# Managed by minicl.\n[Service]\nExecStopPost=-{CHECK_SCRIPT}\n"
 VERBS = ("check_health", "test", "failover", "monitor")
 PACKAGES = ("haproxy", "keepalived", "certbot")
-# For minicl.firewall: the ACME challenges between proxies answer cluster hosts only (80 and 443
-# are the public front: public_ports), and VRRP is accepted from the app's other proxies only.
+# For minicl.firewall: the ACME challenges between proxies answer cluster hosts only, and VRRP is
+# accepted from the app's other proxies only.
 CLUSTER_ONLY_PORTS = (ACME_PORT,)
 PEER_PROTOCOLS = ("vrrp",)
 
@@ -71,12 +73,6 @@ HELD_METRIC = "minicl_front_address_held"
 EXPIRY_METRIC = "minicl_front_certificate_expiry_timestamp_seconds"
 WAIT_ADDRESS = 30  # seconds a converge waits for the address to answer before asking for a certificate
 PRIORITY_TOP = 200
-
-
-def public_ports(app):
-    """The ports open to the world on the app's hosts: the front's 80 and 443, unless the app
-    says ``public: false`` (then the cluster's hosts and trusted_sources only)."""
-    return ["80/tcp", "443/tcp"] if app.get("public", True) else []
 
 
 def render_exporter_defaults(app):

@@ -150,8 +150,8 @@ def upgrade(module, app):
     changing = {n: before[n] for n in newer}
     debs = keep_copies(changing)
     report.check(True, "kept a copy of " + ", ".join(f"{n} {v}" for n, v in changing.items()))
-    safety = module.backup(app)
-    if not report.check(safety.ok, f"safety backup {safety.data.get('backup', '')}"):
+    safety = module.backup(app) if hasattr(module, "backup") else None  # a stateless app has no data
+    if safety is not None and not report.check(safety.ok, f"safety backup {safety.data.get('backup', '')}"):
         return report
     _run(["apt-get", "install", "--only-upgrade", *APT_OPTIONS, *sorted(newer)])
     after = installed(names)
@@ -159,15 +159,16 @@ def upgrade(module, app):
     report.data["after"] = after
     if _checks(module, app, report):
         _record(app, {"at": int(time.time()), "before": changing, "after": {n: after.get(n) for n in newer},
-                      "debs": debs, "backup": safety.data.get("backup")})  # fmt: skip
+                      "debs": debs, "backup": safety and safety.data.get("backup")})  # fmt: skip
         return report
     report.lines.append("info the upgrade failed its checks: undoing it")
     install_debs(debs)
     report.lines.append("info back to " + ", ".join(f"{n} {v}" for n, v in changing.items()))
     _healthy(module, app)  # the service answers again before its data is restored
-    restored = module.restore(app, backup=safety.data["backup"])
-    report.lines.append(f"info restoring the safety backup {safety.data['backup']}:")
-    report.lines += [f"     {line}" for line in restored.lines]
+    if safety is not None:
+        restored = module.restore(app, backup=safety.data["backup"])
+        report.lines.append(f"info restoring the safety backup {safety.data['backup']}:")
+        report.lines += [f"     {line}" for line in restored.lines]
     report.ok = False
     back = Report(app["name"], "check")
     report.data["undone"] = True

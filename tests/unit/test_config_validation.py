@@ -114,8 +114,13 @@ def test_every_allowed_field_is_accepted(example_with_apps, problems):
         "acme",
     }
     assert set(example_with_apps["smtp"]) == {"relay", "port", "username", "password"}
+    # nginx's keys (the example has no site: its files would have to be in the repo)
+    example_with_apps["apps"]["web"] = {"type": "nginx", "hosts": ["watch"], "public": True, "sites": {
+        "www": {"server_names": ["www.example.org"], "root": "sites/www",
+                "tls": {"certificate": "tls/www.crt", "key": "tls/www.key"}},
+        "shop": {"server_names": ["shop.example.org"], "proxy": ["alpha:8080", "beta:8080"]}}}  # fmt: skip
     keys = {key for app in example_with_apps["apps"].values() for key in app}
-    front = {"address", "domains", "backends", "routes", "default", "public"}
+    front = {"address", "domains", "backends", "routes", "default"}
     assert keys == set(schema()["$defs"]["app"]["properties"]) - front
     assert problems(example_with_apps) == []
 

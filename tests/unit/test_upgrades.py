@@ -97,3 +97,24 @@ def test_nothing_newer_changes_nothing(apt):
 def test_downgrade_without_an_upgrade_says_so(apt):
     report = upgrades.downgrade(FakeAppliance(set()), APP)
     assert not report.ok and "no upgrade of this app recorded on this host" in report.lines[0]
+
+
+class Stateless(FakeAppliance):
+    """An appliance that keeps no data (nginx): no backup to take or restore."""
+
+    backup = None
+    restore = None
+
+    def __getattribute__(self, name):
+        if name in ("backup", "restore"):
+            raise AttributeError(name)
+        return super().__getattribute__(name)
+
+
+def test_a_stateless_app_is_upgraded_and_undone_without_a_backup(apt):
+    appliance = Stateless(healthy_after={"1.0"})
+    apt(appliance, "1.1")
+    report = upgrades.upgrade(appliance, APP)
+    assert not report.ok and report.data["undone"] and report.data["healthy_after_undo"]
+    assert appliance.calls == [("install", ["/kept/ext_1.0.deb"])]
+    assert not any("safety backup" in line for line in report.lines)

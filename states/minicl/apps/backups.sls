@@ -4,7 +4,8 @@
 minicl-apps-tools:
   pkg.installed:
     - pkgs: [restic, dpkg-repack]
-{%- for name in salt['pillar.get']('minicl:apps', {}) %}
+{#- Apps whose appliance keeps no data (nginx) have no backups. #}
+{%- for name in salt['pillar.get']('minicl:apps', {}) if salt['minicl_app.verbs'](name).get('backup') %}
 {%- for path, text in salt['minicl_app.backup_units'](name).items() %}
 
 minicl-backup-{{ name }}-{{ path.rsplit('.', 1)[1] }}:

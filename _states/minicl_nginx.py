@@ -1,0 +1,74 @@
+"""States: the nginx app of this host (cluster.json "apps", type nginx).
+
+.. code-block:: yaml
+
+    minicl-nginx-web:
+      minicl_nginx.running:
+        - name: web         # the app, from the pillar's minicl:apps
+
+``running``: minicl's /etc/nginx/conf.d/minicl-<app>.conf with the app's sites, their TLS
+certificates and keys (a key's content never shown), the static sites' files copied from the
+config repo (switched atomically), Debian's default site removed, nginx enabled and running.
+A configuration ``nginx -t`` refuses is put back and the state fails with nginx's message;
+nginx keeps serving the previous one (see minicl.appliances.nginx).
+"""
+
+try:
+    from minicl import statekit
+    from minicl.appliances import nginx
+    from minicl.cluster import as_list
+    from minicl.files import read_file
+
+    HAS_MINICL = True
+except ImportError as exc:  # pragma: no cover
+    HAS_MINICL = False
+    IMPORT_ERROR = str(exc)
+
+# Unavailable without minicl (see __virtual__), but the module must still load to say why.
+_guarded = statekit.guarded if HAS_MINICL else (lambda func=None, **kwargs: func or (lambda f: f))
+
+__virtualname__ = "minicl_nginx"
+
+
+def __virtual__():
+    if not HAS_MINICL:
+        return False, f"the minicl package is not importable: {IMPORT_ERROR}"
+    return __virtualname__
+
+
+def _host_ips():
+    hosts = __pillar__["minicl"].get("cluster", {}).get("hosts", {})
+    return {host: as_list(spec["ip"]) for host, spec in hosts.items()}
+
+
+@_guarded(label="nginx app {name}")
+def running(name):
+    """The app ``name`` served by this host's nginx (see above)."""
+    app = __pillar__["minicl"]["apps"][name]
+    ret = statekit.new_ret(name)
+    todo = nginx.plan(app, _host_ips(), __pillar__["minicl"].get("checkout"))
+    changes = {}
+    for path, (text, mode) in sorted(todo.files.items()):
+        if path in todo.secret:
+            changes[path] = f"written, mode {mode:04o} (a key: content hidden)"
+        else:
+            changes[path] = statekit.diff(read_file(path), text, path, path) or f"mode {mode:04o}"
+    for path in todo.removed:
+        changes[path] = "removed" + (" (Debian's default site)" if path == nginx.DEFAULT_SITE else "")
+    for site, (_, release) in sorted(todo.trees.items()):
+        changes[nginx.site_root(app, site)] = f"serves {nginx.RELEASES}/{release} (the config repo's files)"
+    if todo.enable or todo.start:
+        changes["service"] = f"{nginx.SERVICE} running and started at boot"
+    elif todo.reload:
+        changes["service"] = f"{nginx.SERVICE} reloaded (nginx -t first)"
+    if not changes:
+        ret["comment"] = f"{nginx.SERVICE} serves app {name} as configured"
+        return ret
+    if __opts__["test"]:
+        ret["result"], ret["changes"] = None, changes
+        ret["comment"] = f"app {name} would be converged on {nginx.SERVICE}"
+        return ret
+    nginx.apply_plan(app, todo)
+    ret["changes"] = changes
+    ret["comment"] = f"app {name} converged on {nginx.SERVICE}"
+    return ret

@@ -1,0 +1,381 @@
+"""The nginx appliance's own parts: what it renders (and that nginx accepts it), the cluster.json
+rules of its sites, its ports, and a converge planned and applied on folders of a test: files,
+the atomic switch of a static site, a refused configuration put back."""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+
+import pytest
+
+from minicl import config, firewall
+from minicl.appliances import ApplianceError, nginx
+
+from . import loader
+
+EXAMPLE = json.loads((pathlib.Path(__file__).parents[2] / "cluster.json.example").read_text())
+HOST_IPS = {"alpha": ["198.51.100.11", "2001:db8:100::11"], "beta": ["198.51.100.12"]}
+
+
+def web_app(**sites):
+    sites = sites or {
+        "www": {"server_names": ["www.example.org", "example.org"], "root": "sites/www"},
+        "shop": {"server_names": ["shop.example.org"], "proxy": ["alpha:8080", "beta:8081"]},
+        "secure": {"server_names": ["secure.example.org"], "root": "sites/www",
+                   "tls": {"certificate": "tls/s.crt", "key": "tls/s.key"}},
+    }  # fmt: skip
+    return {
+        "name": "web",
+        "type": "nginx",
+        "hosts": ["watch"],
+        "sites": sites,
+        "addresses": ["198.51.100.20"],
+    }
+
+
+# -- rendering ------------------------------------------------------------------------------
+
+
+def test_a_static_site_serves_its_published_folder_and_logs_to_syslog():
+    text = nginx.render_conf(web_app(), HOST_IPS)
+    www = text.split("# Site www.")[1]
+    assert "    server_name www.example.org example.org;\n" in www
+    assert "    root /var/www/minicl/web/www;\n" in www
+    assert "    access_log syslog:server=unix:/dev/log,tag=nginx,nohostname combined;\n" in www
+    assert "    error_log syslog:server=unix:/dev/log,tag=nginx,nohostname warn;\n" in www
+
+
+def test_a_proxy_site_passes_to_the_hosts_addresses_with_the_host_header():
+    shop = nginx.render_conf(web_app(), HOST_IPS).split("# Site shop.")[1].split("# Site")[0]
+    assert (
+        "upstream minicl_web_shop {\n    server 198.51.100.11:8080;\n    server 198.51.100.12:8081;\n" in shop
+    )
+    assert "proxy_pass http://minicl_web_shop;" in shop and "proxy_set_header Host $host;" in shop
+
+
+def test_a_tls_site_listens_on_443_and_redirects_80():
+    secure = nginx.render_conf(web_app(), HOST_IPS).split("# Site secure.")[1].split("# Site")[0]
+    assert "return 301 https://$host$request_uri;" in secure
+    assert "    listen 443 ssl;\n" in secure
+    assert "ssl_certificate /etc/nginx/minicl-tls/web/secure.crt;" in secure
+    assert "ssl_certificate_key /etc/nginx/minicl-tls/web/secure.key;" in secure
+
+
+def test_unknown_names_get_no_answer_and_stub_status_is_on_loopback_only():
+    text = nginx.render_conf(web_app(), HOST_IPS)
+    assert (
+        "listen 80 default_server;" in text and "ssl_reject_handshake on;" in text and "return 444;" in text
+    )
+    assert "    listen 127.0.0.1:8073;\n" in text and "stub_status;" in text
+    assert 'ARGS="-nginx.scrape-uri=http://127.0.0.1:8073/stub_status' in nginx.render_exporter_defaults(
+        web_app()
+    )
+
+
+def test_a_wildcard_name_is_probed_with_a_label_in_place():
+    assert nginx.probe_name("*.example.org") == "minicl-check.example.org"
+    assert nginx.probe_name("www.example.org") == "www.example.org"
+
+
+def test_stub_status_is_read_into_figures():
+    text = "Active connections: 3 \nserver accepts handled requests\n 10 9 31 \nReading: 0 Writing: 1 Waiting: 2 \n"
+    assert nginx.parse_stub_status(text) == {"active": 3, "accepted": 10, "handled": 9, "requests": 31,
+                                             "reading": 0, "writing": 1, "waiting": 2}  # fmt: skip
+    with pytest.raises(ApplianceError, match="stub_status said something unexpected"):
+        nginx.parse_stub_status("<html>404</html>")
+
+
+def test_a_proxy_to_an_unknown_host_is_an_error():
+    app = web_app(x={"server_names": ["x.example.org"], "proxy": ["nope:80"]})
+    with pytest.raises(ApplianceError, match='host "nope" is not under "hosts"'):
+        nginx.render_conf(app, HOST_IPS)
+
+
+@pytest.mark.skipif(
+    not shutil.which("nginx") or not shutil.which("openssl"), reason="needs nginx and openssl"
+)
+def test_nginx_accepts_what_is_rendered(tmp_path):
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-days", "1", "-subj", "/CN=secure.example.org", "-keyout", "s.key", "-out", "s.crt"],
+                   cwd=tmp_path, check=True, capture_output=True)  # fmt: skip
+    text = nginx.render_conf(web_app(), HOST_IPS).replace(
+        "/etc/nginx/minicl-tls/web/secure", str(tmp_path / "s")
+    )
+    (tmp_path / "site.conf").write_text(text)
+    (tmp_path / "nginx.conf").write_text(
+        f"pid {tmp_path}/pid; error_log stderr; events {{}} http {{ include {tmp_path}/site.conf; }}\n"
+    )
+    result = subprocess.run(["nginx", "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+# -- cluster.json ---------------------------------------------------------------------------
+
+REPO_FILES = ["cluster.json", "sites/www/index.html", "tls/s.crt", "tls/s.key"]
+
+
+def problems_of(app, repo_files=REPO_FILES):
+    data = json.loads(json.dumps(EXAMPLE))
+    data["apps"]["web"] = {k: v for k, v in app.items() if k not in ("name", "addresses")}
+    return [str(p) for p in config.validate(data, repo_files=repo_files)]
+
+
+def test_a_good_nginx_app_is_accepted():
+    assert problems_of(dict(web_app(), public=True)) == []
+
+
+@pytest.mark.parametrize(
+    ("site", "expected"),
+    [
+        ({"server_names": ["a.example.org"], "root": "sites/www", "proxy": ["alpha:80"]},
+         "apps.web.sites.x: give either root (static files) or proxy (backends), not both"),
+        ({"server_names": ["a.example.org"]},
+         "apps.web.sites.x: give either root (static files) or proxy (backends), not neither"),
+        ({"server_names": ["a.example.org"], "proxy": ["nope:80"]},
+         'apps.web.sites.x.proxy[0]: host "nope" is not under "hosts"'),
+        ({"server_names": ["a.example.org"], "proxy": ["alpha"]},
+         'apps.web.sites.x.proxy[0]: "alpha" is not "host:port" (a port 1-65535)'),
+        ({"server_names": ["a.example.org"], "proxy": ["alpha:99999"]},
+         'apps.web.sites.x.proxy[0]: "alpha:99999" is not "host:port" (a port 1-65535)'),
+        ({"server_names": ["a.example.org"], "root": "sites/nothing"},
+         'apps.web.sites.x.root: "sites/nothing" is not a folder of the config repo'),
+        ({"server_names": ["a.example.org"], "root": "/srv/www"},
+         'apps.web.sites.x.root: "/srv/www" must be a path inside the config repo (relative, no ..)'),
+        ({"server_names": ["a.example.org"], "root": "sites/www",
+          "tls": {"certificate": "tls/s.crt", "key": "tls/missing.key"}},
+         'apps.web.sites.x.tls.key: "tls/missing.key" is not a file of the config repo'),
+        ({"server_names": ["not a name"], "root": "sites/www"},
+         'apps.web.sites.x.server_names[0]: "not a name" is not a DNS name (or *.name)'),
+        ({"server_names": ["www.example.org"], "root": "sites/www"},
+         'apps.web.sites.x.server_names[0]: "www.example.org" is also a name of site www'),
+    ],
+)  # fmt: skip
+def test_bad_sites_are_refused_naming_the_field(site, expected):
+    app = web_app()
+    app["sites"]["x"] = site
+    assert [p.split(": ", 1)[1] for p in problems_of(app)] == [expected]
+
+
+def test_an_nginx_app_needs_sites_and_keeps_no_backups():
+    app = web_app()
+    app["sites"] = {}
+    app["backup"] = {"interval": "1d"}
+    found = [p.split(": ", 1)[1] for p in problems_of(app)]
+    assert "apps.web.backup: an nginx app keeps no data to back up: remove backup" in found
+    assert any(p.startswith("apps.web.sites") for p in found), found
+
+
+def test_sites_belong_to_nginx_apps_only():
+    data = json.loads(json.dumps(EXAMPLE))
+    data["apps"]["cache"]["sites"] = {"www": {"server_names": ["a.example.org"], "root": "x"}}
+    found = [str(p) for p in config.validate(data)]
+    assert "cluster.json: apps.cache.sites: only a nginx app has sites (this one is redis)" in found
+
+
+# -- ports ----------------------------------------------------------------------------------
+
+
+def test_a_public_app_opens_80_and_443_to_the_world_and_its_exporter_to_the_cluster():
+    data = json.loads(json.dumps(EXAMPLE))
+    data["apps"]["web"] = {"type": "nginx", "hosts": ["watch"], "public": True,
+                           "sites": {"www": {"server_names": ["a.example.org"], "root": "x"}}}  # fmt: skip
+    spec = firewall.host_spec(config.Cluster(data), "watch")
+    assert "80" in spec.public_tcp and "443" in spec.public_tcp
+    assert "9113" in spec.cluster_only_tcp and "80" not in spec.cluster_only_tcp
+    data["apps"]["web"]["public"] = False
+    spec = firewall.host_spec(config.Cluster(data), "watch")
+    assert "80" not in spec.public_tcp and {"80", "443", "9113"} <= set(spec.cluster_only_tcp)
+
+
+# -- plan and apply on a test's folders -------------------------------------------------------
+
+
+@pytest.fixture
+def host(tmp_path, monkeypatch):
+    """nginx's folders under tmp_path, a checkout with a site and a certificate, and the
+    service and ``nginx -t`` replaced (their calls recorded)."""
+    checkout = tmp_path / "checkout"
+    (checkout / "sites/www/css").mkdir(parents=True)
+    (checkout / "sites/www/index.html").write_text("hello\n")
+    (checkout / "sites/www/css/a.css").write_text("body {}\n")
+    (checkout / "tls").mkdir()
+    (checkout / "tls/s.crt").write_text("CERT\n")
+    (checkout / "tls/s.key").write_text("SECRETKEY\n")
+    (tmp_path / "sites-enabled").mkdir()
+    (tmp_path / "sites-enabled/default").symlink_to("../sites-available/default")
+    monkeypatch.setattr(nginx, "CONF_DIR", str(tmp_path / "conf.d"))
+    monkeypatch.setattr(nginx, "TLS_DIR", str(tmp_path / "minicl-tls"))
+    monkeypatch.setattr(nginx, "WWW_DIR", str(tmp_path / "www"))
+    monkeypatch.setattr(nginx, "DEFAULT_SITE", str(tmp_path / "sites-enabled/default"))
+    calls = []
+    state = {"active": False, "test": (True, "")}
+    monkeypatch.setattr(nginx, "unit_active", lambda unit: state["active"])
+    monkeypatch.setattr(nginx, "unit_enabled", lambda unit: state["active"])
+    monkeypatch.setattr(
+        nginx, "systemctl", lambda *args, check=True: calls.append(args) or state.update(active=True)
+    )
+    monkeypatch.setattr(nginx, "nginx_test", lambda: calls.append(("nginx -t",)) or state["test"])
+    return tmp_path, str(checkout), calls, state
+
+
+def test_a_first_converge_writes_publishes_and_starts_then_nothing_changes(host):
+    tmp_path, checkout, calls, _ = host
+    app = web_app()
+    todo = nginx.plan(app, HOST_IPS, checkout)
+    assert sorted(todo.files) == sorted([nginx.conf_path(app), *nginx.tls_paths(app, "secure")])
+    assert todo.secret == {nginx.tls_paths(app, "secure")[1]}
+    assert todo.removed == [nginx.DEFAULT_SITE] and sorted(todo.trees) == ["secure", "www"]
+    assert todo.start and todo.enable and not todo.reload
+    nginx.apply_plan(app, todo)
+    assert calls == [("nginx -t",), ("enable", "nginx"), ("start", "nginx")]
+    assert (tmp_path / "www/web/www/css/a.css").read_text() == "body {}\n"
+    assert os.readlink(tmp_path / "www/web/www").startswith(".releases/www-")
+    key = pathlib.Path(nginx.tls_paths(app, "secure")[1])
+    assert key.read_text() == "SECRETKEY\n" and key.stat().st_mode & 0o777 == 0o600
+    assert not os.path.lexists(tmp_path / "sites-enabled/default")
+    assert not nginx.plan(app, HOST_IPS, checkout)
+
+
+def test_new_files_of_a_static_site_switch_the_link_without_a_reload(host):
+    tmp_path, checkout, calls, _ = host
+    app = web_app()
+    nginx.apply_plan(app, nginx.plan(app, HOST_IPS, checkout))
+    old = os.readlink(tmp_path / "www/web/www")
+    pathlib.Path(checkout, "sites/www/index.html").write_text("new\n")
+    todo = nginx.plan(app, HOST_IPS, checkout)
+    assert not todo.files and not todo.reload and sorted(todo.trees) == ["secure", "www"]
+    calls.clear()
+    nginx.apply_plan(app, todo)
+    assert calls == []
+    assert os.readlink(tmp_path / "www/web/www") != old
+    assert (tmp_path / "www/web/www/index.html").read_text() == "new\n"
+    assert sorted(os.listdir(tmp_path / "www/web/.releases")) == sorted(
+        os.path.basename(os.readlink(tmp_path / f"www/web/{s}")) for s in ("www", "secure")
+    )  # the old copies are gone
+
+
+def test_a_configuration_nginx_refuses_is_put_back(host):
+    tmp_path, checkout, calls, state = host
+    app = web_app()
+    nginx.apply_plan(app, nginx.plan(app, HOST_IPS, checkout))
+    conf = pathlib.Path(nginx.conf_path(app))
+    before = conf.read_text()
+    pathlib.Path(checkout, "tls/s.key").write_text("OTHERKEY\n")
+    app["sites"]["extra"] = {"server_names": ["extra.example.org"], "root": "sites/www"}
+    state["test"] = (False, '[emerg] SSL_CTX_use_PrivateKey("x") failed (key values mismatch)')
+    todo = nginx.plan(app, HOST_IPS, checkout)
+    assert todo.reload
+    calls.clear()
+    with pytest.raises(ApplianceError, match="nginx -t refused the new configuration.*key values mismatch"):
+        nginx.apply_plan(app, todo)
+    assert calls == [("nginx -t",)]  # no reload
+    assert conf.read_text() == before
+    assert pathlib.Path(nginx.tls_paths(app, "secure")[1]).read_text() == "SECRETKEY\n"
+    assert not os.path.lexists(tmp_path / "www/web/extra")
+
+
+def test_a_site_removed_takes_its_files_away(host):
+    tmp_path, checkout, _, _ = host
+    app = web_app()
+    nginx.apply_plan(app, nginx.plan(app, HOST_IPS, checkout))
+    del app["sites"]["secure"]
+    todo = nginx.plan(app, HOST_IPS, checkout)
+    assert sorted(todo.removed) == sorted(nginx.tls_paths(app, "secure")) and todo.reload
+    nginx.apply_plan(app, todo)
+    assert not os.path.lexists(tmp_path / "www/web/secure")
+    assert not nginx.plan(app, HOST_IPS, checkout)
+
+
+# -- the state, in both modes -----------------------------------------------------------------
+
+
+@pytest.fixture(params=[True, False], ids=["test", "real"])
+def testmode(request):
+    return request.param
+
+
+def nginx_state(host, testmode):
+    _, checkout, _, _ = host
+    pillar = {"minicl": {"apps": {"web": web_app()}, "checkout": checkout,
+                         "cluster": {"hosts": {h: {"ip": ips} for h, ips in HOST_IPS.items()}}}}  # fmt: skip
+    return loader.load_state("minicl_nginx", testmode, pillar)
+
+
+def test_the_state_converges_and_never_shows_the_key(host, testmode):
+    tmp_path, _, calls, _ = host
+    ret = nginx_state(host, testmode).running("web")
+    shown = json.dumps(ret)
+    assert "SECRETKEY" not in shown
+    key = nginx.tls_paths(web_app(), "secure")[1]
+    assert ret["changes"][key] == "written, mode 0600 (a key: content hidden)"
+    assert "+    root " in ret["changes"][nginx.conf_path(web_app())]
+    assert ret["changes"][nginx.DEFAULT_SITE] == "removed (Debian's default site)"
+    assert ret["changes"]["service"] == "nginx running and started at boot"
+    if testmode:
+        assert ret["result"] is None and calls == [] and not os.path.exists(key)
+    else:
+        assert ret["result"] is True and ("start", "nginx") in calls
+        again = nginx_state(host, False).running("web")
+        assert again == {"name": "web", "result": True, "changes": {},
+                         "comment": "nginx serves app web as configured"}  # fmt: skip
+
+
+def test_the_state_fails_with_nginx_s_message(host, testmode):
+    _, _, _, state = host
+    state["test"] = (False, "[emerg] unknown directive")
+    ret = nginx_state(host, testmode).running("web")
+    if testmode:
+        assert ret["result"] is None
+    else:
+        assert ret["result"] is False
+        assert (
+            "nginx -t refused the new configuration, nginx keeps the running one: [emerg]" in ret["comment"]
+        )
+
+
+# -- alerts ---------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not shutil.which("promtool"), reason="promtool comes with Debian's prometheus package")
+def test_dropped_connections_alert_and_nginx_down_is_app_down(tmp_path):
+    import yaml
+
+    from minicl import monitor
+
+    data = json.loads(json.dumps(EXAMPLE))
+    data["apps"]["web"] = {"type": "nginx", "hosts": ["watch"],
+                           "sites": {"www": {"server_names": ["a.example.org"], "root": "x"}}}  # fmt: skip
+    rules = monitor.render_rules(config.Cluster(data))
+    (tmp_path / "rules.yml").write_text(rules)
+    rule = next(
+        r
+        for g in yaml.safe_load(rules)["groups"]
+        for r in g["rules"]
+        if r["alert"] == "NginxConnectionsDropped"
+    )
+    labels = {"job": "nginx", "instance": "watch", "app": "web"}
+    filled = {k: v.replace("{{ $labels.instance }}", "watch").replace("{{ $labels.app }}", "web")
+              for k, v in rule["annotations"].items()}  # fmt: skip
+    series = '{job="nginx",instance="watch",app="web"}'
+    tests = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [
+            {"series": f"nginx_connections_accepted{series}", "values": "0+10x20"},
+            {"series": f"nginx_connections_handled{series}", "values": "0+10x5 50+8x15"},
+            {"series": f"nginx_up{series}", "values": "1x20"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "5m", "alertname": "NginxConnectionsDropped", "exp_alerts": []},
+            {"eval_time": "18m", "alertname": "NginxConnectionsDropped",
+             "exp_alerts": [{"exp_labels": {"severity": "warning", **labels}, "exp_annotations": filled}]},
+            {"eval_time": "18m", "alertname": "AppDown", "exp_alerts": []},
+        ],
+    }]}  # fmt: skip
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests))
+    result = subprocess.run(["promtool", "test", "rules", "tests.yml"], cwd=tmp_path, capture_output=True,
+                            text=True, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "nginx_up|" in rules or "|nginx_up" in rules  # nginx down is AppDown
