@@ -66,6 +66,7 @@ class Spec:
     cluster_only_tcp: list = field(default_factory=list)  # ports of this host's apps and their exporters
     cluster_v4: list = field(default_factory=list)  # the cluster's hosts only (no trusted_sources)
     cluster_v6: list = field(default_factory=list)
+    peer_protocols: list = field(default_factory=list)  # (protocol, [the app's other hosts' addresses])
 
 
 def _collapse_networks(texts):
@@ -97,20 +98,20 @@ def host_spec(cluster, host, local_rules="", listening_ssh_ports=()):
     v4 = [t for t in trusted if ipaddress.ip_network(t, strict=False).version == 4]
     v6 = [t for t in trusted if ipaddress.ip_network(t, strict=False).version == 6]
     ports = {"tcp": [], "udp": []}
+    apps = cluster.apps_of(host).values()
     for spec in cluster.public_ports(host):
         proto, low, high = parse_port_spec(spec)
         ports[proto].append((low, high))
     ssh_ports = sorted({cluster.firewall_option("ssh_port"), *listening_ssh_ports})
     # An app's ports (its service's and its exporter's) and the cluster's apt repository answer
     # the cluster's hosts only, not a host's trusted_sources.
-    apps = cluster.apps_of(host).values()
     for app in apps:
         ports["tcp"] += [(port, port) for port in appliances.public_ports(app)]
     app_ports = sorted(
         {
             port
             for app in apps
-            for port in appliances.cluster_only_ports(app["type"], app.get("public", False))
+            for port in appliances.cluster_only_ports(app["type"], appliances.is_public(app))
         }
         | set(packages.cluster_only_ports(cluster, host))
         | set(centrallog.cluster_only_ports(cluster, host))
@@ -125,6 +126,11 @@ def host_spec(cluster, host, local_rules="", listening_ssh_ports=()):
         _collapse_ports([(port, port) for port in app_ports]),
         _collapse_networks([a for a in addresses if ":" not in a]) if app_ports else [],
         _collapse_networks([a for a in addresses if ":" in a]) if app_ports else [],
+        [
+            (proto, sorted(ip for ips in app["peers"].values() for ip in ips))
+            for app in apps
+            for proto in appliances.peer_protocols(app["type"])
+        ],
     )
 
 
@@ -163,6 +169,7 @@ def render_ruleset(spec):
         '\t\tip6 saddr fe80::/10 udp dport 546 accept comment "DHCPv6 replies"\n'
         f'\t\ttcp dport {_elements(spec.ssh_ports)} accept comment "ssh, always"\n'
         + _cluster_only_rules(spec)
+        + _peer_protocol_rules(spec)
         + "\t\tip saddr @trusted_v4 accept\n"
         "\t\tip6 saddr @trusted_v6 accept\n"
         "\t\ttcp dport @public_tcp accept\n"
@@ -191,6 +198,22 @@ def _cluster_only_rules(spec):
         '\t\ttcp dport @cluster_only_tcp ip saddr != @cluster_v4 drop comment "apps: cluster hosts only"\n'
         '\t\ttcp dport @cluster_only_tcp ip6 saddr != @cluster_v6 drop comment "apps: cluster hosts only"\n'
     )
+
+
+def _peer_protocol_rules(spec):
+    """An app's own protocol (VRRP) from the app's other hosts, from nobody else."""
+    rules = ""
+    for proto, peers in spec.peer_protocols:
+        for family, match in (
+            ("ip", [p for p in peers if ":" not in p]),
+            ("ip6", [p for p in peers if ":" in p]),
+        ):
+            if match:
+                rules += (
+                    f'\t\tmeta l4proto {proto} {family} saddr {_elements(match)} accept comment "app peers"\n'
+                )
+        rules += f'\t\tmeta l4proto {proto} drop comment "app peers only"\n'
+    return rules
 
 
 def _elements(ports):

@@ -3,7 +3,7 @@ for it (firewall ruleset, sshd drop-in, Postfix main.cf, the minion's schedule, 
 monitor host the Prometheus and Alertmanager files). The external pillar and ``minicl.api``
 both build it here."""
 
-from minicl import centrallog, firewall, mail, monitor, packages, paths, schedule, sshd
+from minicl import acme, centrallog, firewall, mail, monitor, packages, paths, schedule, sshd
 
 
 def pillar_for(cluster, minion_id, status, applied_file=paths.APPLIED_FILE, checkout=None):
@@ -26,6 +26,7 @@ def pillar_for(cluster, minion_id, status, applied_file=paths.APPLIED_FILE, chec
             "packages": packages.pillar(cluster, host, checkout),
             "logging": centrallog.pillar(cluster, host, checkout),
             "checkout": checkout,  # the config repo's files (an nginx site's folder, certificates)
+            "acme": acme.pillar(cluster, checkout),
         }
     }
 

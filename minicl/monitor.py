@@ -34,7 +34,7 @@ NOT_FILLING = "ramfs|squashfs|iso9660|nsfs|fuse.lxcfs"
 # Checks with their own alert (disk/inode space from node_exporter, the mail queue, package integrity).
 OWN_ALERT_CHECKS = "disk .*|inodes .*|mail queue.*|packages verified|apt sources signed"
 # The metric by which an app type's exporter says that it reaches the service.
-UP_METRICS = {"postgresql": "pg_up", "redis": "redis_up", "nginx": "nginx_up"}
+UP_METRICS = {"postgresql": "pg_up", "redis": "redis_up", "nginx": "nginx_up", "haproxy": "haproxy_up"}
 # Replication lag: a standby this far behind for LAG_FOR is lagging (a burst of writes is not).
 PG_LAG_BYTES = 64 * 2**20  # WAL not replayed yet (the exporter of Debian 12 has no lag in seconds)
 REDIS_LAG_SECONDS = 10  # since the replica last acknowledged; a replica acknowledges every second
@@ -372,6 +372,8 @@ def app_alert_rules(cluster):
             rules += _postgresql_replication_rules(name, app, wait, check)
         elif app["type"] == "redis":
             rules += _redis_replication_rules(name, app, wait, check)
+    if any(app["type"] == "haproxy" for app in cluster.apps.values()):
+        rules += _front_rules(wait, check)
     rules += [
         _rule(
             "PostgreSQLReplicationLagging",
@@ -498,6 +500,52 @@ def _redis_replication_rules(name, app, wait, check):
             "host of the app says which one and why.",
             wait,
         )
+    ]
+
+
+FRONT_CERT_DAYS = 14
+
+
+def _front_rules(wait, check):
+    """The haproxy apps: a backend server down, a certificate expiring, the address on no proxy or
+    on two (from the proxies' textfile metrics: see minicl.appliances.haproxy)."""
+    return [
+        _rule(
+            "FrontBackendServerDown",
+            'haproxy_server_up{backend!~"minicl.*"} == 0',
+            "{{ $labels.app }}: backend {{ $labels.backend }} server {{ $labels.server }} is down",
+            "haproxy on {{ $labels.instance }} has found the server {{ $labels.server }} of backend "
+            "{{ $labels.backend }} failing its health check for " + wait + ": it gets no requests (the "
+            "other servers of the backend do, if any). " + check + " there lists every server's state.",
+            wait,
+        ),
+        _rule(
+            "FrontCertificateExpiring",
+            f"minicl_front_certificate_expiry_timestamp_seconds - time() < {FRONT_CERT_DAYS} * 86400",
+            "{{ $labels.instance }}: the certificate of {{ $labels.app }} expires soon",
+            "The TLS certificate of the front {{ $labels.app }} on {{ $labels.instance }} expires in "
+            "{{ $value | humanizeDuration }}, and minicl renews it well before (acme.renew_before): renewal "
+            "fails. 'salt-call --local state.apply' there says why (the ACME server, or its challenge "
+            "not reaching this proxy).",
+            None,
+        ),
+        _rule(
+            "FrontAddressNotHeld",
+            "sum by (app) (minicl_front_address_held) == 0",
+            "{{ $labels.app }}: no proxy holds the front's address",
+            "No proxy of the front {{ $labels.app }} has held its address for " + wait + ": the front does "
+            "not answer. Check keepalived and haproxy on each proxy (" + check + ").",
+            wait,
+        ),
+        _rule(
+            "FrontAddressHeldTwice",
+            "sum by (app) (minicl_front_address_held) > 1",
+            "{{ $labels.app }}: {{ $value }} proxies hold the front's address",
+            "{{ $value }} proxies of the front {{ $labels.app }} have held its address for " + wait + ": "
+            "they do not hear each other's VRRP adverts (the firewall, the network), and clients reach "
+            "either. " + check + " on each says which holds it.",
+            wait,
+        ),
     ]
 
 

@@ -137,17 +137,21 @@ def semantic_problems(data, source, repo_files):
             apps, hosts if isinstance(hosts, dict) else {}, users if isinstance(users, dict) else {}, source
         )
         problems += _nginx_problems(apps, hosts if isinstance(hosts, dict) else {}, source, repo_files)
+    from minicl import frontrules  # the haproxy apps and the acme section
+
+    problems += frontrules.problems(data, source, repo_files)
     return problems
 
 
-APP_TYPES = ("postgresql", "redis", "nginx")
+APP_TYPES = ("postgresql", "redis", "nginx", "haproxy")
 APP_ONLY_KEYS = {
     "databases": "postgresql",
     "synchronous": "postgresql",
     "maxmemory": "redis",
     "maxmemory_policy": "redis",
     "sites": "nginx",
-    "public": "nginx",
+    "public": ("nginx", "haproxy"),
+    **{key: "haproxy" for key in ("address", "domains", "backends", "routes", "default")},
 }
 MEMORY = re.compile(r"([0-9]+)(k|kb|m|mb|g|gb)?")
 MEMORY_UNITS = {None: 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}
@@ -181,8 +185,9 @@ def _app_problems(apps, hosts, users, source):
             continue
         kind = app.get("type")
         for key, owner_type in APP_ONLY_KEYS.items():
-            if key in app and kind in APP_TYPES and kind != owner_type:
-                add(f"{base}.{key}", f"only a {owner_type} app has {key} (this one is {kind})")
+            owners = (owner_type,) if isinstance(owner_type, str) else owner_type
+            if key in app and kind in APP_TYPES and kind not in owners:
+                add(f"{base}.{key}", f"only a {' or '.join(owners)} app has {key} (this one is {kind})")
         app_hosts = app.get("hosts")
         for i, host in enumerate(app_hosts if isinstance(app_hosts, list) else []):
             if not isinstance(host, str):

@@ -17,6 +17,10 @@ Its service listens on ``PORT``. An appliance with a Prometheus exporter declare
 ``render_exporter_defaults(app)`` (``EXPORTER_DEFAULTS_SECRET = True`` if it holds a secret, so
 that no state output shows it): every host of its apps runs the exporter, the monitor
 scrapes it (see minicl.monitor), and both ports answer cluster hosts only (minicl.firewall).
+Ports that answer the cluster's hosts only whether the app is public or not go in
+``CLUSTER_ONLY_PORTS``; ``PUBLIC_DEFAULT`` says whether an app without "public" is open to the
+world; IP protocols its hosts speak among themselves (VRRP) go in ``PEER_PROTOCOLS``: accepted
+from the app's other hosts only.
 """
 
 import hashlib
@@ -40,7 +44,7 @@ CONTRACT = (
     "monitor",
     "cleanup",
 )
-TYPES = ("postgresql", "redis", "nginx")
+TYPES = ("postgresql", "redis", "nginx", "haproxy")
 
 
 class ApplianceError(MiniclError):
@@ -164,13 +168,26 @@ def cluster_only_ports(kind, public=False):
     """The TCP ports of an app type that answer the cluster's hosts only: the service's own
     (unless the app is ``public``: see public_ports) and its exporter's."""
     found = exporter(kind)
-    return ([] if public else service_ports(kind)) + ([found.port] if found else [])
+    extra = list(getattr(module(kind), "CLUSTER_ONLY_PORTS", ()))
+    return ([] if public else service_ports(kind)) + extra + ([found.port] if found else [])
+
+
+def is_public(app):
+    """Whether an app's service ports are open to the world: its ``public``, by default its
+    module's ``PUBLIC_DEFAULT`` (false but for the front)."""
+    return bool(app.get("public", getattr(module(app["type"]), "PUBLIC_DEFAULT", False)))
 
 
 def public_ports(app):
-    """The TCP ports open to the world for ``app``: its service's, if cluster.json says
-    ``"public": true`` (an nginx app), else none."""
-    return service_ports(app["type"]) if app.get("public") else []
+    """The TCP ports open to the world for ``app``: its service's, if it is public (see
+    is_public), else none."""
+    return service_ports(app["type"]) if is_public(app) else []
+
+
+def peer_protocols(kind):
+    """IP protocols ("vrrp") the hosts of an app speak among themselves: accepted from the app's
+    other hosts only (its module's ``PEER_PROTOCOLS``)."""
+    return tuple(getattr(module(kind), "PEER_PROTOCOLS", ()))
 
 
 def shared_secret(app_name, purpose, key_path=None):

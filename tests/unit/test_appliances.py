@@ -35,7 +35,7 @@ def kvstore(monkeypatch):
 
 
 def test_every_appliance_with_an_exporter_gets_one(kvstore):
-    assert sorted(appliances.exporters()) == ["kvstore", "nginx", "postgresql", "redis"]
+    assert sorted(appliances.exporters()) == ["haproxy", "kvstore", "nginx", "postgresql", "redis"]
     assert appliances.exporter("plain") is None
     setup = appliances.exporter_setup(kvstore.apps_of("watch"))
     assert setup == [
@@ -62,6 +62,7 @@ def test_exporter_ports_answer_cluster_hosts_only(kvstore):
 def test_the_monitor_scrapes_a_job_per_app_type(kvstore):
     files = monitor.render_app_targets_files(kvstore)
     assert sorted(files) == [
+        "/etc/prometheus/minicl-app-haproxy.json",
         "/etc/prometheus/minicl-app-kvstore.json",
         "/etc/prometheus/minicl-app-nginx.json",
         "/etc/prometheus/minicl-app-postgresql.json",
@@ -73,7 +74,8 @@ def test_the_monitor_scrapes_a_job_per_app_type(kvstore):
     ]
     rules = [r for r in monitor.alert_rules(kvstore) if r["alert"] == "AppExporterDown"]
     assert [r["expr"] for r in rules] == [
-        'up{job="postgresql"} == 0', 'up{job="redis"} == 0', 'up{job="nginx"} == 0', 'up{job="kvstore"} == 0'
+        'up{job="postgresql"} == 0', 'up{job="redis"} == 0', 'up{job="nginx"} == 0', 'up{job="haproxy"} == 0',
+        'up{job="kvstore"} == 0'
     ]  # fmt: skip
-    assert "'systemctl status prometheus-kvstore-exporter'" in rules[3]["annotations"]["description"]
-    assert "(port 9777)" in rules[3]["annotations"]["description"]
+    assert "'systemctl status prometheus-kvstore-exporter'" in rules[4]["annotations"]["description"]
+    assert "(port 9777)" in rules[4]["annotations"]["description"]

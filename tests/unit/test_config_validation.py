@@ -24,7 +24,7 @@ MD5 = "$1$abcdefgh$IQtUouv7y7Q9dRWkQEPCc."
 ED25519_ALICE = "AAAAC3NzaC1lZDI1NTE5AAAAIDXiN8smzPToGFR7LTsRBOsGaNV+5wJWTUJ76mG/LuzV"
 ED25519_BOB = "AAAAC3NzaC1lZDI1NTE5AAAAIDN2KgJLrXZ347sa3bJGeAeCVfjIn1/S8QcLKX5RrGbP"
 
-TOP_FIELDS = "admin_email, apps, ca_url, domain, firewall, hosts, logging, monitoring, packages, roles, rollout, schedule, self_update, smtp, users"
+TOP_FIELDS = "acme, admin_email, apps, ca_url, domain, firewall, hosts, logging, monitoring, packages, roles, rollout, schedule, self_update, smtp, users"
 KEY_TYPES = (
     "ecdsa-sha2-nistp256, ecdsa-sha2-nistp384, ecdsa-sha2-nistp521, "
     "sk-ecdsa-sha2-nistp256@openssh.com, sk-ssh-ed25519@openssh.com, ssh-ed25519, ssh-rsa"
@@ -104,13 +104,15 @@ def test_every_allowed_field_is_accepted(example_with_apps, problems):
     # The example uses every field the schema knows, including the optional ca_url and smtp.port,
     # except "roles" (settings of a role need that role's folder in a config repo) and those of
     # minicl's own updates, which need a pin (tests/unit/test_selfupdate.py has them), and
-    # "packages", which needs the repository's keys in a config repo (tests/unit/test_packages.py).
+    # "packages", which needs the repository's keys in a config repo (tests/unit/test_packages.py),
+    # and the front's (its acme section and haproxy app: tests/unit/test_haproxy.py).
     assert set(example_with_apps) == set(TOP_FIELDS.split(", ")) - {
         "roles",
         "rollout",
         "self_update",
         "packages",
         "logging",  # needs the logging CA's files in a config repo (tests/unit/test_logging.py)
+        "acme",
     }
     assert set(example_with_apps["smtp"]) == {"relay", "port", "username", "password"}
     # nginx's keys (the example has no site: its files would have to be in the repo)
@@ -119,7 +121,8 @@ def test_every_allowed_field_is_accepted(example_with_apps, problems):
                 "tls": {"certificate": "tls/www.crt", "key": "tls/www.key"}},
         "shop": {"server_names": ["shop.example.org"], "proxy": ["alpha:8080", "beta:8080"]}}}  # fmt: skip
     keys = {key for app in example_with_apps["apps"].values() for key in app}
-    assert keys == set(schema()["$defs"]["app"]["properties"])
+    front = {"address", "domains", "backends", "routes", "default"}
+    assert keys == set(schema()["$defs"]["app"]["properties"]) - front
     assert problems(example_with_apps) == []
 
 

@@ -49,6 +49,7 @@ def test_prometheus_config(data):
         "postgresql",
         "redis",
         "nginx",
+        "haproxy",
         "prometheus",
         "alertmanager",
     ]
@@ -310,6 +311,7 @@ def test_app_targets_are_every_host_of_each_app_by_name(data):
         "/etc/prometheus/minicl-app-postgresql.json": "[]\n",  # the jobs stay, without targets
         "/etc/prometheus/minicl-app-redis.json": "[]\n",
         "/etc/prometheus/minicl-app-nginx.json": "[]\n",
+        "/etc/prometheus/minicl-app-haproxy.json": "[]\n",
     }
 
 

@@ -1,0 +1,194 @@
+"""The front (haproxy apps, keepalived, ACME): what it accepts in cluster.json, what it writes,
+the firewall and alert rules it adds, and when a certificate is due."""
+
+import datetime
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from minicl import acme, config, firewall, monitor
+from minicl.appliances import haproxy
+
+FRONT = {
+    "type": "haproxy",
+    "hosts": ["alpha", "beta"],
+    "address": "198.51.100.30",
+    "domains": ["www.example.org", "api.example.org"],
+    "backends": {"web": {"servers": ["watch:8080"], "check": "/health"}, "api": {"servers": ["beta:9000"]}},
+    "routes": {"api.example.org": "api"},
+    "default": "web",
+}
+ACME = {"directory": "https://acme.example.org/dir", "ca": "acme-ca.pem"}
+
+
+@pytest.fixture
+def front_data(example_data):
+    data = json.loads(json.dumps(example_data))
+    data["apps"] = {"front": json.loads(json.dumps(FRONT))}
+    data["acme"] = dict(ACME)
+    return data
+
+
+@pytest.fixture(autouse=True)
+def key(deploy_key):
+    return deploy_key
+
+
+def app_of(data, host):
+    return config.Cluster(data).apps_of(host)["front"]
+
+
+def test_a_valid_front_is_accepted(front_data, problems):
+    assert problems(front_data, repo_files={"acme-ca.pem", "cluster.json"}) == []
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (lambda d: d["apps"]["front"].update(address="198.51.100.11"),
+         "apps.front.address: 198.51.100.11 is the own address of host alpha"),
+        (lambda d: d["apps"]["front"].update(address="nope"), 'apps.front.address: "nope" is not an IP address'),
+        (lambda d: d["apps"]["front"].update(address=["2001:db8::30"]),
+         "apps.front.address: give one IPv4 address, optionally followed by one IPv6"),
+        (lambda d: d["apps"]["front"].update(hosts=["alpha"]), "apps.front.hosts: a haproxy app needs two hosts"),
+        (lambda d: d["apps"]["front"].pop("address"), "apps.front.address: a haproxy app needs address"),
+        (lambda d: d["apps"]["front"]["domains"].append("Bad_Name"),
+         'apps.front.domains[2]: "Bad_Name" is not a DNS name'),
+        (lambda d: d["apps"]["front"]["backends"]["web"]["servers"].append("nohost:80"),
+         'apps.front.backends.web.servers[1]: "nohost" is not a host in "hosts"'),
+        (lambda d: d["apps"]["front"]["backends"]["web"]["servers"].append("watch:99999"),
+         'apps.front.backends.web.servers[1]: "watch:99999" is not "host:port"'),
+        (lambda d: d["apps"]["front"]["backends"]["web"].update(check="health"),
+         'apps.front.backends.web.check: "health" is not a path'),
+        (lambda d: d["apps"]["front"]["backends"].update({"minicl-x": {"servers": ["beta:1"]}}),
+         'apps.front.backends.minicl-x: "minicl-x" is not a backend name'),
+        (lambda d: d["apps"]["front"]["routes"].update({"other.example.org": "web"}),
+         'apps.front.routes."other.example.org": "other.example.org" is not one of the app\'s domains'),
+        (lambda d: d["apps"]["front"]["routes"].update({"www.example.org": "nope"}),
+         'apps.front.routes."www.example.org": "nope" is not one of the app\'s backends'),
+        (lambda d: d["apps"]["front"].update(default="nope"), 'apps.front.default: "nope" is not one of'),
+        (lambda d: d["apps"]["front"].pop("default"), "apps.front.default: the domains www.example.org have no route"),
+        (lambda d: d["apps"]["front"].update(public="yes"), "apps.front.public: must be"),
+        (lambda d: d.pop("acme"), 'acme: the haproxy app "front" gets its certificates from an ACME server'),
+        (lambda d: d["acme"].update(directory="http://acme.example.org/dir"),
+         'acme.directory: "http://acme.example.org/dir" is not an https:// URL'),
+        (lambda d: d["acme"].update(email="nobody"), 'acme.email: "nobody" is not an e-mail address'),
+        (lambda d: d["acme"].update(ca="missing.pem"), 'acme.ca: "missing.pem" is not a file of the config repo'),
+        (lambda d: d["acme"].update(renew_before="soon"), "acme.renew_before:"),
+        (lambda d: d["acme"].update(extra=1), "acme.extra: unknown field"),
+        (lambda d: d["apps"].update(other=dict(FRONT, hosts=["watch", "beta"])),
+         "apps.other.address: 198.51.100.30 is already the address of app"),
+        (lambda d: d["apps"].update(cache={"type": "redis", "hosts": ["alpha"], "domains": ["x.org"]}),
+         "apps.cache.domains: only a haproxy app has domains (this one is redis)"),
+    ],
+)  # fmt: skip
+def test_bad_front_entries_are_refused_naming_the_field(front_data, problems, change, expected):
+    change(front_data)
+    found = problems(front_data, repo_files={"acme-ca.pem", "cluster.json"})
+    assert any(expected in line for line in found), found
+
+
+def test_haproxy_serves_the_address_routes_the_domains_and_checks_the_backends(front_data):
+    app = app_of(front_data, "alpha")
+    hosts = haproxy.cluster_hosts_of(front_data)
+    text = haproxy.render_haproxy(app, hosts, with_tls=True)
+    assert "    bind 198.51.100.30:80 transparent\n" in text
+    assert (
+        "    bind 198.51.100.30:443 transparent ssl crt /etc/haproxy/certs/front.pem alpn h2,http/1.1\n"
+        in text
+    )
+    assert "    http-request redirect scheme https code 301 unless acme_challenge\n" in text
+    assert (
+        "    use_backend api if { hdr(host),field(1,:) -i api.example.org }\n    default_backend web\n"
+        in text
+    )
+    assert "backend web\n    balance roundrobin\n    option httpchk GET /health\n" in text
+    assert "    server watch-8080 198.51.100.20:8080 check inter 2s fall 2 rise 2\n" in text
+    assert "    server alpha 198.51.100.11:8402\n    server beta 198.51.100.12:8402\n" in text
+    assert "    retry-on conn-failure empty-response 404\n    option redispatch 1\n" in text
+    without = haproxy.render_haproxy(app, hosts, with_tls=False)
+    assert ":443" not in without and "frontend minicl-http" in without
+
+
+def test_an_ipv6_address_is_bound_and_moved_along(front_data):
+    front_data["apps"]["front"]["address"] = ["198.51.100.30", "2001:db8:100::30"]
+    app = app_of(front_data, "alpha")
+    text = haproxy.render_haproxy(app, haproxy.cluster_hosts_of(front_data), with_tls=True)
+    assert "    bind [2001:db8:100::30]:443 transparent ssl" in text
+    conf = haproxy.render_keepalived(app, haproxy.Interface("eth0", {4: 24, 6: 64}))
+    assert "    virtual_ipaddress_excluded {\n        2001:db8:100::30/64 dev eth0\n    }\n" in conf
+
+
+def test_keepalived_speaks_unicast_to_the_other_proxies_and_tracks_haproxy(front_data):
+    alpha = haproxy.render_keepalived(app_of(front_data, "alpha"), haproxy.Interface("eth0", {4: 24}))
+    beta = haproxy.render_keepalived(app_of(front_data, "beta"), haproxy.Interface("ens3", {4: 24}))
+    assert "    unicast_src_ip 198.51.100.11\n    unicast_peer {\n        198.51.100.12\n    }\n" in alpha
+    assert "    priority 200\n" in alpha and "    priority 190\n" in beta
+    assert "    nopreempt\n" in alpha and "        198.51.100.30/24 dev ens3\n" in beta
+    assert "track_script {\n        minicl_haproxy\n" in alpha
+    password = haproxy.vrrp_password(app_of(front_data, "alpha"))
+    assert f"auth_pass {password}\n" in alpha and len(password) == 8
+    assert password not in haproxy.redacted(alpha, app_of(front_data, "alpha"))
+    script = haproxy.render_check_script(app_of(front_data, "alpha"))
+    assert 'ip -o addr show | grep -q " 198.51.100.30/" && held=1' in script and script.endswith(
+        "exec systemctl is-active --quiet haproxy.service\n"
+    )
+
+
+def test_the_firewall_opens_the_front_and_takes_vrrp_from_the_other_proxies_only(front_data):
+    spec = firewall.host_spec(config.Cluster(front_data), "alpha")
+    assert "80" in spec.public_tcp and "443" in spec.public_tcp
+    assert spec.peer_protocols == [("vrrp", ["198.51.100.12", "2001:db8:100::12"])]
+    assert "8402" in spec.cluster_only_tcp and "443" not in spec.cluster_only_tcp
+    text = firewall.render_ruleset(spec)
+    assert 'meta l4proto vrrp ip saddr 198.51.100.12 accept comment "app peers"\n' in text
+    assert 'meta l4proto vrrp drop comment "app peers only"\n' in text
+    assert text.index("l4proto vrrp drop") < text.index("ip saddr @trusted_v4 accept")
+    firewall.canonical(text)  # nft takes it
+    assert "443" in firewall.host_spec(config.Cluster(front_data), "beta").public_tcp
+    front_data["apps"]["front"]["public"] = False
+    assert "443" not in firewall.host_spec(config.Cluster(front_data), "beta").public_tcp
+    assert firewall.host_spec(config.Cluster(front_data), "watch").peer_protocols == []
+
+
+def test_alerts_for_the_front(front_data):
+    rules = {r["alert"]: r for r in monitor.app_alert_rules(config.Cluster(front_data))}
+    assert rules["FrontCertificateExpiring"]["expr"].endswith("< 14 * 86400")
+    assert rules["FrontAddressNotHeld"]["expr"] == "sum by (app) (minicl_front_address_held) == 0"
+    assert rules["FrontAddressHeldTwice"]["expr"] == "sum by (app) (minicl_front_address_held) > 1"
+    assert "haproxy_server_up" in rules["FrontBackendServerDown"]["expr"]
+
+
+def test_a_certificate_is_due_when_missing_renamed_or_near_its_end():
+    settings = {"renew_before": 30 * 86400}
+    now = datetime.datetime(2026, 12, 1, tzinfo=datetime.timezone.utc)
+    cert = acme.Certificate("front", ["a.org", "b.org"], now + datetime.timedelta(days=60), "1f")
+    assert acme.due(None, ["a.org"], settings, now) == "no certificate yet"
+    assert acme.due(cert, ["b.org", "a.org"], settings, now) is None
+    assert "names a.org, b.org" in acme.due(cert, ["a.org"], settings, now)
+    assert "expires in 20.0 days" in acme.due(
+        cert, ["a.org", "b.org"], settings, now + datetime.timedelta(days=40)
+    )
+
+
+def test_certbot_runs_standalone_on_the_proxys_own_address(front_data):
+    settings = acme.pillar(config.Cluster(front_data))
+    assert settings["email"] == front_data["admin_email"] and settings["renew_before"] == 30 * 86400
+    argv = acme.certbot_command("front", ["a.org", "b.org"], settings, "198.51.100.11", 8402)
+    assert argv[:2] == ["certbot", "certonly"]
+    assert "--standalone" in argv and argv[argv.index("--http-01-address") + 1] == "198.51.100.11"
+    assert argv[-4:] == ["-d", "a.org", "-d", "b.org"]
+    assert argv[argv.index("--server") + 1] == "https://acme.example.org/dir"
+
+
+@pytest.mark.skipif(not shutil.which("promtool"), reason="promtool comes with Debian's prometheus package")
+def test_the_front_rules_pass_promtool(front_data, tmp_path):
+    path = tmp_path / "rules.yml"
+    path.write_text(monitor.render_rules(config.Cluster(front_data)))
+    result = subprocess.run(
+        ["promtool", "check", "rules", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr
+    assert "FrontAddressHeldTwice" in path.read_text()
