@@ -12,7 +12,7 @@ import json
 import re
 from urllib.parse import urlparse
 
-from minicl import centrallog, packages
+from minicl import appliances, centrallog, packages
 from minicl.cluster import MINICL_ROLE_STATES
 from minicl.credentials import crypt_hash_problem, ssh_key_problem
 from minicl.problems import Problem, path_key, quoted
@@ -143,7 +143,7 @@ def semantic_problems(data, source, repo_files):
     return problems
 
 
-APP_TYPES = ("postgresql", "redis", "nginx", "haproxy")
+APP_TYPES = appliances.TYPES
 APP_ONLY_KEYS = {
     "databases": "postgresql",
     "synchronous": "postgresql",
@@ -216,6 +216,35 @@ def _app_problems(apps, hosts, users, source):
             owner = spec.get("owner") if isinstance(spec, dict) else None
             if isinstance(owner, str) and owner not in users:
                 add(f"{where}.owner", f'{quoted(owner)} is not a user in "users"')
+    problems += _port_clashes(apps, per_host, source)
+    return problems
+
+
+def _port_clashes(apps, per_host, source):
+    """Apps of two types on one host whose services want the same port (nginx and the
+    haproxy front both listen on 80 and 443)."""
+    problems, by_host = [], {}
+    for (host, kind), name in sorted(per_host.items()):
+        by_host.setdefault(host, []).append((kind, name))
+    for host, found in sorted(by_host.items()):
+        for i, (kind, name) in enumerate(found):
+            for other_kind, other in found[:i]:
+                shared = sorted(
+                    set(appliances.service_ports(kind)) & set(appliances.service_ports(other_kind))
+                )
+                if shared:
+                    where = f"apps.{path_key(name)}.hosts[{apps[name]['hosts'].index(host)}]"
+                    problems.append(
+                        Problem(
+                            where,
+                            (
+                                f"{host} already runs the {other_kind} app {quoted(other)}, which listens on "
+                                f"port{'s' if len(shared) > 1 else ''} {' and '.join(map(str, shared))} too; "
+                                f"run the {kind} app on other hosts"
+                            ),
+                            source,
+                        )
+                    )
     return problems
 
 

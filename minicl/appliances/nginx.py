@@ -32,10 +32,10 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 import urllib.request
 from dataclasses import dataclass, field
 
+from minicl import acme
 from minicl.appliances import ApplianceError, Report, systemctl, unit_active, unit_enabled
 from minicl.files import read_file, write_file
 
@@ -436,14 +436,12 @@ def request(name, address, port, tls, path="/", timeout=TIMEOUT):
 
 
 def certificate_days_left(path):
-    """Days until the certificate in ``path`` expires (openssl reads it), or None."""
-    result = subprocess.run(["openssl", "x509", "-noout", "-enddate", "-in", path], capture_output=True,
-                            text=True, check=False)  # fmt: skip
-    if result.returncode != 0:
+    """Whole days until the certificate in ``path`` expires, or None if it cannot be read."""
+    text = read_file(path)
+    try:
+        return int(acme.read_certificate(path, text).days_left() // 1) if text else None
+    except ValueError:  # not a PEM certificate
         return None
-    found = subprocess.run(["date", "-d", result.stdout.strip().split("=", 1)[1], "+%s"], capture_output=True,
-                           text=True, check=False)  # fmt: skip
-    return int((int(found.stdout) - time.time()) // 86400) if found.returncode == 0 else None
 
 
 def stub_status():

@@ -192,3 +192,14 @@ def test_the_front_rules_pass_promtool(front_data, tmp_path):
     )
     assert result.returncode == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr
     assert "FrontAddressHeldTwice" in path.read_text()
+
+
+def test_a_front_and_an_nginx_app_on_one_host_are_refused_naming_the_port(front_data, problems):
+    front_data["apps"]["web"] = {"type": "nginx", "hosts": ["watch", "beta"],
+                                 "sites": {"www": {"server_names": ["w.example.org"], "proxy": ["watch:8080"]}}}  # fmt: skip
+    assert problems(front_data, repo_files={"acme-ca.pem", "cluster.json"}) == [
+        'cluster.json: apps.web.hosts[1]: beta already runs the haproxy app "front", which listens on ports 80 '
+        "and 443 too; run the nginx app on other hosts"
+    ]
+    front_data["apps"]["web"]["hosts"] = ["watch"]
+    assert problems(front_data, repo_files={"acme-ca.pem", "cluster.json"}) == []

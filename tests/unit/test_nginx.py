@@ -110,6 +110,9 @@ def test_nginx_accepts_what_is_rendered(tmp_path):
     result = subprocess.run(["nginx", "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
                             capture_output=True, text=True, check=False)  # fmt: skip
     assert result.returncode == 0, result.stderr
+    assert nginx.certificate_days_left(str(tmp_path / "s.crt")) == 0  # -days 1: less than a day left
+    assert nginx.certificate_days_left(str(tmp_path / "s.key")) is None
+    assert nginx.certificate_days_left(str(tmp_path / "none.crt")) is None
 
 
 # -- cluster.json ---------------------------------------------------------------------------
