@@ -7,8 +7,9 @@
         - name: web         # the app, from the pillar's minicl:apps
 
 ``running``: minicl's /etc/nginx/conf.d/minicl-<app>.conf with the app's sites, their TLS
-certificates and keys (a key's content never shown), the static sites' files copied from the
-config repo (switched atomically), Debian's default site removed, nginx enabled and running.
+certificates and keys (a key's content never shown; from the config repo, or obtained from the
+ACME server with certbot when missing or due), the static sites' files copied from the config
+repo (switched atomically), Debian's default site removed, nginx enabled and running.
 A configuration ``nginx -t`` refuses is put back and the state fails with nginx's message;
 nginx keeps serving the previous one (see minicl.appliances.nginx).
 """
@@ -44,9 +45,10 @@ def _host_ips():
 @_guarded(label="nginx app {name}")
 def running(name):
     """The app ``name`` served by this host's nginx (see above)."""
-    app = __pillar__["minicl"]["apps"][name]
+    minicl = __pillar__["minicl"]
+    app = minicl["apps"][name]
     ret = statekit.new_ret(name)
-    todo = nginx.plan(app, _host_ips(), __pillar__["minicl"].get("checkout"))
+    todo = nginx.plan(app, _host_ips(), minicl.get("checkout"), minicl.get("acme"))
     changes = {}
     for path, (text, mode) in sorted(todo.files.items()):
         if path in todo.secret:
@@ -57,18 +59,23 @@ def running(name):
         changes[path] = "removed" + (" (Debian's default site)" if path == nginx.DEFAULT_SITE else "")
     for site, (_, release) in sorted(todo.trees.items()):
         changes[nginx.site_root(app, site)] = f"serves {nginx.RELEASES}/{release} (the config repo's files)"
+    for site, why in sorted(todo.certificates.items()):
+        changes[f"certificate {nginx.cert_name(app, site)}"] = f"obtained from the ACME server ({why})"
     if todo.enable or todo.start:
         changes["service"] = f"{nginx.SERVICE} running and started at boot"
     elif todo.reload:
         changes["service"] = f"{nginx.SERVICE} reloaded (nginx -t first)"
     if not changes:
         ret["comment"] = f"{nginx.SERVICE} serves app {name} as configured"
+        if not __opts__["test"]:
+            nginx.write_expiry_metrics(app)
         return ret
     if __opts__["test"]:
         ret["result"], ret["changes"] = None, changes
         ret["comment"] = f"app {name} would be converged on {nginx.SERVICE}"
         return ret
-    nginx.apply_plan(app, todo)
+    nginx.converge(app, _host_ips(), minicl.get("checkout"), minicl.get("acme"), todo)
+    nginx.write_expiry_metrics(app)
     ret["changes"] = changes
     ret["comment"] = f"app {name} converged on {nginx.SERVICE}"
     return ret

@@ -4,14 +4,16 @@ host has, and obtaining or renewing a certificate (HTTP-01, certbot's own standa
     settings = acme.pillar(cluster, checkout)            # {directory, email, ca, renew_before}
     found = acme.certificate("front")                    # a Certificate or None
     acme.due(found, ["www.example.org"], settings)       # why it must be (re)issued, or None
-    acme.obtain("front", domains, settings, address, port)
+    acme.obtain("front", domains, settings, acme.standalone(address, port))
+    acme.obtain("web.www", domains, settings, acme.webroot("/var/lib/minicl/acme-challenge"))
 
 certbot keeps its account and certificates in /etc/letsencrypt (``live/<name>/fullchain.pem``,
 ``privkey.pem``); which certificate a host needs, and when, minicl decides at every run from the
 certificate itself (its names and expiry, read with ``cryptography``): a certificate is renewed
 when it expires within ``renew_before`` (default 30 days) or names other domains.
 The challenge is answered by certbot's standalone server on ``address:port``, where the front
-(haproxy) forwards /.well-known/acme-challenge/ (see minicl.appliances.haproxy). When
+(haproxy) forwards /.well-known/acme-challenge/ (see minicl.appliances.haproxy), or by a web
+server that serves certbot's files from a folder (nginx: see minicl.appliances.nginx). When
 ``acme.ca`` names a CA file of the config repo (a private ACME server), certbot trusts it for
 the directory through REQUESTS_CA_BUNDLE, and only there.
 """
@@ -30,6 +32,7 @@ CERTBOT = "certbot"
 LIVE_DIR = "/etc/letsencrypt/live"
 CA_FILE = f"{paths.ETC_DIR}/acme-ca.pem"  # acme.ca of cluster.json, on the host
 TIMEOUT = 300
+WARN_DAYS = 14  # a certificate expiring sooner fails check_health and alerts (renewal failed)
 
 
 class AcmeError(MiniclError):
@@ -118,9 +121,21 @@ def write_ca(settings):
             write_file(path, text, 0o644)
 
 
-def certbot_command(name, domains, settings, address, port):
-    """certbot certonly for ``domains`` as certificate ``name``, its challenge server on
-    ``address:port``; a new certificate whenever it runs (minicl decides when it is due)."""
+def standalone(address, port):
+    """certbot's arguments for answering the challenge with its own server on ``address:port``."""
+    return ["--standalone", "--http-01-address", address, "--http-01-port", str(port)]
+
+
+def webroot(folder):
+    """certbot's arguments for answering the challenge with files under ``folder`` (which a web
+    server serves as /.well-known/acme-challenge/)."""
+    return ["--webroot", "--webroot-path", folder]
+
+
+def certbot_command(name, domains, settings, challenge):
+    """certbot certonly for ``domains`` as certificate ``name``, the challenge answered as
+    ``challenge`` says (standalone() or webroot()); a new certificate whenever it runs (minicl
+    decides when it is due)."""
     argv = [
         CERTBOT,
         "certonly",
@@ -131,11 +146,7 @@ def certbot_command(name, domains, settings, address, port):
         settings["directory"],
         "--cert-name",
         name,
-        "--standalone",
-        "--http-01-address",
-        address,
-        "--http-01-port",
-        str(port),
+        *challenge,
         "--force-renewal",
     ]
     argv += ["--email", settings["email"]] if settings.get("email") else ["--register-unsafely-without-email"]
@@ -151,10 +162,10 @@ def certbot_environment(settings):
     return env
 
 
-def obtain(name, domains, settings, address, port):
+def obtain(name, domains, settings, challenge):
     """Run certbot to obtain (or renew) certificate ``name``; returns the new Certificate."""
     write_ca(settings)
-    argv = certbot_command(name, domains, settings, address, port)
+    argv = certbot_command(name, domains, settings, challenge)
     try:
         result = subprocess.run(
             argv,

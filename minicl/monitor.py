@@ -13,7 +13,7 @@ import json
 
 import yaml
 
-from minicl import appliances, centrallog, paths, schedule
+from minicl import acme, appliances, centrallog, paths, schedule
 from minicl.appliances import backups
 from minicl.schema import DURATION_UNITS
 
@@ -420,6 +420,19 @@ def app_alert_rules(cluster):
             "warning",
         ),
         _rule(
+            "NginxCertificateExpiring",
+            f"minicl_nginx_certificate_expiry_timestamp_seconds - time() < {acme.WARN_DAYS} * 86400",
+            "{{ $labels.instance }}: the certificate of {{ $labels.app }}/{{ $labels.site }} expires soon",
+            "The TLS certificate of site {{ $labels.site }} (app {{ $labels.app }}) on "
+            "{{ $labels.instance }} expires in {{ $value | humanizeDuration }}. "
+            '{{ if eq $labels.source "acme" }}minicl renews it well before (acme.renew_before): renewal '
+            "fails. 'salt-call --local state.apply' there says why (the ACME server, or its challenge not "
+            "reaching port 80 of this host).{{ else }}It is a file of the config repo "
+            "(apps.{{ $labels.app }}.sites.{{ $labels.site }}.tls): commit a new certificate and key, or "
+            'use tls: {"acme": true}.{{ end }}',
+            None,
+        ),
+        _rule(
             "AppBackupStale",
             "time() - minicl_app_backup_last_success_timestamp_seconds > on(instance, app) group_left()"
             f" {BACKUP_STALE_INTERVALS} * minicl_app_backup_interval_seconds",
@@ -503,9 +516,6 @@ def _redis_replication_rules(name, app, wait, check):
     ]
 
 
-FRONT_CERT_DAYS = 14
-
-
 def _front_rules(wait, check):
     """The haproxy apps: a backend server down, a certificate expiring, the address on no proxy or
     on two (from the proxies' textfile metrics: see minicl.appliances.haproxy)."""
@@ -521,7 +531,7 @@ def _front_rules(wait, check):
         ),
         _rule(
             "FrontCertificateExpiring",
-            f"minicl_front_certificate_expiry_timestamp_seconds - time() < {FRONT_CERT_DAYS} * 86400",
+            f"minicl_front_certificate_expiry_timestamp_seconds - time() < {acme.WARN_DAYS} * 86400",
             "{{ $labels.instance }}: the certificate of {{ $labels.app }} expires soon",
             "The TLS certificate of the front {{ $labels.app }} on {{ $labels.instance }} expires in "
             "{{ $value | humanizeDuration }}, and minicl renews it well before (acme.renew_before): renewal "

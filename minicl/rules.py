@@ -136,7 +136,7 @@ def semantic_problems(data, source, repo_files):
         problems += _app_problems(
             apps, hosts if isinstance(hosts, dict) else {}, users if isinstance(users, dict) else {}, source
         )
-        problems += _nginx_problems(apps, hosts if isinstance(hosts, dict) else {}, source, repo_files)
+        problems += _nginx_problems(data, apps, hosts if isinstance(hosts, dict) else {}, source, repo_files)
     from minicl import frontrules  # the haproxy apps and the acme section
 
     problems += frontrules.problems(data, source, repo_files)
@@ -261,7 +261,7 @@ def _repo_path_problem(path, repo_files, folder=False):
     return None
 
 
-def _nginx_problems(apps, hosts, source, repo_files):
+def _nginx_problems(data, apps, hosts, source, repo_files):
     """nginx apps: sites, each static (root) or a proxy to cluster hosts, names, TLS files."""
     problems = []
 
@@ -307,10 +307,57 @@ def _nginx_problems(apps, hosts, source, repo_files):
                 elif host not in hosts:
                     add(f"{where}.proxy[{i}]", f'host {quoted(host)} is not under "hosts"')
             tls = spec.get("tls")
-            for key in ("certificate", "key") if isinstance(tls, dict) else ():
+            if not isinstance(tls, dict):
+                continue
+            if tls.get("acme") is True:
+                problems += _nginx_acme_problems(data, name, app, spec, where, source)
+                if "certificate" in tls or "key" in tls:
+                    add(f"{where}.tls", "give either acme: true or a certificate and key, not both")
+                continue
+            missing = [key for key in ("certificate", "key") if key not in tls]
+            if missing:
+                given = " and ".join(missing)
+                add(f"{where}.tls", f'add {given} (files of the config repo), or use "acme": true')
+            for key in ("certificate", "key"):
                 if isinstance(tls.get(key), str) and (why := _repo_path_problem(tls[key], repo_files)):
                     add(f"{where}.tls.{key}", why)
     return problems
+
+
+def _nginx_acme_problems(data, name, app, site, where, source):
+    """A site whose certificate comes from the ACME server: the acme section, names an HTTP-01
+    challenge can prove, and one host to answer it."""
+    found = []
+    if not isinstance(data.get("acme"), dict):
+        found.append(
+            Problem(
+                f"{where}.tls.acme",
+                "the certificate comes from an ACME server: add an acme section with its directory",
+                source,
+            )
+        )
+    for i, server_name in enumerate(site.get("server_names") or []):
+        if isinstance(server_name, str) and server_name.startswith("*."):
+            found.append(
+                Problem(
+                    f"{where}.server_names[{i}]",
+                    f"{quoted(server_name)}: an ACME HTTP-01 challenge cannot prove a wildcard name; "
+                    "name each host name, or give a certificate and key",
+                    source,
+                )
+            )
+    hosts = app.get("hosts")
+    if isinstance(hosts, list) and len(hosts) > 1:
+        found.append(
+            Problem(
+                f"{where}.tls.acme",
+                f"app {quoted(name)} runs on {len(hosts)} hosts, and the ACME server's challenge reaches "
+                "only one of them: serve the site from one host, or put a front (a haproxy app, which "
+                "shares its certificate between its proxies) before the hosts",
+                source,
+            )
+        )
+    return found
 
 
 def _rollout_problems(rollout, hosts, source):

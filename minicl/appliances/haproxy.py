@@ -35,6 +35,7 @@ import os
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -58,7 +59,7 @@ CHECK_SCRIPT = "/etc/keepalived/minicl-front-check"
 KEEPALIVED_DROPIN = "/etc/systemd/system/keepalived.service.d/minicl.conf"
 # Once keepalived has stopped (its checks with it), the metric says whether the address is still here.
 DROPIN_TEXT = f"# Managed by minicl.\n[Service]\nExecStopPost=-{CHECK_SCRIPT}\n"
-VERBS = ("check_health", "test", "failover", "monitor")
+VERBS = ("check_health", "test", "upgrade", "downgrade", "failover", "monitor")
 PACKAGES = ("haproxy", "keepalived", "certbot")
 # For minicl.firewall: the ACME challenges between proxies answer cluster hosts only, and VRRP is
 # accepted from the app's other proxies only.
@@ -472,7 +473,9 @@ def apply_plan(app, cluster_data, settings, todo):
                 f"no proxy answers on {frontrules.addresses(app)[0]}:{HTTP_PORT} after {WAIT_ADDRESS} s, "
                 "where the ACME server sends its challenge: is keepalived running on the proxies?"
             )
-        acme.obtain(app["name"], app["domains"], settings, own_ipv4(app["addresses"]), ACME_PORT)
+        acme.obtain(
+            app["name"], app["domains"], settings, acme.standalone(own_ipv4(app["addresses"]), ACME_PORT)
+        )
         write_pem(app, pem_of(app["name"]))
         install_haproxy_conf(render_haproxy(app, cluster_hosts_of(cluster_data), with_tls=True))
         reload_or_start()
@@ -560,7 +563,9 @@ def check_health(app):
         days = found.days_left()
         report.data["certificate_days_left"] = round(days, 1)
         report.data["certificate_serial"] = found.serial
-        report.check(days > 14, f"the certificate expires in {days:.0f} days ({found.not_after:%Y-%m-%d})")
+        report.check(
+            days > acme.WARN_DAYS, f"the certificate expires in {days:.0f} days ({found.not_after:%Y-%m-%d})"
+        )
         report.check(read_file(cert_path(app)) == pem_of(app["name"]), f"haproxy has it ({cert_path(app)})")
     return report
 
@@ -658,6 +663,20 @@ def failover(app, wait=15):
         else f"no other proxy took {address} within {wait} s (keepalived is started again here)",
     )
     return report
+
+
+def upgrade(app):
+    """haproxy, keepalived and certbot (and the app's own packages) upgraded on this proxy, and
+    undone when check_health or test fail after it (see minicl.appliances.upgrades)."""
+    from minicl.appliances import upgrades
+
+    return upgrades.upgrade(sys.modules[__name__], app)
+
+
+def downgrade(app):
+    from minicl.appliances import upgrades
+
+    return upgrades.downgrade(sys.modules[__name__], app)
 
 
 def redacted(text, app):

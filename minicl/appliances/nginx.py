@@ -1,18 +1,26 @@
 """The nginx appliance: Debian's nginx serving the sites cluster.json declares under
 ``apps.<name>.sites``: static files from a folder of the config repo, or a reverse proxy to
-cluster hosts; TLS with a certificate and key from the config repo; logging to syslog.
+cluster hosts; TLS with a certificate and key from the config repo, or from the ACME server of
+cluster.json's acme section; logging to syslog.
 
 What minicl writes on a host of the app:
 
 - ``/etc/nginx/conf.d/minicl-<app>.conf``: one server per site (and its upstream), a default
   server that answers unknown names with nothing (444; on 443 the TLS handshake is refused),
   and nginx's stub_status on 127.0.0.1 only, for Debian's prometheus-nginx-exporter.
-- ``/etc/nginx/minicl-tls/<app>/<site>.crt`` and ``.key`` (the key 0600 root; never shown).
+- ``/etc/nginx/minicl-tls/<app>/<site>.crt`` and ``.key`` (the key 0600 root; never shown):
+  the config repo's files, or certbot's certificate ``<app>.<site>`` (``tls: {"acme": true}``).
 - ``/var/www/minicl/<app>/<site>``: a link to ``.releases/<site>-<digest>``, a copy of the
   site's folder at the config repo's commit; a new copy is made beside the old one and the link
   replaced with rename(2), so that a half-copied tree is never served.
 - Debian's default site (``/etc/nginx/sites-enabled/default``) is removed: minicl's default
   server takes its place.
+
+A site with ``tls: {"acme": true}`` gets its certificate with ``certbot --webroot``: nginx
+serves /.well-known/acme-challenge/ of the site's names on port 80 from ``/var/www/minicl-acme``.
+Until the first certificate is there the site has no HTTPS server (nginx could not load it);
+the run that obtains it then adds it. A certificate is renewed at the run that finds it
+expiring within acme.renew_before (see minicl.acme); nginx is reloaded with the new one.
 
 A new configuration replaces the running one only if ``nginx -t`` accepts it: the files are
 written, nginx tests the whole configuration, and on a refusal the previous files are put back
@@ -35,7 +43,7 @@ import sys
 import urllib.request
 from dataclasses import dataclass, field
 
-from minicl import acme
+from minicl import acme, metrics
 from minicl.appliances import ApplianceError, Report, systemctl, unit_active, unit_enabled
 from minicl.files import read_file, write_file
 
@@ -49,9 +57,11 @@ TLS_DIR = "/etc/nginx/minicl-tls"
 WWW_DIR = "/var/www/minicl"
 RELEASES = ".releases"
 DEFAULT_SITE = "/etc/nginx/sites-enabled/default"
+ACME_WEBROOT = "/var/www/minicl-acme"  # certbot --webroot writes the challenge files here
+CHALLENGE_PATH = "/.well-known/acme-challenge/"
+EXPIRY_METRIC = "minicl_nginx_certificate_expiry_timestamp_seconds"
 STATUS_ADDRESS = "127.0.0.1:8073"  # stub_status, for the exporter only
 SYSLOG = "syslog:server=unix:/dev/log,tag=nginx,nohostname"
-CERT_WARN_DAYS = 14
 TIMEOUT = 10
 VERBS = ("check_health", "test", "upgrade", "downgrade", "monitor", "cleanup")
 
@@ -83,6 +93,16 @@ def conf_path(app):
 def tls_paths(app, site):
     base = f"{TLS_DIR}/{app['name']}/{site}"
     return f"{base}.crt", f"{base}.key"
+
+
+def from_acme(site):
+    """True when the site's certificate comes from the ACME server."""
+    return bool((site.get("tls") or {}).get("acme"))
+
+
+def cert_name(app, site):
+    """certbot's name of the certificate of ``site`` (app names have no dot)."""
+    return f"{app['name']}.{site}"
 
 
 def site_root(app, site):
@@ -142,9 +162,10 @@ def _site_body(app, name, site, host_ips):
     return lines
 
 
-def render_conf(app, host_ips):
+def render_conf(app, host_ips, without_tls=()):
     """/etc/nginx/conf.d/minicl-<app>.conf for ``app`` (its sites); ``host_ips``: {host:
-    [addresses]} of the cluster's hosts (a proxy site's backends)."""
+    [addresses]} of the cluster's hosts (a proxy site's backends); ``without_tls``: TLS sites
+    whose certificate is not there yet (port 80 only, for the ACME challenge)."""
     out = [f"# Managed by minicl (app {app['name']}); changes here are overwritten.", ""]
     out += ["# Names no site has: no answer (Debian's default site is disabled by minicl).", "server {"]
     out += _listen(80, " default_server") + _listen(443, " ssl default_server")
@@ -162,8 +183,13 @@ def render_conf(app, host_ips):
         if site.get("tls"):
             certificate, key = tls_paths(app, name)
             out += ["server {", *_listen(80), f"    server_name {' '.join(site['server_names'])};",
-                    f"    access_log {SYSLOG} combined;", f"    error_log {SYSLOG} warn;",
-                    "    return 301 https://$host$request_uri;", "}"]  # fmt: skip
+                    f"    access_log {SYSLOG} combined;", f"    error_log {SYSLOG} warn;"]  # fmt: skip
+            if from_acme(site):
+                out += [f"    location ^~ {CHALLENGE_PATH} {{", f"        root {ACME_WEBROOT};",
+                        "        default_type text/plain;", "    }"]  # fmt: skip
+            out += ["    location / {", "        return 301 https://$host$request_uri;", "    }", "}"]
+            if name in without_tls:
+                continue
             out += ["server {", *_listen(443, " ssl"), f"    ssl_certificate {certificate};",
                     f"    ssl_certificate_key {key};", "    ssl_protocols TLSv1.2 TLSv1.3;",
                     "    ssl_session_cache shared:minicl_ssl:10m;"]  # fmt: skip
@@ -214,7 +240,8 @@ def repo_file(checkout, rel, what):
 class Plan:
     """What a converge changes: ``files`` {path: (text, mode)} to write (``secret``: paths
     whose content is never shown), ``removed`` paths, ``trees`` {site: (source, release)} to
-    publish, and the service: ``enable``, ``start``, ``reload``."""
+    publish, the service: ``enable``, ``start``, ``reload``, and ``certificates`` {site: why}
+    to obtain from the ACME server."""
 
     files: dict = field(default_factory=dict)
     secret: set = field(default_factory=set)
@@ -223,27 +250,39 @@ class Plan:
     enable: bool = False
     start: bool = False
     reload: bool = False
+    certificates: dict = field(default_factory=dict)
 
     @property
     def config_changes(self):
         return bool(self.files or self.removed)
 
     def __bool__(self):
-        return bool(self.files or self.removed or self.trees or self.enable or self.start or self.reload)
+        return bool(
+            self.files or self.removed or self.trees or self.enable or self.start or self.reload
+            or self.certificates
+        )  # fmt: skip
 
 
 def wanted_files(app, host_ips, checkout):
     """{path: (text, mode)} of every configuration file minicl writes for ``app``, and the set
-    of the secret ones."""
-    files = {conf_path(app): (render_conf(app, host_ips), 0o644)}
-    secret = set()
+    of the secret ones. An ACME site's certificate is certbot's, when it has one."""
+    files, secret, without_tls = {}, set(), set()
     for name, site in sorted(app["sites"].items()):
-        if site.get("tls"):
-            certificate, key = tls_paths(app, name)
+        if not site.get("tls"):
+            continue
+        certificate, key = tls_paths(app, name)
+        if from_acme(site):
+            texts = [read_file(path) for path in acme.live_paths(cert_name(app, name))]
+            if not all(texts):
+                without_tls.add(name)
+                continue
+        else:
             where = f"apps.{app['name']}.sites.{name}.tls"
-            files[certificate] = (read_file(repo_file(checkout, site["tls"]["certificate"], where)), 0o644)
-            files[key] = (read_file(repo_file(checkout, site["tls"]["key"], where)), 0o600)
-            secret.add(key)
+            texts = [read_file(repo_file(checkout, site["tls"][k], where)) for k in ("certificate", "key")]
+        files[certificate] = (texts[0], 0o644)
+        files[key] = (texts[1], 0o600)
+        secret.add(key)
+    files[conf_path(app)] = (render_conf(app, host_ips, without_tls), 0o644)
     return files, secret
 
 
@@ -268,10 +307,21 @@ def _mode(path):
         return None
 
 
-def plan(app, host_ips, checkout):
+def plan(app, host_ips, checkout, settings=None):
     """Compare what this host has with what ``app`` wants (``checkout``: the config repo's
-    files at the live commit)."""
+    files at the live commit; ``settings``: minicl:acme, for the ACME sites)."""
     todo = Plan()
+    for name, site in sorted(app["sites"].items()):
+        if from_acme(site):
+            if not settings:
+                raise ApplianceError(
+                    f"apps.{app['name']}.sites.{name}.tls.acme: cluster.json has no acme section "
+                    "to get the certificate from"
+                )
+            found = acme.certificate(cert_name(app, name))
+            why = acme.due(found, site["server_names"], settings)
+            if why:
+                todo.certificates[name] = why
     files, todo.secret = wanted_files(app, host_ips, checkout)
     for path, (text, mode) in files.items():
         if read_file(path) != text or _mode(path) != mode:
@@ -381,6 +431,57 @@ def apply_plan(app, todo):
     prune_releases(app)
 
 
+def converge(app, host_ips, checkout, settings, todo):
+    """Carry out ``todo``; then obtain the certificates it lists and load them (another plan,
+    written and tested the same way)."""
+    apply_plan(app, todo)
+    if not todo.certificates:
+        return
+    os.makedirs(ACME_WEBROOT, mode=0o755, exist_ok=True)
+    for name in sorted(todo.certificates):
+        try:
+            acme.obtain(
+                cert_name(app, name), app["sites"][name]["server_names"], settings, acme.webroot(ACME_WEBROOT)
+            )
+        except acme.AcmeError as exc:
+            if app.get("public"):
+                raise
+            raise acme.AcmeError(
+                f"{exc}; app {app['name']} is not public: its port 80 answers the cluster's hosts only, "
+                "and an ACME server outside the cluster cannot reach it (set public: true)"
+            ) from None
+    then = plan(app, host_ips, checkout, settings)
+    then.certificates = {}  # just obtained (one the ACME server issues short of renew_before is due again)
+    apply_plan(app, then)
+
+
+def write_expiry_metrics(app):
+    """When each TLS certificate of ``app`` on this host expires, for the monitor (the textfile
+    collector); labelled with where it comes from (acme or file)."""
+    if not os.path.isdir(metrics.TEXTFILE_DIR):
+        return
+    path = f"{metrics.TEXTFILE_DIR}/minicl_nginx_{app['name']}_certificates.prom"
+    lines = []
+    for name, site in sorted(app["sites"].items()):
+        found = certificate_in(tls_paths(app, name)[0]) if site.get("tls") else None
+        if found:
+            source = "acme" if from_acme(site) else "file"
+            lines.append(
+                f'{EXPIRY_METRIC}{{app="{app["name"]}",site="{name}",source="{source}"}} '
+                f"{found.not_after.timestamp():.0f}"
+            )
+    if not lines:
+        if os.path.exists(path):
+            os.remove(path)
+        return
+    text = (
+        f"# HELP {EXPIRY_METRIC} When the TLS certificate of an nginx site on this host expires.\n"
+        f"# TYPE {EXPIRY_METRIC} gauge\n" + "\n".join(lines) + "\n"
+    )
+    if read_file(path) != text:
+        write_file(path, text, 0o644)
+
+
 def prune_releases(app):
     """The copies of static sites no link points to (nor will: their site is gone), removed;
     returns them."""
@@ -435,13 +536,19 @@ def request(name, address, port, tls, path="/", timeout=TIMEOUT):
         conn.close()
 
 
-def certificate_days_left(path):
-    """Whole days until the certificate in ``path`` expires, or None if it cannot be read."""
+def certificate_in(path):
+    """The certificate (acme.Certificate) in ``path``, or None if there is none to read."""
     text = read_file(path)
     try:
-        return int(acme.read_certificate(path, text).days_left() // 1) if text else None
+        return acme.read_certificate(path, text) if text else None
     except ValueError:  # not a PEM certificate
         return None
+
+
+def certificate_days_left(path):
+    """Whole days until the certificate in ``path`` expires, or None if it cannot be read."""
+    found = certificate_in(path)
+    return int(found.days_left() // 1) if found else None
 
 
 def stub_status():
@@ -486,7 +593,7 @@ def check_health(app):
             days = certificate_days_left(tls_paths(app, name)[0])
             found["certificate_days_left"] = days
             report.check(
-                days is not None and days >= CERT_WARN_DAYS,
+                days is not None and days >= acme.WARN_DAYS,
                 f"site {name}: its certificate expires in {days} days"
                 if days is not None
                 else f"site {name}: its certificate cannot be read",

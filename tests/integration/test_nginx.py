@@ -1,8 +1,9 @@
 """The nginx appliance on systemd test hosts: a web host serving a static site from the config
-repo, a proxy site to an nginx app on a backend host, and a TLS site with a certificate from a
-throwaway CA, seen from a client outside the cluster; a download across a reload; a broken
-configuration (a key that does not match its certificate) that never replaces the running one;
-the verbs, the exporter, idempotence and no key in any output."""
+repo, a proxy site to an nginx app on a backend host, a TLS site with a certificate from a
+throwaway CA, and a TLS site whose certificate comes from an ACME server (Debian's pebble, on the
+client), seen from a client outside the cluster; renewal when due; a download across a reload; a
+broken configuration (a key that does not match its certificate) that never replaces the running
+one; the verbs, the exporter, idempotence and no key in any output."""
 
 import hashlib
 import json
@@ -10,6 +11,7 @@ import subprocess
 
 import pytest
 
+from minicl_lab import acmelab
 from minicl_lab.testhosts import GitServer
 
 from .conftest import bootstrap_all, changed_states, cluster_config, dump, salt_call, wait_for
@@ -18,7 +20,8 @@ WEB = ["203.0.113.100/24"]
 BACKEND = ["203.0.113.101/24"]
 CLIENT = ["203.0.113.109/24"]
 GIT = ["203.0.113.119/24"]
-WEB_IP, BACKEND_IP = WEB[0].split("/")[0], BACKEND[0].split("/")[0]
+WEB_IP, BACKEND_IP, CLIENT_IP = (x[0].split("/")[0] for x in (WEB, BACKEND, CLIENT))
+ACME_DIRECTORY = f"https://{CLIENT_IP}:{acmelab.DIRECTORY_PORT}/dir"  # pebble on the client
 BIG = 8 * 2**20  # the download that spans a reload: more than the sockets' buffers hold
 # A client that reads slowly (a small receive buffer, 1 KiB at a time) until /root/go exists.
 SLOW_CLIENT = """\
@@ -46,8 +49,9 @@ def entry(addresses):
     return {"ip": [a.split("/")[0] for a in addresses], "roles": ["base"]}
 
 
-def config(**web_sites):
+def config(renew_before="30d", **web_sites):
     data = cluster_config({"web": entry(WEB), "backend": entry(BACKEND)})
+    data["acme"] = {"directory": ACME_DIRECTORY, "ca": "acme-ca.pem", "renew_before": renew_before}
     sites = {
         "www": {"server_names": ["www.example.test"], "root": "sites/www"},
         "shop": {"server_names": ["shop.example.test"], "proxy": ["backend:80"]},
@@ -56,6 +60,7 @@ def config(**web_sites):
             "root": "sites/secure",
             "tls": {"certificate": "tls/secure.crt", "key": "tls/secure.key"},
         },
+        "auto": {"server_names": ["auto.example.test"], "root": "sites/secure", "tls": {"acme": True}},
     }
     sites.update(web_sites)
     data["apps"] = {
@@ -105,6 +110,7 @@ def hosts(lab, git_server, deploy_key, pki, big):
     backend = lab.add_host("backend", BACKEND)
     client = lab.add_host("client", CLIENT)
     client.write("/root/ca.crt", pki["ca.crt"])
+    acme_ca = acmelab.start_pebble(client, {"auto.example.test": WEB_IP})
     git_server.commit(
         {
             "cluster.json": dump(config()),
@@ -114,10 +120,12 @@ def hosts(lab, git_server, deploy_key, pki, big):
             "sites/api/index.html": "<h1>the backend's page</h1>\n",
             "tls/secure.crt": pki["secure.crt"],
             "tls/secure.key": pki["secure.key"],
+            "acme-ca.pem": acme_ca,
         },
         "web sites",
     )
     bootstrap_all({"web": web, "backend": backend}, git_server, deploy_key)
+    client.write("/root/pebble-root.pem", acmelab.pebble_root(client))
     return web, backend, client
 
 
@@ -157,6 +165,55 @@ def test_the_tls_site_with_its_certificate(hosts, pki):
     key = "/etc/nginx/minicl-tls/web/secure.key"
     assert web.run(["stat", "-c", "%a %U", key]).stdout.strip() == "600 root"
     assert web.read(key) == pki["secure.key"]
+
+
+def served_serial(client, name):
+    return client.run(
+        f"openssl s_client -connect {WEB_IP}:443 -servername {name} </dev/null 2>/dev/null"
+        " | openssl x509 -noout -serial",
+        check=False,
+    ).stdout.strip()
+
+
+def test_the_acme_site_has_its_certificate_from_the_acme_server_and_renews_it_when_due(hosts, git_server):
+    web, _, client = hosts
+    url = "https://auto.example.test/"
+    found = curl(client, url, "--cacert", "/root/pebble-root.pem")
+    assert found.returncode == 0 and found.stdout == "<h1>secure page</h1>\n", found
+    refused = curl(client, url, "--cacert", "/root/ca.crt")  # the other CA: the check above did verify
+    assert refused.returncode == 60, refused
+    redirect = curl(
+        client, "http://auto.example.test/a", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}"
+    )
+    assert redirect.stdout == "301 https://auto.example.test/a"
+    # Only the challenge's path is served on port 80: from certbot's folder, no redirect.
+    challenge = curl(client, "http://auto.example.test/.well-known/acme-challenge/none", "-o", "/dev/null",
+                     "-w", "%{http_code}")  # fmt: skip
+    assert challenge.stdout == "404"
+    key = "/etc/nginx/minicl-tls/web/auto.key"
+    assert web.run(["stat", "-c", "%a %U", key]).stdout.strip() == "600 root"
+    assert web.run("systemctl is-enabled certbot.timer", check=False).stdout.strip() == "disabled"
+    old = served_serial(client, "auto.example.test")
+    assert old.startswith("serial="), old
+    # pebble's certificates are valid for years: renewing 3000 days before makes this one due.
+    git_server.commit({"cluster.json": dump(config(renew_before="3000d"))}, "renew early")
+    code, data, result = salt_call(web, "state.apply")
+    assert code == 0, result.stdout + result.stderr
+    changes = changed_states(data)["minicl_nginx_|-minicl-nginx-web_|-web_|-running"]
+    assert "expires in" in changes["certificate web.auto"] and key in changes, changes
+    assert "PRIVATE KEY" not in result.stdout + result.stderr
+    new = served_serial(client, "auto.example.test")
+    assert new.startswith("serial=") and new != old
+    assert curl(client, url, "--cacert", "/root/pebble-root.pem").returncode == 0
+    git_server.commit({"cluster.json": dump(config())}, "renew as usual")
+    code, data, result = salt_call(web, "state.apply")
+    assert code == 0 and changed_states(data) == {}, result.stdout  # not renewed again
+    # The monitor learns when each certificate expires (the node exporter's textfile collector).
+    metrics = web.run(["curl", "-sf", "http://127.0.0.1:9100/metrics"]).stdout
+    assert 'minicl_nginx_certificate_expiry_timestamp_seconds{app="web",site="auto",source="acme"}' in metrics
+    assert (
+        'minicl_nginx_certificate_expiry_timestamp_seconds{app="web",site="secure",source="file"}' in metrics
+    )
 
 
 def verb(host, name, app):

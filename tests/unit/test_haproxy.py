@@ -176,7 +176,7 @@ def test_a_certificate_is_due_when_missing_renamed_or_near_its_end():
 def test_certbot_runs_standalone_on_the_proxys_own_address(front_data):
     settings = acme.pillar(config.Cluster(front_data))
     assert settings["email"] == front_data["admin_email"] and settings["renew_before"] == 30 * 86400
-    argv = acme.certbot_command("front", ["a.org", "b.org"], settings, "198.51.100.11", 8402)
+    argv = acme.certbot_command("front", ["a.org", "b.org"], settings, acme.standalone("198.51.100.11", 8402))
     assert argv[:2] == ["certbot", "certonly"]
     assert "--standalone" in argv and argv[argv.index("--http-01-address") + 1] == "198.51.100.11"
     assert argv[-4:] == ["-d", "a.org", "-d", "b.org"]
@@ -203,3 +203,19 @@ def test_a_front_and_an_nginx_app_on_one_host_are_refused_naming_the_port(front_
     ]
     front_data["apps"]["web"]["hosts"] = ["watch"]
     assert problems(front_data, repo_files={"acme-ca.pem", "cluster.json"}) == []
+
+
+def test_upgrade_and_downgrade_are_the_appliances_own_without_a_safety_backup(monkeypatch):
+    from minicl.appliances import upgrades
+
+    calls = []
+    monkeypatch.setattr(upgrades, "upgrade", lambda module, app: calls.append(("upgrade", module, app)))
+    monkeypatch.setattr(upgrades, "downgrade", lambda module, app: calls.append(("downgrade", module, app)))
+    app = {"name": "front"}
+    haproxy.upgrade(app)
+    haproxy.downgrade(app)
+    assert calls == [("upgrade", haproxy, app), ("downgrade", haproxy, app)]
+    assert {"upgrade", "downgrade"} <= set(haproxy.VERBS) and not hasattr(haproxy, "backup")
+    assert upgrades.packages(haproxy, {"packages": ["haproxy-doc"]}) == [
+        "certbot", "haproxy", "haproxy-doc", "keepalived"
+    ]  # fmt: skip

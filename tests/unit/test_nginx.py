@@ -63,6 +63,17 @@ def test_a_tls_site_listens_on_443_and_redirects_80():
     assert "ssl_certificate_key /etc/nginx/minicl-tls/web/secure.key;" in secure
 
 
+def test_an_acme_site_answers_the_challenge_on_80_and_gets_443_once_it_has_its_certificate():
+    app = web_app(auto={"server_names": ["auto.example.org"], "root": "sites/www", "tls": {"acme": True}})
+    auto = nginx.render_conf(app, HOST_IPS).split("# Site auto.")[1]
+    port80, port443 = auto.split("server {")[1:]
+    assert "location ^~ /.well-known/acme-challenge/ {\n        root /var/www/minicl-acme;" in port80
+    assert "location / {\n        return 301 https://$host$request_uri;" in port80
+    assert "listen 443 ssl;" in port443 and "ssl_certificate /etc/nginx/minicl-tls/web/auto.crt;" in port443
+    waiting = nginx.render_conf(app, HOST_IPS, without_tls={"auto"}).split("# Site auto.")[1]
+    assert "acme-challenge" in waiting and "listen 443" not in waiting
+
+
 def test_unknown_names_get_no_answer_and_stub_status_is_on_loopback_only():
     text = nginx.render_conf(web_app(), HOST_IPS)
     assert (
@@ -100,9 +111,18 @@ def test_nginx_accepts_what_is_rendered(tmp_path):
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
                     "-days", "1", "-subj", "/CN=secure.example.org", "-keyout", "s.key", "-out", "s.crt"],
                    cwd=tmp_path, check=True, capture_output=True)  # fmt: skip
-    text = nginx.render_conf(web_app(), HOST_IPS).replace(
-        "/etc/nginx/minicl-tls/web/secure", str(tmp_path / "s")
+    app = web_app()
+    app["sites"]["auto"] = {"server_names": ["auto.example.org"], "root": "sites/www", "tls": {"acme": True}}
+    text = nginx.render_conf(app, HOST_IPS, without_tls={"auto"})
+    # and the same site once it has its certificate
+    text += (
+        nginx.render_conf(app, HOST_IPS)
+        .split("# Site auto.")[1]
+        .split("# Site")[0]
+        .replace("auto.example.org", "auto2.example.org")
     )
+    for site in ("secure", "auto"):
+        text = text.replace(f"/etc/nginx/minicl-tls/web/{site}", str(tmp_path / "s"))
     (tmp_path / "site.conf").write_text(text)
     (tmp_path / "nginx.conf").write_text(
         f"pid {tmp_path}/pid; error_log stderr; events {{}} http {{ include {tmp_path}/site.conf; }}\n"
@@ -123,6 +143,7 @@ REPO_FILES = ["cluster.json", "sites/www/index.html", "tls/s.crt", "tls/s.key"]
 def problems_of(app, repo_files=REPO_FILES):
     data = json.loads(json.dumps(EXAMPLE))
     data["apps"]["web"] = {k: v for k, v in app.items() if k not in ("name", "addresses")}
+    data["acme"] = {"directory": "https://acme.example.org/dir"}
     return [str(p) for p in config.validate(data, repo_files=repo_files)]
 
 
@@ -150,6 +171,14 @@ def test_a_good_nginx_app_is_accepted():
         ({"server_names": ["a.example.org"], "root": "sites/www",
           "tls": {"certificate": "tls/s.crt", "key": "tls/missing.key"}},
          'apps.web.sites.x.tls.key: "tls/missing.key" is not a file of the config repo'),
+        ({"server_names": ["a.example.org"], "root": "sites/www", "tls": {"key": "tls/s.key"}},
+         'apps.web.sites.x.tls: add certificate (files of the config repo), or use "acme": true'),
+        ({"server_names": ["a.example.org"], "root": "sites/www",
+          "tls": {"acme": True, "certificate": "tls/s.crt", "key": "tls/s.key"}},
+         "apps.web.sites.x.tls: give either acme: true or a certificate and key, not both"),
+        ({"server_names": ["*.example.org"], "root": "sites/www", "tls": {"acme": True}},
+         'apps.web.sites.x.server_names[0]: "*.example.org": an ACME HTTP-01 challenge cannot prove a '
+         "wildcard name; name each host name, or give a certificate and key"),
         ({"server_names": ["not a name"], "root": "sites/www"},
          'apps.web.sites.x.server_names[0]: "not a name" is not a DNS name (or *.name)'),
         ({"server_names": ["www.example.org"], "root": "sites/www"},
@@ -160,6 +189,26 @@ def test_bad_sites_are_refused_naming_the_field(site, expected):
     app = web_app()
     app["sites"]["x"] = site
     assert [p.split(": ", 1)[1] for p in problems_of(app)] == [expected]
+
+
+def test_an_acme_site_needs_the_acme_section_and_one_host():
+    data = json.loads(json.dumps(EXAMPLE))
+    data.pop("acme", None)
+    data["apps"]["web"] = {"type": "nginx", "hosts": ["watch", "beta"], "public": True, "sites": {
+        "auto": {"server_names": ["auto.example.org"], "root": "sites/www", "tls": {"acme": True}}}}  # fmt: skip
+    found = [str(p).split(": ", 1)[1] for p in config.validate(data, repo_files=REPO_FILES)]
+    assert sorted(found) == sorted(
+        [
+            "apps.web.sites.auto.tls.acme: the certificate comes from an ACME server: add an acme section "
+            "with its directory",
+            'apps.web.sites.auto.tls.acme: app "web" runs on 2 hosts, and the ACME server\'s challenge reaches '
+            "only one of them: serve the site from one host, or put a front (a haproxy app, which shares its "
+            "certificate between its proxies) before the hosts",
+        ]
+    )
+    data["apps"]["web"]["hosts"] = ["watch"]
+    data["acme"] = {"directory": "https://acme.example.org/dir"}
+    assert [str(p) for p in config.validate(data, repo_files=REPO_FILES)] == []
 
 
 def test_an_nginx_app_needs_sites_and_keeps_no_backups():
@@ -213,6 +262,7 @@ def host(tmp_path, monkeypatch):
     monkeypatch.setattr(nginx, "TLS_DIR", str(tmp_path / "minicl-tls"))
     monkeypatch.setattr(nginx, "WWW_DIR", str(tmp_path / "www"))
     monkeypatch.setattr(nginx, "DEFAULT_SITE", str(tmp_path / "sites-enabled/default"))
+    monkeypatch.setattr(nginx.metrics, "TEXTFILE_DIR", str(tmp_path / "textfile"))
     calls = []
     state = {"active": False, "test": (True, "")}
     monkeypatch.setattr(nginx, "unit_active", lambda unit: state["active"])
@@ -292,6 +342,141 @@ def test_a_site_removed_takes_its_files_away(host):
     assert not nginx.plan(app, HOST_IPS, checkout)
 
 
+def make_certificate(names, days):
+    """(fullchain, key) PEM: a self-signed certificate for ``names`` valid ``days`` more days."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    cert = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem.decode()
+
+
+ACME_SETTINGS = {"directory": "https://acme.example.org/dir", "email": "a@example.org", "ca": None,
+                 "ca_text": None, "renew_before": 30 * 86400}  # fmt: skip
+
+
+@pytest.fixture
+def certbot(host, monkeypatch):
+    """certbot replaced: it "obtains" a certificate valid ``days["next"]`` days into acme.LIVE_DIR
+    (under the test's folder); its calls recorded."""
+    tmp_path = host[0]
+    monkeypatch.setattr(nginx.acme, "LIVE_DIR", str(tmp_path / "live"))
+    monkeypatch.setattr(nginx, "ACME_WEBROOT", str(tmp_path / "acme-webroot"))
+    runs = {"calls": [], "next": 90}
+
+    def obtain(name, domains, settings, challenge):
+        runs["calls"].append((name, domains, challenge))
+        chain, key = make_certificate(domains, runs["next"])
+        for path, text in zip(nginx.acme.live_paths(name), (chain, key), strict=True):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            pathlib.Path(path).write_text(text)
+
+    monkeypatch.setattr(nginx.acme, "obtain", obtain)
+    return runs
+
+
+def acme_app():
+    return web_app(auto={"server_names": ["auto.example.org"], "root": "sites/www", "tls": {"acme": True}})
+
+
+def test_an_acme_site_gets_its_certificate_then_https_and_renews_it_when_due(host, certbot):
+    tmp_path, checkout, calls, _ = host
+    app = acme_app()
+    todo = nginx.plan(app, HOST_IPS, checkout, ACME_SETTINGS)
+    assert todo.certificates == {"auto": "no certificate yet"}
+    assert "listen 443" not in todo.files[nginx.conf_path(app)][0].split("# Site auto.")[1].split("# Site")[0]
+    nginx.converge(app, HOST_IPS, checkout, ACME_SETTINGS, todo)
+    assert certbot["calls"] == [("web.auto", ["auto.example.org"],
+                                 ["--webroot", "--webroot-path", str(tmp_path / "acme-webroot")])]  # fmt: skip
+    # nginx ran with port 80 for the challenge, then was reloaded with the certificate
+    assert calls == [
+        ("nginx -t",),
+        ("enable", "nginx"),
+        ("start", "nginx"),
+        ("nginx -t",),
+        ("reload", "nginx"),
+    ]
+    crt, key = nginx.tls_paths(app, "auto")
+    assert pathlib.Path(crt).read_text() == pathlib.Path(nginx.acme.live_paths("web.auto")[0]).read_text()
+    assert pathlib.Path(key).stat().st_mode & 0o777 == 0o600
+    assert "listen 443" in pathlib.Path(nginx.conf_path(app)).read_text().split("# Site auto.")[1]
+    assert not nginx.plan(app, HOST_IPS, checkout, ACME_SETTINGS)
+    # Expiring within renew_before: renewed, and nginx reloaded with the new one.
+    chain, key_text = make_certificate(["auto.example.org"], 10)
+    pathlib.Path(nginx.acme.live_paths("web.auto")[0]).write_text(chain)
+    pathlib.Path(nginx.acme.live_paths("web.auto")[1]).write_text(key_text)
+    nginx.apply_plan(app, nginx.plan(app, HOST_IPS, checkout, ACME_SETTINGS))
+    assert nginx.certificate_days_left(crt) == 9
+    calls[:] = []
+    todo = nginx.plan(app, HOST_IPS, checkout, ACME_SETTINGS)
+    assert list(todo.certificates) == ["auto"] and "expires in 10.0 days" in todo.certificates["auto"]
+    nginx.converge(app, HOST_IPS, checkout, ACME_SETTINGS, todo)
+    assert calls == [("nginx -t",), ("reload", "nginx")] and len(certbot["calls"]) == 2
+    assert nginx.certificate_days_left(crt) == 89
+    assert not nginx.plan(app, HOST_IPS, checkout, ACME_SETTINGS)
+
+
+def test_an_acme_site_without_the_acme_section_is_an_error_naming_it(host):
+    _, checkout, _, _ = host
+    with pytest.raises(
+        ApplianceError, match="apps.web.sites.auto.tls.acme: cluster.json has no acme section"
+    ):
+        nginx.plan(acme_app(), HOST_IPS, checkout, None)
+
+
+def test_an_acme_failure_on_a_private_app_says_port_80_is_closed_to_the_outside(host, monkeypatch):
+    _, checkout, _, _ = host
+
+    def refused(*args):
+        raise nginx.acme.AcmeError("certbot could not get the certificate web.auto: Timeout during connect")
+
+    monkeypatch.setattr(nginx.acme, "obtain", refused)
+    monkeypatch.setattr(nginx, "ACME_WEBROOT", str(host[0] / "acme-webroot"))
+    monkeypatch.setattr(nginx.acme, "LIVE_DIR", str(host[0] / "live"))
+    app = acme_app()
+    with pytest.raises(
+        nginx.acme.AcmeError, match="Timeout during connect; app web is not public.*public: true"
+    ):
+        nginx.converge(
+            app, HOST_IPS, checkout, ACME_SETTINGS, nginx.plan(app, HOST_IPS, checkout, ACME_SETTINGS)
+        )
+    app["public"] = True
+    with pytest.raises(nginx.acme.AcmeError, match="Timeout during connect$"):
+        nginx.converge(
+            app, HOST_IPS, checkout, ACME_SETTINGS, nginx.plan(app, HOST_IPS, checkout, ACME_SETTINGS)
+        )
+
+
+def test_the_certificates_expiry_is_written_for_the_monitor(host, certbot):
+    tmp_path, checkout, _, _ = host
+    (tmp_path / "textfile").mkdir()
+    app = acme_app()
+    nginx.converge(app, HOST_IPS, checkout, ACME_SETTINGS, nginx.plan(app, HOST_IPS, checkout, ACME_SETTINGS))
+    nginx.write_expiry_metrics(app)
+    text = (tmp_path / "textfile/minicl_nginx_web_certificates.prom").read_text()
+    assert 'minicl_nginx_certificate_expiry_timestamp_seconds{app="web",site="auto",source="acme"} ' in text
+    assert 'site="secure"' not in text  # "CERT\n" in the checkout is no certificate
+    del app["sites"]["auto"]
+    nginx.write_expiry_metrics(app)
+    assert not (tmp_path / "textfile/minicl_nginx_web_certificates.prom").exists()
+
+
 # -- the state, in both modes -----------------------------------------------------------------
 
 
@@ -324,6 +509,21 @@ def test_the_state_converges_and_never_shows_the_key(host, testmode):
         again = nginx_state(host, False).running("web")
         assert again == {"name": "web", "result": True, "changes": {},
                          "comment": "nginx serves app web as configured"}  # fmt: skip
+
+
+def test_the_state_obtains_an_acme_certificate_and_says_so_in_both_modes(host, certbot, testmode):
+    _, checkout, calls, _ = host
+    pillar = {"minicl": {"apps": {"web": acme_app()}, "checkout": checkout, "acme": ACME_SETTINGS,
+                         "cluster": {"hosts": {h: {"ip": ips} for h, ips in HOST_IPS.items()}}}}  # fmt: skip
+    ret = loader.load_state("minicl_nginx", testmode, pillar).running("web")
+    assert ret["changes"]["certificate web.auto"] == "obtained from the ACME server (no certificate yet)"
+    if testmode:
+        assert ret["result"] is None and certbot["calls"] == [] and calls == []
+    else:
+        assert ret["result"] is True and [c[0] for c in certbot["calls"]] == ["web.auto"]
+        again = loader.load_state("minicl_nginx", False, pillar).running("web")
+        assert again["changes"] == {} and again["result"] is True
+        assert "PRIVATE KEY" not in json.dumps(ret) + json.dumps(again)
 
 
 def test_the_state_fails_with_nginx_s_message(host, testmode):
@@ -382,3 +582,54 @@ def test_dropped_connections_alert_and_nginx_down_is_app_down(tmp_path):
                             text=True, check=False)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "nginx_up|" in rules or "|nginx_up" in rules  # nginx down is AppDown
+
+
+@pytest.mark.skipif(not shutil.which("promtool"), reason="promtool comes with Debian's prometheus package")
+def test_a_certificate_expiring_within_14_days_alerts_saying_what_to_do(tmp_path):
+    import yaml
+
+    from minicl import monitor
+
+    data = json.loads(json.dumps(EXAMPLE))
+    data["apps"]["web"] = {"type": "nginx", "hosts": ["watch"],
+                           "sites": {"www": {"server_names": ["a.example.org"], "root": "x"}}}  # fmt: skip
+    (tmp_path / "rules.yml").write_text(monitor.render_rules(config.Cluster(data)))
+    day = 86400
+    # At time 0 the acme site's certificate has 20 days left, the file site's 15: both alert once
+    # they are within 14 days (after 6 and 1 days; evaluated hourly).
+    series = 'minicl_nginx_certificate_expiry_timestamp_seconds{{instance="watch",app="web",site="{}",source="{}"}}'
+    tests = {"rule_files": ["rules.yml"], "evaluation_interval": "1h", "tests": [{
+        "interval": "1h",
+        "input_series": [
+            {"series": series.format("auto", "acme"), "values": f"{20 * day}x200"},
+            {"series": series.format("www", "file"), "values": f"{15 * day}x200"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "12h", "alertname": "NginxCertificateExpiring", "exp_alerts": []},
+        ],
+    }]}  # fmt: skip
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests))
+    result = subprocess.run(["promtool", "test", "rules", "tests.yml"], cwd=tmp_path, capture_output=True,
+                            text=True, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    rule = next(
+        r
+        for g in yaml.safe_load((tmp_path / "rules.yml").read_text())["groups"]
+        for r in g["rules"]
+        if r["alert"] == "NginxCertificateExpiring"
+    )
+    # Which series are below the threshold, and when (the annotations are templates, checked below).
+    tests["tests"][0]["alert_rule_test"] = []
+    fired = '{{app="web",instance="watch",site="{}",source="{}"}}'
+    tests["tests"][0]["promql_expr_test"] = [
+        {"expr": rule["expr"], "eval_time": "30h",
+         "exp_samples": [{"labels": fired.format("www", "file"), "value": 15 * day - 30 * 3600}]},
+        {"expr": rule["expr"], "eval_time": "150h",
+         "exp_samples": [{"labels": fired.format("auto", "acme"), "value": 20 * day - 150 * 3600},
+                         {"labels": fired.format("www", "file"), "value": 15 * day - 150 * 3600}]},
+    ]  # fmt: skip
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests))
+    result = subprocess.run(["promtool", "test", "rules", "tests.yml"], cwd=tmp_path, capture_output=True,
+                            text=True, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert '{{ if eq $labels.source "acme" }}minicl renews it' in rule["annotations"]["description"]
