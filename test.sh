@@ -5,4 +5,4 @@
 set -eu
 cd "$(dirname "$0")"
 ./tools/setup.sh
-exec .venv/bin/python -m pytest -p no:cacheprovider --durations=20 "$@"
+exec .venv/bin/python -m pytest -p no:cacheprovider -n 2 --dist loadfile --durations=20 "$@"
