@@ -42,6 +42,21 @@ def _host_ips():
     return {host: as_list(spec["ip"]) for host, spec in hosts.items()}
 
 
+def _file_changes(todo, old):
+    """The changes of ``todo``'s files, each against ``old(path)``; a key's content hidden."""
+    changes = {}
+    for path, (text, mode) in sorted(todo.files.items()):
+        if path in todo.secret:
+            changes[path] = f"written, mode {mode:04o} (a key: content hidden)"
+        else:
+            changes[path] = statekit.diff(old(path), text, path, path) or f"mode {mode:04o}"
+    return changes
+
+
+def _acme_tls_paths(app, todo):
+    return [path for site in todo.certificates for path in nginx.tls_paths(app, site)]
+
+
 @_guarded(label="nginx app {name}")
 def running(name):
     """The app ``name`` served by this host's nginx (see above)."""
@@ -49,12 +64,7 @@ def running(name):
     app = minicl["apps"][name]
     ret = statekit.new_ret(name)
     todo = nginx.plan(app, _host_ips(), minicl.get("checkout"), minicl.get("acme"))
-    changes = {}
-    for path, (text, mode) in sorted(todo.files.items()):
-        if path in todo.secret:
-            changes[path] = f"written, mode {mode:04o} (a key: content hidden)"
-        else:
-            changes[path] = statekit.diff(read_file(path), text, path, path) or f"mode {mode:04o}"
+    changes = _file_changes(todo, read_file)
     for path in todo.removed:
         changes[path] = "removed" + (" (Debian's default site)" if path == nginx.DEFAULT_SITE else "")
     for site, (_, release) in sorted(todo.trees.items()):
@@ -74,7 +84,13 @@ def running(name):
         ret["result"], ret["changes"] = None, changes
         ret["comment"] = f"app {name} would be converged on {nginx.SERVICE}"
         return ret
-    nginx.converge(app, _host_ips(), minicl.get("checkout"), minicl.get("acme"), todo)
+    # What the certificates' run writes after certbot: shown against the files before this run.
+    before = {p: read_file(p) for p in [nginx.conf_path(app), *_acme_tls_paths(app, todo)]}
+    then = nginx.converge(app, _host_ips(), minicl.get("checkout"), minicl.get("acme"), todo)
+    if then:
+        changes.update(_file_changes(then, lambda path: before.get(path, read_file(path))))
+        if then.reload and "service" not in changes:
+            changes["service"] = f"{nginx.SERVICE} reloaded (nginx -t first)"
     nginx.write_expiry_metrics(app)
     ret["changes"] = changes
     ret["comment"] = f"app {name} converged on {nginx.SERVICE}"

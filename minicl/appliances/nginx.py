@@ -432,11 +432,11 @@ def apply_plan(app, todo):
 
 
 def converge(app, host_ips, checkout, settings, todo):
-    """Carry out ``todo``; then obtain the certificates it lists and load them (another plan,
-    written and tested the same way)."""
+    """Carry out ``todo``; then obtain the certificates it lists and load them: another plan,
+    written and tested the same way, which is returned (None when no certificate was due)."""
     apply_plan(app, todo)
     if not todo.certificates:
-        return
+        return None
     os.makedirs(ACME_WEBROOT, mode=0o755, exist_ok=True)
     for name in sorted(todo.certificates):
         try:
@@ -453,6 +453,7 @@ def converge(app, host_ips, checkout, settings, todo):
     then = plan(app, host_ips, checkout, settings)
     then.certificates = {}  # just obtained (one the ACME server issues short of renew_before is due again)
     apply_plan(app, then)
+    return then
 
 
 def write_expiry_metrics(app):

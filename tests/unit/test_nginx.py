@@ -521,6 +521,10 @@ def test_the_state_obtains_an_acme_certificate_and_says_so_in_both_modes(host, c
         assert ret["result"] is None and certbot["calls"] == [] and calls == []
     else:
         assert ret["result"] is True and [c[0] for c in certbot["calls"]] == ["web.auto"]
+        # what the run wrote after certbot: the certificate, its key (hidden), the HTTPS server
+        crt, key = nginx.tls_paths(acme_app(), "auto")
+        assert ret["changes"][key] == "written, mode 0600 (a key: content hidden)" and crt in ret["changes"]
+        assert "+    ssl_certificate " + crt in ret["changes"][nginx.conf_path(acme_app())]
         again = loader.load_state("minicl_nginx", False, pillar).running("web")
         assert again["changes"] == {} and again["result"] is True
         assert "PRIVATE KEY" not in json.dumps(ret) + json.dumps(again)
