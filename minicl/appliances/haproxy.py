@@ -191,7 +191,11 @@ def render_haproxy(app, cluster_hosts, with_tls):
             "",
             f"backend {name}",
             "    balance roundrobin",
-            f"    option httpchk GET {spec.get('check', '/')}",
+            "    option httpchk",
+            # HTTP/1.1 with a name the backend serves: a server of name-based sites (nginx)
+            # answers a check without one with its default server.
+            f"    http-check send meth GET uri {spec.get('check', '/')} ver HTTP/1.1 "
+            f"hdr Host {check_host(app, name)}",
             "    http-check expect status 200-399",
         ]
         for server in spec["servers"]:
@@ -199,6 +203,15 @@ def render_haproxy(app, cluster_hosts, with_tls):
             ip = own_ipv4(cluster_hosts[host]) or cluster_hosts[host][0]
             lines.append(f"    server {host}-{port} {bracket(ip)}:{port} check inter 2s fall 2 rise 2")
     return "\n".join(lines) + "\n"
+
+
+def check_host(app, backend):
+    """The name a backend's health check asks for: the first domain routed to it, else (the
+    default backend) the first domain no route takes, else the app's first domain."""
+    routes = app.get("routes", {})
+    routed = [d for d in app["domains"] if routes.get(d) == backend]
+    unrouted = [d for d in app["domains"] if d not in routes] if app.get("default") == backend else []
+    return (routed or unrouted or app["domains"])[0]
 
 
 @dataclass

@@ -104,7 +104,11 @@ def test_haproxy_serves_the_address_routes_the_domains_and_checks_the_backends(f
         "    use_backend api if { hdr(host),field(1,:) -i api.example.org }\n    default_backend web\n"
         in text
     )
-    assert "backend web\n    balance roundrobin\n    option httpchk GET /health\n" in text
+    assert (
+        "backend web\n    balance roundrobin\n    option httpchk\n"
+        "    http-check send meth GET uri /health ver HTTP/1.1 hdr Host www.example.org\n" in text
+    )  # the default backend: a domain no route takes
+    assert "    http-check send meth GET uri / ver HTTP/1.1 hdr Host api.example.org\n" in text
     assert "    server watch-8080 198.51.100.20:8080 check inter 2s fall 2 rise 2\n" in text
     assert "    server alpha 198.51.100.11:8402\n    server beta 198.51.100.12:8402\n" in text
     assert "    retry-on conn-failure empty-response 404\n    option redispatch 1\n" in text
@@ -219,3 +223,18 @@ def test_upgrade_and_downgrade_are_the_appliances_own_without_a_safety_backup(mo
     assert upgrades.packages(haproxy, {"packages": ["haproxy-doc"]}) == [
         "certbot", "haproxy", "haproxy-doc", "keepalived"
     ]  # fmt: skip
+
+
+@pytest.mark.skipif(not shutil.which("haproxy"), reason="needs Debian's haproxy")
+def test_haproxy_accepts_what_is_rendered(front_data, tmp_path):
+    text = haproxy.render_haproxy(app_of(front_data, "alpha"), haproxy.cluster_hosts_of(front_data), False)
+    text = text.replace("    chroot /var/lib/haproxy\n", "").replace(
+        "/run/haproxy/admin.sock", str(tmp_path / "s")
+    )
+    for code in (400, 403, 408, 500, 502, 503, 504):  # Debian's error files, if not installed here
+        text = text.replace(f"/etc/haproxy/errors/{code}.http", str(tmp_path / f"{code}.http"))
+        (tmp_path / f"{code}.http").write_text(f"HTTP/1.0 {code} x\r\n\r\n")
+    (tmp_path / "haproxy.cfg").write_text(text)
+    result = subprocess.run(["haproxy", "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True,
+                            text=True, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
