@@ -433,6 +433,19 @@ def reload_or_start():
         systemctl("start", SERVICE)
 
 
+def install_and_reload(text):
+    """install_haproxy_conf, then reload (or start) haproxy; when that fails the previous file is
+    put back, so that the next run finds the change still to make and tries again."""
+    previous = read_file(CONF_FILE)
+    install_haproxy_conf(text)
+    try:
+        reload_or_start()
+    except ApplianceError:
+        if previous is not None:
+            write_file(CONF_FILE, previous, 0o644)
+        raise
+
+
 def write_pem(app, text):
     os.makedirs(CERTS_DIR, mode=0o700, exist_ok=True)
     write_file(cert_path(app), text, 0o600)
@@ -467,8 +480,7 @@ def apply_plan(app, cluster_data, settings, todo):
         text = todo.haproxy_conf
         if todo.obtain and not (current_pem or todo.pem):  # no certificate yet: port 80 only, for now
             text = render_haproxy(app, hosts, with_tls=False)
-        install_haproxy_conf(text)
-        reload_or_start()
+        install_and_reload(text)
     elif todo.pem:  # certbot renewed it on its own (certbot.timer): haproxy loads the new pem
         problem = config_check(CONF_FILE)
         if problem:
@@ -490,8 +502,7 @@ def apply_plan(app, cluster_data, settings, todo):
             app["name"], app["domains"], settings, acme.standalone(own_ipv4(app["addresses"]), ACME_PORT)
         )
         write_pem(app, pem_of(app["name"]))
-        install_haproxy_conf(render_haproxy(app, cluster_hosts_of(cluster_data), with_tls=True))
-        reload_or_start()
+        install_and_reload(render_haproxy(app, cluster_hosts_of(cluster_data), with_tls=True))
     write_expiry_metric(app)
 
 

@@ -424,10 +424,14 @@ def apply_plan(app, todo):
         switch_link(site_root(app, name), f"{RELEASES}/{release}")
     if todo.enable:
         systemctl("enable", SERVICE)
-    if todo.start:
-        systemctl("start", SERVICE)
-    elif todo.reload:
-        systemctl("reload", SERVICE)
+    try:
+        if todo.start:
+            systemctl("start", SERVICE)
+        elif todo.reload:
+            systemctl("reload", SERVICE)
+    except ApplianceError:
+        _put_back(saved)  # the next run finds the new files missing again, and tries again
+        raise
     prune_releases(app)
 
 

@@ -238,3 +238,21 @@ def test_haproxy_accepts_what_is_rendered(front_data, tmp_path):
     result = subprocess.run(["haproxy", "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True,
                             text=True, check=False)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_failed_reload_puts_the_previous_configuration_back(tmp_path, monkeypatch):
+    from minicl.appliances import ApplianceError
+
+    conf = tmp_path / "haproxy.cfg"
+    conf.write_text("old\n")
+    monkeypatch.setattr(haproxy, "CONF_FILE", str(conf))
+    monkeypatch.setattr(haproxy, "config_check", lambda path: None)
+    monkeypatch.setattr(haproxy, "unit_active", lambda unit: True)
+
+    def systemctl(*args, check=True):
+        raise ApplianceError("systemctl reload haproxy: Job for haproxy.service failed")
+
+    monkeypatch.setattr(haproxy, "systemctl", systemctl)
+    with pytest.raises(ApplianceError, match="Job for haproxy.service failed"):
+        haproxy.install_and_reload("new\n")
+    assert conf.read_text() == "old\n"  # the next run sees the change to make and tries again

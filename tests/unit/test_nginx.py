@@ -330,6 +330,25 @@ def test_a_configuration_nginx_refuses_is_put_back(host):
     assert not os.path.lexists(tmp_path / "www/web/extra")
 
 
+def test_a_failed_reload_puts_the_files_back_so_that_the_next_run_tries_again(host, monkeypatch):
+    _, checkout, _, state = host
+    app = web_app()
+    nginx.apply_plan(app, nginx.plan(app, HOST_IPS, checkout))
+    conf = pathlib.Path(nginx.conf_path(app))
+    before = conf.read_text()
+    app["sites"]["extra"] = {"server_names": ["extra.example.org"], "root": "sites/www"}
+
+    def failing(*args, check=True):
+        if args[0] == "reload":
+            raise ApplianceError("systemctl reload nginx: Job for nginx.service failed")
+
+    monkeypatch.setattr(nginx, "systemctl", failing)
+    with pytest.raises(ApplianceError, match="Job for nginx.service failed"):
+        nginx.apply_plan(app, nginx.plan(app, HOST_IPS, checkout))
+    assert conf.read_text() == before
+    assert nginx.plan(app, HOST_IPS, checkout).reload  # the next run reloads
+
+
 def test_a_site_removed_takes_its_files_away(host):
     tmp_path, checkout, _, _ = host
     app = web_app()
