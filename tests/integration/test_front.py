@@ -249,7 +249,7 @@ def test_a_configuration_haproxy_rejects_never_replaces_the_running_one(proxies,
     for host in proxies.values():
         code, _, result = salt_call(host, "state.apply")
         assert code == 0, result.stdout
-    assert "option httpchk GET /index.html" in on.read("/etc/haproxy/haproxy.cfg")
+    assert "http-check send meth GET uri /index.html ver HTTP/1.1" in on.read("/etc/haproxy/haproxy.cfg")
     assert fetch(outside).stdout == PAGE
 
 
