@@ -123,3 +123,13 @@ def pebble_directory(host):
 def pebble_root(host):
     """The root certificate (PEM) that signs what pebble issues (its management API)."""
     return host.run(["curl", "-sk", f"https://127.0.0.1:{MANAGEMENT_PORT}/roots/0"]).stdout
+
+
+def served_serial(client, address, name):
+    """The serial ("serial=...") of the certificate served at ``address``:443 for ``name``, as
+    ``client`` sees it; "" when there is none."""
+    return client.run(
+        f"openssl s_client -connect {address}:443 -servername {name} </dev/null 2>/dev/null"
+        " | openssl x509 -noout -serial",
+        check=False,
+    ).stdout.strip()

@@ -111,11 +111,7 @@ def fetch(client, domain="www.front.test", timeout=3):
 
 
 def served_serial(client, domain="www.front.test"):
-    return client.run(
-        f"openssl s_client -connect {ADDRESS}:443 -servername {domain} </dev/null 2>/dev/null"
-        " | openssl x509 -noout -serial",
-        check=False,
-    ).stdout.strip()
+    return acmelab.served_serial(client, ADDRESS, domain)
 
 
 def verb(host, name):

@@ -168,14 +168,6 @@ def test_the_tls_site_with_its_certificate(hosts, pki):
     assert web.read(key) == pki["secure.key"]
 
 
-def served_serial(client, name):
-    return client.run(
-        f"openssl s_client -connect {WEB_IP}:443 -servername {name} </dev/null 2>/dev/null"
-        " | openssl x509 -noout -serial",
-        check=False,
-    ).stdout.strip()
-
-
 def test_the_acme_site_has_its_certificate_from_the_acme_server_and_renews_it_when_due(hosts, git_server):
     web, _, client = hosts
     url = "https://auto.example.test/"
@@ -194,7 +186,7 @@ def test_the_acme_site_has_its_certificate_from_the_acme_server_and_renews_it_wh
     key = "/etc/nginx/minicl-tls/web/auto.key"
     assert web.run(["stat", "-c", "%a %U", key]).stdout.strip() == "600 root"
     assert web.run("systemctl is-enabled certbot.timer", check=False).stdout.strip() == "disabled"
-    old = served_serial(client, "auto.example.test")
+    old = acmelab.served_serial(client, WEB_IP, "auto.example.test")
     assert old.startswith("serial="), old
     # pebble's certificates are valid for years: renewing 3000 days before makes this one due.
     git_server.commit({"cluster.json": dump(config(renew_before="3000d"))}, "renew early")
@@ -204,7 +196,7 @@ def test_the_acme_site_has_its_certificate_from_the_acme_server_and_renews_it_wh
     assert "expires in" in changes["certificate web.auto"] and key in changes, changes
     assert changes["service"] == "nginx reloaded (nginx -t first)", changes
     assert "PRIVATE KEY" not in result.stdout + result.stderr
-    new = served_serial(client, "auto.example.test")
+    new = acmelab.served_serial(client, WEB_IP, "auto.example.test")
     assert new.startswith("serial=") and new != old
     assert curl(client, url, "--cacert", "/root/pebble-root.pem").returncode == 0
     git_server.commit({"cluster.json": dump(config())}, "renew as usual")

@@ -565,8 +565,8 @@ def test_the_state_fails_with_nginx_s_message(host, testmode):
 # -- alerts ---------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not shutil.which("promtool"), reason="promtool comes with Debian's prometheus package")
-def test_dropped_connections_alert_and_nginx_down_is_app_down(tmp_path):
+def rules_of_a_web_app(tmp_path, alert):
+    """The monitor's rules with an nginx app (also written to tmp_path/rules.yml), and ``alert``."""
     import yaml
 
     from minicl import monitor
@@ -576,12 +576,14 @@ def test_dropped_connections_alert_and_nginx_down_is_app_down(tmp_path):
                            "sites": {"www": {"server_names": ["a.example.org"], "root": "x"}}}  # fmt: skip
     rules = monitor.render_rules(config.Cluster(data))
     (tmp_path / "rules.yml").write_text(rules)
-    rule = next(
-        r
-        for g in yaml.safe_load(rules)["groups"]
-        for r in g["rules"]
-        if r["alert"] == "NginxConnectionsDropped"
-    )
+    return rules, next(r for g in yaml.safe_load(rules)["groups"] for r in g["rules"] if r["alert"] == alert)
+
+
+@pytest.mark.skipif(not shutil.which("promtool"), reason="promtool comes with Debian's prometheus package")
+def test_dropped_connections_alert_and_nginx_down_is_app_down(tmp_path):
+    import yaml
+
+    rules, rule = rules_of_a_web_app(tmp_path, "NginxConnectionsDropped")
     labels = {"job": "nginx", "instance": "watch", "app": "web"}
     filled = {k: v.replace("{{ $labels.instance }}", "watch").replace("{{ $labels.app }}", "web")
               for k, v in rule["annotations"].items()}  # fmt: skip
@@ -611,46 +613,27 @@ def test_dropped_connections_alert_and_nginx_down_is_app_down(tmp_path):
 def test_a_certificate_expiring_within_14_days_alerts_saying_what_to_do(tmp_path):
     import yaml
 
-    from minicl import monitor
-
-    data = json.loads(json.dumps(EXAMPLE))
-    data["apps"]["web"] = {"type": "nginx", "hosts": ["watch"],
-                           "sites": {"www": {"server_names": ["a.example.org"], "root": "x"}}}  # fmt: skip
-    (tmp_path / "rules.yml").write_text(monitor.render_rules(config.Cluster(data)))
+    _, rule = rules_of_a_web_app(tmp_path, "NginxCertificateExpiring")
     day = 86400
-    # At time 0 the acme site's certificate has 20 days left, the file site's 15: both alert once
-    # they are within 14 days (after 6 and 1 days; evaluated hourly).
+    # At time 0 the acme site's certificate has 20 days left, the file site's 15: each is below
+    # the threshold once it is within 14 days (after 6 and 1 days; evaluated hourly).
     series = 'minicl_nginx_certificate_expiry_timestamp_seconds{{instance="watch",app="web",site="{}",source="{}"}}'
+    fired = '{{app="web",instance="watch",site="{}",source="{}"}}'
     tests = {"rule_files": ["rules.yml"], "evaluation_interval": "1h", "tests": [{
         "interval": "1h",
         "input_series": [
             {"series": series.format("auto", "acme"), "values": f"{20 * day}x200"},
             {"series": series.format("www", "file"), "values": f"{15 * day}x200"},
         ],
-        "alert_rule_test": [
-            {"eval_time": "12h", "alertname": "NginxCertificateExpiring", "exp_alerts": []},
+        "alert_rule_test": [{"eval_time": "12h", "alertname": "NginxCertificateExpiring", "exp_alerts": []}],
+        "promql_expr_test": [
+            {"expr": rule["expr"], "eval_time": "30h",
+             "exp_samples": [{"labels": fired.format("www", "file"), "value": 15 * day - 30 * 3600}]},
+            {"expr": rule["expr"], "eval_time": "150h",
+             "exp_samples": [{"labels": fired.format("auto", "acme"), "value": 20 * day - 150 * 3600},
+                             {"labels": fired.format("www", "file"), "value": 15 * day - 150 * 3600}]},
         ],
     }]}  # fmt: skip
-    (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests))
-    result = subprocess.run(["promtool", "test", "rules", "tests.yml"], cwd=tmp_path, capture_output=True,
-                            text=True, check=False)  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
-    rule = next(
-        r
-        for g in yaml.safe_load((tmp_path / "rules.yml").read_text())["groups"]
-        for r in g["rules"]
-        if r["alert"] == "NginxCertificateExpiring"
-    )
-    # Which series are below the threshold, and when (the annotations are templates, checked below).
-    tests["tests"][0]["alert_rule_test"] = []
-    fired = '{{app="web",instance="watch",site="{}",source="{}"}}'
-    tests["tests"][0]["promql_expr_test"] = [
-        {"expr": rule["expr"], "eval_time": "30h",
-         "exp_samples": [{"labels": fired.format("www", "file"), "value": 15 * day - 30 * 3600}]},
-        {"expr": rule["expr"], "eval_time": "150h",
-         "exp_samples": [{"labels": fired.format("auto", "acme"), "value": 20 * day - 150 * 3600},
-                         {"labels": fired.format("www", "file"), "value": 15 * day - 150 * 3600}]},
-    ]  # fmt: skip
     (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests))
     result = subprocess.run(["promtool", "test", "rules", "tests.yml"], cwd=tmp_path, capture_output=True,
                             text=True, check=False)  # fmt: skip
