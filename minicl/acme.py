@@ -5,7 +5,7 @@ host has, and obtaining or renewing a certificate (HTTP-01, certbot's own standa
     found = acme.certificate("front")                    # a Certificate or None
     acme.due(found, ["www.example.org"], settings)       # why it must be (re)issued, or None
     acme.obtain("front", domains, settings, acme.standalone(address, port))
-    acme.obtain("web.www", domains, settings, acme.webroot("/var/lib/minicl/acme-challenge"))
+    acme.obtain("web.www", domains, settings, acme.webroot("/var/www/minicl-acme"))
 
 certbot keeps its account and certificates in /etc/letsencrypt (``live/<name>/fullchain.pem``,
 ``privkey.pem``); which certificate a host needs, and when, minicl decides at every run from the

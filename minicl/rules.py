@@ -352,8 +352,8 @@ def _nginx_acme_problems(data, name, app, site, where, source):
             Problem(
                 f"{where}.tls.acme",
                 f"app {quoted(name)} runs on {len(hosts)} hosts, and the ACME server's challenge reaches "
-                "only one of them: serve the site from one host, or put a front (a haproxy app, which "
-                "shares its certificate between its proxies) before the hosts",
+                "only one of them: serve the site from one host, or put a front (a haproxy app, whose "
+                "proxies answer each other's challenges) before the hosts",
                 source,
             )
         )

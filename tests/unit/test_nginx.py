@@ -202,8 +202,8 @@ def test_an_acme_site_needs_the_acme_section_and_one_host():
             "apps.web.sites.auto.tls.acme: the certificate comes from an ACME server: add an acme section "
             "with its directory",
             'apps.web.sites.auto.tls.acme: app "web" runs on 2 hosts, and the ACME server\'s challenge reaches '
-            "only one of them: serve the site from one host, or put a front (a haproxy app, which shares its "
-            "certificate between its proxies) before the hosts",
+            "only one of them: serve the site from one host, or put a front (a haproxy app, whose proxies "
+            "answer each other's challenges) before the hosts",
         ]
     )
     data["apps"]["web"]["hosts"] = ["watch"]
