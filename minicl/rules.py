@@ -310,7 +310,7 @@ def _nginx_problems(data, apps, hosts, source, repo_files):
             if not isinstance(tls, dict):
                 continue
             if tls.get("acme") is True:
-                problems += _nginx_acme_problems(data, name, app, spec, where, source)
+                problems += _nginx_acme_problems(data, spec, where, source)
                 if "certificate" in tls or "key" in tls:
                     add(f"{where}.tls", "give either acme: true or a certificate and key, not both")
                 continue
@@ -324,9 +324,9 @@ def _nginx_problems(data, apps, hosts, source, repo_files):
     return problems
 
 
-def _nginx_acme_problems(data, name, app, site, where, source):
-    """A site whose certificate comes from the ACME server: the acme section, names an HTTP-01
-    challenge can prove, and one host to answer it."""
+def _nginx_acme_problems(data, site, where, source):
+    """A site whose certificate comes from the ACME server: the acme section, and names an
+    HTTP-01 challenge can prove."""
     found = []
     if not isinstance(data.get("acme"), dict):
         found.append(
@@ -346,17 +346,6 @@ def _nginx_acme_problems(data, name, app, site, where, source):
                     source,
                 )
             )
-    hosts = app.get("hosts")
-    if isinstance(hosts, list) and len(hosts) > 1:
-        found.append(
-            Problem(
-                f"{where}.tls.acme",
-                f"app {quoted(name)} runs on {len(hosts)} hosts, and the ACME server's challenge reaches "
-                "only one of them: serve the site from one host, or put a front (a haproxy app, whose "
-                "proxies answer each other's challenges) before the hosts",
-                source,
-            )
-        )
     return found
 
 

@@ -18,6 +18,9 @@ What minicl writes on a host of the app:
 
 A site with ``tls: {"acme": true}`` gets its certificate with ``certbot --webroot``: nginx
 serves /.well-known/acme-challenge/ of the site's names on port 80 from ``/var/www/minicl-acme``.
+Each host of the app gets its own certificate, and the ACME server's request reaches whichever
+host the name points to: a challenge file that host does not have is asked of the app's other
+hosts (once: a request that comes from a peer, marked with a header, is not passed on).
 Until the first certificate is there the site has no HTTPS server (nginx could not load it);
 the run that obtains it then adds it. A certificate is renewed at the run that finds it
 expiring within acme.renew_before (see minicl.acme); nginx is reloaded with the new one.
@@ -59,6 +62,7 @@ RELEASES = ".releases"
 DEFAULT_SITE = "/etc/nginx/sites-enabled/default"
 ACME_WEBROOT = "/var/www/minicl-acme"  # certbot --webroot writes the challenge files here
 CHALLENGE_PATH = "/.well-known/acme-challenge/"
+HOP_HEADER = "X-Minicl-Acme-Hop"  # a challenge request passed on by a peer: not passed on again
 EXPIRY_METRIC = "minicl_nginx_certificate_expiry_timestamp_seconds"
 STATUS_ADDRESS = "127.0.0.1:8073"  # stub_status, for the exporter only
 SYSLOG = "syslog:server=unix:/dev/log,tag=nginx,nohostname"
@@ -103,6 +107,36 @@ def from_acme(site):
 def cert_name(app, site):
     """certbot's name of the certificate of ``site`` (app names have no dot)."""
     return f"{app['name']}.{site}"
+
+
+def acme_upstream(app):
+    return re.sub(r"[^A-Za-z0-9_]", "_", f"minicl_acme_{app['name']}")
+
+
+def _challenge_locations(app):
+    """The port-80 locations of an ACME site: certbot's files, else the app's other hosts'."""
+    peers = app.get("peers") or {}
+    lines = [
+        f"    location ^~ {CHALLENGE_PATH} {{",
+        f"        root {ACME_WEBROOT};",
+        "        default_type text/plain;",
+    ]
+    if not peers:
+        return lines + ["    }"]
+    variable = "$http_" + HOP_HEADER.lower().replace("-", "_")
+    return lines + [
+        "        try_files $uri @minicl_acme_peers;",
+        "    }",
+        "    location @minicl_acme_peers {",
+        f"        if ({variable}) {{",
+        "            return 404;",
+        "        }",
+        f"        proxy_pass http://{acme_upstream(app)};",
+        "        proxy_set_header Host $host;",
+        f"        proxy_set_header {HOP_HEADER} 1;",
+        "        proxy_next_upstream error timeout http_404;",
+        "    }",
+    ]
 
 
 def site_root(app, site):
@@ -174,6 +208,13 @@ def render_conf(app, host_ips, without_tls=()):
     out += ["# For prometheus-nginx-exporter only.", "server {", f"    listen {STATUS_ADDRESS};",
             "    access_log off;", "    location = /stub_status {", "        stub_status;", "    }",
             "}"]  # fmt: skip
+    if app.get("peers") and any(from_acme(site) for site in app["sites"].values()):
+        out += ["", "# The other hosts of the app, for the ACME challenges they answer."]
+        out += [f"upstream {acme_upstream(app)} {{"]
+        for _, ips in sorted(app["peers"].items()):
+            ip = address_of(ips)
+            out += [f"    server [{ip}]:80;" if ":" in ip else f"    server {ip}:80;"]
+        out += ["}"]
     for name, site in sorted(app["sites"].items()):
         out += ["", f"# Site {name}."]
         if "proxy" in site:
@@ -185,8 +226,7 @@ def render_conf(app, host_ips, without_tls=()):
             out += ["server {", *_listen(80), f"    server_name {' '.join(site['server_names'])};",
                     f"    access_log {SYSLOG} combined;", f"    error_log {SYSLOG} warn;"]  # fmt: skip
             if from_acme(site):
-                out += [f"    location ^~ {CHALLENGE_PATH} {{", f"        root {ACME_WEBROOT};",
-                        "        default_type text/plain;", "    }"]  # fmt: skip
+                out += _challenge_locations(app)
             out += ["    location / {", "        return 301 https://$host$request_uri;", "    }", "}"]
             if name in without_tls:
                 continue

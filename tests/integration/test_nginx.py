@@ -18,9 +18,10 @@ from .conftest import bootstrap_all, changed_states, cluster_config, dump, salt_
 
 WEB = ["203.0.113.100/24"]
 BACKEND = ["203.0.113.101/24"]
+WEB2 = ["203.0.113.102/24"]  # the web app's second host, installed after the others
 CLIENT = ["203.0.113.109/24"]
 GIT = ["203.0.113.119/24"]
-WEB_IP, BACKEND_IP, CLIENT_IP = (x[0].split("/")[0] for x in (WEB, BACKEND, CLIENT))
+WEB_IP, BACKEND_IP, CLIENT_IP, WEB2_IP = (x[0].split("/")[0] for x in (WEB, BACKEND, CLIENT, WEB2))
 STATE = "minicl_nginx_|-minicl-nginx-web_|-web_|-running"
 ACME_DIRECTORY = f"https://{CLIENT_IP}:{acmelab.DIRECTORY_PORT}/dir"  # pebble on the client
 BIG = 8 * 2**20  # the download that spans a reload: more than the sockets' buffers hold
@@ -51,7 +52,7 @@ def entry(addresses):
 
 
 def config(renew_before="30d", **web_sites):
-    data = cluster_config({"web": entry(WEB), "backend": entry(BACKEND)})
+    data = cluster_config({"web": entry(WEB), "backend": entry(BACKEND), "web2": entry(WEB2)})
     data["acme"] = {"directory": ACME_DIRECTORY, "ca": "acme-ca.pem", "renew_before": renew_before}
     sites = {
         "www": {"server_names": ["www.example.test"], "root": "sites/www"},
@@ -65,7 +66,7 @@ def config(renew_before="30d", **web_sites):
     }
     sites.update(web_sites)
     data["apps"] = {
-        "web": {"type": "nginx", "hosts": ["web"], "public": True, "sites": sites},
+        "web": {"type": "nginx", "hosts": ["web", "web2"], "public": True, "sites": sites},
         # The backend answers the proxied name only: the page proves the Host header.
         "api": {"type": "nginx", "hosts": ["backend"],
                 "sites": {"api": {"server_names": ["shop.example.test"], "root": "sites/api"}}},
@@ -130,6 +131,15 @@ def hosts(lab, git_server, deploy_key, pki, big):
     return web, backend, client
 
 
+@pytest.fixture(scope="module")
+def web2(lab, hosts, git_server, deploy_key):
+    """The web app's second host. pebble resolves the ACME site's name to the first: web2's
+    challenge reaches web, which asks web2 for the file."""
+    host = lab.add_host("web2", WEB2)
+    bootstrap_all({"web2": host}, git_server, deploy_key)
+    return host
+
+
 def curl(client, url, *args, check=False):
     name = url.split("/")[2]
     port = 443 if url.startswith("https") else 80
@@ -168,11 +178,31 @@ def test_the_tls_site_with_its_certificate(hosts, pki):
     assert web.read(key) == pki["secure.key"]
 
 
-def test_the_acme_site_has_its_certificate_from_the_acme_server_and_renews_it_when_due(hosts, git_server):
+def test_the_acme_site_has_its_certificate_from_the_acme_server_and_renews_it_when_due(
+    hosts, web2, git_server
+):
     web, _, client = hosts
     url = "https://auto.example.test/"
     found = curl(client, url, "--cacert", "/root/pebble-root.pem")
     assert found.returncode == 0 and found.stdout == "<h1>secure page</h1>\n", found
+    # web2's own certificate, its challenge answered through web.
+    on_web2 = client.run(["curl", "-sS", "--max-time", "10", "--cacert", "/root/pebble-root.pem", "--resolve",
+                          f"auto.example.test:443:{WEB2_IP}", url], check=False)  # fmt: skip
+    assert on_web2.returncode == 0 and on_web2.stdout == "<h1>secure page</h1>\n", on_web2
+    assert acmelab.served_serial(client, WEB2_IP, "auto.example.test") not in (
+        acmelab.served_serial(client, WEB_IP, "auto.example.test"),
+        "",
+    )
+    # A file only web2 has is fetched through web; asked as a peer would ask, web does not pass it on.
+    web2.write("/var/www/minicl-acme/.well-known/acme-challenge/probe", "from web2\n")
+
+    def challenge(*headers):
+        args = [x for h in headers for x in ("-H", h)]
+        return curl(client, "http://auto.example.test/.well-known/acme-challenge/probe", *args,
+                    "-w", " %{http_code}").stdout  # fmt: skip
+
+    assert challenge() == "from web2\n 200"
+    assert challenge("X-Minicl-Acme-Hop: 1").endswith(" 404")
     refused = curl(client, url, "--cacert", "/root/ca.crt")  # the other CA: the check above did verify
     assert refused.returncode == 60, refused
     redirect = curl(
@@ -299,11 +329,12 @@ def test_a_reload_keeps_a_download_and_a_refused_configuration_keeps_the_running
     assert code == 0, result.stdout + result.stderr
 
 
-def test_second_runs_change_nothing_and_show_no_key(hosts, pki):
+def test_second_runs_change_nothing_and_show_no_key(hosts, web2, pki):
     web, backend, _ = hosts
     secret = pki["secure.key"].splitlines()[1]  # a line of the key's body
-    salt_call(backend, "state.apply", check=True)  # the backend takes the commits since its last run
-    for host in (web, backend):
+    for host in (backend, web2):
+        salt_call(host, "state.apply", check=True)  # the commits since its last run
+    for host in (web, backend, web2):
         code, data, result = salt_call(host, "state.apply")
         assert code == 0, result.stdout + result.stderr
         assert changed_states(data) == {}

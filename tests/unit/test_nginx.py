@@ -74,6 +74,26 @@ def test_an_acme_site_answers_the_challenge_on_80_and_gets_443_once_it_has_its_c
     assert "acme-challenge" in waiting and "listen 443" not in waiting
 
 
+def test_on_several_hosts_a_challenge_file_this_host_lacks_is_asked_of_the_others_once():
+    app = dict(acme_app(), peers={"beta": ["198.51.100.12"], "gamma": ["2001:db8::13"]})
+    text = nginx.render_conf(app, HOST_IPS)
+    assert (
+        "upstream minicl_acme_web {\n    server 198.51.100.12:80;\n    server [2001:db8::13]:80;\n}" in text
+    )
+    auto = text.split("# Site auto.")[1].split("# Site")[0]
+    assert "        try_files $uri @minicl_acme_peers;\n" in auto
+    assert (
+        "    location @minicl_acme_peers {\n        if ($http_x_minicl_acme_hop) {\n            return 404;\n"
+        in auto
+    )
+    assert (
+        "proxy_set_header X-Minicl-Acme-Hop 1;" in auto
+        and "proxy_next_upstream error timeout http_404;" in auto
+    )
+    alone = nginx.render_conf(acme_app(), HOST_IPS)
+    assert "minicl_acme_peers" not in alone and "upstream minicl_acme_web" not in alone
+
+
 def test_unknown_names_get_no_answer_and_stub_status_is_on_loopback_only():
     text = nginx.render_conf(web_app(), HOST_IPS)
     assert (
@@ -113,6 +133,7 @@ def test_nginx_accepts_what_is_rendered(tmp_path):
                    cwd=tmp_path, check=True, capture_output=True)  # fmt: skip
     app = web_app()
     app["sites"]["auto"] = {"server_names": ["auto.example.org"], "root": "sites/www", "tls": {"acme": True}}
+    app["peers"] = {"beta": ["198.51.100.12"]}
     text = nginx.render_conf(app, HOST_IPS, without_tls={"auto"})
     # and the same site once it has its certificate
     text += (
@@ -191,22 +212,16 @@ def test_bad_sites_are_refused_naming_the_field(site, expected):
     assert [p.split(": ", 1)[1] for p in problems_of(app)] == [expected]
 
 
-def test_an_acme_site_needs_the_acme_section_and_one_host():
+def test_an_acme_site_needs_the_acme_section():
     data = json.loads(json.dumps(EXAMPLE))
     data.pop("acme", None)
     data["apps"]["web"] = {"type": "nginx", "hosts": ["watch", "beta"], "public": True, "sites": {
         "auto": {"server_names": ["auto.example.org"], "root": "sites/www", "tls": {"acme": True}}}}  # fmt: skip
     found = [str(p).split(": ", 1)[1] for p in config.validate(data, repo_files=REPO_FILES)]
-    assert sorted(found) == sorted(
-        [
-            "apps.web.sites.auto.tls.acme: the certificate comes from an ACME server: add an acme section "
-            "with its directory",
-            'apps.web.sites.auto.tls.acme: app "web" runs on 2 hosts, and the ACME server\'s challenge reaches '
-            "only one of them: serve the site from one host, or put a front (a haproxy app, whose proxies "
-            "answer each other's challenges) before the hosts",
-        ]
-    )
-    data["apps"]["web"]["hosts"] = ["watch"]
+    assert found == [
+        "apps.web.sites.auto.tls.acme: the certificate comes from an ACME server: add an acme section "
+        "with its directory"
+    ]
     data["acme"] = {"directory": "https://acme.example.org/dir"}
     assert [str(p) for p in config.validate(data, repo_files=REPO_FILES)] == []
 
