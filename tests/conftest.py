@@ -4,6 +4,7 @@ this machine."""
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 
 import pytest
@@ -49,7 +50,42 @@ def _fingerprint():
     return found
 
 
-def pytest_configure(config):  # pylint: disable=unused-argument
+def _children():
+    """PIDs of this process's children (pytest-xdist's workers, in the controller)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == os.getpid():
+            found.append(int(entry))
+    return found
+
+
+_XDIST_CONTROLLER = False  # this process runs pytest-xdist's workers (set at configure)
+
+
+def _interrupted(signum, frame):  # pylint: disable=unused-argument
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once
+    if _XDIST_CONTROLLER:
+        for pid in _children():  # each worker tears its own test hosts down
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config):
+    # A run stopped with SIGTERM (a CI timeout, kill) tears its fixtures down like Ctrl-C does:
+    # test hosts left running would hold namespaces, mounts and cgroups of this machine.
+    global _XDIST_CONTROLLER  # pylint: disable=global-statement
+    _XDIST_CONTROLLER = bool(getattr(config.option, "numprocesses", None)) and (
+        "PYTEST_XDIST_WORKER" not in os.environ
+    )
+    signal.signal(signal.SIGTERM, _interrupted)
     # Importing Salt installs a handler that keeps every log record until the process exits and
     # then writes them to the stderr it saw at import: pytest's capture, closed by then
     # ("--- Logging error ---"). Without it, Salt's records reach pytest like any library's.
