@@ -50,27 +50,15 @@ def _fingerprint():
     return found
 
 
-def _children():
-    """PIDs of this process's children (pytest-xdist's workers, in the controller)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == os.getpid():
-            found.append(int(entry))
-    return found
-
-
 _XDIST_CONTROLLER = False  # this process runs pytest-xdist's workers (set at configure)
 
 
 def _interrupted(signum, frame):  # pylint: disable=unused-argument
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once
     if _XDIST_CONTROLLER:
-        for pid in _children():  # each worker tears its own test hosts down
+        from minicl.hostcopy import child_pids  # pylint: disable=import-outside-toplevel
+
+        for pid in child_pids(os.getpid()):  # each worker tears its own test hosts down
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:

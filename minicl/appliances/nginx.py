@@ -110,7 +110,7 @@ def cert_name(app, site):
 
 
 def acme_upstream(app):
-    return re.sub(r"[^A-Za-z0-9_]", "_", f"minicl_acme_{app['name']}")
+    return _identifier(f"minicl_acme_{app['name']}")
 
 
 def _challenge_locations(app):
@@ -147,8 +147,17 @@ def releases_dir(app):
     return f"{WWW_DIR}/{app['name']}/{RELEASES}"
 
 
+def _identifier(text):
+    """``text`` as an nginx name (an upstream's): letters, digits and _."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", text)
+
+
 def upstream_name(app, site):
-    return re.sub(r"[^A-Za-z0-9_]", "_", f"minicl_{app['name']}_{site}")
+    return _identifier(f"minicl_{app['name']}_{site}")
+
+
+def _server(ip, port):
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 def address_of(ips):
@@ -163,8 +172,7 @@ def proxy_servers(site, host_ips):
         host, _, port = target.rpartition(":")
         if host not in host_ips:
             raise ApplianceError(f'proxy target {target}: host "{host}" is not under "hosts"')
-        ip = address_of(host_ips[host])
-        servers.append(f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}")
+        servers.append(_server(address_of(host_ips[host]), port))
     return servers
 
 
@@ -211,9 +219,7 @@ def render_conf(app, host_ips, without_tls=()):
     if app.get("peers") and any(from_acme(site) for site in app["sites"].values()):
         out += ["", "# The other hosts of the app, for the ACME challenges they answer."]
         out += [f"upstream {acme_upstream(app)} {{"]
-        for _, ips in sorted(app["peers"].items()):
-            ip = address_of(ips)
-            out += [f"    server [{ip}]:80;" if ":" in ip else f"    server {ip}:80;"]
+        out += [f"    server {_server(address_of(ips), PORT)};" for _, ips in sorted(app["peers"].items())]
         out += ["}"]
     for name, site in sorted(app["sites"].items()):
         out += ["", f"# Site {name}."]
