@@ -482,10 +482,15 @@ def apply_plan(app, cluster_data, settings, todo):
             text = render_haproxy(app, hosts, with_tls=False)
         install_and_reload(text)
     elif todo.pem:  # certbot renewed it on its own (certbot.timer): haproxy loads the new pem
-        problem = config_check(CONF_FILE)
-        if problem:
-            raise ApplianceError(f"haproxy -c rejects {CONF_FILE} with the new certificate: {problem}")
-        reload_or_start()
+        try:
+            problem = config_check(CONF_FILE)
+            if problem:
+                raise ApplianceError(f"haproxy -c rejects {CONF_FILE} with the new certificate: {problem}")
+            reload_or_start()
+        except ApplianceError:
+            if current_pem is not None:  # as for the configuration: the next run tries again
+                write_pem(app, current_pem)
+            raise
     elif todo.start_haproxy:
         systemctl("start", SERVICE)
     if todo.start_keepalived:

@@ -256,3 +256,25 @@ def test_a_failed_reload_puts_the_previous_configuration_back(tmp_path, monkeypa
     with pytest.raises(ApplianceError, match="Job for haproxy.service failed"):
         haproxy.install_and_reload("new\n")
     assert conf.read_text() == "old\n"  # the next run sees the change to make and tries again
+
+
+def test_a_renewed_certificate_haproxy_does_not_load_is_put_back(tmp_path, monkeypatch):
+    from minicl.appliances import ApplianceError
+
+    monkeypatch.setattr(haproxy, "CERTS_DIR", str(tmp_path))
+    monkeypatch.setattr(haproxy, "cert_path", lambda app: str(tmp_path / "front.pem"))
+    (tmp_path / "front.pem").write_text("OLD PEM\n")
+    monkeypatch.setattr(haproxy, "config_check", lambda path: None)
+    monkeypatch.setattr(haproxy, "unit_active", lambda unit: True)
+    monkeypatch.setattr(haproxy, "write_expiry_metric", lambda app: None)
+
+    def systemctl(*args, check=True):
+        if args[0] == "reload":
+            raise ApplianceError("systemctl reload haproxy: Job for haproxy.service failed")
+
+    monkeypatch.setattr(haproxy, "systemctl", systemctl)
+    todo = haproxy.Plan({}, None, None, "NEW PEM\n", start_haproxy=False, enable=[], start_keepalived=False,
+                        reload_keepalived=False)  # fmt: skip
+    with pytest.raises(ApplianceError, match="Job for haproxy.service failed"):
+        haproxy.apply_plan({"name": "front"}, {}, {}, todo)
+    assert (tmp_path / "front.pem").read_text() == "OLD PEM\n"  # the next run loads the new one again
