@@ -3,6 +3,7 @@
     ca_pem = start_pebble(host, names={"www.front.test": "203.0.113.130"})
     directory = pebble_directory(host)          # https://<host's address>:14000/dir
     root = pebble_root(host)                    # the root that signs the certificates it issues
+    restart_pebble(host, 10 * 86400)            # from now on, certificates valid for 10 days
 
 Debian's pebble ships no certificates for its own HTTPS: ``make_tls`` makes a small CA and a
 certificate for the host's address with openssl (``ca_pem`` is what an ACME client must trust,
@@ -14,6 +15,7 @@ import json
 import os
 import subprocess
 import tempfile
+import time
 
 DIRECTORY_PORT = 14000
 MANAGEMENT_PORT = 15000
@@ -85,6 +87,27 @@ def start_pebble(host, names, http_port=80):
     ca_pem, cert_pem, key_pem = make_tls(host.ipv4)
     host.write(f"{CONF_DIR}/cert.pem", cert_pem)
     host.write(f"{CONF_DIR}/key.pem", key_pem, 0o600)
+    hosts = host.read("/etc/hosts")
+    host.write("/etc/hosts", hosts + "".join(f"{ip} {name}\n" for name, ip in names.items()))
+    _run_pebble(host, http_port)
+    return ca_pem
+
+
+def restart_pebble(host, validity_seconds, http_port=80):
+    """pebble again, on the same HTTPS certificate, issuing certificates valid for
+    ``validity_seconds`` (pebble's default: 5 years). pebble keeps nothing across a restart:
+    it signs with a new root, and the ACME accounts it had are gone."""
+    host.systemctl("stop", UNIT)
+    _run_pebble(host, http_port, validity_seconds)
+    probe = ["curl", "-sfk", "-o", "/dev/null", f"https://127.0.0.1:{DIRECTORY_PORT}/dir"]
+    for _ in range(50):
+        if host.run(probe, check=False).returncode == 0:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"pebble does not answer on {host.name} after a restart")
+
+
+def _run_pebble(host, http_port, validity_seconds=None):
     config = {
         "pebble": {
             "listenAddress": f"0.0.0.0:{DIRECTORY_PORT}",
@@ -95,11 +118,10 @@ def start_pebble(host, names, http_port=80):
             "tlsPort": 443,
             "ocspResponderURL": "",
             "externalAccountBindingRequired": False,
+            **({"certificateValidityPeriod": validity_seconds} if validity_seconds else {}),
         }
     }
     host.write(f"{CONF_DIR}/pebble-config.json", json.dumps(config, indent=2))
-    hosts = host.read("/etc/hosts")
-    host.write("/etc/hosts", hosts + "".join(f"{ip} {name}\n" for name, ip in names.items()))
     host.run(
         [
             "systemd-run",
@@ -113,7 +135,6 @@ def start_pebble(host, names, http_port=80):
             f"{CONF_DIR}/pebble-config.json",
         ]
     )
-    return ca_pem
 
 
 def pebble_directory(host):

@@ -4,7 +4,10 @@ monitor host, alert mail through the fake authenticated relay. The client gets n
 through the front (its health check reaches nginx's name-based site); an nginx certificate (a
 file of the config repo, 10 days left) mails NginxCertificateExpiring, the others do not alert;
 nginx down mails FrontBackendServerDown; keepalived stopped on both proxies mails
-FrontAddressNotHeld, and the address comes back when it starts."""
+FrontAddressNotHeld, and the address comes back when it starts; VRRP adverts dropped between
+the proxies mails FrontAddressHeldTwice, and one keeps the address once they hear each other
+again; certificates renewed from an ACME server that issues 10-day ones mail
+FrontCertificateExpiring for each proxy."""
 
 import subprocess
 
@@ -33,7 +36,7 @@ def entry(addresses, *roles):
     return {"ip": [a.split("/")[0] for a in addresses], "roles": ["base", *roles]}
 
 
-def config(directory):
+def config(directory, renew_before="30d"):
     data = cluster_config(
         {"alpha": entry(ALPHA), "beta": entry(BETA), "watch": entry(WATCH, "monitor")},
         smtp={"relay": "relay.example.org", "port": 587, "username": USER, "password": PASSWORD},
@@ -48,7 +51,7 @@ def config(directory):
             "admin": {"server_names": [ADMIN], "root": "sites/www",
                       "tls": {"certificate": "tls/admin.crt", "key": "tls/admin.key"}}}},
     }  # fmt: skip
-    data["acme"] = {"directory": directory, "ca": "acme-ca.pem"}
+    data["acme"] = {"directory": directory, "ca": "acme-ca.pem", "renew_before": renew_before}
     return data
 
 
@@ -150,5 +153,53 @@ def test_no_proxy_holding_the_address_mails_and_the_address_comes_back(cluster, 
         for proxy in proxies:
             proxy.systemctl("start", "keepalived")
     wait_for("the front answering again", lambda: front_up(outside), timeout=30)
-    held = [p.name for p in proxies if f" {ADDRESS}/" in p.run("ip -o addr show").stdout]
-    assert len(held) == 1, held
+    assert len(holding(proxies)) == 1, holding(proxies)
+
+
+def holding(proxies):
+    """The names of the proxies that hold the front's address."""
+    return [p.name for p in proxies if f" {ADDRESS}/" in p.run("ip -o addr show").stdout]
+
+
+# VRRP adverts dropped on their way in, as a firewall mistake or a split network would.
+SPLIT = (
+    "nft add table inet minicl_test_split && "
+    "nft add chain inet minicl_test_split input '{ type filter hook input priority -10; }' && "
+    "nft add rule inet minicl_test_split input ip protocol vrrp drop"
+)
+
+
+def test_both_proxies_holding_the_address_mails_and_one_keeps_it_after(cluster, relay):
+    proxies, outside = (cluster["alpha"], cluster["beta"]), cluster["outside"]
+    assert alerts(cluster["watch"], "FrontAddressHeldTwice") == []
+    (held,) = holding(proxies)
+    other = next(p for p in proxies if p.name != held)
+    other.run(SPLIT)
+    try:
+        wait_for("both proxies holding the address", lambda: len(holding(proxies)) == 2, timeout=30)
+        alert_mail(relay, "FrontAddressHeldTwice", "front: 2 proxies hold the front")
+    finally:
+        other.run("nft delete table inet minicl_test_split")
+    wait_for("one proxy holding the address again", lambda: len(holding(proxies)) == 1, timeout=30)
+    assert front_up(outside)
+
+
+def test_front_certificates_expiring_soon_mail_for_each_proxy(cluster, relay, git_server):
+    proxies, outside, watch = (cluster["alpha"], cluster["beta"]), cluster["outside"], cluster["watch"]
+    assert alerts(watch, "FrontCertificateExpiring") == []  # pebble's first: years left
+    acmelab.restart_pebble(outside, 10 * 86400)
+    git_server.commit(
+        {"cluster.json": dump(config(acmelab.pebble_directory(outside), renew_before="3000d"))}, "renew now"
+    )
+    for proxy in proxies:
+        proxy.run("rm -rf /etc/letsencrypt/accounts")  # the restarted pebble has forgotten them
+        code, _, result = salt_call(proxy, "state.apply")
+        assert code == 0, result.stdout[-3000:]
+    alert_mail(relay, "FrontCertificateExpiring", "the certificate of front expires soon")
+    wait_for(
+        "the alert for both proxies",
+        lambda: sorted(a["instance"] for a in alerts(watch, "FrontCertificateExpiring")) == ["alpha", "beta"],
+        timeout=30,
+    )
+    outside.write("/root/pebble-root.pem", acmelab.pebble_root(outside))
+    assert front_up(outside)  # the renewed certificate, from the restarted pebble, serves
