@@ -39,6 +39,8 @@ DESTINATION = "d_loghost"
 DISK_BUFFER_BYTES = 256 * 1024**2  # per host: an outage of hours at a busy host's rate
 MEMORY_BUFFER_BYTES = 8 * 1024**2
 RECONNECT_SECONDS = 5  # syslog-ng's time-reopen: how soon a client tries the log host again
+MARK_SECONDS = 60  # a destination idle this long gets a "-- MARK --" line: silence means a fault
+SILENCE_SECONDS = 4 * MARK_SECONDS  # no line for this long (metrics a minute late included): alert
 
 # What each app type can emit for the "tracing" strategy, on Debian 12 as packaged. None: it
 # can; a text: why it cannot (shown when cluster.json selects tracing for such an app).
@@ -108,14 +110,19 @@ def render_syslog_ng(cluster, host):
         '@include "scl.conf"',
         "",
         f"options {{ chain-hostnames(no); use-dns(no); use-fqdn(no); keep-hostname(yes); "
-        f"stats-freq(0); time-reopen({RECONNECT_SECONDS}); log-fifo-size(10000); }};",
+        f"stats-freq(0); time-reopen({RECONNECT_SECONDS}); log-fifo-size(10000); "
+        f"mark-freq({MARK_SECONDS}); }};",
         "",
         "source s_local { system(); internal(); };",
     ]
     if host == server:
+        # A silent client's connection is kept 25 minutes (syslog-ng's default: 2): longer than a
+        # client's TCP resends (about 15 minutes), so that after a network cut of minutes what the
+        # client had sent meanwhile arrives, instead of a reset that loses it.
         listeners = " ".join(
             f'syslog(ip("{ip}") port({found["port"]}) transport("tls") {_tls(TRUSTED_CA)} '
-            "max-connections(1000) log-iw-size(100000));"
+            "max-connections(1000) log-iw-size(100000) "
+            "tcp-keepalive-time(1200) tcp-keepalive-intvl(60) tcp-keepalive-probes(5));"
             for ip in cluster.host_ips(host)
         )
         lines += [
@@ -123,7 +130,8 @@ def render_syslog_ng(cluster, host):
             "",
             # The directory is the name on the client's certificate, not what the line claims.
             f'destination d_hosts {{ file("{LOG_DIR}/${{.tls.x509_cn}}/{day}.log" {file_options}); }};',
-            f'destination d_own {{ file("{LOG_DIR}/{host}/{day}.log" {file_options}); }};',
+            f'destination d_own {{ file("{LOG_DIR}/{host}/{day}.log" {file_options} '
+            "mark-mode(dst-idle)); };",
             "",
             "log { source(s_cluster); destination(d_hosts); flags(flow-control); };",
             "log { source(s_local); destination(d_own); flags(flow-control); };",
@@ -136,7 +144,7 @@ def render_syslog_ng(cluster, host):
         lines += [
             "",
             f'destination {DESTINATION} {{ syslog("{log_address(cluster)}" port({found["port"]}) '
-            f'transport("tls") {_tls(TRUSTED_CA)} {buffer}); }};',
+            f'transport("tls") {_tls(TRUSTED_CA)} {buffer} mark-mode(dst-idle)); }};',
             "",
             f"log {{ source(s_local); destination({DESTINATION}); flags(flow-control); }};",
         ]
@@ -226,17 +234,16 @@ def alert_rules(cluster, rule, wait):
     """The logging alerts (``rule`` makes one, ``wait`` the usual for:)."""
     if settings(cluster) is None:
         return []
-    silent = 2 * cluster.seconds("schedule", "interval") + cluster.seconds("schedule", "splay")
     return [
         rule(
             "LogsNotArriving",
-            f"time() - minicl_log_last_received_seconds > {silent}",
+            f"time() - minicl_log_last_received_seconds > {SILENCE_SECONDS}",
             "no log lines from {{ $labels.host }} for a while",
-            f"The log host has stored no line from {{{{ $labels.host }}}} for more than {silent} s "
-            "(every minicl run logs a line, so a quiet host is not the reason): its syslog-ng is "
-            "down, cannot reach the log host, or its certificate is refused. "
-            "Run 'syslog-ng-ctl stats' and 'journalctl -u syslog-ng' there.",
-            "15m",
+            f"The log host has stored no line from {{{{ $labels.host }}}} for more than {SILENCE_SECONDS} s "
+            f"(a host with nothing to log sends a '-- MARK --' line every {MARK_SECONDS} s, so a quiet "
+            "host is not the reason): its syslog-ng is down, cannot reach the log host, or its "
+            "certificate is refused. Run 'syslog-ng-ctl stats' and 'journalctl -u syslog-ng' there.",
+            "1m",
         ),
         rule(
             "SyslogNgDown",

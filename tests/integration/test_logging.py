@@ -3,8 +3,10 @@
 only TLS with a certificate of the cluster's logging CA is accepted (a plain connection and a
 self-signed certificate are refused, beside the same frame sent with the host's certificate);
 the port answers cluster hosts only; with the log host's syslog-ng down and then the whole log
-host rebooted, every numbered line written meanwhile arrives exactly once; a second converge
-changes nothing and shows no CA key; a bad logging section is refused naming the field."""
+host rebooted, every numbered line written meanwhile arrives exactly once; with the client cut
+off, the log host's monitor fires LogsNotArriving for it alone, and the line written meanwhile
+arrives once the path is back; a second converge changes nothing and shows no CA key; a bad
+logging section is refused naming the field."""
 
 import json
 import re
@@ -12,6 +14,7 @@ import re
 import pytest
 
 from minicl import centrallog, logcerts
+from minicl_lab import probes
 from minicl_lab.testhosts import GitServer
 
 from .conftest import bootstrap_all, changed_states, cluster_config, dump, salt_call, wait_for
@@ -24,10 +27,11 @@ PORT = 6514
 
 CONFIG = cluster_config(
     {
-        "vault": {"ip": [LOG_IP], "roles": ["base", "log"]},
+        "vault": {"ip": [LOG_IP], "roles": ["base", "log", "monitor"]},
         "alpha": {"ip": ["203.0.113.151"], "roles": ["base"]},
     },
     logging={"retention": "7d"},
+    monitoring={"scrape_interval": "5s", "retention": "1d"},
 )
 
 # Sends one RFC 5425 frame to the log host: over TLS with the given certificate (the log host's
@@ -160,6 +164,46 @@ def test_nothing_written_while_the_log_host_is_down_is_lost(hosts):
     found = re.findall(r"outage-line-(\d{4})-end", stored(vault))
     missing = sorted({f"{i:04d}" for i in range(count)} - set(found))
     assert sorted(found) == [f"{i:04d}" for i in range(count)], missing  # all there, each once
+
+
+# alpha's packets to the log host dropped, as a network cut would: TCP keeps what it had sent
+# and sends it again once the path is back (it gives up after about 15 minutes).
+CUT = (
+    "nft add table inet minicl_test_cut && "
+    "nft add chain inet minicl_test_cut output '{ type filter hook output priority -10; }' && "
+    f"nft add rule inet minicl_test_cut output ip daddr {LOG_IP} tcp dport {PORT} drop"
+)
+
+
+def logs_not_arriving(vault):
+    found = probes.prometheus_query(vault, 'ALERTS{alertname="LogsNotArriving",alertstate="firing"}')
+    return sorted(labels["host"] for labels, _ in found)
+
+
+def test_a_host_whose_lines_stop_arriving_alerts_and_catches_up(hosts):
+    vault, alpha, _ = hosts
+
+    def recent():  # every host's last line, at the monitor (after the reboot: its first scrapes)
+        found = probes.prometheus_query(vault, "time() - minicl_log_last_received_seconds")
+        ages = {labels["host"]: age for labels, age in found}
+        return ages.keys() == {"alpha", "vault"} and max(ages.values()) < centrallog.SILENCE_SECONDS
+
+    wait_for("the log host's metrics at its monitor", recent, timeout=120)
+    assert logs_not_arriving(vault) == []
+    alpha.run(CUT)
+    try:
+        alpha.run(["logger", "-t", "minicl-test", "written-while-cut-off"])
+        # No line for 240 s (an idle host sends a MARK each minute), then 1 min: about 5-6 min.
+        wait_for("LogsNotArriving for alpha", lambda: logs_not_arriving(vault) == ["alpha"], timeout=540)
+    finally:
+        alpha.run("nft delete table inet minicl_test_cut")
+    # TCP's next retry comes at most 120 s later (its backoff).
+    wait_for(
+        "the line written while cut off",
+        lambda: "written-while-cut-off" in stored(vault),
+        timeout=180,
+        explain=lambda: alpha.run("ss -tni", check=False).stdout + alpha.run("syslog-ng-ctl stats").stdout,
+    )
 
 
 def test_a_second_converge_changes_nothing_and_shows_no_ca_key(hosts, ca_files):
