@@ -506,6 +506,13 @@ def test_the_certificates_expiry_is_written_for_the_monitor(host, certbot):
     text = (tmp_path / "textfile/minicl_nginx_web_certificates.prom").read_text()
     assert 'minicl_nginx_certificate_expiry_timestamp_seconds{app="web",site="auto",source="acme"} ' in text
     assert 'site="secure"' not in text  # "CERT\n" in the checkout is no certificate
+    # The app the host ran before (a host runs one nginx app) leaves no series behind.
+    (tmp_path / "textfile/minicl_nginx_old_certificates.prom").write_text(text)
+    (tmp_path / "textfile/minicl_front_old_certificate.prom").write_text("kept\n")
+    nginx.write_expiry_metrics(app)
+    assert not (tmp_path / "textfile/minicl_nginx_old_certificates.prom").exists()
+    assert (tmp_path / "textfile/minicl_front_old_certificate.prom").exists()
+    assert (tmp_path / "textfile/minicl_nginx_web_certificates.prom").read_text() == text
     del app["sites"]["auto"]
     nginx.write_expiry_metrics(app)
     assert not (tmp_path / "textfile/minicl_nginx_web_certificates.prom").exists()
