@@ -1,7 +1,8 @@
 """The front on systemd test hosts: two proxies (haproxy + keepalived + certbot) with a floating
 address, a backend host, and an outside host running the ACME server (Debian's pebble) that is
 also the client. The client fetches a page over HTTPS through the address with the certificate
-pebble issued; the verbs; the exporter; VRRP from the other proxy only; a second run changes
+pebble issued; the verbs; the exporter; VRRP from the other proxy only; the challenge port
+(8402) open to cluster hosts, not the outside; a second run changes
 nothing and shows no secret; a bad front entry refused naming the field; a haproxy
 configuration that haproxy rejects never replaces the running one; renewal when due, and by
 hand; failover moves the address; the proxy holding the address is killed and the other serves
@@ -164,6 +165,31 @@ def test_vrrp_comes_from_the_other_proxy_only(proxies):
     listing = proxies["alpha"].run("nft list table inet minicl").stdout
     assert "meta l4proto vrrp ip saddr 203.0.113.122 accept" in listing
     assert "meta l4proto vrrp drop" in listing
+
+
+def test_the_challenge_port_answers_cluster_hosts_only(proxies, outside, web):
+    # certbot listens on port 8402 only while it asks for a certificate: a stand-in listens here.
+    alpha = proxies["alpha"]
+    alpha.run(
+        [
+            "systemd-run",
+            "--unit=stand-in",
+            "python3",
+            "-m",
+            "http.server",
+            "-b",
+            ALPHA[0].split("/")[0],
+            "8402",
+        ]
+    )
+    try:
+        ip = ALPHA[0].split("/")[0]
+        assert wait_for("the stand-in listening", lambda: proxies["beta"].can_connect(ip, 8402), timeout=10)
+        assert web.can_connect(ip, 8402)  # a cluster host that is no proxy
+        assert not outside.can_connect(ip, 8402)
+        assert outside.can_connect(ip, 22)  # positive control: the outside reaches alpha's ssh
+    finally:
+        alpha.systemctl("stop", "stand-in")
 
 
 def test_the_exporter_reads_haproxy(proxies):
