@@ -5,8 +5,9 @@ self-signed certificate are refused, beside the same frame sent with the host's 
 the port answers cluster hosts only; with the log host's syslog-ng down and then the whole log
 host rebooted, every numbered line written meanwhile arrives exactly once; with the client cut
 off, the log host's monitor fires LogsNotArriving for it alone, and the line written meanwhile
-arrives once the path is back; a second converge changes nothing and shows no CA key; a bad
-logging section is refused naming the field."""
+arrives once the path is back; syslog-ng stopped on the client fires SyslogNgDown for it; a
+second converge changes nothing and shows no CA key; a bad logging section is refused naming
+the field."""
 
 import json
 import re
@@ -204,6 +205,22 @@ def test_a_host_whose_lines_stop_arriving_alerts_and_catches_up(hosts):
         timeout=180,
         explain=lambda: alpha.run("ss -tni", check=False).stdout + alpha.run("syslog-ng-ctl stats").stdout,
     )
+
+
+def test_syslog_ng_stopped_on_a_host_alerts(hosts):
+    vault, alpha, _ = hosts
+
+    def firing():
+        found = probes.prometheus_query(vault, 'ALERTS{alertname="SyslogNgDown",alertstate="firing"}')
+        return sorted(labels["instance"] for labels, _ in found)
+
+    assert firing() == []
+    alpha.systemctl("stop", "syslog-ng")
+    try:
+        # The metrics timer notices within a minute; then the rule's for: (a few scrapes).
+        wait_for("SyslogNgDown for alpha", lambda: firing() == ["alpha"], timeout=150)
+    finally:
+        alpha.systemctl("start", "syslog-ng")
 
 
 def test_a_second_converge_changes_nothing_and_shows_no_ca_key(hosts, ca_files):
