@@ -1,8 +1,9 @@
 """The front on systemd test hosts: two proxies (haproxy + keepalived + certbot) with a floating
 address, a backend host, and an outside host running the ACME server (Debian's pebble) that is
-also the client. The client fetches a page over HTTPS through the address with the certificate
-pebble issued; the verbs; the exporter; VRRP from the other proxy only; the challenge port
-(8402) open to cluster hosts, not the outside; a second run changes
+also the client, all dual-stack. The client fetches a page over HTTPS through the address with
+the certificate pebble issued, over IPv4 and IPv6 (both addresses on the same proxy); the verbs; the exporter; VRRP from the other proxy only; the challenge port
+(8402) open to cluster hosts, not the outside; VRRP adverts forged by hosts that are no proxy
+move nothing (the same from the other proxy's address do); a second run changes
 nothing and shows no secret; a bad front entry refused naming the field; a haproxy
 configuration that haproxy rejects never replaces the running one; renewal when due, and by
 hand; failover moves the address; the proxy holding the address is killed and the other serves
@@ -11,6 +12,7 @@ the same request; back from its power cut it is the standby."""
 import hashlib
 import hmac
 import json
+import re
 
 import pytest
 
@@ -20,11 +22,12 @@ from minicl_lab.testhosts import GitServer
 from .conftest import bootstrap_all, changed_states, cluster_config, salt_call, wait_for
 
 GIT = ["203.0.113.120/24"]
-ALPHA = ["203.0.113.121/24"]
-BETA = ["203.0.113.122/24"]
-WEB = ["203.0.113.123/24"]
-OUTSIDE = ["203.0.113.124/24"]  # pebble, and the client
+ALPHA = ["203.0.113.121/24", "2001:db8:113::121/64"]
+BETA = ["203.0.113.122/24", "2001:db8:113::122/64"]
+WEB = ["203.0.113.123/24", "2001:db8:113::123/64"]
+OUTSIDE = ["203.0.113.124/24", "2001:db8:113::124/64"]  # pebble, and the client
 ADDRESS = "203.0.113.130"
+ADDRESS6 = "2001:db8:113::130"  # the front's IPv6 address, moved along with the IPv4 one
 DOMAINS = ["www.front.test", "shop.front.test"]
 PAGE = "hello from the backend\n"
 STATE = "minicl_haproxy_|-minicl-haproxy-front_|-front_|-running"
@@ -40,7 +43,7 @@ def config(directory, **acme):
         "front": {
             "type": "haproxy",
             "hosts": ["alpha", "beta"],
-            "address": ADDRESS,
+            "address": [ADDRESS, ADDRESS6],
             "domains": DOMAINS,
             "backends": {"site": {"servers": ["web:8080"], "check": "/"}},
             "routes": {"shop.front.test": "site"},
@@ -86,13 +89,14 @@ def proxies(lab, git_server, deploy_key, outside, web):
     return {"alpha": alpha, "beta": beta}
 
 
-def holder(proxies):
-    found = [name for name, h in proxies.items() if f" {ADDRESS}/" in h.run("ip -o addr show").stdout]
+def holder(proxies, address=ADDRESS):
+    found = [name for name, h in proxies.items() if f" {address}/" in h.run("ip -o addr show").stdout]
     return found[0] if len(found) == 1 else None
 
 
-def fetch(client, domain="www.front.test", timeout=3):
+def fetch(client, domain="www.front.test", timeout=3, address=ADDRESS):
     """curl on the client through the address, the certificate checked against pebble's root."""
+    at = f"[{address}]" if ":" in address else address
     return client.run(
         [
             "curl",
@@ -102,9 +106,9 @@ def fetch(client, domain="www.front.test", timeout=3):
             "--cacert",
             "/root/pebble-root.pem",
             "--resolve",
-            f"{domain}:443:{ADDRESS}",
+            f"{domain}:443:{at}",
             "--resolve",
-            f"{domain}:80:{ADDRESS}",
+            f"{domain}:80:{at}",
             f"https://{domain}/",
         ],
         check=False,
@@ -144,6 +148,14 @@ def test_the_client_gets_the_page_over_https_with_the_acme_certificate(proxies, 
         ["curl", "-sS", "--resolve", f"www.front.test:443:{ADDRESS}", "https://www.front.test/"], check=False
     )
     assert refused.returncode == 60, refused.stderr
+
+
+def test_the_ipv6_address_is_held_with_the_ipv4_one_and_serves_the_page(proxies, outside):
+    assert holder(proxies, ADDRESS6) == holder(proxies) is not None
+    result = fetch(outside, address=ADDRESS6)
+    assert result.stdout == PAGE, result.stderr
+    other = next(name for name in proxies if name != holder(proxies))
+    assert f"inet6 {ADDRESS6}/" not in proxies[other].run("ip -o addr show").stdout
 
 
 def test_verbs_report_the_address_backends_and_certificate(proxies):
@@ -190,6 +202,45 @@ def test_the_challenge_port_answers_cluster_hosts_only(proxies, outside, web):
         assert outside.can_connect(ip, 22)  # positive control: the outside reaches alpha's ssh
     finally:
         alpha.systemctl("stop", "stand-in")
+
+
+# VRRP adverts for the front's router id with a higher priority, as any host on the network
+# could send: the proxy holding the address would give it up if it took them.
+FORGE = r"""
+import socket, struct, sys, time
+target, vrid, password, vip, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], float(sys.argv[5])
+body = bytearray(struct.pack("!BBBBBBH", 0x21, vrid, 254, 1, 1, 1, 0))
+body += socket.inet_aton(vip) + password.encode().ljust(8, b"\0")
+total = sum((body[i] << 8) + body[i + 1] for i in range(0, len(body), 2))
+total = (total & 0xFFFF) + (total >> 16)
+struct.pack_into("!H", body, 6, ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF)
+sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, 112)
+sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 255)
+end = time.time() + seconds
+while time.time() < end:
+    sock.sendto(bytes(body), (target, 0))
+    time.sleep(0.2)
+"""
+
+
+def forge_adverts(sender, proxy, seconds):
+    conf = proxy.read("/etc/keepalived/keepalived.conf")
+    vrid = re.search(r"virtual_router_id (\d+)", conf).group(1)
+    password = re.search(r"auth_pass (\S+)", conf).group(1)
+    sender.run(["python3", "-c", FORGE, proxy.ipv4, vrid, password, ADDRESS, str(seconds)])
+
+
+def test_vrrp_adverts_of_a_non_peer_move_nothing(proxies, outside, web):
+    first = holder(proxies)
+    other = next(name for name in proxies if name != first)
+    for sender in (outside, web):  # neither is a proxy; web is a cluster host
+        forge_adverts(sender, proxies[first], 6)
+        assert holder(proxies) == first, sender.name
+    # Positive control: the same adverts from the other proxy's address make the holder step
+    # down, and the other proxy, hearing no adverts, takes the address.
+    forge_adverts(proxies[other], proxies[first], 6)
+    assert wait_for("the address on the other proxy", lambda: holder(proxies) == other, timeout=10)
+    assert wait_for("the page again", lambda: fetch(outside).stdout == PAGE, timeout=10)
 
 
 def test_the_exporter_reads_haproxy(proxies):
@@ -326,6 +377,8 @@ def test_failover_moves_the_address_to_the_other_proxy(proxies, outside):
     assert code == 0 and report["holder"] == other, result.stdout
     assert wait_for("the address on the other proxy", lambda: holder(proxies) == other, timeout=10)
     assert wait_for("the page through the other proxy", lambda: fetch(outside).stdout == PAGE, timeout=10)
+    assert holder(proxies, ADDRESS6) == other  # the IPv6 address moved along
+    assert wait_for("over IPv6 too", lambda: fetch(outside, address=ADDRESS6).stdout == PAGE, timeout=10)
     # keepalived stopped on the holder: the address moves, and its metric does not stay at 1.
     proxies[other].systemctl("stop", "keepalived")
     try:
