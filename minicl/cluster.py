@@ -31,6 +31,11 @@ def as_list(value):
     return [value] if isinstance(value, str) else list(value)
 
 
+def host_port(ip, port):
+    """``ip:port`` as URLs and nginx, haproxy and Prometheus write it: an IPv6 address in brackets."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
 class Cluster:
     """A validated cluster.json and what is derived from it."""
 

@@ -8,13 +8,13 @@ interval; an alert fires after ``FOR_SCRAPES`` failed intervals) and ``schedule`
 last highstate is older than 3 intervals plus the splay is stale).
 """
 
-import ipaddress
 import json
 
 import yaml
 
 from minicl import acme, appliances, centrallog, paths, schedule
 from minicl.appliances import backups
+from minicl.cluster import host_port
 from minicl.schema import DURATION_UNITS
 
 NODE_EXPORTER_PORT = 9100
@@ -53,15 +53,11 @@ def _duration(seconds):
     return f"{seconds}s"
 
 
-def scrape_address(ip, port):
-    return f"[{ip}]:{port}" if ipaddress.ip_address(ip).version == 6 else f"{ip}:{port}"
-
-
 def _targets(cluster, hosts, port):
     """file_sd targets: each host at its first address, labelled with its name."""
     return [
         {
-            "targets": [scrape_address(cluster.host_ips(host)[0], port)],
+            "targets": [host_port(cluster.host_ips(host)[0], port)],
             "labels": {"instance": host, "roles": ",".join(cluster.host_roles(host))},
         }
         for host in sorted(hosts)
@@ -86,7 +82,7 @@ def render_app_targets(cluster, kind):
     port = appliances.exporter(kind).port
     targets = [
         {
-            "targets": [scrape_address(cluster.host_ips(host)[0], port)],
+            "targets": [host_port(cluster.host_ips(host)[0], port)],
             "labels": {"instance": host, "app": name},
         }
         for name, app in sorted(cluster.apps.items())

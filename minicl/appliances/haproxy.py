@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 
 from minicl import acme, frontrules, metrics
 from minicl.appliances import ApplianceError, Report, shared_secret, systemctl, unit_active, unit_enabled
+from minicl.cluster import host_port
 from minicl.files import read_file, write_file
 
 SERVICE = "haproxy"
@@ -90,10 +91,6 @@ def vrrp_password(app):
 
 def own_ipv4(ips):
     return next((ip for ip in ips if ":" not in ip), None)
-
-
-def bracket(ip):
-    return f"[{ip}]" if ":" in ip else ip
 
 
 def cert_path(app):
@@ -146,7 +143,7 @@ def render_haproxy(app, cluster_hosts, with_tls):
         ],
         "",
         "frontend minicl-http",
-        *[f"    bind {bracket(ip)}:{HTTP_PORT} transparent" for ip in addresses],
+        *[f"    bind {host_port(ip, HTTP_PORT)} transparent" for ip in addresses],
         "    acl acme_challenge path_beg /.well-known/acme-challenge/",
         "    http-request redirect scheme https code 301 unless acme_challenge",
         "    use_backend minicl-acme if acme_challenge",
@@ -156,7 +153,7 @@ def render_haproxy(app, cluster_hosts, with_tls):
         lines += [
             "frontend minicl-https",
             *[
-                f"    bind {bracket(ip)}:{PORT} transparent ssl crt {cert_path(app)} alpn h2,http/1.1"
+                f"    bind {host_port(ip, PORT)} transparent ssl crt {cert_path(app)} alpn h2,http/1.1"
                 for ip in addresses
             ],
             "    http-request set-header X-Forwarded-Proto https",
@@ -185,7 +182,7 @@ def render_haproxy(app, cluster_hosts, with_tls):
         "    balance roundrobin",
     ]
     for host in app["hosts"]:
-        lines.append(f"    server {host} {bracket(own_ipv4(cluster_hosts[host]))}:{ACME_PORT}")
+        lines.append(f"    server {host} {host_port(own_ipv4(cluster_hosts[host]), ACME_PORT)}")
     for name, spec in sorted(app["backends"].items()):
         lines += [
             "",
@@ -201,7 +198,7 @@ def render_haproxy(app, cluster_hosts, with_tls):
         for server in spec["servers"]:
             host, port = frontrules.parse_server(server)
             ip = own_ipv4(cluster_hosts[host]) or cluster_hosts[host][0]
-            lines.append(f"    server {host}-{port} {bracket(ip)}:{port} check inter 2s fall 2 rise 2")
+            lines.append(f"    server {host}-{port} {host_port(ip, port)} check inter 2s fall 2 rise 2")
     return "\n".join(lines) + "\n"
 
 
@@ -545,7 +542,7 @@ def peer_holds(app, peer_ips, timeout=2):
     True, False, or None when it does not answer."""
     ip = own_ipv4(peer_ips)
     try:
-        with urllib.request.urlopen(f"http://{bracket(ip)}:9100/metrics", timeout=timeout) as answer:
+        with urllib.request.urlopen(f"http://{host_port(ip, 9100)}/metrics", timeout=timeout) as answer:
             text = answer.read().decode()
     except OSError:
         return None

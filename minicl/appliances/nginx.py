@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 
 from minicl import acme, metrics
 from minicl.appliances import ApplianceError, Report, systemctl, unit_active, unit_enabled
+from minicl.cluster import host_port
 from minicl.files import read_file, write_file
 
 PACKAGE = "nginx"
@@ -156,10 +157,6 @@ def upstream_name(app, site):
     return _identifier(f"minicl_{app['name']}_{site}")
 
 
-def _server(ip, port):
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-
-
 def address_of(ips):
     """The address to reach a host at: its first IPv4 address, else its first."""
     return next((ip for ip in ips if ":" not in ip), ips[0] if ips else "127.0.0.1")
@@ -172,7 +169,7 @@ def proxy_servers(site, host_ips):
         host, _, port = target.rpartition(":")
         if host not in host_ips:
             raise ApplianceError(f'proxy target {target}: host "{host}" is not under "hosts"')
-        servers.append(_server(address_of(host_ips[host]), port))
+        servers.append(host_port(address_of(host_ips[host]), port))
     return servers
 
 
@@ -219,7 +216,7 @@ def render_conf(app, host_ips, without_tls=()):
     if app.get("peers") and any(from_acme(site) for site in app["sites"].values()):
         out += ["", "# The other hosts of the app, for the ACME challenges they answer."]
         out += [f"upstream {acme_upstream(app)} {{"]
-        out += [f"    server {_server(address_of(ips), PORT)};" for _, ips in sorted(app["peers"].items())]
+        out += [f"    server {host_port(address_of(ips), PORT)};" for _, ips in sorted(app["peers"].items())]
         out += ["}"]
     for name, site in sorted(app["sites"].items()):
         out += ["", f"# Site {name}."]
