@@ -281,6 +281,17 @@ def write_packages(snapshot, good_since, failed, reboot, directory=TEXTFILE_DIR)
     return _write(registry, directory, PACKAGES_FILE)
 
 
+def app_file(directory, kind, app_name, what):
+    """The path of app ``app_name``'s textfile (``minicl_<kind>_<app>_<what>.prom``), after
+    removing the files of the same kind for other apps: a host runs one app of a type, so those
+    are the series of an app it ran before, which would otherwise stay."""
+    own = f"minicl_{kind}_{app_name}_{what}.prom"
+    for entry in os.listdir(directory):
+        if entry.startswith(f"minicl_{kind}_") and entry.endswith(f"_{what}.prom") and entry != own:
+            os.remove(os.path.join(directory, entry))
+    return os.path.join(directory, own)
+
+
 def _write(registry, directory, name):
     """Writes the file when node_exporter's textfile directory exists; returns its path or None."""
     if not os.path.isdir(directory):

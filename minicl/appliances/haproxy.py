@@ -509,15 +509,17 @@ def apply_plan(app, cluster_data, settings, todo):
 
 
 def write_expiry_metric(app):
+    if not os.path.isdir(metrics.TEXTFILE_DIR):
+        return
+    path = metrics.app_file(metrics.TEXTFILE_DIR, "front", app["name"], "certificate")
     found = acme.certificate(app["name"])
-    if found is None or not os.path.isdir(metrics.TEXTFILE_DIR):
+    if found is None:
         return
     text = (
         f"# HELP {EXPIRY_METRIC} When the front's certificate on this proxy expires.\n"
         f"# TYPE {EXPIRY_METRIC} gauge\n"
         f'{EXPIRY_METRIC}{{app="{app["name"]}"}} {found.not_after.timestamp():.0f}\n'
     )
-    path = f"{metrics.TEXTFILE_DIR}/minicl_front_{app['name']}_certificate.prom"
     if read_file(path) != text:
         write_file(path, text, 0o644)
 

@@ -508,14 +508,7 @@ def write_expiry_metrics(app):
     collector); labelled with where it comes from (acme or file)."""
     if not os.path.isdir(metrics.TEXTFILE_DIR):
         return
-    path = f"{metrics.TEXTFILE_DIR}/minicl_nginx_{app['name']}_certificates.prom"
-    for entry in os.listdir(metrics.TEXTFILE_DIR):  # an app this host ran before (one at a time)
-        if (
-            entry.startswith("minicl_nginx_")
-            and entry.endswith("_certificates.prom")
-            and entry != os.path.basename(path)
-        ):
-            os.remove(os.path.join(metrics.TEXTFILE_DIR, entry))
+    path = metrics.app_file(metrics.TEXTFILE_DIR, "nginx", app["name"], "certificates")
     lines = []
     for name, site in sorted(app["sites"].items()):
         found = certificate_in(tls_paths(app, name)[0]) if site.get("tls") else None

@@ -278,3 +278,18 @@ def test_a_renewed_certificate_haproxy_does_not_load_is_put_back(tmp_path, monke
     with pytest.raises(ApplianceError, match="Job for haproxy.service failed"):
         haproxy.apply_plan({"name": "front"}, {}, {}, todo)
     assert (tmp_path / "front.pem").read_text() == "OLD PEM\n"  # the next run loads the new one again
+
+
+def test_the_expiry_series_of_a_front_the_proxy_ran_before_is_removed(tmp_path, monkeypatch):
+    monkeypatch.setattr(haproxy.metrics, "TEXTFILE_DIR", str(tmp_path))
+    end = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
+    monkeypatch.setattr(
+        acme, "certificate", lambda name: acme.Certificate(name, ["www.front.test"], end, "01")
+    )
+    (tmp_path / "minicl_front_old_certificate.prom").write_text("stale\n")
+    (tmp_path / "minicl_nginx_web_certificates.prom").write_text("kept\n")
+    haproxy.write_expiry_metric({"name": "front"})
+    assert not (tmp_path / "minicl_front_old_certificate.prom").exists()
+    assert (tmp_path / "minicl_nginx_web_certificates.prom").read_text() == "kept\n"
+    text = (tmp_path / "minicl_front_front_certificate.prom").read_text()
+    assert f'minicl_front_certificate_expiry_timestamp_seconds{{app="front"}} {end.timestamp():.0f}' in text
