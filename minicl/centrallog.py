@@ -1,24 +1,29 @@
 """Central logging (cluster.json ``logging``, the ``log`` role): every host's syslog-ng reads the
 local journal and sends it over TLS (RFC 5425, mutual: certificates of the cluster's logging CA,
-see ``minicl.logcerts``) to the log host, through a reliable disk buffer with flow control; the
-log host stores each host's lines per day under LOG_DIR and drops files older than the retention
-(systemd-tmpfiles). Journald keeps logging locally as before.
+see ``minicl.logcerts``) to the log host, through a reliable disk buffer with flow control and
+``minicl.logship``, which counts a batch delivered once the log host acknowledged it; the log
+host stores each host's lines per day under LOG_DIR, drops files older than the retention
+(systemd-tmpfiles), and before its syslog-ng stops stores all it acknowledged (``drain``).
+Journald keeps logging locally as before.
 
     centrallog.settings(cluster)                 # the section, defaults applied (None without one)
     centrallog.log_host(cluster)                 # "vault", the host with the log role
     centrallog.render_syslog_ng(cluster, "alpha")   # /etc/syslog-ng/syslog-ng.conf
     centrallog.render_tmpfiles(cluster)          # the retention rule on the log host
     centrallog.write_metrics(...)                # the textfile metrics (timer, every minute)
+    centrallog.drain(6514)                       # the log host's syslog-ng, before it stops
 """
 
 import argparse
+import ctypes
 import ipaddress
 import os
+import socket
 import subprocess
 import sys
 import time
 
-from minicl import paths
+from minicl import logship, paths
 from minicl.files import write_file
 from minicl.schema import duration_seconds, schema
 
@@ -39,6 +44,9 @@ DESTINATION = "d_loghost"
 DISK_BUFFER_BYTES = 256 * 1024**2  # per host: an outage of hours at a busy host's rate
 MEMORY_BUFFER_BYTES = 8 * 1024**2
 RECONNECT_SECONDS = 5  # syslog-ng's time-reopen: how soon a client tries the log host again
+DRAIN_TABLE = "minicl_logdrain"  # nft table of the log host while its syslog-ng stops
+DRAIN_SECONDS = 60  # how long a stopping log host waits to store what it acknowledged
+SYS_PIDFD_GETFD = 438  # not in Python's os module
 MARK_SECONDS = 60  # a destination idle this long gets a "-- MARK --" line: silence means a fault
 SILENCE_SECONDS = 4 * MARK_SECONDS  # no line for this long (metrics a minute late included): alert
 
@@ -110,30 +118,41 @@ def render_syslog_ng(cluster, host):
         '@include "scl.conf"',
         "",
         f"options {{ chain-hostnames(no); use-dns(no); use-fqdn(no); keep-hostname(yes); "
-        f"stats-freq(0); time-reopen({RECONNECT_SECONDS}); log-fifo-size(10000); "
-        f"mark-freq({MARK_SECONDS}); }};",
+        f"stats-freq(0); {'stats-level(1); ' if host == server else ''}time-reopen({RECONNECT_SECONDS}); "
+        "log-fifo-size(10000); "
+        f"mark-freq({MARK_SECONDS});{'' if host == server else ' mark-mode(internal);'} }};",
         "",
         "source s_local { system(); internal(); };",
     ]
     if host == server:
-        # A silent client's connection is kept 25 minutes (syslog-ng's default: 2): longer than a
-        # client's TCP resends (about 15 minutes), so that after a network cut of minutes what the
-        # client had sent meanwhile arrives, instead of a reset that loses it.
+        # A silent client's connection is kept 25 minutes (syslog-ng's default: 2): after a
+        # network cut shorter than the client's patience (logship.ACK_TIMEOUT) what it had
+        # sent meanwhile arrives on the same connection.
         listeners = " ".join(
             f'syslog(ip("{ip}") port({found["port"]}) transport("tls") {_tls(TRUSTED_CA)} '
             "max-connections(1000) log-iw-size(100000) "
             "tcp-keepalive-time(1200) tcp-keepalive-intvl(60) tcp-keepalive-probes(5));"
             for ip in cluster.host_ips(host)
         )
+        # The folder is the name on the client's certificate, not what the line claims. syslog-ng
+        # handles the last line of a connection that is closing without its TLS details: that
+        # line is filed under the cluster host whose address sent it.
+        sender = ['set("${.tls.x509_cn}" value("MINICL_SENDER"));'] + [
+            f'set("{name}" value("MINICL_SENDER") '
+            f'condition("${{MINICL_SENDER}}" eq "" and "${{SOURCEIP}}" eq "{ipaddress.ip_address(ip)}"));'
+            for name in sorted(cluster.hosts)
+            for ip in cluster.host_ips(name)
+        ]
+        sender.append('set("unknown" value("MINICL_SENDER") condition("${MINICL_SENDER}" eq ""));')
         lines += [
             f"source s_cluster {{ {listeners} }};",
+            "rewrite r_sender { " + " ".join(sender) + " };",
             "",
-            # The directory is the name on the client's certificate, not what the line claims.
-            f'destination d_hosts {{ file("{LOG_DIR}/${{.tls.x509_cn}}/{day}.log" {file_options}); }};',
+            f'destination d_hosts {{ file("{LOG_DIR}/${{MINICL_SENDER}}/{day}.log" {file_options}); }};',
             f'destination d_own {{ file("{LOG_DIR}/{host}/{day}.log" {file_options} '
             "mark-mode(dst-idle)); };",
             "",
-            "log { source(s_cluster); destination(d_hosts); flags(flow-control); };",
+            "log { source(s_cluster); rewrite(r_sender); destination(d_hosts); flags(flow-control); };",
             "log { source(s_local); destination(d_own); flags(flow-control); };",
         ]
     else:
@@ -141,10 +160,22 @@ def render_syslog_ng(cluster, host):
             f"disk-buffer(reliable(yes) disk-buf-size({DISK_BUFFER_BYTES}) "
             f"mem-buf-size({MEMORY_BUFFER_BYTES}))"
         )
+        options = {
+            "host": log_address(cluster),
+            "port": found["port"],
+            "cert": HOST_CERT,
+            "key": HOST_KEY,
+            "ca": TRUSTED_CA,
+        }
+        pairs = " ".join(f'"{key}" "{value}"' for key, value in options.items())
         lines += [
             "",
-            f'destination {DESTINATION} {{ syslog("{log_address(cluster)}" port({found["port"]}) '
-            f'transport("tls") {_tls(TRUSTED_CA)} {buffer} mark-mode(dst-idle)); }};',
+            # syslog-ng's Python (Debian's python3) does not see minicl's venv: the logging
+            # state installs minicl.logship there.
+            f'python {{\nimport sys\nif "{logship.MODULE_DIR}" not in sys.path:\n'
+            f'    sys.path.insert(0, "{logship.MODULE_DIR}")\n}};',
+            f'destination {DESTINATION} {{ python(class("{logship.CLASS}") options({pairs}) '
+            f"batch-lines(1000) batch-timeout(100) {buffer}); }};",
             "",
             f"log {{ source(s_local); destination({DESTINATION}); flags(flow-control); }};",
         ]
@@ -176,6 +207,101 @@ def render_metrics_units(python, hosts, is_log_host):
             "[Install]\nWantedBy=timers.target\n"
         ),
     }
+
+
+def render_drain_dropin(python, port):
+    """The log host's syslog-ng.service drop-in: ``drain`` before syslog-ng stops, the port
+    opened again once it has stopped (also after a crash)."""
+    return (
+        "# Managed by minicl: store what this log host acknowledged before syslog-ng stops.\n"
+        f"[Service]\nExecStop={python} -m minicl.centrallog drain --port {port}\n"
+        f"ExecStopPost={python} -m minicl.centrallog undrain\n"
+        f"TimeoutStopSec={DRAIN_SECONDS + 30}\n"
+    )
+
+
+def queued_to_files(stats_text):
+    """Messages syslog-ng read and has not yet written to a file, from ``syslog-ng-ctl stats``."""
+    total = 0
+    for line in stats_text.splitlines():
+        fields = line.split(";")
+        if len(fields) == 6 and fields[0] == "dst.file" and fields[4] == "queued":
+            total += int(fields[5])
+    return total
+
+
+def _client_sockets(pid, port):
+    """The client connections process ``pid`` (syslog-ng) holds on ``port``: our own copies of
+    them (pidfd_getfd), each closed again after the caller's step."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    try:
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            fd = libc.syscall(SYS_PIDFD_GETFD, pidfd, int(name), 0)
+            if fd < 0:
+                continue
+            try:
+                sock = socket.socket(fileno=fd)
+            except OSError:
+                os.close(fd)
+                continue
+            try:
+                if (
+                    sock.family in (socket.AF_INET, socket.AF_INET6)
+                    and sock.type == socket.SOCK_STREAM
+                    and sock.getsockname()[1] == port
+                    and not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+                ):
+                    yield sock
+            except OSError:
+                pass
+            finally:
+                sock.close()
+    finally:
+        os.close(pidfd)
+
+
+def drain(port, timeout=DRAIN_SECONDS, poll=0.2):
+    """The log host's syslog-ng is about to stop: refuse new connections to ``port``, end every
+    client connection with a FIN (minicl.logship finishes what it was sending, then closes), and
+    wait until syslog-ng has read each to its end (closed it) and written what it read. True
+    when it has; a stop goes on either way."""
+    ruleset = (
+        f"table inet {DRAIN_TABLE} {{\n  chain input {{\n"
+        "    type filter hook input priority -10; policy accept;\n"
+        f"    tcp dport {port} tcp flags & (syn | ack) == syn drop\n  }}\n}}\n"
+    )
+    subprocess.run(["nft", "-f", "-"], input=ruleset, text=True, check=True)
+    pid = subprocess.run(
+        ["systemctl", "show", "-P", "MainPID", "syslog-ng"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    if not pid.isdigit() or int(pid) == 0:
+        return False
+    start = time.monotonic()
+    deadline, calm, left = start + timeout, 0, None
+    try:
+        for sock in _client_sockets(int(pid), port):
+            try:
+                sock.shutdown(socket.SHUT_WR)  # our copy shares the connection: a FIN
+            except OSError:
+                pass
+        while time.monotonic() < deadline:
+            left = sum(1 for _ in _client_sockets(int(pid), port))
+            stats = subprocess.run(["syslog-ng-ctl", "stats"], capture_output=True, text=True, check=False)
+            calm = calm + 1 if left == 0 and queued_to_files(stats.stdout) == 0 else 0
+            if calm >= 2:
+                print(f"every client connection read to its end ({time.monotonic() - start:.1f} s)")
+                return True
+            time.sleep(poll)
+    except ProcessLookupError:
+        return False  # syslog-ng is gone
+    print(f"{left} client connections still open after {timeout} s", file=sys.stderr)
+    return False
+
+
+def undrain():
+    """Accept clients' data again (after syslog-ng stopped)."""
+    subprocess.run(["nft", "delete", "table", "inet", DRAIN_TABLE], capture_output=True, check=False)
 
 
 def last_received(hosts, log_dir=LOG_DIR):
@@ -296,8 +422,18 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     metrics = sub.add_parser("metrics", help="write the textfile metrics of central logging")
     metrics.add_argument("--hosts", help="on the log host: the cluster's hosts, comma-separated")
+    stopping = sub.add_parser(
+        "drain", help="on the log host, before syslog-ng stops: store what was received"
+    )
+    stopping.add_argument("--port", type=int, required=True, help="the syslog-over-TLS port")
+    sub.add_parser("undrain", help="on the log host, once syslog-ng stopped: accept clients' data again")
     args = parser.parse_args(argv)
-    write_metrics(args.hosts.split(",") if args.hosts else None)
+    if args.command == "drain":
+        drain(args.port)  # a stop goes on regardless: it only waited for what it could store
+    elif args.command == "undrain":
+        undrain()
+    else:
+        write_metrics(args.hosts.split(",") if args.hosts else None)
     return 0
 
 

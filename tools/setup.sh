@@ -5,7 +5,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES="gcc python3-dev git openssh-server openssh-client iproute2 util-linux python3-venv procps sudo passwd nftables postfix libsasl2-modules bsd-mailx ca-certificates openssl prometheus-node-exporter prometheus prometheus-alertmanager postgresql prometheus-postgres-exporter restic redis-server prometheus-redis-exporter dpkg-repack aptly gnupg nginx needrestart apt-utils dpkg-dev haproxy keepalived certbot pebble prometheus-nginx-exporter prometheus-haproxy-exporter syslog-ng-core syslog-ng-scl"
+DEBIAN_PACKAGES="gcc python3-dev git openssh-server openssh-client iproute2 util-linux python3-venv procps sudo passwd nftables postfix libsasl2-modules bsd-mailx ca-certificates openssl prometheus-node-exporter prometheus prometheus-alertmanager postgresql prometheus-postgres-exporter restic redis-server prometheus-redis-exporter dpkg-repack aptly gnupg nginx needrestart apt-utils dpkg-dev haproxy keepalived certbot pebble prometheus-nginx-exporter prometheus-haproxy-exporter syslog-ng-core syslog-ng-scl syslog-ng-mod-python"
 
 missing=""
 for pkg in $DEBIAN_PACKAGES; do

@@ -3,7 +3,8 @@
 only TLS with a certificate of the cluster's logging CA is accepted (a plain connection and a
 self-signed certificate are refused, beside the same frame sent with the host's certificate);
 the port answers cluster hosts only; with the log host's syslog-ng down and then the whole log
-host rebooted, every numbered line written meanwhile arrives exactly once; with the client cut
+host rebooted, every numbered line written meanwhile arrives exactly once, and so does every
+line of a stream written without a pause across a restart, a stop and a reboot of the log host; with the client cut
 off, the log host's monitor fires LogsNotArriving for it alone, and the line written meanwhile
 arrives once the path is back; syslog-ng stopped on the client fires SyslogNgDown for it; a
 second converge changes nothing and shows no CA key; a bad logging section is refused naming
@@ -11,6 +12,7 @@ the field."""
 
 import json
 import re
+from collections import Counter
 
 import pytest
 
@@ -90,6 +92,16 @@ def stored(vault, host="alpha"):
     return vault.run(f"cat /var/log/minicl/hosts/{host}/*.log 2>/dev/null", check=False).stdout
 
 
+def delivery(vault, client):
+    """What the log host's and the client's syslog-ng say, for a failure's explanation."""
+    return (
+        f"{vault.unit_state('syslog-ng')}\n"
+        + vault.journal("syslog-ng", lines=30)
+        + client.journal("syslog-ng", lines=30)
+        + client.run("syslog-ng-ctl stats", check=False).stdout
+    )
+
+
 def send(client, message, cert=centrallog.HOST_CERT, key=centrallog.HOST_KEY):
     return client.run(
         ["python3", "-c", SEND, LOG_IP, str(PORT), cert, key, centrallog.TRUSTED_CA, message], check=False
@@ -136,9 +148,8 @@ def test_nothing_written_while_the_log_host_is_down_is_lost(hosts):
     vault, alpha, _ = hosts
     count = 200
     vault.systemctl("stop", "syslog-ng")
-    # RFC 5425 has no acknowledgements: a line written right as the log host goes away can be
-    # lost (README: Central logging, limits). Lines written once the client has dropped its
-    # connection wait in its disk buffer.
+    # Lines written once the client has dropped its connection wait in its disk buffer (the
+    # lines in flight as the log host goes away: the next test).
     wait_for(
         "the client to see the log host gone",
         lambda: not alpha.run(f"ss -Htn dst {LOG_IP}:{PORT}", check=False).stdout.strip(),
@@ -155,20 +166,56 @@ def test_nothing_written_while_the_log_host_is_down_is_lost(hosts):
         "every line after the outage",
         lambda: len(set(re.findall(r"outage-line-(\d{4})-end", stored(vault)))) >= count,
         timeout=120,
-        explain=lambda: (
-            f"{stored(vault).count('-end')} stored\n{vault.unit_state('syslog-ng')}\n"
-            + vault.journal("syslog-ng", lines=30)
-            + alpha.journal("syslog-ng", lines=30)
-            + alpha.run("syslog-ng-ctl stats", check=False).stdout
-        ),
+        explain=lambda: f"{stored(vault).count('-end')} stored\n" + delivery(vault, alpha),
     )
     found = re.findall(r"outage-line-(\d{4})-end", stored(vault))
     missing = sorted({f"{i:04d}" for i in range(count)} - set(found))
     assert sorted(found) == [f"{i:04d}" for i in range(count)], missing  # all there, each once
 
 
-# alpha's packets to the log host dropped, as a network cut would: TCP keeps what it had sent
-# and sends it again once the path is back (it gives up after about 15 minutes).
+def test_no_line_is_lost_or_doubled_while_the_log_host_restarts_and_reboots(hosts):
+    """Lines written without a pause across a restart, a stop and a reboot of the log host: the
+    ones in flight at each instant too (minicl.logship sends a batch until the log host
+    acknowledged it; the log host reads every connection to its end before syslog-ng stops)."""
+    vault, alpha, _ = hosts
+    count = 3000
+    alpha.run(
+        "systemd-run --unit minicl-test-stream --collect sh -c "
+        f"'i=0; while [ $i -lt {count} ]; do logger -t minicl-stream stream-line-$(printf %05d $i)-end; "
+        "i=$((i+1)); sleep 0.01; done'"
+    )
+
+    def written():
+        return int(alpha.run("journalctl -q -t minicl-stream | wc -l", check=False).stdout or 0)
+
+    wait_for("the first lines", lambda: written() > 300, timeout=60)
+    vault.systemctl("restart", "syslog-ng")
+    wait_for("more lines", lambda: written() > 900, timeout=60)
+    vault.systemctl("stop", "syslog-ng")
+    wait_for("more lines", lambda: written() > 1200, timeout=60)
+    vault.systemctl("start", "syslog-ng")
+    wait_for("more lines", lambda: written() > 1800, timeout=60)
+    vault.reboot()
+    wait_for("every line written", lambda: written() >= count, timeout=120)
+
+    def numbers():
+        return re.findall(r"stream-line-(\d{5})-end", stored(vault))
+
+    wait_for(
+        "every line on the log host",
+        lambda: len(set(numbers())) >= count,
+        timeout=120,
+        explain=lambda: f"{len(set(numbers()))} of {count} stored\n" + delivery(vault, alpha),
+    )
+    # Each in the sender's folder (a closing connection's last line too: see r_sender).
+    assert not vault.run("find /var/log/minicl/hosts -maxdepth 1 -type f", check=False).stdout
+    found = Counter(numbers())
+    doubled = sorted(n for n, times in found.items() if times > 1)
+    assert not doubled, f"{len(doubled)} lines stored more than once: {doubled[:20]}"
+
+
+# alpha's packets to the log host dropped, as a network cut would: the batch not acknowledged
+# within logship.ACK_TIMEOUT is sent again on a new connection once the path is back.
 CUT = (
     "nft add table inet minicl_test_cut && "
     "nft add chain inet minicl_test_cut output '{ type filter hook output priority -10; }' && "
@@ -198,7 +245,7 @@ def test_a_host_whose_lines_stop_arriving_alerts_and_catches_up(hosts):
         wait_for("LogsNotArriving for alpha", lambda: logs_not_arriving(vault) == ["alpha"], timeout=540)
     finally:
         alpha.run("nft delete table inet minicl_test_cut")
-    # TCP's next retry comes at most 120 s later (its backoff).
+    # The next connection attempt comes within syslog-ng's time-reopen (5 s) plus connect's 10 s.
     wait_for(
         "the line written while cut off",
         lambda: "written-while-cut-off" in stored(vault),

@@ -118,11 +118,14 @@ def test_a_client_sends_its_journal_over_tls_with_a_reliable_buffer(data):
     text = centrallog.render_syslog_ng(cluster, "alpha")
     assert "source s_local { system(); internal(); };" in text
     address = cluster.host_ips("watch")[0]
-    assert f'syslog("{address}" port(6514) transport("tls")' in text
-    assert "peer-verify(required-trusted)" in text and "disk-buffer(reliable(yes)" in text
+    # minicl.logship: a batch leaves the disk buffer once the log host acknowledged it.
+    assert 'python(class("minicl_logship.Destination")' in text
+    assert f'"host" "{address}" "port" "6514"' in text and '"ca" "/etc/syslog-ng/minicl/ca.crt"' in text
+    assert 'sys.path.insert(0, "/etc/syslog-ng/python")' in text
+    assert "disk-buffer(reliable(yes)" in text
     assert "flags(flow-control)" in text and "s_cluster" not in text
     # An idle host still sends a line a minute: the log host can tell silence from a fault.
-    assert "mark-freq(60)" in text and "mark-mode(dst-idle)" in text
+    assert "mark-freq(60)" in text and "mark-mode(internal)" in text
     assert "/var/log/" not in text  # nothing copied into local files: the journal stays the local log
 
 
@@ -131,7 +134,16 @@ def test_the_log_host_receives_on_its_addresses_and_files_per_host_and_day(data)
     text = centrallog.render_syslog_ng(cluster, "watch")
     for ip in cluster.host_ips("watch"):
         assert f'syslog(ip("{ip}") port(6514) transport("tls")' in text
-    assert '"/var/log/minicl/hosts/${.tls.x509_cn}/${S_YEAR}-${S_MONTH}-${S_DAY}.log"' in text
+    assert '"/var/log/minicl/hosts/${MINICL_SENDER}/${S_YEAR}-${S_MONTH}-${S_DAY}.log"' in text
+    # Filed by the certificate's name; a closing connection's last line (syslog-ng has
+    # forgotten its TLS details by then) by the cluster host whose address sent it.
+    assert 'set("${.tls.x509_cn}" value("MINICL_SENDER"));' in text
+    for ip in cluster.host_ips("alpha"):
+        assert (
+            f'set("alpha" value("MINICL_SENDER") condition("${{MINICL_SENDER}}" eq "" and "${{SOURCEIP}}" eq "{ip}"));'
+            in text
+        )
+    assert "log { source(s_cluster); rewrite(r_sender); destination(d_hosts);" in text
     assert '"/var/log/minicl/hosts/watch/${S_YEAR}-${S_MONTH}-${S_DAY}.log"' in text
     assert "d_loghost" not in text
     assert "mark-mode(dst-idle)" in text.split("destination d_own")[1].split(";")[0]
@@ -185,6 +197,19 @@ def test_metrics_from_syslog_ng_ctl_and_file_times(tmp_path):
     text = centrallog.render_metrics(True, 42, received, 2000)
     assert 'minicl_log_last_received_seconds{host="alpha"} 1000' in text
     assert "minicl_syslog_ng_up 1" in text and "minicl_log_queued_messages 42" in text
+
+
+def test_the_log_host_stores_what_it_received_before_syslog_ng_stops():
+    stats = (
+        "dst.file;d_hosts#0;/var/log/minicl/hosts/alpha/2026-12-04.log;a;queued;3\n"
+        "dst.file;d_own#0;/var/log/minicl/hosts/vault/2026-12-04.log;a;queued;0\n"
+        "dst.file;d_hosts#0;/var/log/minicl/hosts/alpha/2026-12-04.log;a;processed;90\n"
+        "src.internal;s_local#1;;a;processed;4\n"
+    )
+    assert centrallog.queued_to_files(stats) == 3
+    dropin = centrallog.render_drain_dropin("/opt/minicl/current/bin/python", 6514)
+    assert "ExecStop=/opt/minicl/current/bin/python -m minicl.centrallog drain --port 6514" in dropin
+    assert "ExecStopPost=/opt/minicl/current/bin/python -m minicl.centrallog undrain" in dropin
 
 
 def test_alerts_when_a_hosts_logs_stop_arriving(data):

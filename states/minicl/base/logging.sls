@@ -6,8 +6,46 @@
 
 minicl-logging-packages:
   pkg.installed:
-    - pkgs: [syslog-ng-core, syslog-ng-scl]
+    - pkgs: [syslog-ng-core, syslog-ng-scl, syslog-ng-mod-python]
     - install_recommends: False
+{%- if logging.is_log_host %}
+
+minicl-logging-drain:
+  file.managed:
+    - name: /etc/systemd/system/syslog-ng.service.d/minicl-drain.conf
+    - contents: {{ salt['minicl_logging.drain_dropin']() | json }}
+    - mode: '0644'
+    - makedirs: True
+
+minicl-logging-drain-loaded:
+  cmd.run:
+    - name: systemctl daemon-reload
+    - onchanges:
+      - file: minicl-logging-drain
+    - require_in:
+      - service: minicl-logging-syslog-ng
+{%- else %}
+
+{#- syslog-ng's Python reads the module once: a new one needs a restart, not a reload. #}
+minicl-logging-shipper:
+  file.managed:
+    - name: /etc/syslog-ng/python/minicl_logship.py
+    - contents: {{ salt['minicl_logging.shipper']() | json }}
+    - mode: '0644'
+    - makedirs: True
+    - require:
+      - pkg: minicl-logging-packages
+    - require_in:
+      - file: minicl-logging-syslog-ng-conf
+
+minicl-logging-shipper-restart:
+  cmd.run:
+    - name: systemctl restart syslog-ng
+    - onchanges:
+      - file: minicl-logging-shipper
+    - require:
+      - service: minicl-logging-syslog-ng
+{%- endif %}
 
 minicl-logging-certificate:
   minicl_logging.certificate:
@@ -32,6 +70,9 @@ minicl-logging-syslog-ng:
     - watch:
       - file: minicl-logging-syslog-ng-conf
       - minicl_logging: minicl-logging-certificate
+{%- if logging.is_log_host %}
+      - file: minicl-logging-drain
+{%- endif %}
 {%- for path, text in salt['minicl_logging.metrics_units']().items() %}
 
 minicl-logging-metrics-{{ path.rsplit('.', 1)[1] }}:
