@@ -6,10 +6,10 @@ syslog-ng's own network destination counts a line as delivered once the kernel t
 socket: what was in flight when the log host stopped or reset the connection was lost (RFC 5425
 has no acknowledgements). Here a batch stays in syslog-ng's reliable disk buffer until the send
 queue is empty (SIOCOUTQ 0); if the connection dies first, the batch is sent again on the next
-one. The log host, before its syslog-ng stops, refuses new data and stores everything its kernel
-had acknowledged (``python -m minicl.centrallog drain``): so acknowledged means stored. When the
-log host ended the connection that way (a FIN, seen as CLOSE_WAIT), the lines of the batch it had
-acknowledged are not sent twice; after a reset or a timeout they are (a duplicate beats a loss).
+one. The log host, before its syslog-ng stops, sends a FIN on every connection and reads each to
+its end (``python -m minicl.centrallog drain``); we close our side at its FIN, so acknowledged
+means stored, and the lines of a batch it had acknowledged are not sent twice. After a reset or
+a timeout they are (a duplicate beats a loss).
 
 Standard library only: syslog-ng's embedded Python (Debian's python3) runs it from a copy the
 logging state installs (``INSTALLED_AS`` under ``MODULE_DIR``).
@@ -282,6 +282,7 @@ class Destination:
             f"{len(self.ledger.frames)} lines again"
         )
         self.ledger.clear()
-        connection.close(abort=True)
+        # A reset would cost a log host reading to the end what it acknowledged and not yet read.
+        connection.close(abort=not connection.peer_closed)
         self.connection = None
         return self.NOT_CONNECTED

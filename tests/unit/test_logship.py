@@ -78,8 +78,10 @@ def test_after_the_log_host_closed_only_what_it_had_not_acknowledged_is_sent_aga
     dest.send(b"one")
     dest.send(b"two")
     dest.send(b"three")
+    first = dest.connection
     assert dest.flush() == dest.NOT_CONNECTED  # syslog-ng sends the whole batch again
     assert dest.connection is None and dest.resent == [b"one", b"two"]
+    assert first.closed == "closed"  # not reset: the log host still reads what it acknowledged
     dest.connection = again = FakeConnection()
     for line in (b"one", b"two", b"three", b"four"):
         assert dest.send(line) == dest.QUEUED
