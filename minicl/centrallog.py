@@ -184,11 +184,12 @@ def render_syslog_ng(cluster, host):
 
 def render_tmpfiles(cluster):
     """The log host's retention: systemd-tmpfiles (daily, systemd-tmpfiles-clean.timer) removes
-    day files older than logging.retention."""
+    day files last written more than logging.retention ago. By the write time alone ("mM:"):
+    by default tmpfiles also counts the access time, so a file read now and then would stay."""
     days = max(1, duration_seconds(settings(cluster)["retention"]) // 86400)
     return (
         "# Managed by minicl: cluster.json logging.retention (systemd-tmpfiles-clean.timer, daily).\n"
-        f"d /var/log/minicl 0750 root adm -\nd {LOG_DIR} 0750 root adm {days}d\n"
+        f"d /var/log/minicl 0750 root adm -\nd {LOG_DIR} 0750 root adm mM:{days}d\n"
     )
 
 

@@ -4,11 +4,12 @@ only TLS with a certificate of the cluster's logging CA is accepted (a plain con
 self-signed certificate are refused, beside the same frame sent with the host's certificate);
 the port answers cluster hosts only; with the log host's syslog-ng down and then the whole log
 host rebooted, every numbered line written meanwhile arrives exactly once, and so does every
-line of a stream written without a pause across a restart, a stop and a reboot of the log host; with the client cut
-off, the log host's monitor fires LogsNotArriving for it alone, and the line written meanwhile
-arrives once the path is back; syslog-ng stopped on the client fires SyslogNgDown for it; a
-second converge changes nothing and shows no CA key; a bad logging section is refused naming
-the field."""
+line of a stream written without a pause across a restart, a stop and a reboot of the log
+host; with the client cut off, the log host's monitor fires LogsNotArriving for it alone, and
+the line written meanwhile arrives once the path is back; syslog-ng stopped on the client fires
+SyslogNgDown for it; a day file last written longer ago than the retention is removed, a more
+recent one stays; a second converge changes nothing and shows no CA key; a bad logging section
+is refused naming the field."""
 
 import json
 import re
@@ -268,6 +269,22 @@ def test_syslog_ng_stopped_on_a_host_alerts(hosts):
         wait_for("SyslogNgDown for alpha", lambda: firing() == ["alpha"], timeout=150)
     finally:
         alpha.systemctl("start", "syslog-ng")
+
+
+def test_day_files_older_than_the_retention_are_removed(hosts):
+    vault, _, _ = hosts
+    folder = "/var/log/minicl/hosts/alpha"
+    # logging.retention is 7d; both files were just read (atime now): only the write time counts.
+    vault.run(
+        f"echo old > {folder}/2000-01-01.log && touch -m -d '8 days ago' {folder}/2000-01-01.log && "
+        f"echo recent > {folder}/2000-01-02.log && touch -m -d '6 days ago' {folder}/2000-01-02.log && "
+        f"cat {folder}/2000-01-01.log {folder}/2000-01-02.log"
+    )
+    vault.run("systemd-tmpfiles --clean")  # what systemd-tmpfiles-clean.timer runs each day
+    left = vault.run(f"ls {folder}").stdout.split()
+    assert "2000-01-01.log" not in left
+    assert "2000-01-02.log" in left and len(left) >= 2, left  # and today's
+    vault.run(f"rm {folder}/2000-01-02.log")
 
 
 def test_a_second_converge_changes_nothing_and_shows_no_ca_key(hosts, ca_files):

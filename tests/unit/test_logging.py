@@ -165,7 +165,7 @@ def test_syslog_ng_accepts_both_configurations(data, host, tmp_path, monkeypatch
 def test_retention_in_whole_days_and_the_port_open_to_cluster_hosts_only(data):
     data["logging"]["retention"] = "2w"
     cluster = Cluster(data)
-    assert "d /var/log/minicl/hosts 0750 root adm 14d" in centrallog.render_tmpfiles(cluster)
+    assert "d /var/log/minicl/hosts 0750 root adm mM:14d" in centrallog.render_tmpfiles(cluster)
     assert "6514" in firewall.host_spec(cluster, "watch").cluster_only_tcp
     assert "6514" not in firewall.host_spec(cluster, "alpha").cluster_only_tcp
 
