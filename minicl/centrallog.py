@@ -223,12 +223,7 @@ def render_drain_dropin(python, port):
 
 def queued_to_files(stats_text):
     """Messages syslog-ng read and has not yet written to a file, from ``syslog-ng-ctl stats``."""
-    total = 0
-    for line in stats_text.splitlines():
-        fields = line.split(";")
-        if len(fields) == 6 and fields[0] == "dst.file" and fields[4] == "queued":
-            total += int(fields[5])
-    return total
+    return _queued(stats_text, lambda fields: fields[0] == "dst.file") or 0
 
 
 def _client_sockets(pid, port):
@@ -317,14 +312,20 @@ def last_received(hosts, log_dir=LOG_DIR):
     return found
 
 
-def queued_messages(stats_text):
-    """Messages waiting for the log host, from ``syslog-ng-ctl stats`` (CSV), or None."""
+def _queued(stats_text, wanted):
+    """The sum of the "queued" counters of ``syslog-ng-ctl stats`` (CSV) whose fields are
+    ``wanted``, or None when there is none."""
     total = None
     for line in stats_text.splitlines():
         fields = line.split(";")
-        if len(fields) == 6 and fields[1].startswith(DESTINATION) and fields[4] == "queued":
+        if len(fields) == 6 and fields[4] == "queued" and wanted(fields):
             total = (total or 0) + int(fields[5])
     return total
+
+
+def queued_messages(stats_text):
+    """Messages waiting for the log host, from ``syslog-ng-ctl stats`` (CSV), or None."""
+    return _queued(stats_text, lambda fields: fields[1].startswith(DESTINATION))
 
 
 def render_metrics(up, queued, received, now):

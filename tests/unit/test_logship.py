@@ -73,12 +73,17 @@ def test_a_batch_counts_as_sent_only_once_acknowledged():
     assert dest.flush() == dest.SUCCESS and dest.ledger.frames == []
 
 
+def three_lines_then_the_end(fin):
+    """A destination that sent one, two, three, of which the log host acknowledged the first two,
+    then ended the connection with a FIN (``fin``) or a reset; and that connection."""
+    dest = destination(FakeConnection(acked=6, fin=fin))
+    for line in (b"one", b"two", b"three"):
+        dest.send(line)
+    return dest, dest.connection
+
+
 def test_after_the_log_host_closed_only_what_it_had_not_acknowledged_is_sent_again():
-    dest = destination(FakeConnection(acked=6, fin=True))
-    dest.send(b"one")
-    dest.send(b"two")
-    dest.send(b"three")
-    first = dest.connection
+    dest, first = three_lines_then_the_end(fin=True)
     assert dest.flush() == dest.NOT_CONNECTED  # syslog-ng sends the whole batch again
     assert dest.connection is None and dest.resent == [b"one", b"two"]
     assert first.closed == "closed"  # not reset: the log host still reads what it acknowledged
@@ -89,11 +94,7 @@ def test_after_the_log_host_closed_only_what_it_had_not_acknowledged_is_sent_aga
 
 
 def test_after_a_reset_the_whole_batch_is_sent_again():
-    dest = destination(FakeConnection(acked=6, fin=False))
-    dest.send(b"one")
-    dest.send(b"two")
-    dest.send(b"three")
-    first = dest.connection
+    dest, first = three_lines_then_the_end(fin=False)
     assert dest.flush() == dest.NOT_CONNECTED and first.closed == "reset"
     assert dest.resent == []  # acknowledged by the kernel, perhaps not stored: a duplicate beats a loss
 
