@@ -3,6 +3,7 @@ STARTTLS with a certificate from a test CA that the host gets from ca_url, AUTH 
 configured credentials, delivery to admin_email; a wrong password keeps mail queued until fixed."""
 
 import json
+import re
 import time
 
 import pytest
@@ -213,13 +214,16 @@ def test_checks_report_and_fail_when_postfix_is_down(alpha):
     )
     report = json.loads(result.stdout)["local"]
     # Not "packages verified": a test host has this machine's packages (its overlay's lower
-    # layer), and with them any package file changed on this machine.
+    # layer), and with them any package file changed on this machine. Not load and memory: they
+    # are this machine's, busy with other tests (their limits are unit-tested).
     failing = {name: said for name, said in report.items() if said.startswith("FAIL")}
-    failing.pop("packages verified", None)
+    for machine_wide in ("packages verified", "load", "memory"):
+        failing.pop(machine_wide, None)
     assert failing == {}, report
     assert report["ssh"] == "OK answers on port 22" and report["postfix"] == "OK running"
     assert report["mail queue"].startswith("OK 0 message(s)")
-    assert report["load"].startswith("OK ") and report["memory"].startswith("OK ")
+    assert re.match(r"(OK|FAIL) \d+\.\d\d over 5 min on \d+ CPU", report["load"]), report["load"]
+    assert re.match(r"(OK|FAIL) \d+% available of \d+ MiB", report["memory"]), report["memory"]
     alpha.systemctl("stop", "postfix@-")
     try:
         result = alpha.run(

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from minicl import aptrepo, aptsource, cli, firewall, hostcopy, package_rollout, packages, upgrade
+from minicl import aptrepo, aptsource, checks, cli, firewall, hostcopy, package_rollout, packages, upgrade
 from minicl.cluster import Cluster
 from minicl.config import validate
 from minicl.rollout import MonitorUnreachable
@@ -187,6 +187,17 @@ def test_only_new_failures_count():
     after = {"ssh": True, "unit old.service": False, "unit web.service": False, "packages verified": False,
              "postfix": False}  # fmt: skip
     assert upgrade.new_failures(before, after) == ["postfix", "unit web.service"]
+
+
+def test_load_and_memory_do_not_judge_an_upgrade(monkeypatch):
+    # The machine's load or memory at the moment says nothing of the upgrade (a rehearsal's copy
+    # shares the kernel): a busy minute must not undo a good one. A failed unit still counts.
+    found = [checks.Check("load", False, "9.00 over 5 min on 2 CPU(s)", 4.5),
+             checks.Check("memory", False, "3% available", 0.03),
+             checks.Check("systemd units", False, "failed: web.service, db.service", 2),
+             checks.Check("postfix", True, "running", None)]  # fmt: skip
+    monkeypatch.setattr(checks, "run_all", lambda: found)
+    assert upgrade.host_checks() == {"unit web.service": False, "unit db.service": False, "postfix": True}
 
 
 def test_the_upgrade_window():
