@@ -1,9 +1,9 @@
 """What one host gets from a cluster: its minicl pillar, and the configuration minicl renders
-for it (firewall ruleset, sshd drop-in, Postfix main.cf, the minion's schedule, and on a
-monitor host the Prometheus and Alertmanager files). The external pillar and ``minicl.api``
-both build it here."""
+for it (firewall ruleset, sshd drop-in, Postfix main.cf, the minion's schedule, syslog-ng's
+configuration, an nginx or haproxy app's, and on a monitor host the Prometheus and Alertmanager
+files). The external pillar and ``minicl.api`` both build it here."""
 
-from minicl import acme, centrallog, firewall, mail, monitor, packages, paths, schedule, sshd
+from minicl import acme, appliances, centrallog, firewall, mail, monitor, packages, paths, schedule, sshd
 
 
 def pillar_for(cluster, minion_id, status, applied_file=paths.APPLIED_FILE, checkout=None):
@@ -43,6 +43,10 @@ def configuration(cluster, host):
     }
     if centrallog.pillar(cluster, host) is not None:
         files[centrallog.SYSLOG_NG_CONF] = centrallog.render_syslog_ng(cluster, host)
+    cluster_hosts = {name: cluster.host_ips(name) for name in cluster.hosts}
+    for app in cluster.apps_of(host).values():
+        shown = getattr(appliances.module(app["type"]), "shown_files", None)
+        files.update(shown(app, cluster_hosts) if shown else {})
     if "monitor" in cluster.host_roles(host):
         files.update(
             {

@@ -20,7 +20,9 @@ scrapes it (see minicl.monitor), and both ports answer cluster hosts only (minic
 Ports that answer the cluster's hosts only whether the app is public or not go in
 ``CLUSTER_ONLY_PORTS``; ``PUBLIC_DEFAULT`` says whether an app without "public" is open to the
 world; IP protocols its hosts speak among themselves (VRRP) go in ``PEER_PROTOCOLS``: accepted
-from the app's other hosts only.
+from the app's other hosts only. ``shown_files(app, cluster_hosts)`` ({host: [addresses]}), where
+an appliance has it, returns {path: text} of the configuration it writes from cluster.json alone
+(no secret, nothing read from the host): what ``minicl show`` prints.
 """
 
 import hashlib

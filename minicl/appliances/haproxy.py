@@ -202,6 +202,12 @@ def render_haproxy(app, cluster_hosts, with_tls):
     return "\n".join(lines) + "\n"
 
 
+def shown_files(app, cluster_hosts):
+    """For ``minicl show``: haproxy.cfg with the certificate in place (keepalived.conf holds the
+    VRRP password and the interface found on the host: not shown)."""
+    return {CONF_FILE: render_haproxy(app, cluster_hosts, with_tls=True)}
+
+
 def check_host(app, backend):
     """The name a backend's health check asks for: the first domain routed to it, else (the
     default backend) the first domain no route takes, else the app's first domain."""

@@ -242,6 +242,11 @@ def render_conf(app, host_ips, without_tls=()):
     return "\n".join(out) + "\n"
 
 
+def shown_files(app, cluster_hosts):
+    """For ``minicl show``: the app's nginx configuration with every certificate in place."""
+    return {conf_path(app): render_conf(app, cluster_hosts)}
+
+
 # -- what the config repo holds -----------------------------------------------------------
 
 

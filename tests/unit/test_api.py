@@ -67,6 +67,37 @@ def test_what_a_host_gets(repo):
         api.host(cluster, "nohost")
 
 
+def test_the_front_and_web_apps_configuration_is_shown_without_the_vrrp_password(repo, capsys, deploy_key):
+    data = json.loads(EXAMPLE.read_text())
+    data["acme"] = {"directory": "https://acme.example.org/dir"}
+    data["apps"] = {
+        "front": {"type": "haproxy", "hosts": ["alpha", "beta"], "address": "198.51.100.30",
+                  "domains": ["www.example.org"], "backends": {"web": {"servers": ["watch:80"]}},
+                  "default": "web"},
+        "web": {"type": "nginx", "hosts": ["watch"],
+                "sites": {"shop": {"server_names": ["shop.example.org"], "proxy": ["beta:8081"]}}},
+    }  # fmt: skip
+    (repo / "cluster.json").write_text(json.dumps(data))
+    cluster = api.load(str(repo / "cluster.json"))
+    beta, watch = api.host(cluster, "beta")["files"], api.host(cluster, "watch")["files"]
+    assert (
+        "bind 198.51.100.30:443 transparent ssl crt /etc/haproxy/certs/front.pem"
+        in beta["/etc/haproxy/haproxy.cfg"]
+    )
+    assert "server watch-80 198.51.100.20:80 check" in beta["/etc/haproxy/haproxy.cfg"]
+    assert "/etc/haproxy/haproxy.cfg" not in watch and "/etc/keepalived/keepalived.conf" not in beta
+    from minicl.appliances import haproxy
+
+    password = haproxy.vrrp_password(cluster.apps_of("beta")["front"])
+    assert password not in json.dumps(beta)
+    assert "server 198.51.100.12:8081;" in watch["/etc/nginx/conf.d/minicl-web.conf"]
+    assert (
+        cli.main(["show", "watch", str(repo / "cluster.json"), "--file", "/etc/nginx/conf.d/minicl-web.conf"])
+        == 0
+    )
+    assert "server_name shop.example.org;" in capsys.readouterr().out
+
+
 def test_the_cli_validates_and_shows_through_the_api(repo, capsys):
     path = str(repo / "cluster.json")
     assert cli.main(["validate", path]) == 0
