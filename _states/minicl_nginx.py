@@ -17,7 +17,7 @@ nginx keeps serving the previous one (see minicl.appliances.nginx).
 try:
     from minicl import statekit
     from minicl.appliances import nginx
-    from minicl.cluster import as_list
+    from minicl.cluster import addresses_by_host
     from minicl.files import read_file
 
     HAS_MINICL = True
@@ -38,8 +38,7 @@ def __virtual__():
 
 
 def _host_ips():
-    hosts = __pillar__["minicl"].get("cluster", {}).get("hosts", {})
-    return {host: as_list(spec["ip"]) for host, spec in hosts.items()}
+    return addresses_by_host(__pillar__["minicl"].get("cluster", {}))
 
 
 def _file_changes(todo, old):

@@ -31,6 +31,11 @@ def as_list(value):
     return [value] if isinstance(value, str) else list(value)
 
 
+def addresses_by_host(data):
+    """{host: [addresses]} of the hosts of cluster.json's ``data`` (as the pillar has it)."""
+    return {host: as_list(spec["ip"]) for host, spec in data.get("hosts", {}).items()}
+
+
 def host_port(ip, port):
     """``ip:port`` as URLs and nginx, haproxy and Prometheus write it: an IPv6 address in brackets."""
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"

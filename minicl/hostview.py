@@ -4,6 +4,7 @@ configuration, an nginx or haproxy app's, and on a monitor host the Prometheus a
 files). The external pillar and ``minicl.api`` both build it here."""
 
 from minicl import acme, appliances, centrallog, firewall, mail, monitor, packages, paths, schedule, sshd
+from minicl.cluster import addresses_by_host
 
 
 def pillar_for(cluster, minion_id, status, applied_file=paths.APPLIED_FILE, checkout=None):
@@ -43,7 +44,7 @@ def configuration(cluster, host):
     }
     if centrallog.pillar(cluster, host) is not None:
         files[centrallog.SYSLOG_NG_CONF] = centrallog.render_syslog_ng(cluster, host)
-    cluster_hosts = {name: cluster.host_ips(name) for name in cluster.hosts}
+    cluster_hosts = addresses_by_host(cluster.data)
     for app in cluster.apps_of(host).values():
         shown = getattr(appliances.module(app["type"]), "shown_files", None)
         files.update(shown(app, cluster_hosts) if shown else {})

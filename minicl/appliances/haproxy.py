@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 from minicl import acme, frontrules, metrics
 from minicl.appliances import ApplianceError, Report, shared_secret, systemctl, unit_active, unit_enabled
-from minicl.cluster import host_port
+from minicl.cluster import addresses_by_host, host_port
 from minicl.files import read_file, write_file
 
 SERVICE = "haproxy"
@@ -378,19 +378,12 @@ class Plan:
     reload_keepalived: bool
 
 
-def cluster_hosts_of(cluster_data):
-    return {
-        h: [spec["ip"]] if isinstance(spec["ip"], str) else list(spec["ip"])
-        for h, spec in cluster_data["hosts"].items()
-    }
-
-
 def plan(app, cluster_data, settings):
     """Read this host (nothing changes): what a converge would do. ``settings``: minicl:acme."""
     if not settings:
         raise ApplianceError(f"app {app['name']}: cluster.json has no acme section to get certificates from")
     interface = interface_of(app)
-    hosts = cluster_hosts_of(cluster_data)
+    hosts = addresses_by_host(cluster_data)
     files = {
         KEEPALIVED_CONF: (render_keepalived(app, interface), 0o600),
         CHECK_SCRIPT: (render_check_script(app), 0o755),
@@ -479,7 +472,7 @@ def apply_plan(app, cluster_data, settings, todo):
     if todo.pem:
         write_pem(app, todo.pem)
     if todo.haproxy_conf:
-        hosts = cluster_hosts_of(cluster_data)
+        hosts = addresses_by_host(cluster_data)
         text = todo.haproxy_conf
         if todo.obtain and not (current_pem or todo.pem):  # no certificate yet: port 80 only, for now
             text = render_haproxy(app, hosts, with_tls=False)
@@ -510,7 +503,7 @@ def apply_plan(app, cluster_data, settings, todo):
             app["name"], app["domains"], settings, acme.standalone(own_ipv4(app["addresses"]), ACME_PORT)
         )
         write_pem(app, pem_of(app["name"]))
-        install_and_reload(render_haproxy(app, cluster_hosts_of(cluster_data), with_tls=True))
+        install_and_reload(render_haproxy(app, addresses_by_host(cluster_data), with_tls=True))
     write_expiry_metric(app)
 
 

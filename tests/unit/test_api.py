@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from minicl import api, cli
+from minicl.appliances import haproxy
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "cluster.json.example"
@@ -86,8 +87,6 @@ def test_the_front_and_web_apps_configuration_is_shown_without_the_vrrp_password
     )
     assert "server watch-80 198.51.100.20:80 check" in beta["/etc/haproxy/haproxy.cfg"]
     assert "/etc/haproxy/haproxy.cfg" not in watch and "/etc/keepalived/keepalived.conf" not in beta
-    from minicl.appliances import haproxy
-
     password = haproxy.vrrp_password(cluster.apps_of("beta")["front"])
     assert password not in json.dumps(beta)
     assert "server 198.51.100.12:8081;" in watch["/etc/nginx/conf.d/minicl-web.conf"]

@@ -10,6 +10,7 @@ import pytest
 
 from minicl import acme, config, firewall, monitor
 from minicl.appliances import haproxy
+from minicl.cluster import addresses_by_host
 
 FRONT = {
     "type": "haproxy",
@@ -92,7 +93,7 @@ def test_bad_front_entries_are_refused_naming_the_field(front_data, problems, ch
 
 def test_haproxy_serves_the_address_routes_the_domains_and_checks_the_backends(front_data):
     app = app_of(front_data, "alpha")
-    hosts = haproxy.cluster_hosts_of(front_data)
+    hosts = addresses_by_host(front_data)
     text = haproxy.render_haproxy(app, hosts, with_tls=True)
     assert "    bind 198.51.100.30:80 transparent\n" in text
     assert (
@@ -119,7 +120,7 @@ def test_haproxy_serves_the_address_routes_the_domains_and_checks_the_backends(f
 def test_an_ipv6_address_is_bound_and_moved_along(front_data):
     front_data["apps"]["front"]["address"] = ["198.51.100.30", "2001:db8:100::30"]
     app = app_of(front_data, "alpha")
-    text = haproxy.render_haproxy(app, haproxy.cluster_hosts_of(front_data), with_tls=True)
+    text = haproxy.render_haproxy(app, addresses_by_host(front_data), with_tls=True)
     assert "    bind [2001:db8:100::30]:443 transparent ssl" in text
     conf = haproxy.render_keepalived(app, haproxy.Interface("eth0", {4: 24, 6: 64}))
     assert "    virtual_ipaddress_excluded {\n        2001:db8:100::30/64 dev eth0\n    }\n" in conf
@@ -227,7 +228,7 @@ def test_upgrade_and_downgrade_are_the_appliances_own_without_a_safety_backup(mo
 
 @pytest.mark.skipif(not shutil.which("haproxy"), reason="needs Debian's haproxy")
 def test_haproxy_accepts_what_is_rendered(front_data, tmp_path):
-    text = haproxy.render_haproxy(app_of(front_data, "alpha"), haproxy.cluster_hosts_of(front_data), False)
+    text = haproxy.render_haproxy(app_of(front_data, "alpha"), addresses_by_host(front_data), False)
     text = text.replace("    chroot /var/lib/haproxy\n", "").replace(
         "/run/haproxy/admin.sock", str(tmp_path / "s")
     )
