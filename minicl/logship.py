@@ -29,6 +29,7 @@ INSTALLED_AS = "minicl_logship"
 CLASS = f"{INSTALLED_AS}.Destination"
 ACK_TIMEOUT = 60  # no progress for this long: the connection is given up and the batch resent
 CONNECT_TIMEOUT = 10
+CLOSE_TIMEOUT = 10  # the log host reads to the end after its FIN: this is ample
 TCP_CLOSE = 7
 # States in which the send queue still counts what the peer has not acknowledged: established,
 # FIN-WAIT-1/2, CLOSE-WAIT, LAST-ACK, CLOSING.
@@ -274,6 +275,9 @@ class Destination:
     def _failed(self):
         connection = self.connection
         if connection.peer_closed:
+            # A write after our FIN failed before this batch was ever counted: let the close
+            # finish so that ``acked`` covers what the log host read of it (stored, not resent).
+            connection.wait_acknowledged(timeout=CLOSE_TIMEOUT)
             self.resent = self.ledger.delivered(connection.acked)
         self.log(
             f"the connection to the log host ended ({'closed' if connection.peer_closed else 'broken'}"

@@ -212,7 +212,9 @@ def test_no_line_is_lost_or_doubled_while_the_log_host_restarts_and_reboots(host
     assert not vault.run("find /var/log/minicl/hosts -maxdepth 1 -type f", check=False).stdout
     found = Counter(numbers())
     doubled = sorted(n for n, times in found.items() if times > 1)
-    assert not doubled, f"{len(doubled)} lines stored more than once: {doubled[:20]}"
+    assert not doubled, f"{len(doubled)} lines stored more than once: {doubled[:20]}\n" + delivery(
+        vault, alpha
+    )
 
 
 # alpha's packets to the log host dropped, as a network cut would: the batch not acknowledged

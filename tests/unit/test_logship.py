@@ -40,16 +40,20 @@ def test_the_ledger_names_the_frames_the_peer_acknowledged_whole():
 class FakeConnection:
     """Acknowledges the first ``acked`` bytes, then the peer closes (or resets: ``fin`` False)."""
 
-    def __init__(self, acked=None, fin=True):
+    def __init__(self, acked=None, fin=True, writable=None):
         self.written, self.acked, self.limit, self.fin = 0, 0, acked, fin
+        self.writable = writable  # bytes accepted before the peer's FIN makes writes fail
         self.peer_closed = False
         self.closed = None
 
     def write(self, data):
+        if self.writable is not None and self.written + len(data) > self.writable:
+            self.peer_closed = True
+            raise BrokenPipeError("the log host closed: our FIN went out, a write fails")
         self.written += len(data)
         return self.written
 
-    def wait_acknowledged(self):
+    def wait_acknowledged(self, timeout=None):
         if self.limit is None:
             return True
         self.acked, self.peer_closed = min(self.limit, self.written), self.fin
@@ -91,6 +95,15 @@ def test_after_the_log_host_closed_only_what_it_had_not_acknowledged_is_sent_aga
     for line in (b"one", b"two", b"three", b"four"):
         assert dest.send(line) == dest.QUEUED
     assert again.written == len(b"threefour") and dest.flush() == dest.SUCCESS
+
+
+def test_lines_written_before_the_log_host_closed_are_not_sent_again_when_a_write_fails():
+    # The log host's FIN came while the batch was being written (acknowledgement not asked yet):
+    # what went out before it is read and stored by the log host, so only the rest is resent.
+    dest = destination(FakeConnection(acked=6, writable=6))
+    assert [dest.send(line) for line in (b"one", b"two")] == [dest.QUEUED] * 2
+    assert dest.send(b"three") == dest.NOT_CONNECTED
+    assert dest.resent == [b"one", b"two"]
 
 
 def test_after_a_reset_the_whole_batch_is_sent_again():
