@@ -9,8 +9,11 @@ host has, and obtaining or renewing a certificate (HTTP-01, certbot's own standa
 
 certbot keeps its account and certificates in /etc/letsencrypt (``live/<name>/fullchain.pem``,
 ``privkey.pem``); which certificate a host needs, and when, minicl decides at every run from the
-certificate itself (its names and expiry, read with ``cryptography``): a certificate is renewed
-when it expires within ``renew_before`` (default 30 days) or names other domains.
+certificate itself (its names and validity, read with ``cryptography``): a certificate is renewed
+when it names other domains, or when it expires within ``renew_before`` (default 30 days) or a
+third of its lifetime, whichever is shorter, so that a CA's short-lived certificates (a day, a
+week) are not renewed at every run. It counts as expiring (check_health fails, the monitor
+alerts: renewal has failed) within WARN_DAYS or a sixth of its lifetime, whichever is shorter.
 The challenge is answered by certbot's standalone server on ``address:port``, where the front
 (haproxy) forwards /.well-known/acme-challenge/ (see minicl.appliances.haproxy), or by a web
 server that serves certbot's files from a folder (nginx: see minicl.appliances.nginx). When
@@ -32,7 +35,9 @@ CERTBOT = "certbot"
 LIVE_DIR = "/etc/letsencrypt/live"
 CA_FILE = f"{paths.ETC_DIR}/acme-ca.pem"  # acme.ca of cluster.json, on the host
 TIMEOUT = 300
-WARN_DAYS = 14  # a certificate expiring sooner fails check_health and alerts (renewal failed)
+WARN_DAYS = 14
+RENEW_SHARE = 3  # renewed with a third of its lifetime left at the latest: 30 days of Let's Encrypt's 90
+WARN_SHARE = 6  # expiring with a sixth left: half the renewal window has passed without a renewal
 
 
 class AcmeError(MiniclError):
@@ -59,16 +64,45 @@ def pillar(cluster, checkout=None):
 
 @dataclass
 class Certificate:
-    """What a certificate on this host says: its names, when it ends, its serial."""
+    """What a certificate on this host says: its names, when it starts and ends, its serial."""
 
     name: str
     domains: list
+    not_before: datetime.datetime
     not_after: datetime.datetime
     serial: str
 
-    def days_left(self, now=None):
+    def seconds_left(self, now=None):
         now = now or datetime.datetime.now(datetime.timezone.utc)
-        return (self.not_after - now).total_seconds() / 86400
+        return (self.not_after - now).total_seconds()
+
+    def days_left(self, now=None):
+        return self.seconds_left(now) / 86400
+
+    def lifetime(self):
+        return (self.not_after - self.not_before).total_seconds()
+
+    def renew_within(self, renew_before):
+        """Seconds before its end at which it is renewed (``renew_before``, bounded by its lifetime)."""
+        return min(renew_before, self.lifetime() / RENEW_SHARE)
+
+    def warn_within(self):
+        """Seconds before its end from which it counts as expiring."""
+        return min(WARN_DAYS * 86400, self.lifetime() / WARN_SHARE)
+
+    def expiring(self, now=None):
+        return self.seconds_left(now) < self.warn_within()
+
+
+def span(seconds):
+    """``seconds`` for a person: "12.0 days", "7.5 hours", "50 minutes", "40 seconds"."""
+    if abs(seconds) >= 2 * 86400:
+        return f"{seconds / 86400:.1f} days"
+    if abs(seconds) >= 2 * 3600:
+        return f"{seconds / 3600:.1f} hours"
+    if abs(seconds) >= 120:
+        return f"{seconds / 60:.0f} minutes"
+    return f"{seconds:.0f} seconds"
 
 
 def live_paths(name):
@@ -87,6 +121,7 @@ def read_certificate(name, pem_text):
     return Certificate(
         name,
         domains,
+        cert.not_valid_before_utc,
         cert.not_valid_after_utc,
         format(cert.serial_number, "x"),
     )
@@ -104,9 +139,9 @@ def due(found, domains, settings, now=None):
         return "no certificate yet"
     if sorted(found.domains) != sorted(domains):
         return f"it names {', '.join(found.domains)}, not {', '.join(sorted(domains))}"
-    left = found.days_left(now)
-    if left * 86400 < settings["renew_before"]:
-        return f"it expires in {left:.1f} days (renewed {settings['renew_before'] // 86400} days before)"
+    left, within = found.seconds_left(now), found.renew_within(settings["renew_before"])
+    if left < within:
+        return f"it expires in {span(left)} (renewed {span(within)} before)"
     return None
 
 
@@ -189,3 +224,25 @@ def obtain(name, domains, settings, challenge):
     if found is None:
         raise AcmeError(f"certbot succeeded but {live_paths(name)[0]} is missing")
     return found
+
+
+def validity_metrics(family, what, certificates):
+    """The textfile collector's text for ``certificates`` ([(labels, Certificate)]): when each
+    started (``<family>_start_timestamp_seconds``) and expires (``_expiry_``); ``what`` for HELP."""
+    text = ""
+    for series, attribute, help_text in (
+        (f"{family}_start_timestamp_seconds", "not_before", f"When {what} became valid."),
+        (f"{family}_expiry_timestamp_seconds", "not_after", f"When {what} expires."),
+    ):
+        text += f"# HELP {series} {help_text}\n# TYPE {series} gauge\n"
+        for labels, found in certificates:
+            label_text = ",".join(f'{key}="{value}"' for key, value in labels.items())
+            text += f"{series}{{{label_text}}} {getattr(found, attribute).timestamp():.0f}\n"
+    return text
+
+
+def expiring_expr(family):
+    """PromQL: the certificates of ``family`` (see validity_metrics) that count as expiring (as
+    Certificate.expiring says), valued at the seconds they have left."""
+    expiry, start = f"{family}_expiry_timestamp_seconds", f"{family}_start_timestamp_seconds"
+    return f"{expiry} - time() < clamp_max(({expiry} - {start}) / {WARN_SHARE}, {WARN_DAYS} * 86400)"

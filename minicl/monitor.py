@@ -13,7 +13,7 @@ import json
 import yaml
 
 from minicl import acme, appliances, centrallog, paths, schedule
-from minicl.appliances import backups
+from minicl.appliances import backups, haproxy, nginx
 from minicl.cluster import host_port
 from minicl.schema import DURATION_UNITS
 
@@ -417,15 +417,15 @@ def app_alert_rules(cluster):
         ),
         _rule(
             "NginxCertificateExpiring",
-            f"minicl_nginx_certificate_expiry_timestamp_seconds - time() < {acme.WARN_DAYS} * 86400",
+            acme.expiring_expr(nginx.METRIC_FAMILY),
             "{{ $labels.instance }}: the certificate of {{ $labels.app }}/{{ $labels.site }} expires soon",
             "The TLS certificate of site {{ $labels.site }} (app {{ $labels.app }}) on "
             "{{ $labels.instance }} expires in {{ $value | humanizeDuration }}. "
-            '{{ if eq $labels.source "acme" }}minicl renews it well before (acme.renew_before): renewal '
-            "fails. 'salt-call --local state.apply' there says why (the ACME server, or its challenge not "
-            "reaching port 80 of this host).{{ else }}It is a file of the config repo "
-            "(apps.{{ $labels.app }}.sites.{{ $labels.site }}.tls): commit a new certificate and key, or "
-            'use tls: {"acme": true}.{{ end }}',
+            '{{ if eq $labels.source "acme" }}minicl renews it well before (acme.renew_before, or a third '
+            "of its lifetime): renewal fails. 'salt-call --local state.apply' there says why (the ACME "
+            "server, or its challenge not reaching port 80 of this host).{{ else }}It is a file of the "
+            "config repo (apps.{{ $labels.app }}.sites.{{ $labels.site }}.tls): commit a new certificate "
+            'and key, or use tls: {"acme": true}.{{ end }}',
             None,
         ),
         _rule(
@@ -527,12 +527,12 @@ def _front_rules(wait, check):
         ),
         _rule(
             "FrontCertificateExpiring",
-            f"minicl_front_certificate_expiry_timestamp_seconds - time() < {acme.WARN_DAYS} * 86400",
+            acme.expiring_expr(haproxy.METRIC_FAMILY),
             "{{ $labels.instance }}: the certificate of {{ $labels.app }} expires soon",
             "The TLS certificate of the front {{ $labels.app }} on {{ $labels.instance }} expires in "
-            "{{ $value | humanizeDuration }}, and minicl renews it well before (acme.renew_before): renewal "
-            "fails. 'salt-call --local state.apply' there says why (the ACME server, or its challenge "
-            "not reaching this proxy).",
+            "{{ $value | humanizeDuration }}, and minicl renews it well before (acme.renew_before, or a "
+            "third of its lifetime): renewal fails. 'salt-call --local state.apply' there says why (the "
+            "ACME server, or its challenge not reaching this proxy).",
             None,
         ),
         _rule(

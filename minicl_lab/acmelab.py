@@ -4,6 +4,8 @@
     directory = pebble_directory(host)          # https://<host's address>:14000/dir
     root = pebble_root(host)                    # the root that signs the certificates it issues
     restart_pebble(host, 10 * 86400)            # from now on, certificates valid for 10 days
+    cert_pem, key_pem = self_signed(["admin.example.test"], 10, 90)   # 10 days left of 90
+    age_certificate(host, "front", ["www.front.test"], 10, 90)  # certbot's, as if 80 days old
 
 Debian's pebble ships no certificates for its own HTTPS: ``make_tls`` makes a small CA and a
 certificate for the host's address with openssl (``ca_pem`` is what an ACME client must trust,
@@ -11,6 +13,7 @@ cluster.json's acme.ca). pebble validates HTTP-01 challenges on port 80 of the n
 for, which it resolves with Go's resolver through the host's /etc/hosts (``names``).
 """
 
+import datetime
 import json
 import os
 import subprocess
@@ -21,6 +24,45 @@ DIRECTORY_PORT = 14000
 MANAGEMENT_PORT = 15000
 UNIT = "minicl-lab-pebble"
 CONF_DIR = "/root/pebble"
+
+
+def self_signed(names, days_left, lifetime_days):
+    """(cert_pem, key_pem): a self-signed certificate for ``names`` (its subjectAltNames) that
+    expires in ``days_left`` days and began ``lifetime_days - days_left`` days ago."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=lifetime_days - days_left))
+        .not_valid_after(now + datetime.timedelta(days=days_left))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem.decode()
+
+
+def age_certificate(host, name, domains, days_left, lifetime_days):
+    """certbot's certificate ``name`` on ``host`` replaced by a self-signed one for ``domains``
+    that expires in ``days_left`` days of ``lifetime_days`` (and its key): as if certbot had
+    obtained it that long ago. certbot renews the lineage as usual."""
+    cert_pem, key_pem = self_signed(domains, days_left, lifetime_days)
+    for link, text, mode in (("cert.pem", cert_pem, 0o644), ("fullchain.pem", cert_pem, 0o644),
+                             ("privkey.pem", key_pem, 0o600)):  # fmt: skip
+        target = host.run(["readlink", "-e", f"/etc/letsencrypt/live/{name}/{link}"]).stdout.strip()
+        host.write(target, text, mode)
 
 
 def make_tls(ip):
@@ -94,10 +136,10 @@ def start_pebble(host, names, http_port=80):
 
 
 def restart_pebble(host, validity_seconds, http_port=80):
-    """pebble again, on the same HTTPS certificate, issuing certificates valid for
+    """pebble (again), on the same HTTPS certificate, issuing certificates valid for
     ``validity_seconds`` (pebble's default: 5 years). pebble keeps nothing across a restart:
     it signs with a new root, and the ACME accounts it had are gone."""
-    host.systemctl("stop", UNIT)
+    host.run(["systemctl", "stop", UNIT], check=False)  # if it runs
     _run_pebble(host, http_port, validity_seconds)
     probe = ["curl", "-sfk", "-o", "/dev/null", f"https://127.0.0.1:{DIRECTORY_PORT}/dir"]
     for _ in range(50):

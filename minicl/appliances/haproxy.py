@@ -72,7 +72,7 @@ EXPORTER_SERVICE = "prometheus-haproxy-exporter"
 EXPORTER_PORT = 9101
 
 HELD_METRIC = "minicl_front_address_held"
-EXPIRY_METRIC = "minicl_front_certificate_expiry_timestamp_seconds"
+METRIC_FAMILY = "minicl_front_certificate"  # acme.validity_metrics
 WAIT_ADDRESS = 30  # seconds a converge waits for the address to answer before asking for a certificate
 PRIORITY_TOP = 200
 
@@ -514,10 +514,8 @@ def write_expiry_metric(app):
     found = acme.certificate(app["name"])
     if found is None:
         return
-    text = (
-        f"# HELP {EXPIRY_METRIC} When the front's certificate on this proxy expires.\n"
-        f"# TYPE {EXPIRY_METRIC} gauge\n"
-        f'{EXPIRY_METRIC}{{app="{app["name"]}"}} {found.not_after.timestamp():.0f}\n'
+    text = acme.validity_metrics(
+        METRIC_FAMILY, "the front's certificate on this proxy", [({"app": app["name"]}, found)]
     )
     if read_file(path) != text:
         write_file(path, text, 0o644)
@@ -591,7 +589,9 @@ def check_health(app):
         report.data["certificate_days_left"] = round(days, 1)
         report.data["certificate_serial"] = found.serial
         report.check(
-            days > acme.WARN_DAYS, f"the certificate expires in {days:.0f} days ({found.not_after:%Y-%m-%d})"
+            not found.expiring(),
+            f"the certificate expires in {acme.span(found.seconds_left())} "
+            f"({found.not_after:%Y-%m-%d %H:%M} UTC)",
         )
         report.check(read_file(cert_path(app)) == pem_of(app["name"]), f"haproxy has it ({cert_path(app)})")
     return report

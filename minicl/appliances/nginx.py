@@ -64,7 +64,7 @@ DEFAULT_SITE = "/etc/nginx/sites-enabled/default"
 ACME_WEBROOT = "/var/www/minicl-acme"  # certbot --webroot writes the challenge files here
 CHALLENGE_PATH = "/.well-known/acme-challenge/"
 HOP_HEADER = "X-Minicl-Acme-Hop"  # a challenge request passed on by a peer: not passed on again
-EXPIRY_METRIC = "minicl_nginx_certificate_expiry_timestamp_seconds"
+METRIC_FAMILY = "minicl_nginx_certificate"  # acme.validity_metrics
 STATUS_ADDRESS = "127.0.0.1:8073"  # stub_status, for the exporter only
 SYSLOG = "syslog:server=unix:/dev/log,tag=nginx,nohostname"
 TIMEOUT = 10
@@ -503,34 +503,28 @@ def converge(app, host_ips, checkout, settings, todo):
                 "and an ACME server outside the cluster cannot reach it (set public: true)"
             ) from None
     then = plan(app, host_ips, checkout, settings)
-    then.certificates = {}  # just obtained (one the ACME server issues short of renew_before is due again)
+    then.certificates = {}  # just obtained: if the CA's are due at once, the next run says so
     apply_plan(app, then)
     return then
 
 
 def write_expiry_metrics(app):
-    """When each TLS certificate of ``app`` on this host expires, for the monitor (the textfile
-    collector); labelled with where it comes from (acme or file)."""
+    """When each TLS certificate of ``app`` on this host started and expires, for the monitor (the
+    textfile collector); labelled with where it comes from (acme or file)."""
     if not os.path.isdir(metrics.TEXTFILE_DIR):
         return
     path = metrics.app_file(metrics.TEXTFILE_DIR, "nginx", app["name"], "certificates")
-    lines = []
+    rows = []
     for name, site in sorted(app["sites"].items()):
         found = certificate_in(tls_paths(app, name)[0]) if site.get("tls") else None
         if found:
             source = "acme" if from_acme(site) else "file"
-            lines.append(
-                f'{EXPIRY_METRIC}{{app="{app["name"]}",site="{name}",source="{source}"}} '
-                f"{found.not_after.timestamp():.0f}"
-            )
-    if not lines:
+            rows.append(({"app": app["name"], "site": name, "source": source}, found))
+    if not rows:
         if os.path.exists(path):
             os.remove(path)
         return
-    text = (
-        f"# HELP {EXPIRY_METRIC} When the TLS certificate of an nginx site on this host expires.\n"
-        f"# TYPE {EXPIRY_METRIC} gauge\n" + "\n".join(lines) + "\n"
-    )
+    text = acme.validity_metrics(METRIC_FAMILY, "the TLS certificate of an nginx site on this host", rows)
     if read_file(path) != text:
         write_file(path, text, 0o644)
 
@@ -598,12 +592,6 @@ def certificate_in(path):
         return None
 
 
-def certificate_days_left(path):
-    """Whole days until the certificate in ``path`` expires, or None if it cannot be read."""
-    found = certificate_in(path)
-    return int(found.days_left() // 1) if found else None
-
-
 def stub_status():
     """nginx's stub_status figures."""
     with urllib.request.urlopen(f"http://{STATUS_ADDRESS}/stub_status", timeout=TIMEOUT) as f:
@@ -643,12 +631,12 @@ def check_health(app):
         found["status"] = status
         report.check(status < 500, f"site {name} ({server_name}) answers {status}")
         if tls:
-            days = certificate_days_left(tls_paths(app, name)[0])
-            found["certificate_days_left"] = days
+            cert = certificate_in(tls_paths(app, name)[0])
+            found["certificate_days_left"] = int(cert.days_left() // 1) if cert else None
             report.check(
-                days is not None and days >= acme.WARN_DAYS,
-                f"site {name}: its certificate expires in {days} days"
-                if days is not None
+                cert is not None and not cert.expiring(),
+                f"site {name}: its certificate expires in {acme.span(cert.seconds_left())}"
+                if cert
                 else f"site {name}: its certificate cannot be read",
             )
     return report

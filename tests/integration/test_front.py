@@ -37,7 +37,7 @@ def entry(addresses):
     return {"ip": [a.split("/")[0] for a in addresses], "roles": ["base"]}
 
 
-def config(directory, **acme):
+def config(directory):
     data = cluster_config({"alpha": entry(ALPHA), "beta": entry(BETA), "web": entry(WEB)})
     data["apps"] = {
         "front": {
@@ -50,7 +50,7 @@ def config(directory, **acme):
             "default": "site",
         }
     }
-    data["acme"] = {"directory": directory, "ca": "acme-ca.pem", **acme}
+    data["acme"] = {"directory": directory, "ca": "acme-ca.pem"}
     return data
 
 
@@ -326,28 +326,21 @@ def test_a_configuration_haproxy_rejects_never_replaces_the_running_one(proxies,
     assert fetch(outside).stdout == PAGE
 
 
-def test_a_certificate_is_renewed_when_due(proxies, outside, git_server):
+def test_a_certificate_is_renewed_when_due(proxies, outside):
     on = proxies[holder(proxies)]
     old = served_serial(outside)
     assert old.startswith("serial=")
-    # pebble's certificates are valid for years: renewing 3000 days before makes this one due.
-    git_server.commit(
-        {
-            "cluster.json": json.dumps(
-                config(acmelab.pebble_directory(outside), renew_before="3000d"), indent=2
-            )
-        },
-        "renew early",
-    )
+    code, data, result = salt_call(on, "state.apply")
+    assert code == 0 and STATE not in changed_states(data), result.stdout  # pebble's: years left
+    # With 10 days left of 90, it is due (acme.renew_before, 30 days).
+    acmelab.age_certificate(on, "front", DOMAINS, 10, 90)
     code, data, result = salt_call(on, "state.apply")
     assert code == 0, result.stdout
-    assert "certificate" in changed_states(data)[STATE]
+    changes = changed_states(data)[STATE]
+    assert "it expires in 10.0 days (renewed 30.0 days before)" in changes["certificate"], changes
     new = served_serial(outside)
     assert new.startswith("serial=") and new != old
     assert fetch(outside).stdout == PAGE
-    git_server.commit(
-        {"cluster.json": json.dumps(config(acmelab.pebble_directory(outside)), indent=2)}, "back"
-    )
     code, data, result = salt_call(on, "state.apply")
     assert code == 0 and STATE not in changed_states(data), result.stdout  # not renewed again
 

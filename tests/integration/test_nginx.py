@@ -51,9 +51,9 @@ def entry(addresses):
     return {"ip": [a.split("/")[0] for a in addresses], "roles": ["base"]}
 
 
-def config(renew_before="30d", **web_sites):
+def config(**web_sites):
     data = cluster_config({"web": entry(WEB), "backend": entry(BACKEND), "web2": entry(WEB2)})
-    data["acme"] = {"directory": ACME_DIRECTORY, "ca": "acme-ca.pem", "renew_before": renew_before}
+    data["acme"] = {"directory": ACME_DIRECTORY, "ca": "acme-ca.pem"}
     sites = {
         "www": {"server_names": ["www.example.test"], "root": "sites/www"},
         "shop": {"server_names": ["shop.example.test"], "proxy": ["backend:80"]},
@@ -178,9 +178,7 @@ def test_the_tls_site_with_its_certificate(hosts, pki):
     assert web.read(key) == pki["secure.key"]
 
 
-def test_the_acme_site_has_its_certificate_from_the_acme_server_and_renews_it_when_due(
-    hosts, web2, git_server
-):
+def test_the_acme_site_has_its_certificate_from_the_acme_server_and_renews_it_when_due(hosts, web2):
     web, _, client = hosts
     url = "https://auto.example.test/"
     found = curl(client, url, "--cacert", "/root/pebble-root.pem")
@@ -218,18 +216,18 @@ def test_the_acme_site_has_its_certificate_from_the_acme_server_and_renews_it_wh
     assert web.run("systemctl is-enabled certbot.timer", check=False).stdout.strip() == "disabled"
     old = acmelab.served_serial(client, WEB_IP, "auto.example.test")
     assert old.startswith("serial="), old
-    # pebble's certificates are valid for years: renewing 3000 days before makes this one due.
-    git_server.commit({"cluster.json": dump(config(renew_before="3000d"))}, "renew early")
+    # With 10 days left of 90, it is due (acme.renew_before, 30 days).
+    acmelab.age_certificate(web, "web.auto", ["auto.example.test"], 10, 90)
     code, data, result = salt_call(web, "state.apply")
     assert code == 0, result.stdout + result.stderr
     changes = changed_states(data)[STATE]
-    assert "expires in" in changes["certificate web.auto"] and key in changes, changes
+    assert "it expires in 10.0 days (renewed 30.0 days before)" in changes["certificate web.auto"], changes
+    assert key in changes, changes
     assert changes["service"] == "nginx reloaded (nginx -t first)", changes
     assert "PRIVATE KEY" not in result.stdout + result.stderr
     new = acmelab.served_serial(client, WEB_IP, "auto.example.test")
     assert new.startswith("serial=") and new != old
     assert curl(client, url, "--cacert", "/root/pebble-root.pem").returncode == 0
-    git_server.commit({"cluster.json": dump(config())}, "renew as usual")
     code, data, result = salt_call(web, "state.apply")
     assert code == 0 and STATE not in changed_states(data), result.stdout  # not renewed again
     # The monitor learns when each certificate expires (the node exporter's textfile collector).

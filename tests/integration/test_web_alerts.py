@@ -2,21 +2,20 @@
 keepalived, the certificate from pebble on an outside host) in front of an nginx app on the
 monitor host, alert mail through the fake authenticated relay. The client gets nginx's page
 through the front (its health check reaches nginx's name-based site); an nginx certificate (a
-file of the config repo, 10 days left) mails NginxCertificateExpiring, the others do not alert;
+file of the config repo, 10 days left of 90) mails NginxCertificateExpiring, the others do not alert;
 nginx down mails FrontBackendServerDown; keepalived stopped on both proxies mails
 FrontAddressNotHeld, and the address comes back when it starts; VRRP adverts dropped between
 the proxies mails FrontAddressHeldTwice, and one keeps the address once they hear each other
-again; certificates renewed from an ACME server that issues 10-day ones mail
-FrontCertificateExpiring for each proxy."""
-
-import subprocess
+again; an ACME server that issues 4-minute certificates: each proxy renews only when a third of
+the lifetime is left (not at every run), and when the ACME server is down FrontCertificateExpiring
+mails for each proxy once a sixth is left."""
 
 import pytest
 
 from minicl_lab import acmelab, probes
 from minicl_lab.testhosts import GitServer
 
-from .conftest import alert_mail, bootstrap_all, cluster_config, dump, salt_call, wait_for
+from .conftest import alert_mail, bootstrap_all, changed_states, cluster_config, dump, salt_call, wait_for
 
 RELAY = ["203.0.113.170/24"]
 GIT = ["203.0.113.171/24"]
@@ -27,16 +26,18 @@ WATCH_IP = WATCH[0].split("/")[0]
 OUTSIDE = ["203.0.113.179/24"]  # pebble, and the client
 ADDRESS = "203.0.113.180"
 DOMAIN = "www.alerts.test"
-ADMIN = "admin.alerts.test"  # nginx's own TLS site, its certificate a file with 10 days left
+ADMIN = "admin.alerts.test"  # nginx's own TLS site, its certificate a file with 10 days left of 90
 PAGE = "<h1>nginx behind the front</h1>\n"
 USER, PASSWORD = "cluster@example.org", "relay-secret-Web5"
+FRONT_STATE = "minicl_haproxy_|-minicl-haproxy-front_|-front_|-running"
+LIFETIME = 240  # seconds, of the short-lived certificates: renewed with 80 left, expiring with 40
 
 
 def entry(addresses, *roles):
     return {"ip": [a.split("/")[0] for a in addresses], "roles": ["base", *roles]}
 
 
-def config(directory, renew_before="30d"):
+def config(directory):
     data = cluster_config(
         {"alpha": entry(ALPHA), "beta": entry(BETA), "watch": entry(WATCH, "monitor")},
         smtp={"relay": "relay.example.org", "port": 587, "username": USER, "password": PASSWORD},
@@ -51,16 +52,8 @@ def config(directory, renew_before="30d"):
             "admin": {"server_names": [ADMIN], "root": "sites/www",
                       "tls": {"certificate": "tls/admin.crt", "key": "tls/admin.key"}}}},
     }  # fmt: skip
-    data["acme"] = {"directory": directory, "ca": "acme-ca.pem", "renew_before": renew_before}
+    data["acme"] = {"directory": directory, "ca": "acme-ca.pem"}
     return data
-
-
-def short_certificate(folder):
-    """(certificate, key) PEM for ADMIN, self-signed, 10 days left."""
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                    "-days", "10", "-subj", f"/CN={ADMIN}", "-addext", f"subjectAltName=DNS:{ADMIN}",
-                    "-keyout", "admin.key", "-out", "admin.crt"], cwd=folder, check=True, capture_output=True)  # fmt: skip
-    return (folder / "admin.crt").read_text(), (folder / "admin.key").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +62,10 @@ def git_server(lab, deploy_key):
 
 
 @pytest.fixture(scope="module")
-def cluster(lab, relay, git_server, deploy_key, tmp_path_factory):
+def cluster(lab, relay, git_server, deploy_key):
     outside = lab.add_host("outside", OUTSIDE)
     acme_ca = acmelab.start_pebble(outside, {DOMAIN: ADDRESS})
-    crt, key = short_certificate(tmp_path_factory.mktemp("admin"))
+    crt, key = acmelab.self_signed([ADMIN], 10, 90)
     git_server.commit(
         {
             "cluster.json": dump(config(acmelab.pebble_directory(outside))),
@@ -184,22 +177,46 @@ def test_both_proxies_holding_the_address_mails_and_one_keeps_it_after(cluster, 
     assert front_up(outside)
 
 
-def test_front_certificates_expiring_soon_mail_for_each_proxy(cluster, relay, git_server):
+def test_short_lived_certificates_are_renewed_when_due_and_mail_when_renewal_fails(cluster, relay):
     proxies, outside, watch = (cluster["alpha"], cluster["beta"]), cluster["outside"], cluster["watch"]
     assert alerts(watch, "FrontCertificateExpiring") == []  # pebble's first: years left
-    acmelab.restart_pebble(outside, 10 * 86400)
-    git_server.commit(
-        {"cluster.json": dump(config(acmelab.pebble_directory(outside), renew_before="3000d"))}, "renew now"
-    )
+    acmelab.restart_pebble(outside, LIFETIME)
     for proxy in proxies:
-        proxy.run("rm -rf /etc/letsencrypt/accounts")  # the restarted pebble has forgotten them
-        code, _, result = salt_call(proxy, "state.apply")
-        assert code == 0, result.stdout[-3000:]
-    alert_mail(relay, "FrontCertificateExpiring", "the certificate of front expires soon")
-    wait_for(
-        "the alert for both proxies",
-        lambda: sorted(a["instance"] for a in alerts(watch, "FrontCertificateExpiring")) == ["alpha", "beta"],
-        timeout=30,
-    )
+        proxy.systemctl("stop", "minicl-minion")  # the runs are the test's, when it says
+    try:
+        for proxy in proxies:  # the restarted pebble has forgotten the accounts; a new CA, new lineages
+            proxy.run(
+                "rm -rf /etc/letsencrypt/accounts && certbot delete --non-interactive --cert-name front"
+            )
+            code, data, result = salt_call(proxy, "state.apply")
+            assert code == 0, result.stdout[-3000:]
+            assert "no certificate yet" in changed_states(data)[FRONT_STATE]["certificate"]
+        # renew_before (30 days) is longer than the certificate's life: not renewed at every run.
+        code, data, result = salt_call(proxies[1], "state.apply")
+        assert code == 0 and FRONT_STATE not in changed_states(data), result.stdout[-3000:]
+        outside.systemctl("stop", acmelab.UNIT)
+        alert_mail(
+            relay, "FrontCertificateExpiring", "the certificate of front expires soon", timeout=LIFETIME
+        )
+        wait_for(
+            "the alert for both proxies",
+            lambda: (
+                sorted(a["instance"] for a in alerts(watch, "FrontCertificateExpiring")) == ["alpha", "beta"]
+            ),
+            timeout=60,
+        )
+        code, _, result = salt_call(proxies[0], "state.apply")  # due, and the ACME server down
+        said = result.stdout[-3000:]
+        assert code != 0 and "certbot could not get the certificate front" in result.stdout, said
+        acmelab.restart_pebble(outside, LIFETIME)
+        for proxy in proxies:
+            proxy.run("rm -rf /etc/letsencrypt/accounts")
+            code, data, result = salt_call(proxy, "state.apply")
+            assert code == 0, result.stdout[-3000:]
+            assert "renewed 80 seconds before" in changed_states(data)[FRONT_STATE]["certificate"]
+    finally:
+        for proxy in proxies:
+            proxy.systemctl("start", "minicl-minion")
+    wait_for("the alert resolved", lambda: alerts(watch, "FrontCertificateExpiring") == [], timeout=60)
     outside.write("/root/pebble-root.pem", acmelab.pebble_root(outside))
     assert front_up(outside)  # the renewed certificate, from the restarted pebble, serves

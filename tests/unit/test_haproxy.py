@@ -160,7 +160,10 @@ def test_the_firewall_opens_the_front_and_takes_vrrp_from_the_other_proxies_only
 
 def test_alerts_for_the_front(front_data):
     rules = {r["alert"]: r for r in monitor.app_alert_rules(config.Cluster(front_data))}
-    assert rules["FrontCertificateExpiring"]["expr"].endswith("< 14 * 86400")
+    assert rules["FrontCertificateExpiring"]["expr"] == (
+        "minicl_front_certificate_expiry_timestamp_seconds - time() < clamp_max((minicl_front_certificate_expiry"
+        "_timestamp_seconds - minicl_front_certificate_start_timestamp_seconds) / 6, 14 * 86400)"
+    )
     assert rules["FrontAddressNotHeld"]["expr"] == "sum by (app) (minicl_front_address_held) == 0"
     assert rules["FrontAddressHeldTwice"]["expr"] == "sum by (app) (minicl_front_address_held) > 1"
     assert "haproxy_server_up" in rules["FrontBackendServerDown"]["expr"]
@@ -169,12 +172,40 @@ def test_alerts_for_the_front(front_data):
 def test_a_certificate_is_due_when_missing_renamed_or_near_its_end():
     settings = {"renew_before": 30 * 86400}
     now = datetime.datetime(2026, 12, 1, tzinfo=datetime.timezone.utc)
-    cert = acme.Certificate("front", ["a.org", "b.org"], now + datetime.timedelta(days=60), "1f")
+    days = datetime.timedelta(days=1)
+    cert = acme.Certificate("front", ["a.org", "b.org"], now - 30 * days, now + 60 * days, "1f")
     assert acme.due(None, ["a.org"], settings, now) == "no certificate yet"
     assert acme.due(cert, ["b.org", "a.org"], settings, now) is None
     assert "names a.org, b.org" in acme.due(cert, ["a.org"], settings, now)
-    assert "expires in 20.0 days" in acme.due(
-        cert, ["a.org", "b.org"], settings, now + datetime.timedelta(days=40)
+    assert (
+        acme.due(cert, ["a.org", "b.org"], settings, now + 30 * days - datetime.timedelta(seconds=1)) is None
+    )
+    assert acme.due(cert, ["a.org", "b.org"], settings, now + 40 * days) == (
+        "it expires in 20.0 days (renewed 30.0 days before)"
+    )
+    assert not cert.expiring(now + 45 * days) and cert.expiring(now + 47 * days)  # 14 days left
+
+
+def test_a_short_lived_certificate_is_renewed_and_expiring_by_its_lifetime_not_every_run():
+    # A CA's one-day certificate under the default renew_before of 30 days: renewed with a third
+    # of its lifetime left (8 hours), expiring with a sixth (4 hours), not at every run.
+    settings = {"renew_before": 30 * 86400}
+    now = datetime.datetime(2026, 12, 1, tzinfo=datetime.timezone.utc)
+    hours = datetime.timedelta(hours=1)
+    cert = acme.Certificate("front", ["a.org"], now, now + 24 * hours, "2a")
+    assert acme.due(cert, ["a.org"], settings, now) is None
+    assert acme.due(cert, ["a.org"], settings, now + 15 * hours) is None and not cert.expiring(
+        now + 15 * hours
+    )
+    assert (
+        acme.due(cert, ["a.org"], settings, now + 17 * hours)
+        == "it expires in 7.0 hours (renewed 8.0 hours before)"
+    )
+    assert not cert.expiring(now + 19 * hours) and cert.expiring(now + 21 * hours)
+    # A shorter renew_before still counts: 2 hours before the end.
+    assert acme.due(cert, ["a.org"], {"renew_before": 7200}, now + 21 * hours) is None
+    assert "it expires in 60 minutes (renewed 2.0 hours before)" == acme.due(
+        cert, ["a.org"], {"renew_before": 7200}, now + 23 * hours
     )
 
 
@@ -283,9 +314,9 @@ def test_a_renewed_certificate_haproxy_does_not_load_is_put_back(tmp_path, monke
 
 def test_the_expiry_series_of_a_front_the_proxy_ran_before_is_removed(tmp_path, monkeypatch):
     monkeypatch.setattr(haproxy.metrics, "TEXTFILE_DIR", str(tmp_path))
-    end = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
+    start, end = (datetime.datetime(y, 1, 1, tzinfo=datetime.timezone.utc) for y in (2029, 2030))
     monkeypatch.setattr(
-        acme, "certificate", lambda name: acme.Certificate(name, ["www.front.test"], end, "01")
+        acme, "certificate", lambda name: acme.Certificate(name, ["www.front.test"], start, end, "01")
     )
     (tmp_path / "minicl_front_old_certificate.prom").write_text("stale\n")
     (tmp_path / "minicl_nginx_web_certificates.prom").write_text("kept\n")
@@ -294,3 +325,4 @@ def test_the_expiry_series_of_a_front_the_proxy_ran_before_is_removed(tmp_path, 
     assert (tmp_path / "minicl_nginx_web_certificates.prom").read_text() == "kept\n"
     text = (tmp_path / "minicl_front_front_certificate.prom").read_text()
     assert f'minicl_front_certificate_expiry_timestamp_seconds{{app="front"}} {end.timestamp():.0f}' in text
+    assert f'minicl_front_certificate_start_timestamp_seconds{{app="front"}} {start.timestamp():.0f}' in text

@@ -12,6 +12,7 @@ import pytest
 
 from minicl import config, firewall
 from minicl.appliances import ApplianceError, nginx
+from minicl_lab import acmelab
 
 from . import loader
 
@@ -151,9 +152,9 @@ def test_nginx_accepts_what_is_rendered(tmp_path):
     result = subprocess.run(["nginx", "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
                             capture_output=True, text=True, check=False)  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert nginx.certificate_days_left(str(tmp_path / "s.crt")) == 0  # -days 1: less than a day left
-    assert nginx.certificate_days_left(str(tmp_path / "s.key")) is None
-    assert nginx.certificate_days_left(str(tmp_path / "none.crt")) is None
+    assert nginx.certificate_in(str(tmp_path / "s.crt")).days_left() < 1  # -days 1: less than a day left
+    assert nginx.certificate_in(str(tmp_path / "s.key")) is None
+    assert nginx.certificate_in(str(tmp_path / "none.crt")) is None
 
 
 # -- cluster.json ---------------------------------------------------------------------------
@@ -376,31 +377,6 @@ def test_a_site_removed_takes_its_files_away(host):
     assert not nginx.plan(app, HOST_IPS, checkout)
 
 
-def make_certificate(names, days):
-    """(fullchain, key) PEM: a self-signed certificate for ``names`` valid ``days`` more days."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
-    cert = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
-        .sign(key, hashes.SHA256())
-    )  # fmt: skip
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem.decode()
-
-
 ACME_SETTINGS = {"directory": "https://acme.example.org/dir", "email": "a@example.org", "ca": None,
                  "ca_text": None, "renew_before": 30 * 86400}  # fmt: skip
 
@@ -416,7 +392,7 @@ def certbot(host, monkeypatch):
 
     def obtain(name, domains, settings, challenge):
         runs["calls"].append((name, domains, challenge))
-        chain, key = make_certificate(domains, runs["next"])
+        chain, key = acmelab.self_signed(domains, runs["next"], runs["next"] + 1)
         for path, text in zip(nginx.acme.live_paths(name), (chain, key), strict=True):
             os.makedirs(os.path.dirname(path), exist_ok=True)
             pathlib.Path(path).write_text(text)
@@ -452,17 +428,17 @@ def test_an_acme_site_gets_its_certificate_then_https_and_renews_it_when_due(hos
     assert "listen 443" in pathlib.Path(nginx.conf_path(app)).read_text().split("# Site auto.")[1]
     assert not nginx.plan(app, HOST_IPS, checkout, ACME_SETTINGS)
     # Expiring within renew_before: renewed, and nginx reloaded with the new one.
-    chain, key_text = make_certificate(["auto.example.org"], 10)
+    chain, key_text = acmelab.self_signed(["auto.example.org"], 10, 90)
     pathlib.Path(nginx.acme.live_paths("web.auto")[0]).write_text(chain)
     pathlib.Path(nginx.acme.live_paths("web.auto")[1]).write_text(key_text)
     nginx.apply_plan(app, nginx.plan(app, HOST_IPS, checkout, ACME_SETTINGS))
-    assert nginx.certificate_days_left(crt) == 9
+    assert int(nginx.certificate_in(crt).days_left()) == 9
     calls[:] = []
     todo = nginx.plan(app, HOST_IPS, checkout, ACME_SETTINGS)
     assert list(todo.certificates) == ["auto"] and "expires in 10.0 days" in todo.certificates["auto"]
     nginx.converge(app, HOST_IPS, checkout, ACME_SETTINGS, todo)
     assert calls == [("nginx -t",), ("reload", "nginx")] and len(certbot["calls"]) == 2
-    assert nginx.certificate_days_left(crt) == 89
+    assert int(nginx.certificate_in(crt).days_left()) == 89
     assert not nginx.plan(app, HOST_IPS, checkout, ACME_SETTINGS)
 
 
@@ -632,28 +608,47 @@ def test_dropped_connections_alert_and_nginx_down_is_app_down(tmp_path):
 
 
 @pytest.mark.skipif(not shutil.which("promtool"), reason="promtool comes with Debian's prometheus package")
-def test_a_certificate_expiring_within_14_days_alerts_saying_what_to_do(tmp_path):
+def test_a_certificate_expiring_within_14_days_or_a_sixth_of_its_lifetime_alerts_saying_what_to_do(tmp_path):
     import yaml
 
     _, rule = rules_of_a_web_app(tmp_path, "NginxCertificateExpiring")
-    day = 86400
-    # At time 0 the acme site's certificate has 20 days left, the file site's 15: each is below
-    # the threshold once it is within 14 days (after 6 and 1 days; evaluated hourly).
-    series = 'minicl_nginx_certificate_expiry_timestamp_seconds{{instance="watch",app="web",site="{}",source="{}"}}'
+    day, hour = 86400, 3600
+    # At time 0 the acme site's 90-day certificate has 20 days left, the file site's 15: each is
+    # below the threshold once it is within 14 days (after 6 and 1 days; evaluated hourly). The
+    # short site's one-day certificate has 20 hours left: it is expiring within 4 hours of its end.
+    labels = '{{instance="watch",app="web",site="{}",source="{}"}}'
     fired = '{{app="web",instance="watch",site="{}",source="{}"}}'
+    certificates = {
+        ("auto", "acme"): (-70 * day, 20 * day),
+        ("www", "file"): (-75 * day, 15 * day),
+        ("short", "acme"): (-4 * hour, 20 * hour),
+    }
+    input_series = []
+    for (site, source), (start, expiry) in certificates.items():
+        input_series += [
+            {
+                "series": "minicl_nginx_certificate_start_timestamp_seconds" + labels.format(site, source),
+                "values": f"{start}x200",
+            },
+            {
+                "series": "minicl_nginx_certificate_expiry_timestamp_seconds" + labels.format(site, source),
+                "values": f"{expiry}x200",
+            },
+        ]
     tests = {"rule_files": ["rules.yml"], "evaluation_interval": "1h", "tests": [{
         "interval": "1h",
-        "input_series": [
-            {"series": series.format("auto", "acme"), "values": f"{20 * day}x200"},
-            {"series": series.format("www", "file"), "values": f"{15 * day}x200"},
-        ],
+        "input_series": input_series,
         "alert_rule_test": [{"eval_time": "12h", "alertname": "NginxCertificateExpiring", "exp_alerts": []}],
         "promql_expr_test": [
+            {"expr": rule["expr"], "eval_time": "17h",
+             "exp_samples": [{"labels": fired.format("short", "acme"), "value": 3 * hour}]},
             {"expr": rule["expr"], "eval_time": "30h",
-             "exp_samples": [{"labels": fired.format("www", "file"), "value": 15 * day - 30 * 3600}]},
+             "exp_samples": [{"labels": fired.format("short", "acme"), "value": -10 * hour},
+                             {"labels": fired.format("www", "file"), "value": 15 * day - 30 * hour}]},
             {"expr": rule["expr"], "eval_time": "150h",
-             "exp_samples": [{"labels": fired.format("auto", "acme"), "value": 20 * day - 150 * 3600},
-                             {"labels": fired.format("www", "file"), "value": 15 * day - 150 * 3600}]},
+             "exp_samples": [{"labels": fired.format("auto", "acme"), "value": 20 * day - 150 * hour},
+                             {"labels": fired.format("short", "acme"), "value": -130 * hour},
+                             {"labels": fired.format("www", "file"), "value": 15 * day - 150 * hour}]},
         ],
     }]}  # fmt: skip
     (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests))
