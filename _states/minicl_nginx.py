@@ -12,7 +12,14 @@ ACME server with certbot when missing or due), the static sites' files copied fr
 repo (switched atomically), Debian's default site removed, nginx enabled and running.
 A configuration ``nginx -t`` refuses is put back and the state fails with nginx's message;
 nginx keeps serving the previous one (see minicl.appliances.nginx).
+
+The config repo's files: masterless, the pillar's checkout on this host; under a salt-master
+(whose checkout is on the master only), fetched from the master's file server (salt://, which
+serves the config repo's live commit) into the minion's cache (root's only).
 """
+
+import os
+import shutil
 
 try:
     from minicl import statekit
@@ -35,6 +42,27 @@ def __virtual__():
     if not HAS_MINICL:
         return False, f"the minicl package is not importable: {IMPORT_ERROR}"
     return __virtualname__
+
+
+def _checkout(app):
+    """The folder holding the config repo's files ``app`` reads (see above)."""
+    if __opts__.get("file_client") == "local":
+        return __pillar__["minicl"].get("checkout")
+    saltenv = __opts__.get("saltenv") or "base"
+    cached = os.path.join(__opts__["cachedir"], "files", saltenv)
+    folders, files = nginx.repo_paths(app)
+    for rel in folders + files:  # what the repo no longer has must not linger in the cache
+        path = os.path.join(cached, rel)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)
+    for rel in folders:
+        __salt__["cp.cache_dir"](f"salt://{rel}", saltenv)
+    for rel in files:
+        if __salt__["cp.cache_file"](f"salt://{rel}", saltenv):
+            os.chmod(os.path.join(cached, rel), 0o600)  # keys among them: Salt's cache writes 0644
+    return cached
 
 
 def _host_ips():
@@ -62,7 +90,8 @@ def running(name):
     minicl = __pillar__["minicl"]
     app = minicl["apps"][name]
     ret = statekit.new_ret(name)
-    todo = nginx.plan(app, _host_ips(), minicl.get("checkout"), minicl.get("acme"))
+    checkout = _checkout(app)
+    todo = nginx.plan(app, _host_ips(), checkout, minicl.get("acme"))
     changes = _file_changes(todo, read_file)
     for path in todo.removed:
         changes[path] = "removed" + (" (Debian's default site)" if path == nginx.DEFAULT_SITE else "")
@@ -85,7 +114,7 @@ def running(name):
         return ret
     # What the certificates' run writes after certbot: shown against the files before this run.
     before = {p: read_file(p) for p in [nginx.conf_path(app), *_acme_tls_paths(app, todo)]}
-    then = nginx.converge(app, _host_ips(), minicl.get("checkout"), minicl.get("acme"), todo)
+    then = nginx.converge(app, _host_ips(), checkout, minicl.get("acme"), todo)
     if then:
         changes.update(_file_changes(then, lambda path: before.get(path, read_file(path))))
         if then.reload and "service" not in changes:

@@ -272,6 +272,21 @@ def tree_digest(folder):
     return digest.hexdigest()[:16]
 
 
+def repo_paths(app):
+    """(folders, files): the config repo's paths ``app`` reads, relative: its static sites'
+    folders, and its TLS certificates and keys given as files."""
+    folders = sorted({site["root"] for site in app["sites"].values() if "root" in site})
+    files = sorted(
+        {
+            site["tls"][key]
+            for site in app["sites"].values()
+            if site.get("tls") and not from_acme(site)
+            for key in ("certificate", "key")
+        }
+    )
+    return folders, files
+
+
 def repo_file(checkout, rel, what):
     if not checkout:
         raise ApplianceError(f"{what}: the config repo's files are not known here (no checkout)")

@@ -1,7 +1,8 @@
 """Master mode: the same extension under a salt-master. pytest-salt-factories' master and minion
 daemons run inside test hosts (their commands enter the host's namespaces); the master serves
 the minicl pillar from the config repo and minicl's states, and the minion applies the base
-role to its test host."""
+role to its test host, then an nginx app whose files (a static site, a certificate and key) it
+gets from the master's file server, the master's checkout being out of its sight."""
 
 import json
 import os
@@ -14,11 +15,13 @@ from saltfactories.daemons.master import SaltMaster
 from saltfactories.daemons.minion import SaltMinion
 
 from minicl import saltext
+from minicl_lab import acmelab
 
 from .conftest import changed_states, cluster_config, dump
 
 MASTER = ["198.51.100.190/24"]
 ALPHA = ["198.51.100.191/24", "2001:db8:100::191/64"]
+ALPHA_IP = ALPHA[0].split("/")[0]
 
 
 class InHost:
@@ -180,3 +183,51 @@ def test_a_pushed_commit_reaches_the_minion_through_the_master(salt_call, alpha,
     ret = salt_call("state.apply")
     assert ret.returncode == 0, ret.stdout + ret.stderr
     assert alpha.run("getent passwd carol", check=False).returncode == 0
+
+
+def test_an_nginx_site_s_files_reach_the_minion_through_the_master(
+    salt_call, salt_minion, alpha, master_host, shared_root
+):
+    # The master's checkout is on the master only, as with a real minion: hidden in alpha.
+    alpha.run(["mount", "-t", "tmpfs", "-o", "mode=0700", "hidden", f"{shared_root}/minicl-cache"])
+    cert, key = acmelab.self_signed(["secure.example.test"], 80, 90)
+    data = json.loads(master_host.read("/srv/config/cluster.json"))
+    data["apps"] = {"web": {"type": "nginx", "hosts": ["alpha"], "sites": {
+        "www": {"server_names": ["www.example.test"], "root": "sites/www"},
+        "secure": {"server_names": ["secure.example.test"], "root": "sites/www",
+                   "tls": {"certificate": "tls/secure.crt", "key": "tls/secure.key"}}}}}  # fmt: skip
+    files = {"cluster.json": dump(data), "sites/www/index.html": "first\n", "sites/www/old.html": "old\n",
+             "tls/secure.crt": cert, "tls/secure.key": key}  # fmt: skip
+    for path, text in files.items():
+        master_host.write(f"/srv/config/{path}", text)
+    master_host.run(
+        "cd /srv/config && git add -A && git -c user.name=t -c user.email=t@example.org commit -q -m web"
+    )
+
+    def get(url):
+        name = url.split("/")[2]
+        found = alpha.run(["curl", "-sk", "--resolve", f"{name}:80:{ALPHA_IP}", "--resolve", f"{name}:443:{ALPHA_IP}",
+                           "-w", " %{http_code}", url], check=False)  # fmt: skip
+        return found.stdout
+
+    ret = salt_call("state.apply")
+    assert ret.returncode == 0, ret.stdout + ret.stderr
+    assert get("http://www.example.test/") == "first\n 200"
+    assert get("http://www.example.test/old.html") == "old\n 200"
+    assert get("https://secure.example.test/") == "first\n 200"
+    assert alpha.run(["stat", "-c", "%a", "/etc/nginx/minicl-tls/web/secure.key"]).stdout.strip() == "600"
+    cached = os.path.join(salt_minion.config["cachedir"], "files", "base")
+    modes = alpha.run(
+        ["stat", "-c", "%a", cached, f"{cached}/tls", f"{cached}/tls/secure.key"]
+    ).stdout.split()
+    assert modes == ["700", "700", "600"], modes  # the key's copy: root's only
+    # A changed page and a removed one: the next commit's files, nothing of the last.
+    master_host.write("/srv/config/sites/www/index.html", "second\n")
+    master_host.run("cd /srv/config && git rm -q sites/www/old.html && "
+                    "git -c user.name=t -c user.email=t@example.org commit -q -am second")  # fmt: skip
+    ret = salt_call("state.apply")
+    assert ret.returncode == 0, ret.stdout + ret.stderr
+    assert get("http://www.example.test/") == "second\n 200"
+    assert get("http://www.example.test/old.html").endswith(" 404")
+    again = salt_call("state.apply")
+    assert again.returncode == 0 and changed_states({"local": again.data}) == {}, again.stdout

@@ -36,6 +36,12 @@ def web_app(**sites):
     }
 
 
+def test_the_config_repo_paths_an_app_reads_are_its_folders_and_tls_files_not_acme_ones():
+    app = web_app()
+    app["sites"]["auto"] = {"server_names": ["auto.example.org"], "root": "sites/auto", "tls": {"acme": True}}
+    assert nginx.repo_paths(app) == (["sites/auto", "sites/www"], ["tls/s.crt", "tls/s.key"])
+
+
 # -- rendering ------------------------------------------------------------------------------
 
 
@@ -656,3 +662,33 @@ def test_a_certificate_expiring_within_14_days_or_a_sixth_of_its_lifetime_alerts
                             text=True, check=False)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert '{{ if eq $labels.source "acme" }}minicl renews it' in rule["annotations"]["description"]
+
+
+def test_under_a_master_the_repo_files_come_from_its_file_server_and_nothing_stale_stays(tmp_path):
+    state = loader.load_state(
+        "minicl_nginx", False, {"minicl": {"checkout": "/var/lib/minicl/checkouts/abc"}}
+    )
+    state.__opts__.update(file_client="remote", cachedir=str(tmp_path))
+    cached = tmp_path / "files" / "base"
+    served = {"sites/www/index.html": "new\n", "tls/s.crt": "CERT\n", "tls/s.key": "KEY\n"}
+    asked = []
+
+    def fetch(url, saltenv):
+        asked.append((url, saltenv))
+        rel, found = url.removeprefix("salt://"), False
+        for path, text in served.items():
+            if path == rel or path.startswith(rel + "/"):
+                (cached / path).parent.mkdir(parents=True, exist_ok=True)
+                (cached / path).write_text(text)
+                found = str(cached / path)
+        return found
+
+    state.__salt__ = {"cp.cache_dir": fetch, "cp.cache_file": fetch}
+    (cached / "sites/www").mkdir(parents=True)
+    (cached / "sites/www/gone.html").write_text("removed from the repo\n")
+    assert state._checkout(web_app()) == str(cached)
+    assert asked == [("salt://sites/www", "base"), ("salt://tls/s.crt", "base"), ("salt://tls/s.key", "base")]
+    assert sorted(p.name for p in (cached / "sites/www").iterdir()) == ["index.html"]
+    assert (cached / "tls/s.key").stat().st_mode & 0o777 == 0o600
+    state.__opts__["file_client"] = "local"
+    assert state._checkout(web_app()) == "/var/lib/minicl/checkouts/abc"  # masterless: the pillar's
